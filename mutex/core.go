@@ -1,11 +1,64 @@
 package mutex
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+
+	"github.com/hashicorp/serf/serf"
+)
 
 // Core is one peer's Ricart–Agrawala state for every named lock. It is not
 // safe for concurrent use: one goroutine (the driver) owns it.
 type Core struct {
-	cfg Config
+	cfg     Config
+	clock   serf.LamportClock
+	members map[string]uint64 // name -> incarnation, self excluded
+	names   []string          // member names, sorted: every loop is deterministic
+	locks   map[string]*lockState
+	openers map[OpenerID]*lockState
+	closed  bool
+	out     Ready
+	ctr     Counters
+
+	// bugKeepPermOnRelease is a fault injected by tests only: keep the
+	// permission of peers we answer on release. The simulation must
+	// catch the double entry it allows.
+	bugKeepPermOnRelease bool
+}
+
+type waiter struct {
+	op  OpenerID
+	try bool
+}
+
+// inState is what this peer did with a peer's latest request.
+type inState uint8
+
+const (
+	inWithdrawn inState = iota // cancelled by its sender
+	inDeferred                 // queued until our release
+	inReplied                  // permission given
+	inBusy                     // try-lock refused
+)
+
+// inbound is the latest request seen from one peer for one lock.
+type inbound struct {
+	ts    uint64
+	try   bool
+	state inState
+}
+
+type lockState struct {
+	name     string
+	queue    []waiter // local openers, FIFO; queue[0] is requesting or holding
+	phase    Phase
+	reqTime  uint64
+	token    uint64
+	awaiting map[string]bool // peers asked and not yet answered
+	perm     map[string]bool // peers whose permission we hold
+	in       map[string]*inbound
 }
 
 // New returns a core for the peer cfg describes, with no members yet.
@@ -13,51 +66,456 @@ func New(cfg Config) (*Core, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Core{cfg: cfg}, nil
+	return &Core{
+		cfg:     cfg,
+		members: map[string]uint64{},
+		locks:   map[string]*lockState{},
+		openers: map[OpenerID]*lockState{},
+		ctr:     Counters{DroppedBy: map[string]uint64{}},
+	}, nil
 }
 
-var errTODO = errors.New("mutex: not implemented yet")
+// ErrClosed is returned by Acquire and TryAcquire after Shutdown.
+var ErrClosed = errors.New("peer is shutting down")
+
+// ErrOpener rejects an opener id that is already in use, or a Release by an
+// opener that does not hold the lock.
+var ErrOpener = errors.New("bad opener")
+
+func (c *Core) lock(name string) *lockState {
+	l := c.locks[name]
+	if l == nil {
+		l = &lockState{
+			name:     name,
+			awaiting: map[string]bool{},
+			perm:     map[string]bool{},
+			in:       map[string]*inbound{},
+		}
+		c.locks[name] = l
+	}
+	return l
+}
+
+func (c *Core) sortedLocks() []*lockState {
+	ls := make([]*lockState, 0, len(c.locks))
+	for _, l := range c.locks {
+		ls = append(ls, l)
+	}
+	sort.Slice(ls, func(i, j int) bool { return ls[i].name < ls[j].name })
+	return ls
+}
+
+func (c *Core) checkNew(op OpenerID, lock string) error {
+	if c.closed {
+		return ErrClosed
+	}
+	if err := ValidLockName(lock); err != nil {
+		return err
+	}
+	if _, dup := c.openers[op]; dup {
+		return fmt.Errorf("%w: opener %d is already waiting or holding", ErrOpener, op)
+	}
+	return nil
+}
 
 // Acquire queues local opener op for lock; it is granted (see Ready) when
 // every member has replied. Openers of one lock on one peer are served FIFO.
-func (c *Core) Acquire(op OpenerID, lock string) error { return errTODO }
+func (c *Core) Acquire(op OpenerID, lock string) error {
+	if err := c.checkNew(op, lock); err != nil {
+		return err
+	}
+	l := c.lock(lock)
+	l.queue = append(l.queue, waiter{op: op})
+	c.openers[op] = l
+	if l.phase == Idle {
+		c.startRequest(l)
+	}
+	return nil
+}
 
 // TryAcquire is Acquire that must not wait: if the lock is held or wanted
 // here, or a member would defer the request, op gets a Refusal instead.
-func (c *Core) TryAcquire(op OpenerID, lock string) error { return errTODO }
+func (c *Core) TryAcquire(op OpenerID, lock string) error {
+	if err := c.checkNew(op, lock); err != nil {
+		return err
+	}
+	l := c.lock(lock)
+	if len(l.queue) > 0 {
+		c.refuse(op, lock)
+		return nil
+	}
+	l.queue = append(l.queue, waiter{op: op, try: true})
+	c.openers[op] = l
+	c.startRequest(l)
+	return nil
+}
 
 // Cancel withdraws op: a waiting opener leaves the queue without a trace; a
 // holder releases. Unknown openers are ignored.
-func (c *Core) Cancel(op OpenerID) {}
+func (c *Core) Cancel(op OpenerID) {
+	l := c.openers[op]
+	if l == nil {
+		return
+	}
+	if l.queue[0].op != op {
+		l.queue = slices.DeleteFunc(l.queue, func(w waiter) bool { return w.op == op })
+		delete(c.openers, op)
+		return
+	}
+	if l.phase == Holding {
+		c.endTurn(l)
+		return
+	}
+	c.withdraw(l, "")
+	c.endTurn(l)
+}
 
 // Release ends op's hold: deferred replies go out, then the next local
 // waiter's request is made.
-func (c *Core) Release(op OpenerID) error { return errTODO }
+func (c *Core) Release(op OpenerID) error {
+	l := c.openers[op]
+	if l == nil || l.phase != Holding || l.queue[0].op != op {
+		return fmt.Errorf("%w: opener %d holds no lock", ErrOpener, op)
+	}
+	c.endTurn(l)
+	return nil
+}
+
+// startRequest asks every member whose permission we lack for the opener at
+// the head of the queue.
+func (c *Core) startRequest(l *lockState) {
+	head := l.queue[0]
+	l.phase = Requesting
+	l.reqTime = uint64(c.clock.Increment())
+	clear(l.awaiting)
+	for _, p := range c.names {
+		if !l.perm[p] {
+			l.awaiting[p] = true
+			c.send(Message{Type: MsgRequest, To: p, Lock: l.name, ReqTime: l.reqTime, Try: head.try})
+		}
+	}
+	c.maybeEnter(l)
+}
+
+func (c *Core) maybeEnter(l *lockState) {
+	if l.phase != Requesting || len(l.awaiting) > 0 {
+		return
+	}
+	l.phase = Holding
+	l.token = uint64(c.clock.Increment())
+	c.ctr.Grants++
+	c.out.Grants = append(c.out.Grants, Grant{Opener: l.queue[0].op, Lock: l.name, Token: l.token})
+}
+
+// withdraw sends a cancel to every peer still asked (but skip).
+func (c *Core) withdraw(l *lockState, skip string) {
+	for _, p := range c.names {
+		if l.awaiting[p] && p != skip {
+			c.send(Message{Type: MsgCancel, To: p, Lock: l.name, ReqTime: l.reqTime})
+		}
+	}
+}
+
+// endTurn removes the head opener, answers every deferred request, then
+// starts the next local opener's request.
+func (c *Core) endTurn(l *lockState) {
+	delete(c.openers, l.queue[0].op)
+	l.queue = l.queue[1:]
+	l.phase = Idle
+	clear(l.awaiting)
+	for _, p := range c.names {
+		in := l.in[p]
+		if in == nil || in.state != inDeferred {
+			continue
+		}
+		in.state = inReplied
+		if !c.bugKeepPermOnRelease {
+			l.perm[p] = false
+		}
+		c.send(Message{Type: MsgReply, To: p, Lock: l.name, ReqTime: in.ts})
+	}
+	if !c.cfg.KeepPermissions {
+		clear(l.perm)
+	}
+	if len(l.queue) > 0 {
+		c.startRequest(l)
+	}
+}
+
+func (c *Core) refuse(op OpenerID, lock string) {
+	c.ctr.Refusals++
+	c.out.Refusals = append(c.out.Refusals, Refusal{Opener: op, Lock: lock})
+}
+
+func (c *Core) send(m Message) {
+	m.From = c.cfg.Name
+	m.FromIncarnation = c.cfg.Incarnation
+	m.ToIncarnation = c.members[m.To]
+	m.Time = uint64(c.clock.Time())
+	c.ctr.Sent++
+	c.out.Messages = append(c.out.Messages, m)
+}
+
+// before reports whether request (t1, n1) precedes request (t2, n2).
+func before(t1 uint64, n1 string, t2 uint64, n2 string) bool {
+	return t1 < t2 || (t1 == t2 && n1 < n2)
+}
 
 // Step processes one incoming message. A message that is rejected is counted
-// and leaves the state unchanged; the error wraps one of ErrUnknownPeer,
-// ErrStale, ErrUnexpected, ErrDuplicate, ErrMalformed.
-func (c *Core) Step(m Message) error { return errTODO }
+// and leaves the state unchanged, but for a duplicate request, which is
+// answered again (its first answer may have been lost with a connection);
+// the error wraps one of ErrUnknownPeer, ErrStale, ErrUnexpected,
+// ErrDuplicate, ErrMalformed.
+func (c *Core) Step(m Message) error {
+	c.ctr.Received++
+	err := c.step(m)
+	if err != nil {
+		c.ctr.Dropped++
+		c.ctr.DroppedBy[errors.Unwrap(err).Error()]++
+	}
+	return err
+}
+
+func (c *Core) step(m Message) error {
+	if m.To != c.cfg.Name || m.ToIncarnation != c.cfg.Incarnation {
+		return fmt.Errorf("%w: addressed to %s/%d: %v", ErrUnknownPeer, m.To, m.ToIncarnation, m)
+	}
+	if inc, ok := c.members[m.From]; !ok || inc != m.FromIncarnation {
+		return fmt.Errorf("%w: %v", ErrUnknownPeer, m)
+	}
+	if m.Type < MsgRequest || m.Type > MsgHello {
+		return fmt.Errorf("%w: %v", ErrMalformed, m)
+	}
+	if m.Type != MsgHello && (ValidLockName(m.Lock) != nil || m.ReqTime == 0) {
+		return fmt.Errorf("%w: %v", ErrMalformed, m)
+	}
+	c.clock.Witness(serf.LamportTime(m.Time))
+	switch m.Type {
+	case MsgHello:
+		c.resend(m.From)
+		return nil
+	case MsgRequest:
+		return c.onRequest(m)
+	case MsgCancel:
+		return c.onCancel(m)
+	default:
+		return c.onAnswer(m)
+	}
+}
+
+func (c *Core) onRequest(m Message) error {
+	l := c.lock(m.Lock)
+	in := l.in[m.From]
+	if in != nil && m.ReqTime <= in.ts {
+		if m.ReqTime < in.ts || in.state == inWithdrawn {
+			return fmt.Errorf("%w: %v", ErrStale, m)
+		}
+		// The same request again: answer again what we answered.
+		switch in.state {
+		case inReplied:
+			c.send(Message{Type: MsgReply, To: m.From, Lock: l.name, ReqTime: in.ts})
+		case inBusy:
+			c.send(Message{Type: MsgBusy, To: m.From, Lock: l.name, ReqTime: in.ts})
+		}
+		return fmt.Errorf("%w: %v", ErrDuplicate, m)
+	}
+	if in == nil {
+		in = &inbound{}
+		l.in[m.From] = in
+	}
+	*in = inbound{ts: m.ReqTime, try: m.Try}
+	// The seed's four cases: holding, or requesting with the earlier
+	// (time, name): defer; idle, or requesting with the later: reply.
+	deferIt := l.phase == Holding ||
+		(l.phase == Requesting && before(l.reqTime, c.cfg.Name, m.ReqTime, m.From))
+	switch {
+	case deferIt && m.Try:
+		in.state = inBusy
+		c.send(Message{Type: MsgBusy, To: m.From, Lock: l.name, ReqTime: m.ReqTime})
+	case deferIt:
+		in.state = inDeferred
+	default:
+		in.state = inReplied
+		c.send(Message{Type: MsgReply, To: m.From, Lock: l.name, ReqTime: m.ReqTime})
+		if l.perm[m.From] {
+			// We gave away a permission our own request relied on:
+			// ask for it again.
+			l.perm[m.From] = false
+			if l.phase == Requesting && !l.awaiting[m.From] {
+				l.awaiting[m.From] = true
+				c.send(Message{Type: MsgRequest, To: m.From, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+			}
+		}
+	}
+	return nil
+}
+
+func (c *Core) onCancel(m Message) error {
+	l := c.lock(m.Lock)
+	in := l.in[m.From]
+	if in == nil {
+		in = &inbound{}
+		l.in[m.From] = in
+	}
+	if m.ReqTime < in.ts || (m.ReqTime == in.ts && in.state == inWithdrawn) {
+		return fmt.Errorf("%w: %v", ErrStale, m)
+	}
+	*in = inbound{ts: m.ReqTime, state: inWithdrawn}
+	return nil
+}
+
+func (c *Core) onAnswer(m Message) error {
+	l := c.locks[m.Lock]
+	if l == nil || l.phase != Requesting || m.ReqTime != l.reqTime {
+		return fmt.Errorf("%w: %v", ErrUnexpected, m)
+	}
+	if !l.awaiting[m.From] {
+		return fmt.Errorf("%w: %v", ErrDuplicate, m)
+	}
+	if m.Type == MsgBusy {
+		if !l.queue[0].try {
+			return fmt.Errorf("%w: busy for a blocking request: %v", ErrUnexpected, m)
+		}
+		op := l.queue[0].op
+		delete(l.awaiting, m.From)
+		c.withdraw(l, "")
+		c.refuse(op, l.name)
+		c.endTurn(l)
+		return nil
+	}
+	delete(l.awaiting, m.From)
+	l.perm[m.From] = true
+	c.maybeEnter(l)
+	return nil
+}
+
+// resend sends again every request still awaiting peer p's answer.
+func (c *Core) resend(p string) {
+	for _, l := range c.sortedLocks() {
+		if l.phase == Requesting && l.awaiting[p] {
+			c.send(Message{Type: MsgRequest, To: p, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+		}
+	}
+}
 
 // AddMember records peer name (incarnation inc) as a member and sends it a
 // hello. Outstanding requests go to it and its reply is awaited. A known
 // name with another incarnation is first removed (a restart is a new peer).
-func (c *Core) AddMember(name string, inc uint64) {}
+func (c *Core) AddMember(name string, inc uint64) {
+	if name == c.cfg.Name {
+		return
+	}
+	if old, ok := c.members[name]; ok {
+		if old == inc {
+			return
+		}
+		c.RemoveMember(name)
+	}
+	c.members[name] = inc
+	i, _ := slices.BinarySearch(c.names, name)
+	c.names = slices.Insert(c.names, i, name)
+	c.send(Message{Type: MsgHello, To: name})
+	for _, l := range c.sortedLocks() {
+		if l.phase == Requesting {
+			l.awaiting[name] = true
+			c.send(Message{Type: MsgRequest, To: name, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+		}
+	}
+}
 
 // RemoveMember records that peer name failed or left: it counts as having
 // replied to every request, and its own requests leave the deferred queues.
-func (c *Core) RemoveMember(name string) {}
+func (c *Core) RemoveMember(name string) {
+	if _, ok := c.members[name]; !ok {
+		return
+	}
+	delete(c.members, name)
+	if i, ok := slices.BinarySearch(c.names, name); ok {
+		c.names = slices.Delete(c.names, i, i+1)
+	}
+	for _, l := range c.sortedLocks() {
+		delete(l.awaiting, name)
+		delete(l.perm, name)
+		delete(l.in, name)
+		c.maybeEnter(l)
+	}
+}
 
 // Reconnected tells the core that the channel to peer name was re-opened:
 // requests still outstanding with it are sent again.
-func (c *Core) Reconnected(name string) {}
+func (c *Core) Reconnected(name string) {
+	if _, ok := c.members[name]; ok {
+		c.resend(name)
+	}
+}
 
 // Shutdown withdraws every waiting opener and releases every hold, so that
-// nobody waits on this peer, before it leaves the cluster.
-func (c *Core) Shutdown() {}
+// nobody waits on this peer, before it leaves the cluster. Afterwards the
+// core still answers requests (as an idle peer) but takes no new openers.
+// The caller fails its own waiters; no Grant or Refusal is output for them.
+func (c *Core) Shutdown() {
+	c.closed = true
+	for _, l := range c.sortedLocks() {
+		if len(l.queue) == 0 {
+			continue
+		}
+		for _, w := range l.queue[1:] {
+			delete(c.openers, w.op)
+		}
+		l.queue = l.queue[:1]
+		c.Cancel(l.queue[0].op)
+	}
+}
 
 // Ready returns the outputs accumulated since the last call and clears them.
-func (c *Core) Ready() Ready { return Ready{} }
+func (c *Core) Ready() Ready {
+	r := c.out
+	c.out = Ready{}
+	return r
+}
+
+// HasReady reports whether Ready would return anything.
+func (c *Core) HasReady() bool { return !c.out.Empty() }
+
+// Lamport returns the current Lamport time.
+func (c *Core) Lamport() uint64 { return uint64(c.clock.Time()) }
 
 // Status returns a snapshot of the core.
-func (c *Core) Status() Status { return Status{} }
+func (c *Core) Status() Status {
+	s := Status{
+		Name:        c.cfg.Name,
+		Incarnation: c.cfg.Incarnation,
+		Lamport:     c.Lamport(),
+		Counters:    c.ctr,
+	}
+	s.Counters.DroppedBy = make(map[string]uint64, len(c.ctr.DroppedBy))
+	for k, v := range c.ctr.DroppedBy {
+		s.Counters.DroppedBy[k] = v
+	}
+	for _, n := range c.names {
+		s.Members = append(s.Members, MemberStatus{Name: n, Incarnation: c.members[n]})
+	}
+	for _, l := range c.sortedLocks() {
+		ls := LockStatus{Name: l.name, Phase: l.phase, Token: l.token, Waiting: len(l.queue)}
+		if l.phase != Idle {
+			ls.ReqTime = l.reqTime
+			ls.Try = l.queue[0].try
+		}
+		if l.phase == Holding {
+			ls.Holder = l.queue[0].op
+		}
+		for _, p := range c.names {
+			if in := l.in[p]; in != nil && in.state == inDeferred {
+				ls.Queued = append(ls.Queued, p)
+			}
+			if l.awaiting[p] {
+				ls.Awaiting = append(ls.Awaiting, p)
+			}
+			if l.perm[p] {
+				ls.Permissions = append(ls.Permissions, p)
+			}
+		}
+		s.Locks = append(s.Locks, ls)
+	}
+	return s
+}
