@@ -1,0 +1,82 @@
+package fs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// statusNode is .status: the Locker's status as JSON, fresh on every open.
+type statusNode struct {
+	gofs.Inode
+	fs *lockFS
+}
+
+// Open takes a snapshot of the status. Opening for writing is refused.
+func (n *statusNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
+		return nil, 0, errno(errReadOnly)
+	}
+	h := &statusHandle{fs: n.fs}
+	content, err := n.fs.status()
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	h.content = content
+	return h, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// Getattr reports a read-only file of size 0 (reads are direct).
+func (n *statusNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fs.setAttr(&out.Attr, statusMode)
+	return 0
+}
+
+// Setattr accepts time changes only.
+func (n *statusNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if in.Valid&(fuse.FATTR_MODE|fuse.FATTR_UID|fuse.FATTR_GID|fuse.FATTR_SIZE) != 0 {
+		return errno(errNotPermitted)
+	}
+	n.fs.setAttr(&out.Attr, statusMode)
+	return 0
+}
+
+// statusHandle is one open of .status.
+type statusHandle struct {
+	fs      *lockFS
+	mu      sync.Mutex
+	content []byte
+	served  bool // a read happened: the next read at 0 refreshes
+}
+
+// Read serves the snapshot taken at open; a later read at offset 0 takes a
+// fresh one (so pread(fd, 0) or lseek+read shows the current status).
+func (h *statusHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if off == 0 && h.served {
+		content, err := h.fs.status()
+		if err != nil {
+			return nil, errno(err)
+		}
+		h.content = content
+	}
+	h.served = true
+	return readAt(h.content, dest, off), 0
+}
+
+// status renders the Locker's status, newline-terminated.
+func (f *lockFS) status() ([]byte, error) {
+	b, err := f.locker.StatusJSON()
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	if len(b) == 0 || b[len(b)-1] != '\n' {
+		b = append(b, '\n')
+	}
+	return b, nil
+}
