@@ -1,0 +1,145 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/dlockfs/dlockfs/mutex"
+)
+
+// Defaults for the zero fields of a [Config].
+const (
+	DefaultMaxFrameSize     = 4096
+	DefaultQueueLen         = 4096
+	DefaultIncomingLen      = 1024
+	DefaultMaxConns         = 1024
+	DefaultHandshakeTimeout = 5 * time.Second
+	DefaultReadTimeout      = 10 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultMinBackoff       = 50 * time.Millisecond
+	DefaultMaxBackoff       = 2 * time.Second
+	DefaultMaxFrameRate     = 50000
+)
+
+// minFrameSize is the smallest MaxFrameSize accepted: the largest message
+// (three 255-byte names, five ten-byte varints) sealed, with room to spare.
+const minFrameSize = 1024
+
+// Config configures a [Transport]. Zero limits and timeouts take the
+// Default values above.
+type Config struct {
+	// Name and Incarnation say who we are; they are sent in the handshake
+	// and every outgoing message must carry them as From/FromIncarnation.
+	Name        string
+	Incarnation uint64
+	// ListenAddr is the TCP address to accept peers on, e.g. "127.0.0.1:0"
+	// or "0.0.0.0:7947".
+	ListenAddr string
+	// AdvertiseAddr, if set, is what [Transport.Addr] reports (needed when
+	// ListenAddr is a wildcard address).
+	AdvertiseAddr string
+	// Key is the cluster key: nil for a plaintext channel, else 16, 24 or
+	// 32 bytes selecting AES-128/192/256-GCM.
+	Key []byte
+	// Logger receives the transport's logs; nil discards them.
+	Logger *slog.Logger
+
+	// MaxFrameSize is the largest frame body accepted or sent, in bytes.
+	MaxFrameSize int
+	// QueueLen bounds the messages queued for one peer while its
+	// connection is (re)established or busy; a message sent to a full
+	// queue is dropped and counted.
+	QueueLen int
+	// IncomingLen is the buffer of the Incoming channel. When it is full,
+	// readers stop reading (TCP back-pressure) until it drains.
+	IncomingLen int
+	// MaxConns bounds the inbound connections open at once; one more is
+	// closed on accept and counted.
+	MaxConns int
+	// HandshakeTimeout bounds the whole handshake, in both directions.
+	HandshakeTimeout time.Duration
+	// ReadTimeout bounds the time from a frame's first byte to its last.
+	// An idle connection (between frames) has no deadline.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds each batch of writes to a peer, so that a peer
+	// that stops reading cannot wedge us: the connection is dropped and
+	// redialled.
+	WriteTimeout time.Duration
+	// DialTimeout bounds one TCP dial.
+	DialTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait between redials of a peer
+	// (doubling, with jitter).
+	MinBackoff, MaxBackoff time.Duration
+	// MaxFrameRate is the most frames per second one inbound connection
+	// may sustain (with a burst of one second's worth); a connection over
+	// it is closed as a flood. Negative disables the limit.
+	MaxFrameRate float64
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxFrameSize == 0 {
+		c.MaxFrameSize = DefaultMaxFrameSize
+	}
+	if c.QueueLen == 0 {
+		c.QueueLen = DefaultQueueLen
+	}
+	if c.IncomingLen == 0 {
+		c.IncomingLen = DefaultIncomingLen
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = DefaultMinBackoff
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = DefaultMaxBackoff
+	}
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = c.MinBackoff
+	}
+	if c.MaxFrameRate == 0 {
+		c.MaxFrameRate = DefaultMaxFrameRate
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate reports the first problem with the configuration.
+func (c Config) Validate() error {
+	switch {
+	case c.Name == "":
+		return errors.New("transport: config: Name is empty")
+	case len(c.Name) > mutex.MaxNameLen:
+		return fmt.Errorf("transport: config: Name is longer than %d bytes", mutex.MaxNameLen)
+	case c.ListenAddr == "":
+		return errors.New("transport: config: ListenAddr is empty")
+	case c.Key != nil && len(c.Key) != 16 && len(c.Key) != 24 && len(c.Key) != 32:
+		return fmt.Errorf("transport: config: Key is %d bytes, want 16, 24 or 32", len(c.Key))
+	case c.MaxFrameSize != 0 && c.MaxFrameSize < minFrameSize:
+		return fmt.Errorf("transport: config: MaxFrameSize %d is below %d", c.MaxFrameSize, minFrameSize)
+	case c.QueueLen < 0, c.IncomingLen < 0, c.MaxConns < 0:
+		return errors.New("transport: config: QueueLen, IncomingLen and MaxConns must not be negative")
+	case c.HandshakeTimeout < 0, c.ReadTimeout < 0, c.WriteTimeout < 0, c.DialTimeout < 0,
+		c.MinBackoff < 0, c.MaxBackoff < 0:
+		return errors.New("transport: config: timeouts and backoffs must not be negative")
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+// Package transport carries dlockfs lock messages ([mutex.Message]) between
+// peers over persistent TCP connections. Serf only keeps the membership:
+// its gossip is too slow and too lossy for Ricart–Agrawala's requests and
+// replies.
+//
+// # Connections
+//
+// Each peer listens ([Listen]) and dials one outgoing connection to every
+// peer it knows ([Transport.AddPeer]). A connection carries messages one way
+// only: a peer sends on the connection it dialled and reads from those it
+// accepted. [Transport.Send] never blocks: it puts the message on the
+// peer's bounded queue (a full queue drops it and counts the drop), and the
+// peer's writer goroutine drains the queue through a bufio.Writer, flushing
+// whenever the queue is empty; no timer sits in the send path. A broken
+// connection is redialled with a bounded, jittered backoff, and every
+// completed (re)connection is announced on [Transport.Connected]: the
+// caller (the peer's driver) then tells the core, which re-sends what it
+// still owes, so messages lost with the old connection are recovered.
+//
+// # Wire format
+//
+// Both ends first send a 38-byte preamble: "DLKF", protocol version 1, mode
+// (0 plaintext, 1 AES-GCM) and 32 random bytes (the server's challenge, the
+// client's nonce). Then frames follow: a 4-byte big-endian length and a
+// body of at most [Config.MaxFrameSize] bytes. The body's plaintext is a
+// payload: one byte version<<4|kind, then for a message a flags byte (bit 0
+// = Try) and From, FromIncarnation, To, ToIncarnation, Lock, Time, ReqTime,
+// names as a length byte plus bytes (names are at most 255 bytes), numbers
+// as unsigned varints. A typical request is 20-40 bytes. The first client
+// frame is a hello (its name and incarnation and the name it wants to
+// reach), the first server frame a welcome (the server's name and
+// incarnation). Every later message's From and FromIncarnation must match
+// the hello and its To must name the server, or the connection is dropped.
+//
+// # Security
+//
+// With a cluster [Config.Key] each connection has a session key,
+// HMAC-SHA256(Key, "dlockfs-v1" || challenge || nonce) cut to the key's
+// length, and every frame body is sealed with AES-GCM under that key, a
+// nonce made of the direction and a per-direction frame counter, and the
+// length prefix as additional data. So a peer without the key can neither
+// complete a handshake, nor send a message that is accepted, nor read one
+// (a client sends no message before it has authenticated the server's
+// welcome); a replayed, reordered or forged frame fails to open, and a
+// replayed connection fails at its hello because the server's challenge is
+// new. Both ends must agree on the mode: a keyed peer refuses a plaintext
+// one and vice versa. Without a key the same handshake runs in plaintext:
+// framing and identity checks, but no secrecy or authentication.
+//
+// # Bad input
+//
+// A connection that sends garbage, a frame over the size limit, a frame that
+// fails authentication or decoding, a misattributed message, a frame that
+// stalls half-way ([Config.ReadTimeout]), a handshake that stalls
+// ([Config.HandshakeTimeout]) or more frames per second than
+// [Config.MaxFrameRate] is closed, logged (with its remote address) and
+// counted in [Transport.Stats]; every other connection goes on. Outgoing
+// writes have a deadline ([Config.WriteTimeout]), so a peer that stops
+// reading is dropped and redialled instead of wedging the sender.
+//
+// # Shutdown
+//
+// [Transport.Flush] waits until what was queued has been written, for a
+// graceful leave; [Transport.Close] closes every connection and ends every
+// goroutine before it returns.
+package transport

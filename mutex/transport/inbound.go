@@ -1,0 +1,265 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// maxInterned bounds the lock names one inbound connection keeps as
+// strings to avoid allocating them again.
+const maxInterned = 4096
+
+// inConn is one accepted connection.
+type inConn struct {
+	conn   net.Conn
+	remote string
+}
+
+func (t *Transport) acceptLoop() {
+	defer t.wg.Done()
+	var delay time.Duration
+	for {
+		conn, err := t.ln.Accept()
+		if err != nil {
+			if t.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors or similar: wait a little.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			t.log.Warn("transport: accept failed", "err", err, "retry_in", delay)
+			timer := time.NewTimer(delay)
+			select {
+			case <-timer.C:
+			case <-t.ctx.Done():
+				timer.Stop()
+				return
+			}
+			continue
+		}
+		delay = 0
+		if n := t.st.inboundConns.Add(1); n > int64(t.cfg.MaxConns) {
+			t.st.inboundConns.Add(-1)
+			t.st.rejectedConns.Add(1)
+			t.log.Warn("transport: too many connections, closing", "remote", conn.RemoteAddr().String(), "max", t.cfg.MaxConns)
+			conn.Close()
+			continue
+		}
+		t.wg.Add(1)
+		go t.serveInbound(conn)
+	}
+}
+
+// serveInbound runs one accepted connection: handshake, then read, check
+// and deliver frames until the connection ends or misbehaves. Any bad
+// input closes this connection only.
+func (t *Transport) serveInbound(conn net.Conn) {
+	defer t.wg.Done()
+	defer t.st.inboundConns.Add(-1)
+	defer conn.Close()
+	stop := context.AfterFunc(t.ctx, func() { conn.Close() })
+	defer stop()
+	remote := conn.RemoteAddr().String()
+
+	br := bufio.NewReaderSize(conn, 16<<10)
+	fr, h, err := t.serverHandshake(conn, br)
+	if err != nil {
+		if t.ctx.Err() == nil {
+			t.st.handshakeFailures.Add(1)
+			t.log.Warn("transport: inbound handshake failed", "remote", remote, "err", err)
+		}
+		return
+	}
+	t.st.accepts.Add(1)
+	ic := &inConn{conn: conn, remote: remote}
+	t.registerInbound(h.Name, ic)
+	defer t.unregisterInbound(h.Name, ic)
+	t.log.Debug("transport: accepted peer", "peer", h.Name, "incarnation", h.Incarnation, "remote", remote)
+
+	self := t.cfg.Name
+	locks := make(map[string]string)
+	intern := func(b []byte) string {
+		switch string(b) {
+		case h.Name:
+			return h.Name
+		case self:
+			return self
+		}
+		if s, ok := locks[string(b)]; ok {
+			return s
+		}
+		s := string(b)
+		if len(locks) < maxInterned {
+			locks[s] = s
+		}
+		return s
+	}
+	bucket := newTokenBucket(t.cfg.MaxFrameRate)
+
+	for {
+		payload, err := fr.read(false)
+		if err != nil {
+			t.inboundError(err, remote, h.Name)
+			return
+		}
+		m, err := decodeMessage(payload, intern)
+		if err == nil && (m.From != h.Name || m.FromIncarnation != h.Incarnation || m.To != self) {
+			err = fmt.Errorf("%w: %v (hello %s/%d)", errIdentity, m, h.Name, h.Incarnation)
+		}
+		if err != nil {
+			t.inboundError(err, remote, h.Name)
+			return
+		}
+		if !bucket.take() {
+			t.st.floods.Add(1)
+			t.log.Warn("transport: frame rate over limit, closing connection", "remote", remote, "peer", h.Name, "max_rate", t.cfg.MaxFrameRate)
+			return
+		}
+		t.st.framesReceived.Add(1)
+		t.st.bytesReceived.Add(uint64(headerLen + len(payload) + fr.c.overhead()))
+		select {
+		case t.incoming <- Incoming{Msg: m, Remote: remote}:
+		case <-t.ctx.Done():
+			return
+		}
+	}
+}
+
+// inboundError counts and logs the end of an inbound connection.
+func (t *Transport) inboundError(err error, remote, name string) {
+	if t.ctx.Err() != nil {
+		return
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		t.log.Debug("transport: inbound connection closed", "remote", remote, "peer", name, "err", err)
+	case errors.As(err, &ne) && ne.Timeout():
+		t.st.badFrames.Add(1)
+		t.log.Warn("transport: frame stalled, closing connection", "remote", remote, "peer", name, "err", err)
+	case errors.Is(err, errOversized), errors.Is(err, errAuth), errors.Is(err, errMalformed),
+		errors.Is(err, errIdentity), errors.Is(err, io.ErrUnexpectedEOF):
+		t.st.badFrames.Add(1)
+		t.log.Warn("transport: bad frame, closing connection", "remote", remote, "peer", name, "err", err)
+	default:
+		t.log.Info("transport: inbound connection failed", "remote", remote, "peer", name, "err", err)
+	}
+}
+
+// registerInbound records ic as name's newest connection and closes the
+// previous one: a peer that reconnected has given up on it.
+func (t *Transport) registerInbound(name string, ic *inConn) {
+	t.mu.Lock()
+	old := t.inbound[name]
+	t.inbound[name] = ic
+	t.mu.Unlock()
+	if old != nil {
+		t.log.Debug("transport: peer reconnected, closing its previous connection", "peer", name, "remote", old.remote)
+		old.conn.Close()
+	}
+}
+
+func (t *Transport) unregisterInbound(name string, ic *inConn) {
+	t.mu.Lock()
+	if t.inbound[name] == ic {
+		delete(t.inbound, name)
+	}
+	t.mu.Unlock()
+}
+
+// serverHandshake answers a new connection: exchange preambles, check the
+// client's hello, send our welcome. It returns the reader of the client's
+// frames and its hello.
+func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameReader, hello, error) {
+	if err := conn.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout)); err != nil {
+		return nil, hello{}, fmt.Errorf("transport: set deadline: %w", err)
+	}
+	mine, err := newPreamble(t.mode)
+	if err != nil {
+		return nil, hello{}, err
+	}
+	if _, err := conn.Write(mine.append(nil)); err != nil {
+		return nil, hello{}, fmt.Errorf("%w: write preamble: %w", errHandshake, err)
+	}
+	var pb [preambleLen]byte
+	if _, err := io.ReadFull(br, pb[:]); err != nil {
+		return nil, hello{}, fmt.Errorf("%w: read preamble: %w", errHandshake, err)
+	}
+	theirs, err := parsePreamble(pb[:])
+	if err != nil {
+		return nil, hello{}, err
+	}
+	if theirs.mode != t.mode {
+		return nil, hello{}, fmt.Errorf("%w: peer uses %s, we use %s (cluster key mismatch)", errHandshake, modeName(theirs.mode), modeName(t.mode))
+	}
+	var sk []byte
+	if t.mode == modeAESGCM {
+		sk = sessionKey(t.cfg.Key, mine.nonce, theirs.nonce)
+	}
+	recv, err := newFrameCipher(sk, dirClientToServer)
+	if err != nil {
+		return nil, hello{}, err
+	}
+	send, err := newFrameCipher(sk, dirServerToClient)
+	if err != nil {
+		return nil, hello{}, err
+	}
+	fr := &frameReader{conn: conn, br: br, c: recv, max: t.cfg.MaxFrameSize, timeout: t.cfg.ReadTimeout}
+	payload, err := fr.read(true)
+	if err != nil {
+		if errors.Is(err, errAuth) {
+			return nil, hello{}, fmt.Errorf("%w: hello failed authentication (wrong cluster key?)", errHandshake)
+		}
+		return nil, hello{}, fmt.Errorf("%w: read hello: %w", errHandshake, err)
+	}
+	h, err := decodeHello(payload, kindHello)
+	if err != nil {
+		return nil, hello{}, fmt.Errorf("%w: hello: %w", errHandshake, err)
+	}
+	if h.ToName != t.cfg.Name {
+		return nil, hello{}, fmt.Errorf("%w: hello from %q is for %q, we are %q", errHandshake, h.Name, h.ToName, t.cfg.Name)
+	}
+	buf := appendHello([]byte{0, 0, 0, 0}, kindWelcome, hello{Name: t.cfg.Name, Incarnation: t.cfg.Incarnation})
+	if _, err := conn.Write(send.seal(buf)); err != nil {
+		return nil, hello{}, fmt.Errorf("%w: write welcome: %w", errHandshake, err)
+	}
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		return nil, hello{}, fmt.Errorf("transport: clear deadline: %w", err)
+	}
+	return fr, h, nil
+}
+
+// tokenBucket limits the frame rate of one connection: rate frames per
+// second with a burst of one second's worth. It reads the clock only when
+// the burst is used up.
+type tokenBucket struct {
+	rate   float64 // <0: unlimited
+	tokens float64
+	last   time.Time
+}
+
+func newTokenBucket(rate float64) *tokenBucket {
+	return &tokenBucket{rate: rate, tokens: max(rate, 1), last: time.Now()}
+}
+
+func (b *tokenBucket) take() bool {
+	if b.rate < 0 {
+		return true
+	}
+	if b.tokens >= 1 {
+		b.tokens--
+		return true
+	}
+	now := time.Now()
+	b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, max(b.rate, 1))
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true
+	}
+	return false
+}
