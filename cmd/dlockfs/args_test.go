@@ -1,0 +1,199 @@
+package main
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// mountDefaults is the mountConfig of "mount DIR" with every default.
+func mountDefaults(dir string) mountConfig {
+	return mountConfig{mountpoint: dir, bind: defaultBind, gossip: defaultGossip,
+		joinTimeout: defaultJoinTimeout, fastPath: defaultFastPath}
+}
+
+func TestParseArgs(t *testing.T) {
+	withMount := func(f func(*mountConfig)) config {
+		c := config{cmd: "mount", mount: mountDefaults("/mnt/x")}
+		f(&c.mount)
+		return c
+	}
+	tests := []struct {
+		name string
+		args []string
+		want config
+		// err: "" = success, "usage", "help"
+		err string
+	}{
+		{"mount defaults", []string{"mount", "/mnt/x"}, withMount(func(*mountConfig) {}), ""},
+		{"mount flags after mountpoint", []string{"mount", "/mnt/x", "--name", "a", "--debug"},
+			withMount(func(m *mountConfig) { m.name, m.debug = "a", true }), ""},
+		{"mount flags around mountpoint", []string{"mount", "--gossip=fast", "/mnt/x", "-allow-other", "--fast-path"},
+			withMount(func(m *mountConfig) { m.gossip, m.allowOther, m.fastPath = "fast", true, true }), ""},
+		{"mount every flag", []string{"mount", "--name", "n1", "--bind", "127.0.0.1:9000", "--advertise", "10.0.0.1:9000",
+			"--lock-bind", "127.0.0.1:9001", "--lock-advertise", "10.0.0.1:9001", "--join", "10.0.0.2:7946",
+			"--join-timeout", "5s", "--gossip", "wan", "--key-file", "/etc/k", "--allow-other", "--debug", "--fast-path=false", "/mnt/x"},
+			withMount(func(m *mountConfig) {
+				m.name, m.bind, m.advertise, m.lockBind, m.lockAdvertise = "n1", "127.0.0.1:9000", "10.0.0.1:9000", "127.0.0.1:9001", "10.0.0.1:9001"
+				m.join, m.joinTimeout, m.gossip, m.keyFile, m.allowOther, m.debug = []string{"10.0.0.2:7946"}, 5*time.Second, "wan", "/etc/k", true, true
+			}), ""},
+		{"mount join repeated and comma-separated, default port", []string{"mount", "--join", "10.0.0.2:7000,10.0.0.3", "/mnt/x", "--join", "[::1]:7001", "--join", "::1"},
+			withMount(func(m *mountConfig) { m.join = []string{"10.0.0.2:7000", "10.0.0.3:7946", "[::1]:7001", "[::1]:7946"} }), ""},
+		{"mount join forever", []string{"mount", "--join-timeout", "0", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.joinTimeout = 0 }), ""},
+		{"mount -- before a dash mountpoint", []string{"mount", "--debug", "--", "-odd"},
+			config{cmd: "mount", mount: func() mountConfig { m := mountDefaults("-odd"); m.debug = true; return m }()}, ""},
+		{"mount missing mountpoint", []string{"mount", "--debug"}, config{}, "usage"},
+		{"mount two mountpoints", []string{"mount", "/a", "/b"}, config{}, "usage"},
+		{"mount unknown flag", []string{"mount", "--nope", "/a"}, config{}, "usage"},
+		{"mount flag missing value", []string{"mount", "/a", "--name"}, config{}, "usage"},
+		{"mount bad gossip", []string{"mount", "--gossip", "slow", "/a"}, config{}, "usage"},
+		{"mount bad bind", []string{"mount", "--bind", "127.0.0.1", "/a"}, config{}, "usage"},
+		{"mount bad bind port", []string{"mount", "--bind", "127.0.0.1:99999", "/a"}, config{}, "usage"},
+		{"mount bad lock-bind", []string{"mount", "--lock-bind", "x", "/a"}, config{}, "usage"},
+		{"mount bad join", []string{"mount", "--join", "1.2.3.4:port", "/a"}, config{}, "usage"},
+		{"mount bad name", []string{"mount", "--name", "a/b", "/a"}, config{}, "usage"},
+		{"mount negative join timeout", []string{"mount", "--join-timeout", "-1s", "/a"}, config{}, "usage"},
+		{"mount bad duration", []string{"mount", "--join-timeout", "soon", "/a"}, config{}, "usage"},
+		{"mount help", []string{"mount", "--help"}, config{cmd: "mount"}, "help"},
+		{"mount -h after args", []string{"mount", "/a", "-h"}, config{cmd: "mount"}, "help"},
+
+		{"status", []string{"status", "/mnt/x"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x"}}, ""},
+		{"status json after", []string{"status", "/mnt/x", "--json"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", json: true}}, ""},
+		{"status missing", []string{"status"}, config{}, "usage"},
+		{"status help", []string{"status", "--help"}, config{cmd: "status"}, "help"},
+
+		{"keygen", []string{"keygen"}, config{cmd: "keygen"}, ""},
+		{"keygen extra", []string{"keygen", "x"}, config{}, "usage"},
+		{"keygen help", []string{"keygen", "-help"}, config{cmd: "keygen"}, "help"},
+
+		{"lock", []string{"lock", "/mnt/x", "make", "-j4"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", argv: []string{"make", "-j4"}}}, ""},
+		{"lock name and --", []string{"lock", "/mnt/x/db", "--", "sh", "-c", "echo --try"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x/db", argv: []string{"sh", "-c", "echo --try"}}}, ""},
+		{"lock flags before and after path", []string{"lock", "--timeout", "3s", "/mnt/x", "--try=false", "--", "true"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", timeout: 3 * time.Second, argv: []string{"true"}}}, ""},
+		{"lock try", []string{"lock", "--try", "/mnt/x", "true", "--timeout", "1s"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", try: true, argv: []string{"true", "--timeout", "1s"}}}, ""},
+		{"lock flock-style short flags", []string{"lock", "-w", "2m", "/mnt/x", "true"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", timeout: 2 * time.Minute, argv: []string{"true"}}}, ""},
+		{"lock -n", []string{"lock", "-n", "/mnt/x", "true"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", try: true, argv: []string{"true"}}}, ""},
+		{"lock -- before everything", []string{"lock", "--", "/mnt/x", "-cmd"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", argv: []string{"-cmd"}}}, ""},
+		{"lock missing cmd", []string{"lock", "/mnt/x"}, config{}, "usage"},
+		{"lock missing cmd after --", []string{"lock", "/mnt/x", "--"}, config{}, "usage"},
+		{"lock missing everything", []string{"lock"}, config{}, "usage"},
+		{"lock try and timeout", []string{"lock", "--try", "--timeout", "1s", "/mnt/x", "true"}, config{}, "usage"},
+		{"lock negative timeout", []string{"lock", "--timeout", "-1s", "/mnt/x", "true"}, config{}, "usage"},
+		{"lock help", []string{"lock", "--help"}, config{cmd: "lock"}, "help"},
+
+		{"check", []string{"check", "/mnt/x"}, config{cmd: "check", check: checkConfig{mountpoint: "/mnt/x"}}, ""},
+		{"check quiet", []string{"check", "-q", "/mnt/x"}, config{cmd: "check", check: checkConfig{mountpoint: "/mnt/x", quiet: true}}, ""},
+		{"check none", []string{"check"}, config{}, "usage"},
+
+		{"help", []string{"help"}, config{cmd: "help"}, ""},
+		{"help topic", []string{"help", "lock"}, config{cmd: "help", topic: "lock"}, ""},
+		{"help unknown topic", []string{"help", "nope"}, config{}, "usage"},
+		{"--help", []string{"--help"}, config{cmd: "help"}, ""},
+		{"-h", []string{"-h"}, config{cmd: "help"}, ""},
+		{"no command", nil, config{}, "usage"},
+		{"unknown command", []string{"frobnicate"}, config{}, "usage"},
+		{"reserved command", []string{"demo"}, config{}, "usage"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseArgs(tt.args)
+			switch tt.err {
+			case "":
+				if err != nil {
+					t.Fatalf("parseArgs(%q): %v", tt.args, err)
+				}
+				if !reflect.DeepEqual(got, tt.want) {
+					t.Fatalf("parseArgs(%q)\n got %+v\nwant %+v", tt.args, got, tt.want)
+				}
+			case "usage":
+				var ue *usageError
+				if !errors.As(err, &ue) {
+					t.Fatalf("parseArgs(%q) = %+v, %v; want a usage error", tt.args, got, err)
+				}
+				if exitCode(err) != exitUsage {
+					t.Fatalf("exit code %d, want %d", exitCode(err), exitUsage)
+				}
+			case "help":
+				if !errors.Is(err, errHelp) {
+					t.Fatalf("parseArgs(%q) = %v; want errHelp", tt.args, err)
+				}
+				if got.cmd != tt.want.cmd {
+					t.Fatalf("help for %q, want %q", got.cmd, tt.want.cmd)
+				}
+			}
+		})
+	}
+}
+
+func TestParseKey(t *testing.T) {
+	tests := []struct {
+		in      string
+		wantLen int // 0: error
+	}{
+		{"AAAAAAAAAAAAAAAAAAAAAA==", 16},
+		{"AAAAAAAAAAAAAAAAAAAAAA", 16}, // padding optional
+		{"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n", 24},
+		{"  AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n", 32},
+		{"AAAAAAAAAAAAAAAAAAAAAAAA", 0}, // 18 bytes
+		{"not base64!", 0},
+		{"", 0},
+		{"\n", 0},
+	}
+	for _, tt := range tests {
+		k, err := parseKey(tt.in)
+		if tt.wantLen == 0 {
+			if err == nil || exitCode(err) != exitKey {
+				t.Errorf("parseKey(%q) = %d bytes, %v; want an error with exit code %d", tt.in, len(k), err, exitKey)
+			}
+			continue
+		}
+		if err != nil || len(k) != tt.wantLen {
+			t.Errorf("parseKey(%q) = %d bytes, %v; want %d bytes", tt.in, len(k), err, tt.wantLen)
+		}
+	}
+}
+
+func TestReadMountinfo(t *testing.T) {
+	in := `22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+61 22 0:52 / /tmp/with\040space rw,nosuid,nodev,relatime shared:33 - fuse.dlockfs dlockfs rw,user_id=0,group_id=0
+62 22 0:53 / /mnt/x rw master:2 shared:3 - tmpfs none rw
+broken line
+`
+	got, err := readMountinfo(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []mountEntry{
+		{"/", "ext4", "/dev/sda1"},
+		{"/tmp/with space", "fuse.dlockfs", "dlockfs"},
+		{"/mnt/x", "tmpfs", "none"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestExitCodesDocumented(t *testing.T) {
+	seen := map[int]bool{}
+	for _, r := range exitCodeTable() {
+		if seen[r.code] {
+			t.Errorf("exit code %d documented twice", r.code)
+		}
+		seen[r.code] = true
+	}
+	for _, c := range []int{exitOK, exitError, exitUsage, exitMountpoint, exitJoin, exitBusy, exitTimeout,
+		exitFUSE, exitKey, exitNotMounted, exitCannotExec, exitNotFound} {
+		if !seen[c] {
+			t.Errorf("exit code %d not in exitCodeTable", c)
+		}
+	}
+}

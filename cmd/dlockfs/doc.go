@@ -1,0 +1,24 @@
+// Command dlockfs is a peer-to-peer distributed lock exposed as files.
+//
+// Every node runs "dlockfs mount MOUNTPOINT": a Ricart–Agrawala peer
+// (mutex/peer, membership by Serf) behind a FUSE mount (fs). Opening
+// MOUNTPOINT/NAME blocks until every live member has granted lock NAME;
+// the last close of that open file releases it.
+//
+// Synopsis:
+//
+//	dlockfs mount [flags] MOUNTPOINT
+//	dlockfs status [--json] MOUNTPOINT
+//	dlockfs lock [--try | --timeout DUR] MOUNTPOINT[/NAME] [--] CMD [ARGS...]
+//	dlockfs check [-q] MOUNTPOINT
+//	dlockfs keygen
+//	dlockfs help [COMMAND]
+//
+// "dlockfs help" and "dlockfs COMMAND --help" are the reference: flags,
+// defaults, examples and the exit codes (exitcodes.go holds the table).
+//
+// Layout: args.go parses the command line into one config (parseArgs,
+// table-tested); main.go holds the command table and maps errors to exit
+// codes; mount.go runs the daemon; mountpoint.go checks mountpoints and
+// live mounts; lock.go, status.go and key.go are the other commands.
+package main

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// overview is the text of "dlockfs help": commands, the idea, exit codes.
+func overview() string {
+	var b strings.Builder
+	b.WriteString(`dlockfs - a peer-to-peer distributed lock you open like a file
+
+Every node runs "dlockfs mount". Together they form a cluster (membership and
+failure detection by Serf gossip; lock messages by Ricart-Agrawala over a
+direct TCP channel). Every file in a mount is a named lock: opening it blocks
+until every live member has granted it, the last close releases it. There is
+no server and no leader.
+
+Usage:
+  dlockfs COMMAND [flags] [arguments]
+
+Commands:
+`)
+	for _, c := range commands() {
+		if c.run == nil {
+			continue
+		}
+		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+	}
+	b.WriteString(`
+Run 'dlockfs COMMAND --help' for a command's flags and examples.
+
+Quick start (three hosts; on each, with its own name and address):
+  dlockfs keygen > cluster.key; chmod 600 cluster.key   # once; copy to every host
+  mkdir -p /run/dlockfs
+  dlockfs mount --name a --key-file cluster.key --join 10.0.0.2,10.0.0.3 /run/dlockfs &
+  dlockfs lock /run/dlockfs/deploy -- ./deploy.sh       # one host at a time
+  dlockfs status /run/dlockfs
+
+`)
+	b.WriteString(exitCodesText())
+	return b.String()
+}
+
+// exitCodesText renders the EXIT CODES section.
+func exitCodesText() string {
+	var b strings.Builder
+	b.WriteString("Exit codes:\n")
+	for _, r := range exitCodeTable() {
+		fmt.Fprintf(&b, "  %3d  %s\n", r.code, r.meaning)
+	}
+	b.WriteString("  lock exits with CMD's status once CMD has run (128+N if a signal N killed it).\n")
+	return b.String()
+}
+
+const helpMount = `Usage: dlockfs mount [flags] MOUNTPOINT
+
+Start a peer, join the cluster, and mount its lock directory on MOUNTPOINT (an
+existing empty directory). Runs in the foreground until SIGINT or SIGTERM,
+then leaves the cluster gracefully (waiters elsewhere stop waiting for us),
+unmounts and exits 0. Prints one line when mounted and joined; otherwise quiet
+unless --debug. Flags may come before or after MOUNTPOINT.
+
+The mount is made only after the join succeeded: a node that is not yet in
+the cluster never grants a lock on its own.
+
+Flags:
+  --name NAME            node name, unique in the cluster (default: hostname)
+  --bind IP:PORT         Serf gossip address, TCP and UDP (default 0.0.0.0:7946)
+  --advertise IP:PORT    Serf address told to peers (default: bind address, or
+                         a private IP when binding 0.0.0.0)
+  --lock-bind IP:PORT    lock channel, TCP (default: bind IP, Serf port + 1,
+                         e.g. 0.0.0.0:7947); published to peers in Serf tags
+  --lock-advertise IP:PORT  lock channel address told to peers
+                         (default: the advertised IP, lock port)
+  --join IP[:PORT]       a member to join (port default 7946); repeat the flag
+                         or separate by commas. Tried with backoff until one
+                         answers. Without --join this node starts a new cluster.
+  --join-timeout DUR     give up joining after DUR, exit 11 (default 1m;
+                         0 = retry forever)
+  --gossip PROFILE       failure-detection profile, the same on every node
+                         (default lan):
+                           lan   detects a dead node in ~5 s (Serf LAN defaults)
+                           wan   ~30-40 s; tolerates slow, lossy links
+                           fast  ~0.5 s; for one host or a quiet LAN; more
+                                 CPU and risk of false suspicion under load
+                         A lock held by a dead node is freed when it is
+                         detected, so this is also the worst-case wait.
+  --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
+                         with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
+                         the lock channel. Every member needs the same key. A
+                         file readable by group or others gives a warning.
+  --allow-other          let other users open the locks (non-root needs
+                         user_allow_other in /etc/fuse.conf)
+  --fast-path            keep permissions between acquisitions (Roucairol-
+                         Carvalho): a node that takes the same lock again,
+                         with no other node asking meanwhile, enters with no
+                         messages at all. Default off: every grant is then
+                         confirmed by every live member on the spot, so a node
+                         cut off from the others waits instead of re-entering
+                         on permissions it kept, and the behaviour is plain
+                         Ricart-Agrawala. Turn it on where one node takes a
+                         lock many times in a row. Can differ between nodes.
+  --debug                log our and go-fuse's debug messages to stderr
+
+Requirements: /dev/fuse; as non-root also fusermount3 (Debian/Ubuntu package
+fuse3). A directory that is already a mount point, or a dead dlockfs mount
+(its daemon was killed), is refused: "umount -l DIR" clears a dead one.
+
+Examples:
+  # first node, then two more joining it (one host, distinct ports):
+  dlockfs mount --name a --bind 127.0.0.1:7946 /tmp/a &
+  dlockfs mount --name b --bind 127.0.0.1:7956 --join 127.0.0.1:7946 /tmp/b &
+  dlockfs mount --name c --bind 127.0.0.1:7966 --join 127.0.0.1:7946 --gossip fast /tmp/c &
+  # in a shell script (check first: on a bare directory 'exec 9>' would
+  # silently create a plain file and run unlocked):
+  dlockfs check /tmp/a && { exec 9</tmp/a/deploy; ./deploy.sh; exec 9<&-; }
+
+Exit codes: 0 clean shutdown, 2 usage, 10 mountpoint problem, 11 join failed,
+14 FUSE unavailable or mount failed, 15 bad key file, 1 other.
+`
+
+const helpStatus = `Usage: dlockfs status [--json] MOUNTPOINT
+
+Show what the peer behind MOUNTPOINT knows: itself, the members (name, Serf
+address, lock-channel address, alive/failed/left), every lock it has seen
+(state idle/requesting/holding, holder, fencing token, local waiters, peers
+whose requests it defers) and message counters. Reads MOUNTPOINT/.status.
+
+"holder" is this node's name when it holds the lock, else empty: in
+Ricart-Agrawala no node knows who else holds a lock, only that it was not
+yet granted permission.
+
+Flags:
+  --json    print the raw JSON from MOUNTPOINT/.status
+
+Examples:
+  dlockfs status /run/dlockfs
+  dlockfs status --json /run/dlockfs | jq '.locks[] | select(.state=="holding")'
+
+Exit codes: 0 ok, 16 not a live dlockfs mount, 1 other.
+`
+
+const helpLock = `Usage: dlockfs lock [--try | --timeout DUR] MOUNTPOINT[/NAME] [--] CMD [ARGS...]
+
+Run CMD while holding lock NAME (default "lock") of the dlockfs mounted at
+MOUNTPOINT: like flock(1), but for the whole cluster. Before opening, the path
+is checked to be inside a live dlockfs mount (a FUSE filesystem serving
+.status), so a dead or missing mount never runs CMD unlocked. The lock is then
+opened (blocking until granted), and dlockfs replaces itself with CMD: the
+open descriptor is inherited by CMD (and by its children), and the lock is
+released when the last of them exits. Flags may come before or after the
+path; everything after the path is CMD and its arguments.
+
+CMD's environment gains:
+  DLOCKFS_TOKEN   the fencing token of this hold (rises with every grant of
+                  this lock: pass it to the resource you protect and have it
+                  refuse older tokens)
+  DLOCKFS_FD      the number of the descriptor that holds the lock
+  DLOCKFS_LOCK    the lock file's path
+
+Flags:
+  --try, -n          do not wait: exit 12 if the lock is busy
+  --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13
+
+Examples:
+  dlockfs lock /run/dlockfs -- make deploy
+  dlockfs lock --try /run/dlockfs/backup -- ./backup.sh || echo "backup already running"
+  dlockfs lock --timeout 1m /run/dlockfs/db -- sh -c 'migrate --fence "$DLOCKFS_TOKEN"'
+
+Exit codes: CMD's status once CMD ran; before that 12 busy (--try),
+13 timeout, 16 not a live dlockfs mount, 126/127 CMD not executable/not found,
+2 usage, 1 other.
+`
+
+const helpCheck = `Usage: dlockfs check [-q] MOUNTPOINT
+
+Exit 0 if MOUNTPOINT is a live dlockfs mount, else 16 with the reason on stderr
+(not mounted, another filesystem, or a dead mount whose daemon is gone).
+For scripts that take a lock with a redirection instead of 'dlockfs lock':
+
+  dlockfs check /run/dlockfs || exit 1
+  exec 9</run/dlockfs/deploy      # blocks until granted
+  ./deploy.sh
+  exec 9<&-                       # release
+
+Flags:
+  -q, --quiet   print nothing, only set the exit code
+`
+
+const helpKeygen = `Usage: dlockfs keygen
+
+Print a new random cluster key: 32 bytes (AES-256) in base64, from the
+operating system's cryptographic random source. Give every member the same
+key with --key-file. Keep it private:
+
+  (umask 077; dlockfs keygen > /etc/dlockfs.key)
+`
+
+const helpHelp = `Usage: dlockfs help [COMMAND]
+
+Show the overview of dlockfs, or the help of COMMAND (same as
+'dlockfs COMMAND --help').
+`
