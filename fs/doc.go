@@ -37,9 +37,9 @@
 //	dd if=MOUNT/lock iflag=nonblock count=0   # try-lock (fails when busy)
 //
 // A name is valid when [mutex.ValidLockName] accepts it and it does not start
-// with '.', which is reserved. Unlink removes an idle name (EBUSY while it is
-// held or awaited through this mount); a name that the [Locker] still reports
-// reappears. Directories, renames, links, symlinks, special files and
+// with '.', which is reserved. Unlink removes an idle name from this mount
+// (EBUSY while it is held or awaited through it) until it is created here
+// again, even if the [Locker] still knows it. Directories, renames, links, symlinks, special files and
 // ownership or mode changes are refused with EPERM.
 //
 // If the file system is not mounted, `exec 9>DIR/lock` silently creates a

@@ -36,8 +36,14 @@ const (
 // a mount point, live or dead. As root it mounts with mount(2) directly;
 // otherwise it needs /dev/fuse and the setuid helper fusermount3.
 func Mount(dir string, opts Options) (*fuse.Server, error) {
+	server, _, err := mount(dir, opts)
+	return server, err
+}
+
+// mount is Mount, also returning the root (tests inspect its state).
+func mount(dir string, opts Options) (*fuse.Server, *rootNode, error) {
 	if opts.Locker == nil {
-		return nil, errors.New("fs: mount: Options.Locker is nil")
+		return nil, nil, errors.New("fs: mount: Options.Locker is nil")
 	}
 	logger := opts.Logger
 	if logger == nil {
@@ -45,11 +51,11 @@ func Mount(dir string, opts Options) (*fuse.Server, error) {
 	}
 	abs, err := checkMountpoint(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	root := os.Geteuid() == 0
 	if err := checkFuse(root); err != nil {
-		return nil, fmt.Errorf("fs: mount %s: %w", abs, err)
+		return nil, nil, fmt.Errorf("fs: mount %s: %w", abs, err)
 	}
 
 	level := slog.LevelWarn
@@ -81,12 +87,13 @@ func Mount(dir string, opts Options) (*fuse.Server, error) {
 	if opts.Debug {
 		fsOpts.Logger = fuseLog
 	}
-	server, err := gofs.Mount(abs, newRoot(opts.Locker, logger), fsOpts)
+	rootNode := newRoot(opts.Locker, logger)
+	server, err := gofs.Mount(abs, rootNode, fsOpts)
 	if err != nil {
-		return nil, fmt.Errorf("fs: mount %s: %w", abs, err)
+		return nil, nil, fmt.Errorf("fs: mount %s: %w", abs, err)
 	}
 	logger.Debug("mounted", "dir", abs, "allow_other", opts.AllowOther)
-	return server, nil
+	return server, rootNode, nil
 }
 
 // checkMountpoint returns dir's absolute, symlink-free path if it is a
@@ -157,7 +164,7 @@ func unescapeMountinfo(s string) string {
 	}
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s)+0 && i+4 <= len(s) {
+		if s[i] == '\\' && i+4 <= len(s) {
 			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
 				b.WriteByte(byte(n))
 				i += 3

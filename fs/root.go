@@ -142,6 +142,7 @@ type rootNode struct {
 
 	mu     sync.Mutex
 	names  map[string]*gofs.Inode // lock names known here
+	hidden map[string]bool        // names unlinked here (until created again)
 	status *gofs.Inode
 }
 
@@ -156,7 +157,8 @@ func newRoot(locker Locker, log *slog.Logger) *rootNode {
 			use:    make(map[string]int),
 			open:   make(map[*lockHandle]struct{}),
 		},
-		names: make(map[string]*gofs.Inode),
+		names:  make(map[string]*gofs.Inode),
+		hidden: make(map[string]bool),
 	}
 }
 
@@ -183,10 +185,17 @@ func (r *rootNode) OnForget() {
 	}
 }
 
-// node returns the inode of lock name, making it if needed.
-func (r *rootNode) node(ctx context.Context, name string) *gofs.Inode {
+// node returns the inode of lock name, making it if needed. create (a
+// name made here) undoes an earlier unlink; otherwise an unlinked name
+// stays hidden and node returns nil.
+func (r *rootNode) node(ctx context.Context, name string, create bool) *gofs.Inode {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if create {
+		delete(r.hidden, name)
+	} else if r.hidden[name] {
+		return nil
+	}
 	if ch := r.names[name]; ch != nil {
 		return ch
 	}
@@ -206,7 +215,7 @@ func (r *rootNode) known(ctx context.Context, name string) *gofs.Inode {
 	if validName(name) != nil || !slices.Contains(r.fs.locker.Names(), name) {
 		return nil
 	}
-	return r.node(ctx, name)
+	return r.node(ctx, name, false)
 }
 
 // Getattr describes the root directory.
@@ -244,7 +253,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	for _, name := range r.fs.locker.Names() {
 		if validName(name) == nil {
-			r.node(ctx, name)
+			r.node(ctx, name, false)
 		}
 	}
 	r.mu.Lock()
@@ -270,7 +279,7 @@ func (r *rootNode) Create(ctx context.Context, name string, flags uint32, mode u
 	if flags&syscall.O_EXCL != 0 && r.known(ctx, name) != nil {
 		return nil, nil, 0, errno(errExists)
 	}
-	ch := r.node(ctx, name)
+	ch := r.node(ctx, name, true)
 	h, err := r.fs.acquire(ctx, name, flags)
 	if err != nil {
 		return nil, nil, 0, errno(err)
@@ -291,13 +300,15 @@ func (r *rootNode) Mknod(ctx context.Context, name string, mode uint32, dev uint
 	if name == StatusFile || r.known(ctx, name) != nil {
 		return nil, errno(errExists)
 	}
-	ch := r.node(ctx, name)
+	ch := r.node(ctx, name, true)
 	r.fs.setAttr(&out.Attr, lockMode)
 	return ch, 0
 }
 
-// Unlink forgets an idle lock name. The fixed files cannot be removed, and
-// a name held or awaited through this mount is busy.
+// Unlink forgets an idle lock name: it disappears from this mount (even if
+// the Locker still knows it) until it is created here again. The fixed
+// files cannot be removed, and a name held or awaited through this mount
+// is busy.
 func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if name == LockFile || name == StatusFile {
 		return errno(errNotPermitted)
@@ -315,6 +326,7 @@ func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return errno(errBusy)
 	}
 	delete(r.names, name)
+	r.hidden[name] = true
 	ch.ForgetPersistent()
 	return 0
 }

@@ -10,13 +10,15 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// statusNode is .status: the Locker's status as JSON, fresh on every open.
+// statusNode is .status: the Locker's status as JSON, fresh on every open
+// and every read from offset 0.
 type statusNode struct {
 	gofs.Inode
 	fs *lockFS
 }
 
-// Open takes a snapshot of the status. Opening for writing is refused.
+// Open checks that the status can be rendered. Opening for writing is
+// refused.
 func (n *statusNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, errno(errReadOnly)
@@ -49,23 +51,21 @@ func (n *statusNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Se
 type statusHandle struct {
 	fs      *lockFS
 	mu      sync.Mutex
-	content []byte
-	served  bool // a read happened: the next read at 0 refreshes
+	content []byte // the snapshot being read
 }
 
-// Read serves the snapshot taken at open; a later read at offset 0 takes a
-// fresh one (so pread(fd, 0) or lseek+read shows the current status).
+// Read serves the status: a read at offset 0 takes a fresh snapshot, later
+// offsets continue the one being read.
 func (h *statusHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if off == 0 && h.served {
+	if off == 0 {
 		content, err := h.fs.status()
 		if err != nil {
 			return nil, errno(err)
 		}
 		h.content = content
 	}
-	h.served = true
 	return readAt(h.content, dest, off), 0
 }
 

@@ -1,0 +1,198 @@
+package fs
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/dlockfs/dlockfs/mutex"
+)
+
+// fakeLocker is an in-process Locker: a FIFO mutex per name, with tokens
+// that rise across all names, honouring ctx.
+type fakeLocker struct {
+	node string
+
+	mu       sync.Mutex
+	locks    map[string]*fakeLock
+	extra    []string // names "known from peers"
+	lastID   mutex.OpenerID
+	token    uint64
+	grants   int
+	unlocks  int
+	badUnlck int
+	// raceGrant makes a cancelled Lock wait for its grant and return it
+	// anyway: the grant races the interrupt.
+	raceGrant   bool
+	cancelsSeen int
+}
+
+type fakeLock struct {
+	holder mutex.OpenerID // 0: free
+	token  uint64
+	queue  []*fakeWaiter
+}
+
+type fakeWaiter struct {
+	id mutex.OpenerID
+	ch chan mutex.Grant // buffered, 1
+}
+
+func newFake() *fakeLocker {
+	return &fakeLocker{node: "fakenode", locks: make(map[string]*fakeLock)}
+}
+
+// get returns the lock name; f.mu must be held.
+func (f *fakeLocker) get(name string) *fakeLock {
+	l := f.locks[name]
+	if l == nil {
+		l = &fakeLock{}
+		f.locks[name] = l
+	}
+	return l
+}
+
+// dispatch grants a free lock to the head of its queue; f.mu must be held.
+func (f *fakeLocker) dispatch(name string, l *fakeLock) {
+	if l.holder != 0 || len(l.queue) == 0 {
+		return
+	}
+	w := l.queue[0]
+	l.queue = l.queue[1:]
+	f.token++
+	f.grants++
+	l.holder, l.token = w.id, f.token
+	w.ch <- mutex.Grant{Opener: w.id, Lock: name, Token: f.token}
+}
+
+func (f *fakeLocker) Lock(ctx context.Context, name string) (mutex.Grant, error) {
+	if err := mutex.ValidLockName(name); err != nil {
+		return mutex.Grant{}, err
+	}
+	f.mu.Lock()
+	l := f.get(name)
+	f.lastID++
+	w := &fakeWaiter{id: f.lastID, ch: make(chan mutex.Grant, 1)}
+	l.queue = append(l.queue, w)
+	f.dispatch(name, l)
+	f.mu.Unlock()
+
+	select {
+	case g := <-w.ch:
+		return g, nil
+	case <-ctx.Done():
+	}
+	f.mu.Lock()
+	if f.raceGrant {
+		f.cancelsSeen++
+		f.mu.Unlock()
+		return <-w.ch, nil
+	}
+	if i := slices.Index(l.queue, w); i >= 0 {
+		l.queue = slices.Delete(l.queue, i, i+1)
+		f.mu.Unlock()
+		return mutex.Grant{}, fmt.Errorf("fake lock %q: %w", name, ctx.Err())
+	}
+	f.mu.Unlock()
+	// Granted while cancelling: give it back.
+	if err := f.Unlock(<-w.ch); err != nil {
+		return mutex.Grant{}, err
+	}
+	return mutex.Grant{}, fmt.Errorf("fake lock %q: %w", name, ctx.Err())
+}
+
+func (f *fakeLocker) TryLock(ctx context.Context, name string) (mutex.Grant, error) {
+	if err := mutex.ValidLockName(name); err != nil {
+		return mutex.Grant{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.get(name)
+	if l.holder != 0 || len(l.queue) > 0 {
+		return mutex.Grant{}, fmt.Errorf("fake trylock %q: %w", name, mutex.ErrLocked)
+	}
+	f.lastID++
+	w := &fakeWaiter{id: f.lastID, ch: make(chan mutex.Grant, 1)}
+	l.queue = append(l.queue, w)
+	f.dispatch(name, l)
+	return <-w.ch, nil
+}
+
+func (f *fakeLocker) Unlock(g mutex.Grant) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.locks[g.Lock]
+	if l == nil || l.holder != g.Opener || l.token != g.Token {
+		f.badUnlck++
+		return fmt.Errorf("fake unlock %q: opener %d does not hold it", g.Lock, g.Opener)
+	}
+	l.holder = 0
+	f.unlocks++
+	f.dispatch(g.Lock, l)
+	return nil
+}
+
+func (f *fakeLocker) Node() string { return f.node }
+
+func (f *fakeLocker) Names() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	names := slices.Collect(maps.Keys(f.locks))
+	names = append(names, f.extra...)
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+type fakeLockStatus struct {
+	Name    string `json:"name"`
+	Holding bool   `json:"holding"`
+	Token   uint64 `json:"token"`
+	Waiting int    `json:"waiting"`
+}
+
+func (f *fakeLocker) StatusJSON() ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := struct {
+		Node  string           `json:"node"`
+		Locks []fakeLockStatus `json:"locks"`
+	}{Node: f.node, Locks: []fakeLockStatus{}}
+	for _, name := range slices.Sorted(maps.Keys(f.locks)) {
+		l := f.locks[name]
+		st.Locks = append(st.Locks, fakeLockStatus{name, l.holder != 0, l.token, len(l.queue)})
+	}
+	return json.Marshal(st)
+}
+
+// state reports whether name is held, its token and how many wait for it.
+func (f *fakeLocker) state(name string) (held bool, token uint64, waiting int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.locks[name]
+	if l == nil {
+		return false, 0, 0
+	}
+	return l.holder != 0, l.token, len(l.queue)
+}
+
+// counts reports grants, unlocks, bad unlocks and cancels seen in race mode.
+func (f *fakeLocker) counts() (grants, unlocks, bad, cancels int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.grants, f.unlocks, f.badUnlck, f.cancelsSeen
+}
+
+func (f *fakeLocker) setRaceGrant(on bool) {
+	f.mu.Lock()
+	f.raceGrant = on
+	f.mu.Unlock()
+}
+
+func (f *fakeLocker) addExtra(names ...string) {
+	f.mu.Lock()
+	f.extra = append(f.extra, names...)
+	f.mu.Unlock()
+}

@@ -1,0 +1,391 @@
+package fs
+
+import (
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestOpenModes: every way a shell opens a file takes the lock, and the
+// last close releases it.
+func TestOpenModes(t *testing.T) {
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	for _, tc := range []struct{ name, script, want string }{
+		{"read", `exec 9<"$M/lock" || exit 9; read -r token <&9; echo "token=$token"; exec 9<&-`, "token=1\n"},
+		{"write-trunc", `exec 9>"$M/lock" || exit 9; echo data >&9 || exit 8; echo ok`, "ok\n"},
+		{"append", `exec 9>>"$M/lock" || exit 9; echo data >&9 || exit 8; echo ok`, "ok\n"},
+		{"rdwr", `exec 9<>"$M/lock" || exit 9; read -r token <&9; echo "token=$token"; echo x >&9 || exit 8`, "token=4\n"},
+		{"cat", `cat "$M/lock"`, "5\nholder fakenode\nlock lock\n"},
+		{"cat-held-fd", `exec 9<"$M/lock"; cat <&9`, "6\nholder fakenode\nlock lock\n"},
+		{"flock", `flock "$M/lock" echo inside`, "inside\n"},
+		{"nonblock", `dd if="$M/lock" iflag=nonblock count=0 status=none && echo ok`, "ok\n"},
+		{"truncate", `truncate -s 0 "$M/lock" && echo ok`, "ok\n"},
+		{"kernel-flock", `exec 9<"$M/lock"; flock -n 9 && echo flocked; flock -u 9; exec 9<&-; echo closed`, "flocked\nclosed\n"},
+		{"stat", `stat -c %s "$M/lock" "$M/.status"`, "0\n0\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := mustRun(t, mnt, tc.script)
+			if tc.want != "" && out != tc.want {
+				t.Errorf("output %q, want %q", out, tc.want)
+			}
+			waitFor(t, "lock free", free(fk, LockFile))
+		})
+	}
+	if g, u, _, _ := fk.counts(); g != u {
+		t.Errorf("%d grants, %d unlocks", g, u)
+	}
+}
+
+// TestHolderBlocksOthers: a second opener waits until the holder closes,
+// and gets a higher token.
+func TestHolderBlocksOthers(t *testing.T) {
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	h := holder(t, mnt, LockFile)
+	_, tok1, _ := fk.state(LockFile)
+	w := start(t, mnt, `read -r token < "$M/lock" && echo "$token"`)
+	waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+	// Status, stat and readdir answer while an open is blocked.
+	mustRun(t, mnt, `cat "$M/.status" >/dev/null && stat "$M/lock" >/dev/null && ls "$M" >/dev/null`)
+	h.send("")
+	h.expect("released")
+	out, err := w.wait()
+	if err != nil {
+		t.Fatalf("waiter: %v; stderr %s", err, w.stderr)
+	}
+	if tok2, _ := strconv.ParseUint(out, 10, 64); tok2 <= tok1 {
+		t.Errorf("second token %q not above first %d", out, tok1)
+	}
+	waitFor(t, "lock free", free(fk, LockFile))
+}
+
+// TestDescriptionOutlivesDescriptor: dup'd, forked and exec-inherited
+// descriptors keep the lock until the last one closes.
+func TestDescriptionOutlivesDescriptor(t *testing.T) {
+	for _, tc := range []struct{ name, script string }{
+		{"fork", `exec 3<&0; exec 9<"$M/lock" || exit 9; ( read -r _ <&3; echo child-done ) & exec 9<&-; echo parent-closed; wait`},
+		{"exec", `exec 9<"$M/lock" || exit 9; echo parent-closed; exec bash -c 'read -r _; echo child-done'`},
+		{"dup", `exec 9<"$M/lock" || exit 9; exec 8<&9; exec 9<&-; echo parent-closed; read -r _; exec 8<&-; echo child-done; read -r _`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fk := newFake()
+			mnt, _ := testMount(t, fk)
+			p := start(t, mnt, tc.script)
+			p.expect("parent-closed")
+			// A wrong release would be seen here (or, racing, missed:
+			// this check cannot fail spuriously).
+			if _, _, code := run(t, mnt, `dd if="$M/lock" iflag=nonblock count=0 status=none`); code == 0 {
+				t.Fatal("try-lock succeeded while a descriptor is still open")
+			}
+			if _, u, _, _ := fk.counts(); u != 0 {
+				t.Fatalf("%d unlocks while a descriptor is open", u)
+			}
+			p.send("")
+			p.expect("child-done")
+			waitFor(t, "lock free after the last close", free(fk, LockFile))
+		})
+	}
+}
+
+// TestKilledHolderReleases: SIGKILL of the holder releases at once.
+func TestKilledHolderReleases(t *testing.T) {
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	h := holder(t, mnt, LockFile)
+	w := start(t, mnt, `cat "$M/lock" >/dev/null && echo got`)
+	waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+	h.signal(syscall.SIGKILL)
+	w.expect("got")
+	waitFor(t, "lock free", free(fk, LockFile))
+}
+
+// TestInterruptedWait: a signal to a blocked opener withdraws its request.
+func TestInterruptedWait(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			fk := newFake()
+			mnt, _ := testMount(t, fk)
+			h := holder(t, mnt, LockFile)
+			w := start(t, mnt, `exec cat "$M/lock"`)
+			waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+			w.signal(sig)
+			if _, err := w.wait(); err == nil {
+				t.Fatal("interrupted cat succeeded")
+			}
+			waitFor(t, "waiter withdrawn", waiting(fk, LockFile, 0))
+			if held, _, _ := fk.state(LockFile); !held {
+				t.Fatal("holder lost the lock")
+			}
+			h.send("")
+			h.expect("released")
+			waitFor(t, "lock free", free(fk, LockFile))
+			mustRun(t, mnt, `cat "$M/lock" >/dev/null`)
+		})
+	}
+}
+
+// TestTimeoutCat: `timeout 1 cat lock` exits 124 and leaves no waiter.
+func TestTimeoutCat(t *testing.T) {
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	h := holder(t, mnt, LockFile)
+	out := mustRun(t, mnt, `timeout 1 cat "$M/lock"; echo "rc=$?"`)
+	if out != "rc=124\n" {
+		t.Errorf("got %q, want rc=124", out)
+	}
+	waitFor(t, "no waiter left", waiting(fk, LockFile, 0))
+	h.send("")
+	h.expect("released")
+	waitFor(t, "lock free", free(fk, LockFile))
+	if out := mustRun(t, mnt, `timeout 10 cat "$M/lock" | head -1`); out != "2\n" {
+		t.Errorf("next holder read token %q, want 2", out)
+	}
+}
+
+// TestTryLockBusy: O_NONBLOCK fails with EAGAIN while the lock is held.
+func TestTryLockBusy(t *testing.T) {
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	h := holder(t, mnt, LockFile)
+	_, errOut, code := run(t, mnt, `dd if="$M/lock" iflag=nonblock count=0 status=none`)
+	if code == 0 || !strings.Contains(errOut, "Resource temporarily unavailable") {
+		t.Errorf("try-lock while held: exit %d, stderr %q; want EAGAIN", code, errOut)
+	}
+	h.send("")
+	h.expect("released")
+	waitFor(t, "lock free", free(fk, LockFile))
+	mustRun(t, mnt, `dd if="$M/lock" iflag=nonblock count=0 status=none`)
+}
+
+// TestGrantRacesInterrupt: a grant that arrives after the interrupt is
+// given back, for a killed and for an interrupted opener.
+func TestGrantRacesInterrupt(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			fk := newFake()
+			mnt, root := testMount(t, fk)
+			h := holder(t, mnt, LockFile)
+			w := start(t, mnt, `exec cat "$M/lock"`)
+			waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+			fk.setRaceGrant(true)
+			w.signal(sig)
+			waitFor(t, "the fake to see the cancel", func() bool { _, _, _, c := fk.counts(); return c == 1 })
+			h.send("") // the grant now goes to the interrupted opener
+			h.expect("released")
+			if _, err := w.wait(); err == nil {
+				t.Fatal("interrupted cat succeeded")
+			}
+			waitFor(t, "raced grant given back", free(fk, LockFile))
+			if g, u, _, _ := fk.counts(); g != 2 || u != 2 {
+				t.Errorf("grants %d, unlocks %d; want 2, 2", g, u)
+			}
+			root.fs.mu.Lock()
+			n := len(root.fs.open)
+			root.fs.mu.Unlock()
+			if n != 0 {
+				t.Errorf("%d handles open", n)
+			}
+		})
+	}
+}
+
+// TestStatus: .status is the Locker's JSON, fresh on every open.
+func TestStatus(t *testing.T) {
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	want, _ := fk.StatusJSON()
+	if got := mustRun(t, mnt, `cat "$M/.status"`); got != string(want)+"\n" {
+		t.Errorf(".status = %q, want %q", got, want)
+	}
+	h := holder(t, mnt, LockFile)
+	want, _ = fk.StatusJSON()
+	if got := mustRun(t, mnt, `cat "$M/.status"`); got != string(want)+"\n" || !strings.Contains(got, `"holding":true`) {
+		t.Errorf(".status while held = %q, want %q", got, want)
+	}
+	// A descriptor opened while held and read after the release shows
+	// the release: reads are fresh, not the state at open.
+	p := start(t, mnt, `exec 9<"$M/.status" || exit 9; echo ready; read -r _; cat <&9`)
+	p.expect("ready")
+	h.send("")
+	h.expect("released")
+	waitFor(t, "lock free", free(fk, LockFile))
+	want, _ = fk.StatusJSON()
+	p.send("")
+	out, err := p.wait()
+	if err != nil || out != string(want) {
+		t.Errorf("read of .status after the release: %q (%v), want %q", out, err, want)
+	}
+	if _, errOut, code := run(t, mnt, `echo x > "$M/.status"`); code == 0 || !strings.Contains(errOut, "Permission denied") {
+		t.Errorf("writing .status: exit %d, %q; want EACCES", code, errOut)
+	}
+}
+
+// TestNamedLocks: creating, listing, locking and removing names.
+func TestNamedLocks(t *testing.T) {
+	fk := newFake()
+	fk.addExtra("remote")
+	mnt, _ := testMount(t, fk)
+	mustRun(t, mnt, `touch "$M/a"`)
+	mustRun(t, mnt, `flock "$M/c" true`)
+	h := start(t, mnt, `exec 9>"$M/b" || exit 9; read -r token <&9 || echo unreadable; echo held; read -r _`)
+	h.expect("unreadable") // a write-only descriptor cannot be read
+	h.expect("held")
+	if held, _, _ := fk.state("b"); !held {
+		t.Fatal("exec 9>b did not take lock b")
+	}
+	if out := mustRun(t, mnt, `ls -A "$M"`); out != ".status\na\nb\nc\nlock\nremote\n" {
+		t.Errorf("ls -A: %q", out)
+	}
+	if out := mustRun(t, mnt, `cat "$M/remote"`); !strings.HasSuffix(out, "lock remote\n") {
+		t.Errorf("cat remote: %q", out)
+	}
+	mustRun(t, mnt, `rm "$M/a"; test ! -e "$M/a"`)
+	// A name created with the lock busy elsewhere is still created.
+	for _, tc := range []struct{ script, errText string }{
+		{`rm "$M/b"`, "Device or resource busy"},
+		{`rm "$M/lock"`, "Operation not permitted"},
+		{`rm "$M/.status"`, "Operation not permitted"},
+		{`touch "$M/.hidden"`, "Invalid argument"},
+		{`exec 9>"$M/.hidden"`, "Invalid argument"},
+		{`flock "$M/.hidden" true`, "Invalid argument"},
+		{`mkdir "$M/d"`, "Operation not permitted"},
+		{`mv "$M/c" "$M/z"`, "Operation not permitted"},
+		{`ln -s x "$M/s"`, "Operation not permitted"},
+		{`ln "$M/c" "$M/hard"`, "Operation not permitted"},
+		{`mkfifo "$M/fifo"`, "Operation not permitted"},
+		{`mknod "$M/dev" c 1 3`, "Operation not permitted"},
+		{`chmod 600 "$M/lock"`, "Operation not permitted"},
+		{`chown 1 "$M/lock"`, "Operation not permitted"},
+		{`rmdir "$M/lock"`, "Not a directory"},
+		{`cat "$M/nosuch"`, "No such file or directory"},
+	} {
+		_, errOut, code := run(t, mnt, "timeout 10 "+tc.script)
+		if code == 0 || code == 124 || !strings.Contains(errOut, tc.errText) {
+			t.Errorf("%s: exit %d, stderr %q; want %q", tc.script, code, errOut, tc.errText)
+		}
+	}
+	// Creating a new name as a try-lock while... (touch uses O_NONBLOCK).
+	mustRun(t, mnt, `touch "$M/b"`) // open fails EAGAIN, utimensat succeeds
+	if out := mustRun(t, mnt, `ls "$M"`); out != "b\nc\nlock\nremote\n" {
+		t.Errorf("ls: %q", out)
+	}
+	h.send("")
+	waitFor(t, "b free", free(fk, "b"))
+	mustRun(t, mnt, `rm "$M/b" "$M/c"`)
+	if out := mustRun(t, mnt, `ls "$M"`); out != "lock\nremote\n" {
+		t.Errorf("ls after rm: %q", out)
+	}
+}
+
+// TestManyWaiters: 1,000 blocked openers leave stat, readdir and .status
+// responsive, and all get the lock in turn.
+func TestManyWaiters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	const n = 1000
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	h := holder(t, mnt, LockFile)
+	w := startHelper(t, "waiters", mnt+"/lock", strconv.Itoa(n))
+	waitFor(t, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
+	for _, script := range []string{`stat "$M/lock"`, `ls -l "$M"`, `cat "$M/.status"`} {
+		t0 := time.Now()
+		mustRun(t, mnt, script+" >/dev/null")
+		t.Logf("with %d blocked openers: %s took %v (process spawn included)", n, script, time.Since(t0))
+	}
+	t0 := time.Now()
+	h.send("")
+	if out, err := w.wait(); err != nil || out != fmt.Sprintf("opened %d", n) {
+		t.Fatalf("waiters: %q, %v; stderr %s", out, err, w.stderr)
+	}
+	t.Logf("%d queued openers granted in turn in %v", n, time.Since(t0))
+	waitFor(t, "lock free", free(fk, LockFile))
+}
+
+// TestManyWaitersKilled: killing a process with 1,000 blocked opens
+// withdraws them all.
+func TestManyWaitersKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	const n = 1000
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	h := holder(t, mnt, LockFile)
+	w := startHelper(t, "waiters", mnt+"/lock", strconv.Itoa(n))
+	waitFor(t, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
+	t0 := time.Now()
+	w.signal(syscall.SIGKILL)
+	w.wait()
+	waitFor(t, "all waiters withdrawn", waiting(fk, LockFile, 0))
+	t.Logf("SIGKILL withdrew %d waiters in %v", n, time.Since(t0))
+	h.send("")
+	waitFor(t, "lock free", free(fk, LockFile))
+}
+
+// TestMountErrors: bad options and mount points are refused clearly.
+func TestMountErrors(t *testing.T) {
+	if _, err := Mount(t.TempDir(), Options{}); err == nil || !strings.Contains(err.Error(), "Locker") {
+		t.Errorf("nil Locker: %v", err)
+	}
+	if _, err := Mount("/nonexistent/dir", Options{Locker: newFake()}); err == nil {
+		t.Error("missing dir accepted")
+	}
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	if _, err := Mount(mnt, Options{Locker: fk}); err == nil || !strings.Contains(err.Error(), "already a mount point (fuse.dlockfs)") {
+		t.Errorf("second mount on a live mount: %v", err)
+	}
+
+	dead := t.TempDir()
+	p := startHelper(t, "mount", dead, "0")
+	p.expect("mounted")
+	p.signal(syscall.SIGKILL)
+	p.wait()
+	t.Cleanup(func() {
+		if err := syscall.Unmount(dead, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount dead mount: %v", err)
+		}
+	})
+	if _, err := Mount(dead, Options{Locker: newFake()}); err == nil || !strings.Contains(err.Error(), "dead FUSE mount") {
+		t.Errorf("mount on a dead mount: %v", err)
+	}
+}
+
+// TestDebugLogs: Debug sends go-fuse's request log to the slog logger.
+func TestDebugLogs(t *testing.T) {
+	dir := t.TempDir()
+	buf := &syncBuffer{}
+	logger := slogTo(buf)
+	srv, err := Mount(dir, Options{Locker: newFake(), Debug: true, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	mustRun(t, dir, `cat "$M/lock" >/dev/null`)
+	waitFor(t, "debug log of OPEN and RELEASE", func() bool {
+		s := buf.String()
+		return strings.Contains(s, "OPEN") && strings.Contains(s, "RELEASE") && strings.Contains(s, "lock released")
+	})
+}
+
+// TestMountpointUnescape: mountinfo escapes are decoded.
+func TestMountpointUnescape(t *testing.T) {
+	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/t\01`: `/t\01`} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+var _ = exec.Command
