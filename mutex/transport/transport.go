@@ -220,6 +220,9 @@ func (t *Transport) Send(m mutex.Message) {
 // to its peer's socket (or lost with a broken connection, or dropped with a
 // removed peer). It fails when ctx ends first, or the transport is closed.
 func (t *Transport) Flush(ctx context.Context) error {
+	if t.ctx.Err() != nil {
+		return fmt.Errorf("transport: flush: %w", ErrClosed)
+	}
 	t.flushWaiters.Add(1)
 	defer t.flushWaiters.Add(-1)
 	targets := make(map[*peer]uint64)
