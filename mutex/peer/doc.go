@@ -1,0 +1,35 @@
+// Package peer runs one member of a dlockfs cluster: the pure
+// Ricart–Agrawala core ([mutex.Core]) behind a driver goroutine, Serf for
+// membership and failure detection, and a TCP lock channel
+// (mutex/transport) for the lock messages.
+//
+// # The driver
+//
+// One goroutine owns the core. It selects on local calls (Lock, TryLock,
+// a cancelled Lock, Unlock, Status), the lock channel's incoming messages
+// and reconnections, Serf's member events, and stop; steps the core; then
+// performs the core's outputs in order: messages go to the lock channel
+// (which never blocks), grants to the waiting callers, refusals as
+// [mutex.ErrLocked]. A grant for a caller that went away is given back at
+// once. A Lock whose context ends withdraws its request without a trace
+// (the core sends a cancel to every peer it asked) and returns the
+// context's error.
+//
+// # Membership
+//
+// Every peer publishes two Serf tags: "lock", the lock channel's address,
+// and "nonce", a random boot nonce that is also the core's incarnation. A
+// member that joins, or is updated with a new nonce or lock address,
+// becomes a member of the core (a new nonce is a new peer: whatever its
+// previous life held or owed is forgotten); a member that fails, leaves or
+// is reaped is removed, and counts as having replied to every request.
+// Failure detection therefore bounds how long a crashed peer can stall a
+// lock: see [ProfileLAN], [ProfileWAN] and [ProfileFast].
+//
+// # Leaving
+//
+// [Peer.Leave] withdraws the local waiters (their Lock returns
+// [ErrClosed]), releases local holds and answers every deferred request,
+// flushes the lock channel, then leaves Serf, so that the others go on at
+// once instead of waiting for failure detection.
+package peer

@@ -1,0 +1,275 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/dlockfs/dlockfs/mutex"
+)
+
+// callKind is the kind of a local call into the driver.
+type callKind uint8
+
+const (
+	callAcquire  callKind = iota // Lock or TryLock (try)
+	callCancel                   // a Lock's ctx ended: withdraw or release op
+	callRelease                  // Unlock
+	callSnapshot                 // Status, Names
+	callShutdown                 // Leave: core.Shutdown
+)
+
+// call is one local call into the driver.
+type call struct {
+	kind callKind
+	op   mutex.OpenerID
+	lock string
+	try  bool
+	res  chan<- result   // callAcquire, buffered
+	errc chan<- error    // callRelease, buffered
+	snap chan<- snapshot // callSnapshot, buffered
+	ack  chan<- struct{} // callShutdown
+}
+
+// result answers a Lock or TryLock.
+type result struct {
+	grant mutex.Grant
+	err   error
+}
+
+// waiter is a local opener waiting for its grant.
+type waiter struct {
+	res  chan<- result
+	lock string
+}
+
+// snapshot is the driver's state for Status and Names.
+type snapshot struct {
+	core  mutex.Status
+	names []string
+}
+
+// maxNames bounds the set of lock names remembered for Names.
+const maxNames = 1 << 16
+
+// dropWarnEvery rate-limits the warning about dropped lock messages.
+const dropWarnEvery = 10 * time.Second
+
+// run is the driver: the one goroutine that owns the core. Every input is
+// a step of the core, after which its outputs are performed.
+func (p *Peer) run(serfDown <-chan struct{}) {
+	defer close(p.done)
+	incoming := p.tr.Incoming()
+	connected := p.tr.Connected()
+	for {
+		select {
+		case c := <-p.calls:
+			p.handleCall(c)
+		case in, ok := <-incoming:
+			if !ok {
+				incoming = nil
+				continue
+			}
+			p.step(in)
+		case name, ok := <-connected:
+			if !ok {
+				connected = nil
+				continue
+			}
+			if _, known := p.members[name]; known {
+				p.core.Reconnected(name)
+			}
+		case ev := <-p.events:
+			p.handleEvent(ev)
+		case <-serfDown:
+			serfDown = nil
+			p.serfStopped()
+		case <-p.stop:
+			p.final = p.takeSnapshot()
+			for op, w := range p.waiters {
+				w.res <- result{err: ErrClosed}
+				delete(p.waiters, op)
+			}
+			return
+		}
+		p.flush()
+	}
+}
+
+// flush performs the core's outputs: messages, then grants, then refusals.
+// A grant for an opener that went away is given back, which may produce
+// more outputs, hence the loop (bounded: each round removes a grant).
+func (p *Peer) flush() {
+	for range 1 << 20 {
+		rd := p.core.Ready()
+		if rd.Empty() {
+			return
+		}
+		for _, m := range rd.Messages {
+			p.tr.Send(m)
+		}
+		for _, g := range rd.Grants {
+			w, ok := p.waiters[g.Opener]
+			if !ok || p.closed {
+				if err := p.core.Release(g.Opener); err != nil {
+					p.log.Error("give back an unwanted grant", "lock", g.Lock, "err", err)
+				}
+				continue
+			}
+			delete(p.waiters, g.Opener)
+			p.held[g.Opener] = g.Lock
+			w.res <- result{grant: g}
+		}
+		for _, r := range rd.Refusals {
+			if w, ok := p.waiters[r.Opener]; ok {
+				delete(p.waiters, r.Opener)
+				w.res <- result{err: mutex.ErrLocked}
+			}
+		}
+	}
+	p.log.Error("core keeps producing outputs; giving up this round")
+}
+
+func (p *Peer) handleCall(c call) {
+	switch c.kind {
+	case callAcquire:
+		if p.closed {
+			c.res <- result{err: ErrClosed}
+			return
+		}
+		var err error
+		if c.try {
+			err = p.core.TryAcquire(c.op, c.lock)
+		} else {
+			err = p.core.Acquire(c.op, c.lock)
+		}
+		if err != nil {
+			c.res <- result{err: err}
+			return
+		}
+		p.waiters[c.op] = waiter{res: c.res, lock: c.lock}
+		p.remember(c.lock)
+	case callCancel:
+		_, waiting := p.waiters[c.op]
+		_, holding := p.held[c.op]
+		if waiting || holding {
+			delete(p.waiters, c.op)
+			delete(p.held, c.op)
+			p.core.Cancel(c.op)
+		}
+	case callRelease:
+		lock, ok := p.held[c.op]
+		switch {
+		case p.closed:
+			c.errc <- ErrClosed
+		case !ok || lock != c.lock:
+			c.errc <- ErrNotHeld
+		default:
+			delete(p.held, c.op)
+			c.errc <- p.core.Release(c.op)
+		}
+	case callSnapshot:
+		c.snap <- p.takeSnapshot()
+	case callShutdown:
+		p.shutdownCore()
+		close(c.ack)
+	}
+}
+
+// shutdownCore withdraws every local opener and releases every hold: after
+// it nobody waits on this peer. The driver still answers peers' requests.
+func (p *Peer) shutdownCore() {
+	if p.closed {
+		return
+	}
+	p.closed = true
+	p.core.Shutdown()
+	for op, w := range p.waiters {
+		w.res <- result{err: ErrClosed}
+		delete(p.waiters, op)
+	}
+	clear(p.held)
+}
+
+// serfStopped handles Serf shutting down. Unless we stopped it, this peer
+// was voted out (name conflict) or broke: it stops as if it left.
+func (p *Peer) serfStopped() {
+	if p.stopping.Load() {
+		return
+	}
+	err := ErrSerfDown
+	if p.conflict.Load() {
+		err = fmt.Errorf("%w %q", ErrNameConflict, p.name)
+	}
+	p.setErr(err)
+	p.log.Error("peer stopping", "err", err)
+	p.shutdownCore()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = p.tr.Flush(ctx)
+		_ = p.terminate()
+	}()
+}
+
+// step feeds one incoming message to the core.
+func (p *Peer) step(in incoming) {
+	err := p.core.Step(in.Msg)
+	if err == nil {
+		if in.Msg.Lock != "" {
+			p.remember(in.Msg.Lock)
+		}
+		return
+	}
+	p.log.Debug("dropped lock message", "remote", in.Remote, "msg", in.Msg.String(), "err", err)
+	if errors.Is(err, mutex.ErrDuplicate) || errors.Is(err, mutex.ErrStale) ||
+		errors.Is(err, mutex.ErrUnknownPeer) {
+		return // expected around reconnections and membership changes
+	}
+	p.dropsQuiet++
+	if now := time.Now(); now.Sub(p.dropWarn) >= dropWarnEvery {
+		p.log.Warn("dropped lock message", "remote", in.Remote, "msg", in.Msg.String(), "err", err,
+			"dropped_since_last_warning", p.dropsQuiet)
+		p.dropWarn = now
+		p.dropsQuiet = 0
+	}
+}
+
+// remember records a lock name for Names.
+func (p *Peer) remember(lock string) {
+	if len(p.names) < maxNames {
+		p.names[lock] = struct{}{}
+	}
+}
+
+func (p *Peer) takeSnapshot() snapshot {
+	names := make([]string, 0, len(p.names))
+	for n := range p.names {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return snapshot{core: p.core.Status(), names: names}
+}
+
+// handleEvent applies a Serf member event to the core and the transport.
+func (p *Peer) handleEvent(ev serf.Event) {
+	me, ok := ev.(serf.MemberEvent)
+	if !ok {
+		return
+	}
+	for _, m := range me.Members {
+		if m.Name == p.name {
+			continue
+		}
+		switch me.Type {
+		case serf.EventMemberJoin, serf.EventMemberUpdate:
+			p.memberUp(m)
+		case serf.EventMemberLeave, serf.EventMemberFailed, serf.EventMemberReap:
+			p.memberDown(m, me.Type)
+		}
+	}
+}

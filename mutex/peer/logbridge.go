@@ -1,0 +1,54 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"log"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+)
+
+// serfLogWriter turns Serf's and memberlist's "[LEVEL] component: text"
+// lines into slog records: DEBUG and INFO at debug level (Serf logs every
+// member event at INFO), WARN at warn, ERR at error. It also notices Serf
+// losing a name-conflict vote.
+type serfLogWriter struct {
+	log      *slog.Logger
+	conflict *atomic.Bool
+}
+
+func newSerfLogger(l *slog.Logger, conflict *atomic.Bool) *log.Logger {
+	return log.New(&serfLogWriter{log: l, conflict: conflict}, "", 0)
+}
+
+func (w *serfLogWriter) Write(b []byte) (int, error) {
+	n := len(b)
+	for line := range bytes.SplitSeq(bytes.TrimRight(b, "\n"), []byte{'\n'}) {
+		w.line(string(line))
+	}
+	return n, nil
+}
+
+func (w *serfLogWriter) line(s string) {
+	level := slog.LevelInfo
+	for _, l := range []struct {
+		prefix string
+		level  slog.Level
+	}{
+		{"[DEBUG] ", slog.LevelDebug},
+		{"[INFO] ", slog.LevelDebug},
+		{"[WARN] ", slog.LevelWarn},
+		{"[ERR] ", slog.LevelError},
+		{"[ERROR] ", slog.LevelError},
+	} {
+		if rest, ok := strings.CutPrefix(s, l.prefix); ok {
+			s, level = rest, l.level
+			break
+		}
+	}
+	if strings.Contains(s, "minority in name conflict resolution") {
+		w.conflict.Store(true)
+	}
+	w.log.Log(context.Background(), level, s)
+}

@@ -1,0 +1,127 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/serf/serf"
+)
+
+// The Serf tags a peer publishes.
+const (
+	// tagLock is the lock channel's address, IP:PORT.
+	tagLock = "lock"
+	// tagNonce is the boot nonce (the core's incarnation), in decimal.
+	tagNonce = "nonce"
+)
+
+// memberInfo is what the driver knows of a member.
+type memberInfo struct {
+	inc      uint64
+	lockAddr string
+}
+
+// parseTags reads a member's lock address and nonce.
+func parseTags(tags map[string]string) (memberInfo, error) {
+	addr := tags[tagLock]
+	if addr == "" {
+		return memberInfo{}, errors.New("no lock address tag")
+	}
+	inc, err := strconv.ParseUint(tags[tagNonce], 10, 64)
+	if err != nil || inc == 0 {
+		return memberInfo{}, fmt.Errorf("bad nonce tag %q", tags[tagNonce])
+	}
+	return memberInfo{inc: inc, lockAddr: addr}, nil
+}
+
+// memberUp handles a join or an update: a new member, or a known one with a
+// new nonce (a restart: a new peer to the core) or a new lock address.
+func (p *Peer) memberUp(m serf.Member) {
+	info, err := parseTags(m.Tags)
+	if err != nil {
+		p.log.Warn("ignoring a member that is not a dlockfs peer", "member", m.Name, "err", err)
+		return
+	}
+	if old, ok := p.members[m.Name]; ok && old == info {
+		return
+	}
+	p.log.Debug("member up", "member", m.Name, "incarnation", formatNonce(info.inc), "lock", info.lockAddr)
+	p.members[m.Name] = info
+	p.tr.AddPeer(m.Name, info.inc, info.lockAddr)
+	p.core.AddMember(m.Name, info.inc)
+}
+
+// memberDown handles a member that failed, left or was reaped. An event
+// about an older incarnation than the one we know is stale and ignored.
+func (p *Peer) memberDown(m serf.Member, why serf.EventType) {
+	old, ok := p.members[m.Name]
+	if !ok {
+		return
+	}
+	if info, err := parseTags(m.Tags); err == nil && info.inc != old.inc {
+		return
+	}
+	p.log.Debug("member down", "member", m.Name, "why", why.String(), "incarnation", formatNonce(old.inc))
+	delete(p.members, m.Name)
+	p.core.RemoveMember(m.Name)
+	p.tr.RemovePeer(m.Name)
+}
+
+// Join backoff bounds.
+const (
+	joinBackoffMin = 50 * time.Millisecond
+	joinBackoffMax = 2 * time.Second
+)
+
+// join contacts the addresses until one answers or ctx ends. A key
+// mismatch is not retried: it will not heal.
+func (p *Peer) join(ctx context.Context, addrs []string) error {
+	backoff := joinBackoffMin
+	for attempt := 1; ; attempt++ {
+		res := make(chan error, 1)
+		go func() {
+			n, err := p.serf.Join(addrs, true)
+			if n > 0 {
+				err = nil
+			} else if err == nil {
+				err = errors.New("no address answered")
+			}
+			res <- err
+		}()
+		var err error
+		select {
+		case err = <-res:
+		case <-ctx.Done():
+			return fmt.Errorf("peer: join %v: %w", addrs, ctx.Err())
+		}
+		if err == nil {
+			p.log.Debug("joined", "addrs", addrs, "attempts", attempt)
+			return nil
+		}
+		if isKeyError(err) {
+			return fmt.Errorf("peer: join %v: cluster key mismatch: %w", addrs, err)
+		}
+		p.log.Info("join failed; retrying", "addrs", addrs, "attempt", attempt, "in", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("peer: join %v: %w (last error: %v)", addrs, ctx.Err(), err)
+		}
+		backoff = min(2*backoff, joinBackoffMax)
+	}
+}
+
+// isKeyError reports whether a memberlist join error comes from a key
+// mismatch (memberlist has no sentinel errors for it).
+func isKeyError(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "no installed keys could decrypt") ||
+		strings.Contains(s, "encryption is configured but remote state is not encrypted") ||
+		strings.Contains(s, "remote state is encrypted and encryption is not configured")
+}

@@ -1,0 +1,447 @@
+package peer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/dlockfs/dlockfs/mutex"
+)
+
+// Errors.
+var (
+	// ErrClosed: the peer has left, failed, or is leaving.
+	ErrClosed = errors.New("peer: closed")
+	// ErrNotHeld: Unlock of a grant this peer does not hold (already
+	// unlocked, or withdrawn by a cancelled context).
+	ErrNotHeld = errors.New("peer: lock not held")
+	// ErrNameConflict: another live node has this peer's name; Serf voted
+	// this one out and it stopped.
+	ErrNameConflict = errors.New("peer: another live node has this name")
+	// ErrSerfDown: Serf shut down on its own.
+	ErrSerfDown = errors.New("peer: serf shut down unexpectedly")
+)
+
+// Peer is one running member of a dlockfs cluster: the Ricart–Agrawala core
+// behind a driver goroutine, Serf for membership and a TCP lock channel.
+// Its methods are safe for concurrent use.
+type Peer struct {
+	name      string
+	inc       uint64
+	profile   string
+	encrypted bool
+	log       *slog.Logger
+
+	serf     *serf.Serf // nil in driver-only tests
+	tr       lockTransport
+	events   chan serf.Event
+	conflict atomic.Bool // Serf logged that it lost a name-conflict vote
+
+	calls    chan call
+	stop     chan struct{} // closed to end the driver
+	done     chan struct{} // closed when the driver has ended
+	stopOnce sync.Once
+	nextOp   atomic.Uint64
+
+	stopping  atomic.Bool   // terminate has begun: Serf's shutdown is ours
+	termOnce  sync.Once     // the end of Serf, driver and transport
+	termDone  chan struct{} // closed when termOnce's work is over
+	leaveOnce sync.Once
+	leaveErr  error
+
+	errMu sync.Mutex
+	err   error // why the peer stopped on its own
+
+	final snapshot // the driver's last snapshot, readable once done is closed
+
+	// Owned by the driver goroutine.
+	core       *mutex.Core
+	waiters    map[mutex.OpenerID]waiter
+	held       map[mutex.OpenerID]string
+	members    map[string]memberInfo
+	names      map[string]struct{}
+	closed     bool // core.Shutdown done: no new openers
+	dropWarn   time.Time
+	dropsQuiet uint64
+}
+
+// Start creates a peer: it opens the lock channel, starts Serf, and joins
+// cfg.Join (retried with backoff until one address answers or ctx ends).
+// Empty Name, BindAddr and Profile take their [DefaultConfig] values.
+func Start(ctx context.Context, cfg Config) (*Peer, error) {
+	return start(ctx, cfg, listenTCP)
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Name == "" {
+		c.Name = d.Name
+	}
+	if c.BindAddr == "" {
+		c.BindAddr = d.BindAddr
+	}
+	if c.Profile == "" {
+		c.Profile = d.Profile
+	}
+	return c
+}
+
+func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTransport, error)) (*Peer, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("node", cfg.Name)
+	inc, err := nonce()
+	if err != nil {
+		return nil, err
+	}
+
+	bindIP, bindPort, _ := splitHostPort(cfg.BindAddr)
+	lockListen := cfg.LockAddr
+	if lockListen == "" {
+		port := 0
+		if bindPort != 0 {
+			port = bindPort + 1
+		}
+		lockListen = net.JoinHostPort(bindIP.String(), strconv.Itoa(port))
+	}
+	var key []byte
+	if len(cfg.Key) > 0 {
+		key = append([]byte(nil), cfg.Key...)
+	}
+	tr, err := listen(transportConfig{
+		Name:          cfg.Name,
+		Incarnation:   inc,
+		ListenAddr:    lockListen,
+		AdvertiseAddr: cfg.LockAdvertise,
+		Key:           key,
+		Logger:        log.With("component", "transport"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("peer: lock channel on %s: %w", lockListen, err)
+	}
+
+	p := newPeer(cfg, log, inc, tr)
+	p.encrypted = len(key) > 0
+
+	mc, leaveDelay := profile(cfg.Profile)
+	mc.BindAddr = bindIP.String()
+	mc.BindPort = bindPort
+	mc.AdvertisePort = bindPort
+	if cfg.AdvertiseAddr != "" {
+		ip, port, _ := splitHostPort(cfg.AdvertiseAddr)
+		mc.AdvertiseAddr = ip.String()
+		mc.AdvertisePort = port
+	}
+	mc.SecretKey = key
+	serfLog := newSerfLogger(log.With("component", "serf"), &p.conflict)
+	mc.Logger = serfLog
+
+	sc := serf.DefaultConfig()
+	sc.NodeName = cfg.Name
+	sc.Tags = map[string]string{tagNonce: formatNonce(inc), tagLock: tr.Addr()}
+	sc.EventCh = p.events
+	sc.LogOutput = nil
+	sc.Logger = serfLog
+	sc.MemberlistConfig = mc
+	sc.LeavePropagateDelay = leaveDelay
+	s, err := serf.Create(sc)
+	if err != nil {
+		tr.Close()
+		return nil, fmt.Errorf("peer: serf on %s: %w", cfg.BindAddr, err)
+	}
+	p.serf = s
+	// An unspecified lock IP is replaced by the IP Serf advertises,
+	// before anybody can see our tags.
+	if lockAddr, changed := advertisedLockAddr(tr.Addr(), s.LocalMember().Addr); changed {
+		sc.Tags[tagLock] = lockAddr
+		if err := s.SetTags(sc.Tags); err != nil {
+			s.Shutdown()
+			tr.Close()
+			return nil, fmt.Errorf("peer: publish lock address: %w", err)
+		}
+	}
+	go p.run(s.ShutdownCh())
+
+	if !p.encrypted {
+		log.Warn("no cluster key: gossip and lock messages are plaintext")
+	}
+	if len(cfg.Join) > 0 {
+		if err := p.join(ctx, cfg.Join); err != nil {
+			p.kill()
+			return nil, err
+		}
+	}
+	log.Info("peer started", "gossip", fmt.Sprintf("%s:%d", s.LocalMember().Addr, s.LocalMember().Port),
+		"lock", s.LocalMember().Tags[tagLock], "profile", cfg.Profile, "incarnation", formatNonce(inc))
+	return p, nil
+}
+
+// newPeer makes a peer around a core and a transport, without Serf and
+// without starting the driver.
+func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) *Peer {
+	core, err := mutex.New(mutex.Config{Name: cfg.Name, Incarnation: inc, KeepPermissions: cfg.KeepPermissions})
+	if err != nil {
+		// cfg was validated with the same rules.
+		panic(err)
+	}
+	return &Peer{
+		name:     cfg.Name,
+		inc:      inc,
+		profile:  cfg.Profile,
+		log:      log,
+		tr:       tr,
+		events:   make(chan serf.Event, 1024),
+		calls:    make(chan call),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+		termDone: make(chan struct{}),
+		core:     core,
+		waiters:  make(map[mutex.OpenerID]waiter),
+		held:     make(map[mutex.OpenerID]string),
+		members:  make(map[string]memberInfo),
+		names:    make(map[string]struct{}),
+	}
+}
+
+// advertisedLockAddr replaces an unspecified IP in the lock channel's
+// address by the gossip IP.
+func advertisedLockAddr(lockAddr string, gossipIP net.IP) (string, bool) {
+	host, port, err := net.SplitHostPort(lockAddr)
+	if err != nil {
+		return lockAddr, false
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsUnspecified() || gossipIP == nil {
+		return lockAddr, false
+	}
+	return net.JoinHostPort(gossipIP.String(), port), true
+}
+
+// nonce returns a random non-zero boot nonce.
+func nonce() (uint64, error) {
+	var b [8]byte
+	for range 8 {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, fmt.Errorf("peer: boot nonce: %w", err)
+		}
+		if n := binary.BigEndian.Uint64(b[:]); n != 0 {
+			return n, nil
+		}
+	}
+	return 0, errors.New("peer: boot nonce: random source returns zeros")
+}
+
+func formatNonce(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// Node returns this peer's node name.
+func (p *Peer) Node() string { return p.name }
+
+// Incarnation returns this peer's boot nonce.
+func (p *Peer) Incarnation() uint64 { return p.inc }
+
+// Done is closed when the peer has stopped: after Leave, or on its own
+// (see [Peer.Err]).
+func (p *Peer) Done() <-chan struct{} { return p.termDone }
+
+// Err returns why the peer stopped on its own ([ErrNameConflict],
+// [ErrSerfDown]), or nil.
+func (p *Peer) Err() error {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+func (p *Peer) setErr(err error) {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	if p.err == nil {
+		p.err = err
+	}
+}
+
+// Lock waits until this peer holds lock name. Cancelling ctx withdraws the
+// request without a trace and returns ctx's error (wrapped). A stopped
+// peer returns [ErrClosed].
+func (p *Peer) Lock(ctx context.Context, name string) (mutex.Grant, error) {
+	return p.acquire(ctx, name, false)
+}
+
+// TryLock is Lock that does not wait for a holder: it returns
+// [mutex.ErrLocked] (wrapped) when the lock is held or wanted, here or by
+// another peer. It still waits for every peer's answer (one round trip).
+func (p *Peer) TryLock(ctx context.Context, name string) (mutex.Grant, error) {
+	return p.acquire(ctx, name, true)
+}
+
+func (p *Peer) acquire(ctx context.Context, name string, try bool) (mutex.Grant, error) {
+	what := "lock"
+	if try {
+		what = "trylock"
+	}
+	if err := mutex.ValidLockName(name); err != nil {
+		return mutex.Grant{}, fmt.Errorf("peer: %s: %w", what, err)
+	}
+	op := mutex.OpenerID(p.nextOp.Add(1))
+	res := make(chan result, 1)
+	select {
+	case p.calls <- call{kind: callAcquire, op: op, lock: name, try: try, res: res}:
+	case <-ctx.Done():
+		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
+	case <-p.done:
+		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ErrClosed)
+	}
+	select {
+	case r := <-res:
+		if r.err != nil {
+			return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, r.err)
+		}
+		return r.grant, nil
+	case <-ctx.Done():
+		// Withdraw; if the grant came meanwhile, the driver releases it.
+		select {
+		case p.calls <- call{kind: callCancel, op: op}:
+		case <-p.done:
+		}
+		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
+	case <-p.done:
+		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ErrClosed)
+	}
+}
+
+// Unlock releases a grant returned by Lock or TryLock. It does not wait for
+// the network: the replies it owes are queued on the lock channel.
+func (p *Peer) Unlock(g mutex.Grant) error {
+	errc := make(chan error, 1)
+	select {
+	case p.calls <- call{kind: callRelease, op: g.Opener, lock: g.Lock, errc: errc}:
+	case <-p.done:
+		return fmt.Errorf("peer: unlock %q: %w", g.Lock, ErrClosed)
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			return fmt.Errorf("peer: unlock %q: %w", g.Lock, err)
+		}
+		return nil
+	case <-p.done:
+		return fmt.Errorf("peer: unlock %q: %w", g.Lock, ErrClosed)
+	}
+}
+
+// Names returns the sorted names of the locks this peer knows: locked
+// here, or seen in a peer's messages.
+func (p *Peer) Names() []string {
+	return p.snapshot().names
+}
+
+// snapshot asks the driver for its state; after it ended, the last one.
+func (p *Peer) snapshot() snapshot {
+	res := make(chan snapshot, 1)
+	select {
+	case p.calls <- call{kind: callSnapshot, snap: res}:
+	case <-p.done:
+		return p.final
+	}
+	select {
+	case s := <-res:
+		return s
+	case <-p.done:
+		return p.final
+	}
+}
+
+// Leave leaves the cluster gracefully: waiting Lock calls return
+// [ErrClosed], holds are released and deferred replies sent, the lock
+// channel is flushed (until ctx ends), Serf announces the leave, and every
+// goroutine ends. Calling it again returns the first result.
+func (p *Peer) Leave(ctx context.Context) error {
+	p.leaveOnce.Do(func() { p.leaveErr = p.leave(ctx) })
+	return p.leaveErr
+}
+
+func (p *Peer) leave(ctx context.Context) error {
+	select {
+	case <-p.termDone:
+		return p.Err() // stopped already (crash hook, or on its own)
+	default:
+	}
+	var errs []error
+	// Withdraw and release everything; the driver keeps answering peers
+	// until Serf has told them we left.
+	ack := make(chan struct{})
+	select {
+	case p.calls <- call{kind: callShutdown, ack: ack}:
+		select {
+		case <-ack:
+		case <-p.done:
+		}
+	case <-p.done:
+	}
+	if err := p.tr.Flush(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("peer: leave: flush lock channel: %w", err))
+	}
+	if p.serf != nil && p.serf.State() == serf.SerfAlive {
+		left := make(chan error, 1)
+		go func() { left <- p.serf.Leave() }()
+		select {
+		case err := <-left:
+			if err != nil {
+				errs = append(errs, fmt.Errorf("peer: leave: serf: %w", err))
+			}
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("peer: leave: serf: %w", ctx.Err()))
+		}
+	}
+	if err := p.terminate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.Err(); err != nil {
+		errs = append(errs, err)
+	}
+	p.log.Info("peer left")
+	return errors.Join(errs...)
+}
+
+// terminate shuts Serf down, ends the driver and closes the lock channel.
+// Only the first call does it; every call waits for it.
+func (p *Peer) terminate() error {
+	var err error
+	p.termOnce.Do(func() {
+		defer close(p.termDone)
+		p.stopping.Store(true)
+		if p.serf != nil {
+			if e := p.serf.Shutdown(); e != nil {
+				err = fmt.Errorf("peer: serf shutdown: %w", e)
+			}
+		}
+		p.stopOnce.Do(func() { close(p.stop) })
+		<-p.done
+		if e := p.tr.Close(); e != nil {
+			err = errors.Join(err, fmt.Errorf("peer: close lock channel: %w", e))
+		}
+	})
+	<-p.termDone
+	return err
+}
+
+// kill stops the peer as a crash would: no core shutdown, no leave, no
+// flush. Peers notice by failure detection. For tests and failed starts.
+func (p *Peer) kill() {
+	_ = p.terminate()
+}

@@ -1,0 +1,433 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dlockfs/dlockfs/mutex"
+)
+
+// testListen is the lock channel the cluster tests run on.
+var testListen = newMemNet().listen
+
+// contend runs workers goroutines on each peer, each taking every lock in
+// turn rounds times, and checks the guard.
+func contend(t *testing.T, peers []*Peer, locks []string, workers, rounds int) *guard {
+	t.Helper()
+	g := newGuard()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		for w := range workers {
+			wg.Go(func() {
+				for r := range rounds {
+					lock := locks[(r+w)%len(locks)]
+					gr, err := p.Lock(ctx, lock)
+					if err != nil {
+						g.fail("%s: lock %q: %v", p.Node(), lock, err)
+						return
+					}
+					g.enter(p.Node(), gr, nil)
+					if err := p.Unlock(gr); err != nil {
+						g.fail("%s: unlock %q: %v", p.Node(), lock, err)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	g.check(t)
+	return g
+}
+
+func TestContention(t *testing.T) {
+	for _, n := range []int{3, 5} {
+		for _, keep := range []bool{false, true} {
+			t.Run(fmt.Sprintf("peers=%d/keep=%v", n, keep), func(t *testing.T) {
+				c := newCluster(t, testListen)
+				c.keep = keep
+				peers := c.startN(n)
+				locks := []string{"a", "b", "c"}
+				const workers, rounds = 2, 15
+				g := contend(t, peers, locks, workers, rounds)
+				var sum int64
+				for _, l := range locks {
+					sum += g.total(l)
+				}
+				if want := int64(n * workers * rounds); sum != want {
+					t.Errorf("%d critical sections counted, want %d", sum, want)
+				}
+			})
+		}
+	}
+}
+
+func TestTryLock(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(3)
+	held := lockT(t, ps[0], "x", 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := ps[1].TryLock(ctx, "x"); !errors.Is(err, mutex.ErrLocked) {
+		t.Fatalf("TryLock of a held lock: %v, want ErrLocked", err)
+	}
+	if _, err := ps[0].TryLock(ctx, "x"); !errors.Is(err, mutex.ErrLocked) {
+		t.Fatalf("TryLock of a lock held here: %v, want ErrLocked", err)
+	}
+	if err := ps[0].Unlock(held); err != nil {
+		t.Fatal(err)
+	}
+	gr, err := ps[1].TryLock(ctx, "x")
+	if err != nil {
+		t.Fatalf("TryLock of a free lock: %v", err)
+	}
+	if err := ps[1].Unlock(gr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnlockErrors(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(2)
+	gr := lockT(t, ps[0], "x", 5*time.Second)
+	if err := ps[1].Unlock(gr); !errors.Is(err, mutex.ErrOpener) && !errors.Is(err, ErrNotHeld) {
+		t.Errorf("unlock on the wrong peer: %v, want ErrNotHeld", err)
+	}
+	if err := ps[0].Unlock(gr); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps[0].Unlock(gr); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("second unlock: %v, want ErrNotHeld", err)
+	}
+	if _, err := ps[0].Lock(context.Background(), "a/b"); !errors.Is(err, mutex.ErrInvalidName) {
+		t.Errorf("lock a/b: %v, want ErrInvalidName", err)
+	}
+	gr = lockT(t, ps[0], "x", 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ps[0].Leave(ctx); err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	if err := ps[0].Unlock(gr); !errors.Is(err, ErrClosed) {
+		t.Errorf("unlock after leave: %v, want ErrClosed", err)
+	}
+	if _, err := ps[0].Lock(ctx, "x"); !errors.Is(err, ErrClosed) {
+		t.Errorf("lock after leave: %v, want ErrClosed", err)
+	}
+}
+
+// A Lock whose ctx ends leaves no trace: the holder forgets the deferred
+// request, and the others acquire at once.
+func TestCancelWhileWaiting(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(3)
+	held := lockT(t, ps[0], "x", 5*time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := lockAsync(ctx, ps[1], "x")
+	waitDeferred(t, ps[0], "x", "p1", 5*time.Second)
+	cancel()
+	r := recvWithin(t, waiting, 5*time.Second, "the cancelled Lock to return")
+	if !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("cancelled Lock: %v, want context.Canceled", r.err)
+	}
+	waitLockState(t, ps[1], "x", mutex.Idle, 5*time.Second)
+	waitFor(t, 5*time.Second, "p0 to forget p1's request", func() bool {
+		for _, l := range ps[0].snapshot().core.Locks {
+			if l.Name == "x" {
+				return len(l.Queued) == 0
+			}
+		}
+		return true
+	})
+	if err := ps[0].Unlock(held); err != nil {
+		t.Fatal(err)
+	}
+	// p2 needs only p0's and p1's replies: both are idle now.
+	gr := lockT(t, ps[2], "x", 5*time.Second)
+	if err := ps[2].Unlock(gr); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		for _, l := range p.snapshot().core.Locks {
+			if l.Waiting != 0 {
+				t.Errorf("%s: %q still has %d waiting", p.Node(), l.Name, l.Waiting)
+			}
+		}
+	}
+}
+
+// A cancel that races with the grant must not leave the lock held.
+func TestCancelRacesGrant(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(2)
+	for i := range 50 {
+		ctx, cancel := context.WithCancel(context.Background())
+		ch := lockAsync(ctx, ps[i%2], "x")
+		if i%3 == 0 {
+			cancel()
+		} else {
+			time.AfterFunc(time.Duration(i%7)*50*time.Microsecond, cancel)
+		}
+		r := recvWithin(t, ch, 5*time.Second, "Lock to return")
+		if r.err == nil {
+			if err := ps[i%2].Unlock(r.grant); err != nil {
+				t.Fatal(err)
+			}
+		} else if !errors.Is(r.err, context.Canceled) {
+			t.Fatalf("Lock: %v", r.err)
+		}
+		cancel()
+	}
+	for _, p := range ps {
+		gr := lockT(t, p, "x", 5*time.Second)
+		if err := p.Unlock(gr); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Crashes: a peer stops without leaving. The survivors carry on once Serf
+// declares it failed.
+func TestCrash(t *testing.T) {
+	t.Run("holding", func(t *testing.T) {
+		c := newCluster(t, testListen)
+		ps := c.startN(3)
+		g := newGuard()
+		held := lockT(t, ps[0], "x", 5*time.Second)
+		g.enter("p0", held, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		w1 := lockEnter(ctx, ps[1], "x", g)
+		w2 := lockEnter(ctx, ps[2], "x", g)
+		waitDeferred(t, ps[0], "x", "p1", 5*time.Second)
+		waitDeferred(t, ps[0], "x", "p2", 5*time.Second)
+		ps[0].kill()
+		for _, w := range []<-chan error{w1, w2} {
+			if err := recvErr(t, w, 15*time.Second, "a survivor's turn"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		g.check(t)
+		if got := g.total("x"); got != 3 {
+			t.Errorf("count %d, want 3", got)
+		}
+	})
+	t.Run("requesting", func(t *testing.T) {
+		c := newCluster(t, testListen)
+		ps := c.startN(3)
+		held := lockT(t, ps[1], "x", 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		_ = lockAsync(ctx, ps[0], "x")
+		waitDeferred(t, ps[1], "x", "p0", 5*time.Second)
+		ps[0].kill()
+		if err := ps[1].Unlock(held); err != nil {
+			t.Fatal(err)
+		}
+		// p2 waits for the dead p0's reply until failure detection.
+		gr := lockT(t, ps[2], "x", 15*time.Second)
+		if err := ps[2].Unlock(gr); err != nil {
+			t.Fatal(err)
+		}
+		g := contend(t, ps[1:], []string{"x", "y"}, 2, 5)
+		if got := g.total("x") + g.total("y"); got != 20 {
+			t.Errorf("count %d, want 20", got)
+		}
+	})
+	t.Run("owing a reply", func(t *testing.T) {
+		c := newCluster(t, testListen)
+		ps := c.startN(3)
+		ps[0].kill()
+		// Requests made now go to a dead p0 too.
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		g := newGuard()
+		w1 := lockEnter(ctx, ps[1], "x", g)
+		w2 := lockEnter(ctx, ps[2], "x", g)
+		for _, w := range []<-chan error{w1, w2} {
+			if err := recvErr(t, w, 15*time.Second, "a survivor's turn"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		g.check(t)
+		contend(t, ps[1:], []string{"x"}, 2, 5)
+	})
+}
+
+// A graceful Leave releases holds and withdraws waiters at once.
+func TestLeave(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(3)
+	lockT(t, ps[0], "x", 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	w0 := lockAsync(ctx, ps[0], "x") // a local waiter behind the hold
+	w1 := lockAsync(ctx, ps[1], "x")
+	waitDeferred(t, ps[0], "x", "p1", 5*time.Second)
+	waitLockState(t, ps[0], "x", mutex.Holding, 5*time.Second)
+
+	left := make(chan error, 1)
+	go func() { left <- ps[0].Leave(ctx) }()
+	if r := recvWithin(t, w0, 5*time.Second, "the local waiter"); !errors.Is(r.err, ErrClosed) {
+		t.Errorf("local waiter on a leaving peer: %v, want ErrClosed", r.err)
+	}
+	r := recvWithin(t, w1, 5*time.Second, "p1's grant")
+	if r.err != nil {
+		t.Fatalf("p1: %v", r.err)
+	}
+	if err := ps[1].Unlock(r.grant); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-left; err != nil {
+		t.Fatalf("leave: %v", err)
+	}
+	select {
+	case <-ps[0].Done():
+	default:
+		t.Error("Done not closed after Leave")
+	}
+	waitFor(t, 5*time.Second, "p1 to see p0 left", func() bool {
+		for _, m := range ps[1].Status().Members {
+			if m.Name == "p0" {
+				return m.Status == "left"
+			}
+		}
+		return false
+	})
+	c.waitConverged()
+	contend(t, ps[1:], []string{"x"}, 2, 5)
+}
+
+// A peer restarted under the same name and gossip port (before anyone
+// noticed the crash) is a new peer: its old self's hold is dropped.
+func TestRestartSameName(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(3)
+	lockT(t, ps[1], "x", 5*time.Second) // held when it crashes
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	w := lockAsync(ctx, ps[2], "x")
+	waitDeferred(t, ps[1], "x", "p2", 5*time.Second)
+
+	port := ps[1].serf.LocalMember().Port
+	oldInc := ps[1].Incarnation()
+	ps[1].kill()
+	cfg := c.config("p1", gossipAddr(ps[0]))
+	cfg.BindAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	var p1 *Peer
+	waitFor(t, 5*time.Second, "the restart", func() bool {
+		var err error
+		p1, err = c.startCfg(cfg)
+		return err == nil
+	})
+	if p1.Incarnation() == oldInc {
+		t.Fatal("same incarnation after restart")
+	}
+	c.waitConverged()
+	r := recvWithin(t, w, 10*time.Second, "p2's grant")
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if err := ps[2].Unlock(r.grant); err != nil {
+		t.Fatal(err)
+	}
+	contend(t, []*Peer{ps[0], p1, ps[2]}, []string{"x", "y"}, 2, 5)
+}
+
+// A peer joining while the others contend takes part without stalling them.
+func TestJoinDuringContention(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(2)
+	g := newGuard()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	work := func(p *Peer, rounds int) {
+		for range rounds {
+			gr, err := p.Lock(ctx, "x")
+			if err != nil {
+				g.fail("%s: %v", p.Node(), err)
+				return
+			}
+			g.enter(p.Node(), gr, func() { time.Sleep(200 * time.Microsecond) })
+			if err := p.Unlock(gr); err != nil {
+				g.fail("%s: unlock: %v", p.Node(), err)
+			}
+		}
+	}
+	for _, p := range ps {
+		wg.Go(func() { work(p, 60) })
+	}
+	waitFor(t, 5*time.Second, "contention to begin", func() bool { return g.total("x") >= 5 })
+	p2 := c.start("p2")
+	wg.Go(func() { work(p2, 20) })
+	wg.Wait()
+	g.check(t)
+	if got := g.total("x"); got != 140 {
+		t.Errorf("count %d, want 140", got)
+	}
+}
+
+func TestWrongKey(t *testing.T) {
+	c := newCluster(t, testListen)
+	c.key = []byte("0123456789abcdef")
+	ps := c.startN(2)
+	for _, key := range [][]byte{[]byte("fedcba9876543210"), nil} {
+		cfg := c.config("intruder", gossipAddr(ps[0]))
+		cfg.Key = key
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		p, err := start(ctx, cfg, c.listen)
+		cancel()
+		if err == nil {
+			p.kill()
+			t.Fatalf("key %q: joined a cluster with another key", key)
+		}
+		t.Logf("key %q: %v", key, err)
+	}
+	for _, p := range ps {
+		for _, m := range p.Status().Members {
+			if m.Name == "intruder" {
+				t.Errorf("%s lists the intruder", p.Node())
+			}
+		}
+	}
+	gr := lockT(t, ps[1], "x", 5*time.Second)
+	if err := ps[1].Unlock(gr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A second live peer with a taken name is voted out and says so.
+func TestNameConflict(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(3)
+	dup, err := c.startCfg(c.config("p1", gossipAddr(ps[0])))
+	if err != nil {
+		t.Logf("start of a duplicate name failed at once: %v", err)
+		return
+	}
+	select {
+	case <-dup.Done():
+	case <-time.After(15 * time.Second):
+		t.Fatal("the duplicate peer kept running")
+	}
+	if !errors.Is(dup.Err(), ErrNameConflict) {
+		t.Fatalf("Err() = %v, want ErrNameConflict", dup.Err())
+	}
+	if _, err := dup.Lock(context.Background(), "x"); !errors.Is(err, ErrClosed) {
+		t.Errorf("lock on a voted-out peer: %v, want ErrClosed", err)
+	}
+	select {
+	case <-ps[1].Done():
+		t.Fatal("the original p1 stopped")
+	default:
+	}
+	c.waitConverged()
+	contend(t, ps, []string{"x"}, 1, 5)
+}

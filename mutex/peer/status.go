@@ -1,0 +1,159 @@
+package peer
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/dlockfs/dlockfs/mutex"
+)
+
+// Status is a snapshot of a peer, as served by the .status file.
+type Status struct {
+	Node        string `json:"node"`
+	Incarnation uint64 `json:"incarnation,string"`
+	// Lamport is the core's Lamport clock.
+	Lamport   uint64 `json:"lamport"`
+	Encrypted bool   `json:"encrypted"`
+	Profile   string `json:"profile"`
+	// Members is every member Serf knows, this peer included, by name.
+	Members   []MemberStatus `json:"members"`
+	Locks     []LockStatus   `json:"locks"`
+	Counters  Counters       `json:"counters"`
+	Transport transportStats `json:"transport"`
+}
+
+// MemberStatus is one member as Serf knows it.
+type MemberStatus struct {
+	Name string `json:"name"`
+	// Addr is the gossip address, IP:PORT.
+	Addr string `json:"addr"`
+	// LockAddr is the lock channel's address from the member's tags.
+	LockAddr string `json:"lock_addr"`
+	// Status is "alive", "failed" or "left" (a member leaving counts as
+	// left).
+	Status string `json:"status"`
+}
+
+// LockStatus is one lock's state on this peer.
+type LockStatus struct {
+	Name string `json:"name"`
+	// State is "idle", "requesting" or "holding".
+	State string `json:"state"`
+	// Holder is this node's name while it holds the lock, else "": a
+	// Ricart–Agrawala peer cannot know a remote holder.
+	Holder string `json:"holder"`
+	// Token is the fencing token of the current or last local hold.
+	Token uint64 `json:"token"`
+	// Waiting counts local openers waiting.
+	Waiting int `json:"waiting"`
+	// Queued lists the peers whose requests this peer defers.
+	Queued []string `json:"queued"`
+	// Awaiting lists the peers whose reply this peer's request lacks.
+	Awaiting []string `json:"awaiting"`
+	// Permissions lists the peers whose permission this peer keeps.
+	Permissions []string `json:"permissions"`
+}
+
+// Counters count the core's work since the peer started.
+type Counters struct {
+	Sent      uint64            `json:"sent"`
+	Received  uint64            `json:"received"`
+	Dropped   uint64            `json:"dropped"`
+	Grants    uint64            `json:"grants"`
+	Refusals  uint64            `json:"refusals"`
+	DroppedBy map[string]uint64 `json:"dropped_by"`
+}
+
+// Status returns a snapshot of the peer. After the peer stopped it shows
+// the last state of its locks.
+func (p *Peer) Status() Status {
+	snap := p.snapshot()
+	cs := snap.core
+	st := Status{
+		Node:        p.name,
+		Incarnation: p.inc,
+		Lamport:     cs.Lamport,
+		Encrypted:   p.encrypted,
+		Profile:     p.profile,
+		Members:     []MemberStatus{},
+		Locks:       make([]LockStatus, 0, len(cs.Locks)),
+		Counters: Counters{
+			Sent:      cs.Counters.Sent,
+			Received:  cs.Counters.Received,
+			Dropped:   cs.Counters.Dropped,
+			Grants:    cs.Counters.Grants,
+			Refusals:  cs.Counters.Refusals,
+			DroppedBy: map[string]uint64{},
+		},
+		Transport: p.tr.Stats(),
+	}
+	for k, v := range cs.Counters.DroppedBy {
+		st.Counters.DroppedBy[k] = v
+	}
+	if p.serf != nil {
+		for _, m := range p.serf.Members() {
+			st.Members = append(st.Members, MemberStatus{
+				Name:     m.Name,
+				Addr:     fmt.Sprintf("%s:%d", m.Addr, m.Port),
+				LockAddr: m.Tags[tagLock],
+				Status:   memberStatus(m.Status),
+			})
+		}
+		slices.SortFunc(st.Members, func(a, b MemberStatus) int {
+			if a.Name < b.Name {
+				return -1
+			}
+			if a.Name > b.Name {
+				return 1
+			}
+			return 0
+		})
+	}
+	for _, l := range cs.Locks {
+		ls := LockStatus{
+			Name:        l.Name,
+			State:       l.Phase.String(),
+			Token:       l.Token,
+			Waiting:     l.Waiting,
+			Queued:      nonNil(l.Queued),
+			Awaiting:    nonNil(l.Awaiting),
+			Permissions: nonNil(l.Permissions),
+		}
+		if l.Phase == mutex.Holding {
+			ls.Holder = p.name
+		}
+		st.Locks = append(st.Locks, ls)
+	}
+	return st
+}
+
+// StatusJSON returns Status as indented JSON, newline-terminated.
+func (p *Peer) StatusJSON() ([]byte, error) {
+	b, err := json.MarshalIndent(p.Status(), "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("peer: status: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+func memberStatus(s serf.MemberStatus) string {
+	switch s {
+	case serf.StatusAlive:
+		return "alive"
+	case serf.StatusFailed:
+		return "failed"
+	case serf.StatusLeaving, serf.StatusLeft:
+		return "left"
+	}
+	return "failed"
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return slices.Clone(s)
+}
