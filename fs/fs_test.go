@@ -3,6 +3,7 @@ package fs
 import (
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -106,8 +107,8 @@ func TestKilledHolderReleases(t *testing.T) {
 
 // TestInterruptedWait: a signal to a blocked opener withdraws its request.
 func TestInterruptedWait(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGKILL} {
-		t.Run(sig.String(), func(t *testing.T) {
+	for name, sig := range map[string]syscall.Signal{"SIGINT": syscall.SIGINT, "SIGTERM": syscall.SIGTERM, "SIGKILL": syscall.SIGKILL} {
+		t.Run(name, func(t *testing.T) {
 			fk := newFake()
 			mnt, _ := testMount(t, fk)
 			h := holder(t, mnt, LockFile)
@@ -163,12 +164,13 @@ func TestTryLockBusy(t *testing.T) {
 }
 
 // TestGrantRacesInterrupt: a grant that arrives after the interrupt is
-// given back, for a killed and for an interrupted opener.
+// kept by the open: a killed opener's descriptor is released by the kernel
+// at once, and an opener that handles the signal holds the lock.
 func TestGrantRacesInterrupt(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGINT} {
-		t.Run(sig.String(), func(t *testing.T) {
+	for name, sig := range map[string]syscall.Signal{"SIGKILL": syscall.SIGKILL, "SIGINT": syscall.SIGINT} {
+		t.Run(name, func(t *testing.T) {
 			fk := newFake()
-			mnt, root := testMount(t, fk)
+			mnt, _ := testMount(t, fk)
 			h := holder(t, mnt, LockFile)
 			w := start(t, mnt, `exec cat "$M/lock"`)
 			waitFor(t, "one waiter", waiting(fk, LockFile, 1))
@@ -178,20 +180,37 @@ func TestGrantRacesInterrupt(t *testing.T) {
 			h.send("") // the grant now goes to the interrupted opener
 			h.expect("released")
 			if _, err := w.wait(); err == nil {
-				t.Fatal("interrupted cat succeeded")
+				t.Fatal("killed cat succeeded")
 			}
-			waitFor(t, "raced grant given back", free(fk, LockFile))
+			waitFor(t, "raced grant released", free(fk, LockFile))
 			if g, u, _, _ := fk.counts(); g != 2 || u != 2 {
 				t.Errorf("grants %d, unlocks %d; want 2, 2", g, u)
 			}
-			root.fs.mu.Lock()
-			n := len(root.fs.open)
-			root.fs.mu.Unlock()
-			if n != 0 {
-				t.Errorf("%d handles open", n)
-			}
 		})
 	}
+	t.Run("handled", func(t *testing.T) {
+		fk := newFake()
+		mnt, _ := testMount(t, fk)
+		h := holder(t, mnt, LockFile)
+		w := start(t, mnt, `trap 'echo trapped' USR1; exec 9<"$M/lock" || exit 9; echo held; read -r _; exec 9<&-; echo released`)
+		waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+		fk.setRaceGrant(true)
+		w.signal(syscall.SIGUSR1)
+		waitFor(t, "the fake to see the cancel", func() bool { _, _, _, c := fk.counts(); return c == 1 })
+		h.send("")
+		h.expect("released")
+		got := []string{w.next(), w.next()}
+		slices.Sort(got)
+		if got[0] != "held" || got[1] != "trapped" {
+			t.Fatalf("opener printed %q; want held and trapped; stderr %s", got, w.stderr)
+		}
+		if held, tok, _ := fk.state(LockFile); !held || tok != 2 {
+			t.Fatalf("held %v token %d; want the opener to hold token 2", held, tok)
+		}
+		w.send("")
+		w.expect("released")
+		waitFor(t, "lock free", free(fk, LockFile))
+	})
 }
 
 // TestStatus: .status is the Locker's JSON, fresh on every open.

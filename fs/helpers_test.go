@@ -47,7 +47,7 @@ func helperMain(mode string, args []string) int {
 		d := make([]time.Duration, 0, n)
 		for range n {
 			t0 := time.Now()
-			fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+			fd, err := openRetry(path)
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "open:", err)
 				return 1
@@ -67,7 +67,7 @@ func helperMain(mode string, args []string) int {
 		errs := make(chan error, n)
 		for range n {
 			wg.Go(func() {
-				fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+				fd, err := openRetry(path)
 				if err != nil {
 					errs <- err
 					return
@@ -97,6 +97,17 @@ func helperMain(mode string, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 	return 2
+}
+
+// openRetry opens path read-only, retrying on EINTR as os.Open does (the
+// Go runtime's own signals interrupt a blocked open).
+func openRetry(path string) (int, error) {
+	for {
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != syscall.EINTR {
+			return fd, err
+		}
+	}
 }
 
 // testLogger logs to the test at debug level.
@@ -255,6 +266,22 @@ func (p *proc) expect(want string) {
 	case <-time.After(deadline):
 		p.t.Fatalf("child %q did not print %q within %v; stderr: %s", p.cmd.Args, want, deadline, p.stderr)
 	}
+}
+
+// next returns the next line of output.
+func (p *proc) next() string {
+	p.t.Helper()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			<-p.done
+			p.t.Fatalf("child %q ended (%v); stderr: %s", p.cmd.Args, p.err, p.stderr)
+		}
+		return l
+	case <-time.After(deadline):
+		p.t.Fatalf("child %q printed nothing within %v; stderr: %s", p.cmd.Args, deadline, p.stderr)
+	}
+	return ""
 }
 
 // send writes a line to the child's stdin.

@@ -85,13 +85,14 @@ func (f *lockFS) acquire(fctx context.Context, name string, flags uint32) (*lock
 	}
 	cancel()
 	if err == nil && fctx.Err() != nil {
-		// The grant raced an interrupt: the caller gets EINTR and no
-		// file handle, so no RELEASE will come. Give the grant back.
-		if uerr := f.locker.Unlock(g); uerr != nil {
-			f.log.Warn("unlock of a grant that raced an interrupt", "lock", name, "token", g.Token, "err", uerr)
-		}
-		f.log.Debug("grant raced an interrupt; released", "lock", name, "token", g.Token)
-		err = fmt.Errorf("lock %q: %w", name, fctx.Err())
+		// The grant raced an interrupt. Keep it: the open succeeds. If
+		// the signal kills the opener, the kernel releases the new
+		// descriptor at once (every successful OPEN gets its RELEASE);
+		// if the opener handles the signal, it holds the lock it waited
+		// for. (Failing with EINTR would instead send a Go program,
+		// whose runtime signals interrupt opens spuriously, to the back
+		// of the queue.)
+		f.log.Debug("grant raced an interrupt; kept", "lock", name, "token", g.Token)
 	}
 
 	f.mu.Lock()
