@@ -453,6 +453,8 @@ func (c *Core) Reconnected(name string) {
 // nobody waits on this peer, before it leaves the cluster. Afterwards the
 // core still answers requests (as an idle peer) but takes no new openers.
 // The caller fails its own waiters; no Grant or Refusal is output for them.
+// Last, every member gets a hello carrying our Lamport time, so the fencing
+// tokens we handed out stay below every later one.
 func (c *Core) Shutdown() {
 	c.closed = true
 	for _, l := range c.sortedLocks() {
@@ -464,6 +466,9 @@ func (c *Core) Shutdown() {
 		}
 		l.queue = l.queue[:1]
 		c.Cancel(l.queue[0].op)
+	}
+	for _, p := range c.names {
+		c.send(Message{Type: MsgHello, To: p})
 	}
 }
 

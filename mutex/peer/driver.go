@@ -21,6 +21,7 @@ const (
 	callRelease                  // Unlock
 	callSnapshot                 // Status, Names
 	callShutdown                 // Leave: core.Shutdown
+	callMembers                  // after a join: add the members Serf knows
 )
 
 // call is one local call into the driver.
@@ -32,7 +33,8 @@ type call struct {
 	res  chan<- result   // callAcquire, buffered
 	errc chan<- error    // callRelease, buffered
 	snap chan<- snapshot // callSnapshot, buffered
-	ack  chan<- struct{} // callShutdown
+	ack  chan<- struct{} // callShutdown, callMembers
+	mems []serf.Member   // callMembers
 }
 
 // result answers a Lock or TryLock.
@@ -176,6 +178,13 @@ func (p *Peer) handleCall(c call) {
 		c.snap <- p.takeSnapshot()
 	case callShutdown:
 		p.shutdownCore()
+		close(c.ack)
+	case callMembers:
+		for _, m := range c.mems {
+			if m.Name != p.name && m.Status == serf.StatusAlive {
+				p.memberUp(m)
+			}
+		}
 		close(c.ack)
 	}
 }

@@ -170,7 +170,7 @@ func (t *memTransport) Flush(ctx context.Context) error { return nil }
 func (t *memTransport) Stats() transportStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return transportStats{"sent": t.sent, "received": t.recv, "lost": t.lost}
+	return transportStats{FramesSent: t.sent, FramesReceived: t.recv, DroppedUnsent: t.lost}
 }
 
 func (t *memTransport) Close() error {

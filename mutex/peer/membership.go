@@ -100,7 +100,7 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		}
 		if err == nil {
 			p.log.Debug("joined", "addrs", addrs, "attempts", attempt)
-			return nil
+			return p.syncMembers(ctx)
 		}
 		if isKeyError(err) {
 			return fmt.Errorf("peer: join %v: cluster key mismatch: %w", addrs, err)
@@ -124,4 +124,25 @@ func isKeyError(err error) bool {
 	return strings.Contains(s, "no installed keys could decrypt") ||
 		strings.Contains(s, "encryption is configured but remote state is not encrypted") ||
 		strings.Contains(s, "remote state is encrypted and encryption is not configured")
+}
+
+// syncMembers makes the core count every member Serf knows alive before
+// Start returns: otherwise a Lock right after Start could be granted by a
+// core that does not know its peers yet (their join events are still on
+// their way through Serf's event goroutine).
+func (p *Peer) syncMembers(ctx context.Context) error {
+	ack := make(chan struct{})
+	select {
+	case p.calls <- call{kind: callMembers, mems: p.serf.Members(), ack: ack}:
+	case <-ctx.Done():
+		return fmt.Errorf("peer: join: %w", ctx.Err())
+	case <-p.done:
+		return fmt.Errorf("peer: join: %w", ErrClosed)
+	}
+	select {
+	case <-ack:
+		return nil
+	case <-p.done:
+		return fmt.Errorf("peer: join: %w", ErrClosed)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,7 +13,7 @@ import (
 )
 
 // testListen is the lock channel the cluster tests run on.
-var testListen = newMemNet().listen
+var testListen = listenTCP
 
 // contend runs workers goroutines on each peer, each taking every lock in
 // turn rounds times, and checks the guard.
@@ -22,12 +23,25 @@ func contend(t *testing.T, peers []*Peer, locks []string, workers, rounds int) *
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
+	var maxWait atomic.Int64
+	begin := time.Now()
+	defer func() {
+		t.Logf("%d peers × %d workers × %d rounds in %v; longest Lock %v", len(peers), workers, rounds,
+			time.Since(begin).Round(time.Millisecond), time.Duration(maxWait.Load()).Round(time.Millisecond))
+	}()
 	for _, p := range peers {
 		for w := range workers {
 			wg.Go(func() {
 				for r := range rounds {
 					lock := locks[(r+w)%len(locks)]
+					t0 := time.Now()
 					gr, err := p.Lock(ctx, lock)
+					for d := int64(time.Since(t0)); ; {
+						old := maxWait.Load()
+						if d <= old || maxWait.CompareAndSwap(old, d) {
+							break
+						}
+					}
 					if err != nil {
 						g.fail("%s: lock %q: %v", p.Node(), lock, err)
 						return

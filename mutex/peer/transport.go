@@ -2,10 +2,9 @@ package peer
 
 import (
 	"context"
-	"errors"
-	"log/slog"
 
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/transport"
 )
 
 // lockTransport is what the driver needs from the lock channel. The real
@@ -24,27 +23,17 @@ type lockTransport interface {
 
 // incoming is one message received on the lock channel and the remote
 // address it came from.
-// TODO(peer): = transport.Incoming once mutex/transport lands.
-type incoming = struct {
-	Msg    mutex.Message
-	Remote string
-}
+type incoming = transport.Incoming
 
 // transportStats is the transport's counters, served in Status.
-// TODO(peer): = transport.Stats once mutex/transport lands.
-type transportStats = map[string]uint64
+type transportStats = transport.Stats
 
 // transportConfig is what Start tells the transport.
-type transportConfig struct {
-	Name          string
-	Incarnation   uint64
-	ListenAddr    string
-	AdvertiseAddr string
-	Key           []byte
-	Logger        *slog.Logger
-}
+type transportConfig = transport.Config
 
 // listenTCP opens the real lock channel.
 func listenTCP(cfg transportConfig) (lockTransport, error) {
-	return nil, errors.New("peer: mutex/transport is not available yet")
+	return transport.Listen(cfg)
 }
+
+var _ lockTransport = (*transport.Transport)(nil)

@@ -114,15 +114,23 @@ func recv(t *testing.T, tr *Transport) Incoming {
 	return Incoming{}
 }
 
-func expectConnected(t *testing.T, tr *Transport, peer string) {
+// expectConnected waits for one Connected value per name, in any order.
+func expectConnected(t *testing.T, tr *Transport, peers ...string) {
 	t.Helper()
-	select {
-	case name := <-tr.Connected():
-		if name != peer {
-			t.Fatalf("%s: connected to %q, want %q", tr.cfg.Name, name, peer)
+	want := map[string]bool{}
+	for _, p := range peers {
+		want[p] = true
+	}
+	for len(want) > 0 {
+		select {
+		case name := <-tr.Connected():
+			if !want[name] {
+				t.Fatalf("%s: connected to %q, want %v", tr.cfg.Name, name, peers)
+			}
+			delete(want, name)
+		case <-time.After(wait):
+			t.Fatalf("%s: no connection to %v within %v", tr.cfg.Name, want, wait)
 		}
-	case <-time.After(wait):
-		t.Fatalf("%s: no connection to %s within %v", tr.cfg.Name, peer, wait)
 	}
 }
 

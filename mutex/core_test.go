@@ -1,0 +1,565 @@
+package mutex
+
+import (
+	"errors"
+	"slices"
+	"testing"
+)
+
+// cluster is a hand-driven set of cores for the rule tests: messages wait in
+// outbox until the test delivers them, one by one, in the order it chooses.
+type cluster struct {
+	t      *testing.T
+	cores  map[string]*Core
+	outbox []Message
+	grants map[OpenerID]Grant
+	refuse map[OpenerID]bool
+}
+
+func newCluster(t *testing.T, keep bool, names ...string) *cluster {
+	t.Helper()
+	cl := &cluster{t: t, cores: map[string]*Core{}, grants: map[OpenerID]Grant{}, refuse: map[OpenerID]bool{}}
+	for i, n := range names {
+		c, err := New(Config{Name: n, Incarnation: uint64(i + 1), KeepPermissions: keep})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.cores[n] = c
+	}
+	for _, n := range names {
+		for j, m := range names {
+			cl.cores[n].AddMember(m, uint64(j+1))
+		}
+		cl.cores[n].Ready() // the hellos: nothing is outstanding yet
+	}
+	return cl
+}
+
+// collect moves a core's outputs into the cluster.
+func (cl *cluster) collect(n string) {
+	rd := cl.cores[n].Ready()
+	cl.outbox = append(cl.outbox, rd.Messages...)
+	for _, g := range rd.Grants {
+		cl.grants[g.Opener] = g
+	}
+	for _, r := range rd.Refusals {
+		cl.refuse[r.Opener] = true
+	}
+}
+
+func (cl *cluster) acquire(n string, op OpenerID, lock string) {
+	cl.t.Helper()
+	if err := cl.cores[n].Acquire(op, lock); err != nil {
+		cl.t.Fatal(err)
+	}
+	cl.collect(n)
+}
+
+func (cl *cluster) release(n string, op OpenerID) {
+	cl.t.Helper()
+	if err := cl.cores[n].Release(op); err != nil {
+		cl.t.Fatal(err)
+	}
+	delete(cl.grants, op)
+	cl.collect(n)
+}
+
+// take removes and returns the first outgoing message matching.
+func (cl *cluster) take(typ MsgType, from, to string) Message {
+	cl.t.Helper()
+	for i, m := range cl.outbox {
+		if m.Type == typ && m.From == from && m.To == to {
+			cl.outbox = slices.Delete(cl.outbox, i, i+1)
+			return m
+		}
+	}
+	cl.t.Fatalf("no %v %s->%s in flight; outbox %v", typ, from, to, cl.outbox)
+	return Message{}
+}
+
+func (cl *cluster) has(typ MsgType, from, to string) bool {
+	for _, m := range cl.outbox {
+		if m.Type == typ && m.From == from && m.To == to {
+			return true
+		}
+	}
+	return false
+}
+
+func (cl *cluster) deliver(m Message) {
+	cl.t.Helper()
+	if err := cl.cores[m.To].Step(m); err != nil {
+		cl.t.Fatalf("step %v: %v", m, err)
+	}
+	cl.collect(m.To)
+}
+
+// pass delivers the first matching message in flight.
+func (cl *cluster) pass(typ MsgType, from, to string) { cl.deliver(cl.take(typ, from, to)) }
+
+// settle delivers everything in flight, oldest first.
+func (cl *cluster) settle() {
+	for i := 0; len(cl.outbox) > 0 && i < 10_000; i++ {
+		m := cl.outbox[0]
+		cl.outbox = cl.outbox[1:]
+		if err := cl.cores[m.To].Step(m); err != nil && !errors.Is(err, ErrUnexpected) {
+			cl.t.Fatalf("step %v: %v", m, err)
+		}
+		cl.collect(m.To)
+	}
+}
+
+func (cl *cluster) granted(op OpenerID) bool { _, ok := cl.grants[op]; return ok }
+
+func TestRuleCase1IdleRepliesNow(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.pass(MsgRequest, "a", "b")
+	cl.pass(MsgReply, "b", "a")
+	if !cl.granted(1) {
+		t.Fatal("a not granted after b's reply")
+	}
+}
+
+func TestRuleCase2HoldingDefersUntilRelease(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("holder replied before release")
+	}
+	if q := cl.cores["a"].Status().Locks[0].Queued; !slices.Equal(q, []string{"b"}) {
+		t.Fatalf("queued = %v, want [b]", q)
+	}
+	cl.release("a", 1)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("b not granted after a's release")
+	}
+}
+
+func TestRuleCase3EarlierOwnRequestDefers(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x") // time 1
+	cl.cores["b"].clock.Increment()
+	cl.cores["b"].clock.Increment()
+	cl.acquire("b", 2, "x") // time 3: later than a's
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("a replied to a later request while its own earlier one waits")
+	}
+	cl.pass(MsgRequest, "a", "b")
+	cl.pass(MsgReply, "b", "a")
+	if !cl.granted(1) || cl.granted(2) {
+		t.Fatal("want a granted first")
+	}
+	cl.release("a", 1)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("b not granted after a's release")
+	}
+}
+
+func TestRuleCase4LaterOwnRequestRepliesNow(t *testing.T) {
+	cl := newCluster(t, false, "a", "b", "c")
+	cl.acquire("a", 1, "x") // time 1
+	cl.cores["b"].clock.Increment()
+	cl.acquire("b", 2, "x") // time 2: later
+	cl.pass(MsgRequest, "a", "b")
+	cl.take(MsgReply, "b", "a") // b replies at once to the earlier request
+	// b's own request still waits for a's reply.
+	if got := cl.cores["b"].Status().Locks[0].Awaiting; !slices.Contains(got, "a") {
+		t.Fatalf("b awaiting %v, want a among them", got)
+	}
+}
+
+func TestRuleTiesBrokenByName(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x") // both at time 1
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "a", "b")
+	cl.pass(MsgRequest, "b", "a")
+	if !cl.has(MsgReply, "b", "a") || cl.has(MsgReply, "a", "b") {
+		t.Fatalf("with equal times, a (smaller name) must win; outbox %v", cl.outbox)
+	}
+}
+
+func TestRuleJoinDuringRequest(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	c, _ := New(Config{Name: "c", Incarnation: 9})
+	cl.cores["c"] = c
+	c.AddMember("a", 1)
+	c.AddMember("b", 2)
+	cl.collect("c")
+	cl.cores["a"].AddMember("c", 9)
+	cl.collect("a")
+	cl.pass(MsgRequest, "a", "b")
+	cl.pass(MsgReply, "b", "a")
+	if cl.granted(1) {
+		t.Fatal("a entered without the reply of c, which joined during its request")
+	}
+	cl.pass(MsgRequest, "a", "c")
+	cl.pass(MsgReply, "c", "a")
+	if !cl.granted(1) {
+		t.Fatal("a not granted after c replied")
+	}
+}
+
+func TestRuleFailureDuringRequest(t *testing.T) {
+	cl := newCluster(t, false, "a", "b", "c")
+	cl.acquire("c", 3, "x")
+	cl.settle() // c holds
+	cl.acquire("a", 1, "x")
+	cl.pass(MsgRequest, "a", "b")
+	cl.pass(MsgReply, "b", "a")
+	cl.pass(MsgRequest, "a", "c") // deferred by the holder
+	if cl.granted(1) {
+		t.Fatal("granted while c holds")
+	}
+	cl.cores["a"].RemoveMember("c") // c crashed
+	cl.collect("a")
+	if !cl.granted(1) {
+		t.Fatal("a failed member must count as having replied")
+	}
+}
+
+func TestRuleFailedMemberLeavesDeferredQueue(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a")
+	cl.cores["a"].RemoveMember("b")
+	cl.release("a", 1)
+	if len(cl.outbox) != 0 {
+		t.Fatalf("a answered a failed member: %v", cl.outbox)
+	}
+}
+
+func TestRuleCancelLeavesNoTrace(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a") // deferred by a
+	cl.cores["b"].Cancel(2)
+	cl.collect("b")
+	cl.pass(MsgCancel, "b", "a")
+	if q := cl.cores["a"].Status().Locks[0].Queued; len(q) != 0 {
+		t.Fatalf("a still queues %v after the cancel", q)
+	}
+	cl.release("a", 1)
+	if len(cl.outbox) != 0 {
+		t.Fatalf("messages after release to a cancelled requester: %v", cl.outbox)
+	}
+	// Idle again: b's next request is granted at once.
+	cl.acquire("b", 3, "x")
+	cl.settle()
+	if !cl.granted(3) {
+		t.Fatal("b not granted after its cancelled request")
+	}
+}
+
+func TestRuleLateReplyAfterCancelIgnored(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.pass(MsgRequest, "a", "b")
+	reply := cl.take(MsgReply, "b", "a")
+	cl.cores["a"].Cancel(1)
+	cl.collect("a")
+	cl.acquire("a", 2, "x") // a new request with a new timestamp
+	if err := cl.cores["a"].Step(reply); !errors.Is(err, ErrUnexpected) {
+		t.Fatalf("late reply: err = %v, want ErrUnexpected", err)
+	}
+	if cl.granted(2) {
+		t.Fatal("a late reply to a cancelled request granted the next one")
+	}
+}
+
+func TestRuleCancelRacingGrantReleases(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	if !cl.granted(1) {
+		t.Fatal("not granted")
+	}
+	// The opener was interrupted while the grant was on its way: the
+	// driver cancels, which must release.
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a")
+	cl.cores["a"].Cancel(1)
+	cl.collect("a")
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("a grant cancelled in a race was not released")
+	}
+}
+
+func TestRuleTryLock(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	if err := cl.cores["a"].TryAcquire(1, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("a")
+	cl.settle()
+	if !cl.granted(1) {
+		t.Fatal("try-lock on a free lock not granted")
+	}
+	if err := cl.cores["b"].TryAcquire(2, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("b")
+	cl.pass(MsgRequest, "b", "a")
+	cl.pass(MsgBusy, "a", "b")
+	if !cl.refuse[2] {
+		t.Fatal("try-lock on a held lock not refused")
+	}
+	if q := cl.cores["a"].Status().Locks[0].Queued; len(q) != 0 {
+		t.Fatalf("a try-lock was queued: %v", q)
+	}
+	// Local: held here → refused without a message.
+	if err := cl.cores["a"].TryAcquire(3, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("a")
+	if !cl.refuse[3] || len(cl.outbox) != 0 {
+		t.Fatal("local try-lock on a held lock must be refused at once")
+	}
+}
+
+func TestRuleLocalFIFOAndDeferredRepliesFirst(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	cl.acquire("a", 2, "x") // queued locally, no message
+	if len(cl.outbox) != 0 {
+		t.Fatalf("second local opener sent %v", cl.outbox)
+	}
+	cl.acquire("b", 3, "x")
+	cl.pass(MsgRequest, "b", "a")
+	cl.release("a", 1)
+	// The reply to b goes out before a's next request.
+	if len(cl.outbox) < 2 || cl.outbox[0].Type != MsgReply || cl.outbox[1].Type != MsgRequest {
+		t.Fatalf("want reply then request, got %v", cl.outbox)
+	}
+	cl.settle()
+	if !cl.granted(3) || cl.granted(2) {
+		t.Fatal("b (earlier request) must enter before a's second opener")
+	}
+	cl.release("b", 3)
+	cl.settle()
+	if !cl.granted(2) {
+		t.Fatal("a's second opener never granted")
+	}
+}
+
+func TestRuleValidation(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	a := cl.cores["a"]
+	good := Message{Type: MsgRequest, From: "b", FromIncarnation: 2, To: "a", ToIncarnation: 1, Lock: "x", Time: 5, ReqTime: 5}
+	cases := []struct {
+		name string
+		m    func(Message) Message
+		want error
+	}{
+		{"unknown peer", func(m Message) Message { m.From = "z"; return m }, ErrUnknownPeer},
+		{"old incarnation", func(m Message) Message { m.FromIncarnation = 7; return m }, ErrUnknownPeer},
+		{"for another life of us", func(m Message) Message { m.ToIncarnation = 7; return m }, ErrUnknownPeer},
+		{"bad type", func(m Message) Message { m.Type = 99; return m }, ErrMalformed},
+		{"bad lock name", func(m Message) Message { m.Lock = "a/b"; return m }, ErrMalformed},
+		{"zero request time", func(m Message) Message { m.ReqTime = 0; return m }, ErrMalformed},
+		{"reply nobody asked for", func(m Message) Message { m.Type = MsgReply; return m }, ErrUnexpected},
+		{"busy for unknown lock", func(m Message) Message { m.Type = MsgBusy; m.Lock = "nope"; return m }, ErrUnexpected},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := a.Step(tc.m(good)); !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if rd := a.Ready(); !rd.Empty() {
+				t.Fatalf("a rejected message produced output %+v", rd)
+			}
+		})
+	}
+	if err := a.Step(good); err != nil {
+		t.Fatal(err)
+	}
+	a.Ready()
+	if err := a.Step(good); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if rd := a.Ready(); len(rd.Messages) != 1 || rd.Messages[0].Type != MsgReply {
+		t.Fatalf("a duplicate request must be answered again, got %+v", rd)
+	}
+	old := good
+	old.ReqTime, old.Time = 4, 4
+	if err := a.Step(old); !errors.Is(err, ErrStale) {
+		t.Fatalf("older request: %v", err)
+	}
+	if st := a.Status(); st.Counters.Dropped != uint64(len(cases))+2 {
+		t.Fatalf("dropped = %d, want %d", st.Counters.Dropped, len(cases)+2)
+	}
+}
+
+func TestRuleRestartIsNewPeer(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a") // deferred
+	// b restarts under the same name: a new incarnation.
+	cl.cores["a"].AddMember("b", 42)
+	cl.collect("a")
+	cl.outbox = nil
+	cl.release("a", 1)
+	if len(cl.outbox) != 0 {
+		t.Fatalf("the old b's request survived its restart: %v", cl.outbox)
+	}
+}
+
+func TestRuleFencingTokensRise(t *testing.T) {
+	cl := newCluster(t, false, "a", "b", "c")
+	var last uint64
+	for i, n := range []string{"a", "b", "c", "a", "c", "b"} {
+		op := OpenerID(i + 1)
+		cl.acquire(n, op, "x")
+		cl.settle()
+		g, ok := cl.grants[op]
+		if !ok || g.Token <= last {
+			t.Fatalf("grant %d to %s: token %d after %d (granted=%v)", i, n, g.Token, last, ok)
+		}
+		last = g.Token
+		cl.release(n, op)
+		cl.settle()
+	}
+}
+
+func TestRuleKeepPermissionsRepeatEntryIsFree(t *testing.T) {
+	cl := newCluster(t, true, "a", "b", "c")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	cl.release("a", 1)
+	var last uint64
+	for op := OpenerID(2); op < 10; op++ {
+		cl.acquire("a", op, "x")
+		if len(cl.outbox) != 0 {
+			t.Fatalf("repeat entry sent %v", cl.outbox)
+		}
+		g := cl.grants[op]
+		if g.Token <= last {
+			t.Fatalf("token %d after %d", g.Token, last)
+		}
+		last = g.Token
+		cl.release("a", op)
+	}
+}
+
+// The known Roucairol–Carvalho bug class: re-entering while the replies of a
+// release are still in flight. The permissions answered must be asked again.
+func TestRuleKeepPermissionsReenterAfterDeferredReplies(t *testing.T) {
+	cl := newCluster(t, true, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle() // a holds b's permission
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a") // deferred
+	cl.release("a", 1)            // reply to b in flight
+	cl.acquire("a", 3, "x")       // re-enter at once
+	if cl.granted(3) {
+		t.Fatal("a re-entered on a permission it had just given away")
+	}
+	if !cl.has(MsgRequest, "a", "b") {
+		t.Fatalf("a did not ask b again: %v", cl.outbox)
+	}
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("b not granted")
+	}
+}
+
+func TestRuleShutdownAnswersEveryone(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("a", 1, "x")
+	cl.settle()
+	cl.acquire("a", 2, "x")
+	cl.acquire("b", 3, "x")
+	cl.pass(MsgRequest, "b", "a")
+	cl.cores["a"].Shutdown()
+	cl.collect("a")
+	cl.settle()
+	if !cl.granted(3) {
+		t.Fatal("b still waits on a peer that shut down")
+	}
+	if err := cl.cores["a"].Acquire(4, "x"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("acquire after shutdown: %v", err)
+	}
+}
+
+func TestValidLockName(t *testing.T) {
+	for _, n := range []string{"", ".", "..", "a/b", "a\x00", string(make([]byte, 256))} {
+		if ValidLockName(n) == nil {
+			t.Errorf("%q accepted", n)
+		}
+	}
+	for _, n := range []string{"lock", "db-migrate", "a.b", "ünï"} {
+		if err := ValidLockName(n); err != nil {
+			t.Errorf("%q: %v", n, err)
+		}
+	}
+}
+
+// BenchmarkCoreStep measures core steps per second: three cores passing one
+// lock around, every message delivered (each Step or local call is a step).
+func BenchmarkCoreStep(b *testing.B) {
+	for _, keep := range []bool{false, true} {
+		name := "plain"
+		if keep {
+			name = "keep-permissions"
+		}
+		b.Run(name, func(b *testing.B) {
+			names := []string{"a", "b", "c"}
+			cores := map[string]*Core{}
+			for i, n := range names {
+				cores[n], _ = New(Config{Name: n, Incarnation: uint64(i + 1), KeepPermissions: keep})
+			}
+			for _, n := range names {
+				for j, m := range names {
+					cores[n].AddMember(m, uint64(j+1))
+				}
+				cores[n].Ready()
+			}
+			var queue []Message
+			steps := 0
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				n := names[i%3]
+				op := OpenerID(i + 1)
+				c := cores[n]
+				_ = c.Acquire(op, "x")
+				steps++
+				rd := c.Ready()
+				queue = append(queue[:0], rd.Messages...)
+				for len(queue) > 0 {
+					m := queue[0]
+					queue = queue[1:]
+					_ = cores[m.To].Step(m)
+					steps++
+					queue = append(queue, cores[m.To].Ready().Messages...)
+				}
+				_ = c.Release(op)
+				steps++
+				queue = append(queue, c.Ready().Messages...)
+				for len(queue) > 0 {
+					m := queue[0]
+					queue = queue[1:]
+					_ = cores[m.To].Step(m)
+					steps++
+					queue = append(queue, cores[m.To].Ready().Messages...)
+				}
+			}
+			b.ReportMetric(float64(steps)/b.Elapsed().Seconds(), "steps/s")
+		})
+	}
+}
