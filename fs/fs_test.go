@@ -2,7 +2,8 @@ package fs
 
 import (
 	"fmt"
-	"os/exec"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -310,10 +311,16 @@ func TestManyWaiters(t *testing.T) {
 	const n = 1000
 	fk := newFake()
 	mnt, _ := testMount(t, fk)
+	scripts := []string{`stat "$M/lock"`, `ls -l "$M"`, `cat "$M/.status"`}
+	for _, script := range scripts {
+		t0 := time.Now()
+		mustRun(t, mnt, script+" >/dev/null")
+		t.Logf("idle: %s took %v (process spawn included)", script, time.Since(t0))
+	}
 	h := holder(t, mnt, LockFile)
 	w := startHelper(t, "waiters", mnt+"/lock", strconv.Itoa(n))
 	waitFor(t, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
-	for _, script := range []string{`stat "$M/lock"`, `ls -l "$M"`, `cat "$M/.status"`} {
+	for _, script := range scripts {
 		t0 := time.Now()
 		mustRun(t, mnt, script+" >/dev/null")
 		t.Logf("with %d blocked openers: %s took %v (process spawn included)", n, script, time.Since(t0))
@@ -407,4 +414,53 @@ func TestMountpointUnescape(t *testing.T) {
 	}
 }
 
-var _ = exec.Command
+// TestAllowOther: without AllowOther only the mounting user gets in; with
+// it, anyone can take the lock.
+func TestAllowOther(t *testing.T) {
+	const asNobody = `setpriv --reuid=65534 --regid=65534 --clear-groups `
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprint("allow_other=", allow), func(t *testing.T) {
+			fk := newFake()
+			dir := t.TempDir()
+			if err := os.Chmod(filepath.Dir(dir), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			srv, err := Mount(dir, Options{Locker: fk, AllowOther: allow, Logger: quietLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := srv.Unmount(); err != nil {
+					t.Errorf("unmount: %v", err)
+				}
+			})
+			out, errOut, code := run(t, dir, asNobody+`cat "$M/lock"`)
+			if allow && (code != 0 || out != "1\nholder fakenode\nlock lock\n") {
+				t.Errorf("as nobody with allow_other: exit %d, %q, %q", code, out, errOut)
+			}
+			if !allow && (code == 0 || !strings.Contains(errOut, "Permission denied")) {
+				t.Errorf("as nobody without allow_other: exit %d, %q, %q", code, out, errOut)
+			}
+			waitFor(t, "lock free", free(fk, LockFile))
+		})
+	}
+}
+
+// TestUnmountReleasesLeftovers: grants whose RELEASE never came are given
+// back when the mount ends (root OnForget), once.
+func TestUnmountReleasesLeftovers(t *testing.T) {
+	fk := newFake()
+	mnt, root := testMount(t, fk)
+	h := holder(t, mnt, LockFile)
+	root.OnForget() // what the end of the mount does
+	if held, _, _ := fk.state(LockFile); held {
+		t.Fatal("OnForget left the grant held")
+	}
+	h.send("") // the late RELEASE must not unlock again
+	h.expect("released")
+	mustRun(t, mnt, `cat "$M/lock" >/dev/null`)
+	waitFor(t, "lock free", free(fk, LockFile))
+	if _, u, bad, _ := fk.counts(); u != 2 || bad != 0 {
+		t.Errorf("unlocks %d, bad unlocks %d; want 2, 0", u, bad)
+	}
+}

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -82,10 +80,7 @@ func mount(dir string, opts Options) (*fuse.Server, *rootNode, error) {
 		},
 		EntryTimeout: &entry,
 		AttrTimeout:  &attr,
-		Logger:       log.New(io.Discard, "", 0),
-	}
-	if opts.Debug {
-		fsOpts.Logger = fuseLog
+		Logger:       fuseLog,
 	}
 	rootNode := newRoot(opts.Locker, logger)
 	server, err := gofs.Mount(abs, rootNode, fsOpts)

@@ -99,8 +99,13 @@ func (f *lockFS) acquire(fctx context.Context, name string, flags uint32) (*lock
 	defer f.mu.Unlock()
 	if err != nil {
 		f.unuse(name)
-		if flags&syscall.O_NONBLOCK == 0 {
-			f.log.Debug("open interrupted", "lock", name, "err", err)
+		switch errno(err) {
+		case syscall.EINTR:
+			f.log.Debug("wait interrupted", "lock", name)
+		case syscall.EAGAIN:
+			f.log.Debug("try-lock: busy", "lock", name)
+		default:
+			f.log.Warn("lock failed", "lock", name, "err", err)
 		}
 		return nil, err
 	}
