@@ -52,8 +52,8 @@ func lockTarget(ctx context.Context, path string) (live liveMount, file string, 
 	if err != nil {
 		return liveMount{}, "", err
 	}
-	if name == statusFile {
-		return liveMount{}, "", usagef("%s is the status file, not a lock", path)
+	if strings.HasPrefix(name, ".") {
+		return liveMount{}, "", usagef("%s: lock names starting with '.' are reserved (%s is the status file)", path, statusFile)
 	}
 	return live, filepath.Join(live.root, name), nil
 }
@@ -107,7 +107,8 @@ func runLock(ctx context.Context, _ *env, cfg config) error {
 // 13 after timeout. The abandoned blocking open is withdrawn when the
 // process exits (the kernel interrupts it; the daemon drops the request).
 func openLock(ctx context.Context, file string, try bool, timeout time.Duration) (*os.File, error) {
-	flags := os.O_RDONLY
+	// O_CREAT: a lock name nobody has used yet is made by creating it.
+	flags := os.O_RDONLY | os.O_CREATE
 	if try {
 		flags |= syscall.O_NONBLOCK
 	}
@@ -117,7 +118,7 @@ func openLock(ctx context.Context, file string, try bool, timeout time.Duration)
 	}
 	ch := make(chan result, 1)
 	go func() {
-		f, err := os.OpenFile(file, flags, 0) // retries EINTR itself
+		f, err := os.OpenFile(file, flags, 0o644) // retries EINTR itself
 		ch <- result{f, err}
 	}()
 	var expired <-chan time.Time

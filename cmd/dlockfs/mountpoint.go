@@ -132,7 +132,7 @@ func checkMountpoint(dir string) (string, error) {
 	}
 	if len(ms) > 0 {
 		m := ms[len(ms)-1] // the top of the stack is what a new mount would cover
-		if strings.Contains(m.fstype, "dlockfs") || strings.Contains(m.source, "dlockfs") {
+		if m.fstype == "fuse.dlockfs" || (strings.HasPrefix(m.fstype, "fuse") && m.source == "dlockfs") {
 			return "", codef(exitMountpoint,
 				"%s is already a dlockfs mount (is another 'dlockfs mount' running? see 'dlockfs status %s'); "+
 					"stop it, or run 'umount -l %s' if it is dead", real, real, real)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -104,15 +105,21 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 
 	if len(d.Counters) > 0 {
 		fmt.Fprintln(w)
-		keys := make([]string, 0, len(d.Counters))
+		// The contract's order first, then anything newer by name.
+		keys := []string{"sent", "received", "dropped", "grants", "refusals"}
+		var extra []string
 		for k := range d.Counters {
-			keys = append(keys, k)
+			if !slices.Contains(keys, k) {
+				extra = append(extra, k)
+			}
 		}
-		sort.Strings(keys)
+		sort.Strings(extra)
+		keys = append(keys, extra...)
 		parts := make([]string, 0, len(keys))
 		for _, k := range keys {
-			v := strings.TrimSpace(string(d.Counters[k]))
-			if v == "{}" || v == "null" {
+			raw, ok := d.Counters[k]
+			v := strings.TrimSpace(string(raw))
+			if !ok || v == "{}" || v == "null" {
 				continue
 			}
 			parts = append(parts, k+" "+v)

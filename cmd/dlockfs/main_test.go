@@ -1,0 +1,715 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// binary is the dlockfs binary built once by TestMain for the black-box tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dlockfs-cli-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "dlockfs")
+	out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Bounds of the black-box tests' waits.
+const (
+	startTimeout = 30 * time.Second // a mount prints its line
+	stopTimeout  = 30 * time.Second // a child exits after a signal
+	pollEvery    = 20 * time.Millisecond
+)
+
+// result is a finished child process.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// dlockfs runs the binary to completion (bounded by a minute) and returns
+// its exit code and output.
+func dlockfs(t *testing.T, args ...string) result {
+	t.Helper()
+	return runCmd(t, exec.Command(binary, args...))
+}
+
+// runCmd runs cmd to completion, bounded by a minute.
+func runCmd(t *testing.T, cmd *exec.Cmd) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%v: %v", cmd.Args, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(time.Minute):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("%v did not finish within a minute\nstdout: %s\nstderr: %s", cmd.Args, out.String(), errb.String())
+	}
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("%v: %v", cmd.Args, err)
+	}
+	return result{code: code, stdout: out.String(), stderr: errb.String()}
+}
+
+// wantCode fails the test unless r exited with code.
+func wantCode(t *testing.T, r result, code int, what string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("%s: exit code %d, want %d\nstdout: %s\nstderr: %s", what, r.code, code, r.stdout, r.stderr)
+	}
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// freeAddr returns 127.0.0.1:PORT with PORT free for TCP and UDP (Serf
+// needs both) at the time of the call.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err == nil {
+			u.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free TCP+UDP port on 127.0.0.1 in 50 tries")
+	return ""
+}
+
+// isMountpoint reports whether dir is a mount point now.
+func isMountpoint(t *testing.T, dir string) bool {
+	t.Helper()
+	ms, err := mountsAt(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ms) > 0
+}
+
+// aliveMembers counts the alive members in "dlockfs status --json DIR"
+// (-1 if status fails).
+func aliveMembers(t *testing.T, dir string) int {
+	t.Helper()
+	r := dlockfs(t, "status", "--json", dir)
+	var d statusDoc
+	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &d) != nil {
+		return -1
+	}
+	n := 0
+	for _, m := range d.Members {
+		if m.Status == "alive" {
+			n++
+		}
+	}
+	return n
+}
+
+// node is a running "dlockfs mount" child.
+type node struct {
+	name, dir, bind string
+	cmd             *exec.Cmd
+	line            string        // the mounted line
+	stderr          *syncBuffer   // its stderr so far
+	exited          chan struct{} // closed when it has exited
+	err             error         // Wait's result, once exited is closed
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// exitCode is the node's exit code once it has exited (-1 if by signal).
+func (n *node) exitCode() int {
+	var ee *exec.ExitError
+	if errors.As(n.err, &ee) {
+		return ee.ExitCode()
+	}
+	if n.err != nil {
+		return -1
+	}
+	return 0
+}
+
+// startNode starts "dlockfs mount" on a fresh directory with the fast
+// gossip profile on 127.0.0.1 and waits for its mounted line. Cleanup ends
+// it by its PID (SIGTERM, then SIGKILL) and unmounts what is left.
+func startNode(t *testing.T, name string, extra ...string) *node {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return startNodeAt(t, name, dir, extra...)
+}
+
+// startNodeAt is startNode on a given directory.
+func startNodeAt(t *testing.T, name, dir string, extra ...string) *node {
+	t.Helper()
+	n := &node{name: name, dir: dir, bind: freeAddr(t), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	lock := freeAddr(t)
+	args := append([]string{"mount", "--name", name, "--bind", n.bind, "--lock-bind", lock, "--gossip", "fast", dir}, extra...)
+	n.cmd = exec.Command(binary, args...)
+	n.cmd.Stderr = n.stderr
+	stdout, err := n.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		n.err = n.cmd.Wait()
+		close(n.exited)
+	}()
+	t.Cleanup(func() { n.stop(t) })
+	select {
+	case n.line = <-lines:
+	case <-n.exited:
+		t.Fatalf("dlockfs mount %s exited (%v) before mounting\nstderr: %s", name, n.err, n.stderr.String())
+	case <-time.After(startTimeout):
+		t.Fatalf("dlockfs mount %s printed nothing in %v\nstderr: %s", name, startTimeout, n.stderr.String())
+	}
+	return n
+}
+
+// signal sends sig to the node's process (by its PID).
+func (n *node) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := n.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v to %s: %v", sig, n.name, err)
+	}
+}
+
+// wait waits (bounded) for the node to exit.
+func (n *node) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-n.exited:
+	case <-time.After(stopTimeout):
+		t.Fatalf("%s did not exit within %v\nstderr: %s", n.name, stopTimeout, n.stderr.String())
+	}
+}
+
+// stop ends the node if it still runs and unmounts its directory if it is
+// still a mount point. Never fails: it runs in Cleanup.
+func (n *node) stop(t *testing.T) {
+	select {
+	case <-n.exited:
+	default:
+		_ = n.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-n.exited:
+		case <-time.After(stopTimeout):
+			t.Logf("%s ignored SIGTERM for %v: killing PID %d", n.name, stopTimeout, n.cmd.Process.Pid)
+			_ = n.cmd.Process.Kill()
+			<-n.exited
+		}
+	}
+	if ms, _ := mountsAt(n.dir); len(ms) > 0 {
+		_ = syscall.Unmount(n.dir, syscall.MNT_DETACH)
+	}
+	if t.Failed() {
+		t.Logf("%s stderr:\n%s", n.name, n.stderr.String())
+	}
+}
+
+// holder runs "dlockfs lock PATH -- sh -c 'echo held; read x'" and waits
+// until it holds the lock; release ends it.
+type holder struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan error
+}
+
+func hold(t *testing.T, path string) *holder {
+	t.Helper()
+	h := &holder{cmd: exec.Command(binary, "lock", path, "--", "sh", "-c", `echo "held $DLOCKFS_TOKEN"; read x; exit 0`),
+		done: make(chan error, 1)}
+	var err error
+	if h.stdin, err = h.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := h.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	h.cmd.Stderr = &stderr
+	if err := h.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case held <- sc.Text():
+			default:
+			}
+		}
+		h.done <- h.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		_ = h.cmd.Process.Kill()
+	})
+	select {
+	case line := <-held:
+		if !strings.HasPrefix(line, "held ") {
+			t.Fatalf("holder printed %q", line)
+		}
+	case err := <-h.done:
+		t.Fatalf("holder exited (%v) before holding\nstderr: %s", err, stderr.String())
+	case <-time.After(startTimeout):
+		t.Fatalf("holder did not get %s in %v", path, startTimeout)
+	}
+	return h
+}
+
+// release ends the holder and waits for it.
+func (h *holder) release(t *testing.T) {
+	t.Helper()
+	h.stdin.Close()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Fatalf("holder: %v", err)
+		}
+	case <-time.After(stopTimeout):
+		t.Fatal("holder did not exit after its stdin closed")
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	a, b := dlockfs(t, "keygen"), dlockfs(t, "keygen")
+	wantCode(t, a, exitOK, "keygen")
+	k, err := parseKey(a.stdout)
+	if err != nil || len(k) != 32 {
+		t.Fatalf("keygen printed %q: %d bytes, %v; want a base64 32-byte key", a.stdout, len(k), err)
+	}
+	if a.stdout == b.stdout {
+		t.Fatal("two keygen runs printed the same key")
+	}
+}
+
+func TestHelpAndUsage(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		out  string // in stdout (code 0) or stderr
+	}{
+		{[]string{"help"}, exitOK, "Exit codes:"},
+		{[]string{"--help"}, exitOK, "keygen"},
+		{[]string{"-h"}, exitOK, "Commands:"},
+		{[]string{"help", "mount"}, exitOK, "--gossip"},
+		{[]string{"mount", "--help"}, exitOK, "fast  ~0.5 s"},
+		{[]string{"mount", "/x", "-h"}, exitOK, "--key-file"},
+		{[]string{"status", "--help"}, exitOK, "--json"},
+		{[]string{"lock", "--help"}, exitOK, "DLOCKFS_TOKEN"},
+		{[]string{"check", "--help"}, exitOK, "exec 9<"},
+		{[]string{"keygen", "--help"}, exitOK, "umask 077"},
+		{[]string{"help", "--help"}, exitOK, "Commands:"},
+		{nil, exitUsage, "no command"},
+		{[]string{"frob"}, exitUsage, `unknown command "frob"`},
+		{[]string{"mount"}, exitUsage, "missing MOUNTPOINT"},
+		{[]string{"mount", "--bogus", "/x"}, exitUsage, "flag provided but not defined"},
+		{[]string{"mount", "--gossip", "slow", "/x"}, exitUsage, "lan, wan or fast"},
+		{[]string{"mount", "--bind", "localhost:1", "/nonexistent-dlockfs"}, exitMountpoint, "does not exist"},
+		{[]string{"status"}, exitUsage, "dlockfs status --help"},
+		{[]string{"lock", "/x"}, exitUsage, "missing CMD"},
+		{[]string{"keygen", "extra"}, exitUsage, "no arguments"},
+		{[]string{"help", "frob"}, exitUsage, "frob"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, "_"), func(t *testing.T) {
+			r := dlockfs(t, tt.args...)
+			wantCode(t, r, tt.code, fmt.Sprint(tt.args))
+			got := r.stderr
+			if tt.code == exitOK {
+				got = r.stdout
+			}
+			if !strings.Contains(got, tt.out) {
+				t.Fatalf("%q: output lacks %q:\nstdout: %s\nstderr: %s", tt.args, tt.out, r.stdout, r.stderr)
+			}
+		})
+	}
+}
+
+func TestMountRefusesMissingDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nope")
+	r := dlockfs(t, "mount", "--bind", freeAddr(t), dir)
+	wantCode(t, r, exitMountpoint, "mount on a missing dir")
+	if !strings.Contains(r.stderr, "mkdir -p "+dir) {
+		t.Fatalf("stderr lacks the fix: %s", r.stderr)
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, dlockfs(t, "mount", "--bind", freeAddr(t), file), exitMountpoint, "mount on a file")
+}
+
+func TestMountRefusesMountedDir(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "tmpfs-test", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	r := dlockfs(t, "mount", "--bind", freeAddr(t), dir)
+	wantCode(t, r, exitMountpoint, "mount on a tmpfs mount point")
+	if !strings.Contains(r.stderr, "already a mount point (tmpfs") || !strings.Contains(r.stderr, "umount "+dir) {
+		t.Fatalf("stderr: %s", r.stderr)
+	}
+}
+
+func TestKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	missing := filepath.Join(dir, "missing-mountpoint")
+	tests := []struct {
+		name, file string
+		code       int
+		stderr     string
+	}{
+		{"not base64", write("bad", "not base64!\n", 0o600), exitKey, "not base64"},
+		{"wrong length", write("short", "AAAA\n", 0o600), exitKey, "3-byte key"},
+		{"missing file", filepath.Join(dir, "none"), exitKey, "no such file"},
+		{"empty", write("empty", "\n", 0o600), exitKey, "empty"},
+		// A good key gets past the key check to the mountpoint check.
+		{"good key", write("good", "AAAAAAAAAAAAAAAAAAAAAA==\n", 0o600), exitMountpoint, "does not exist"},
+		{"readable by others: warning", write("open", "AAAAAAAAAAAAAAAAAAAAAA==\n", 0o644), exitMountpoint, "chmod 600"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := dlockfs(t, "mount", "--key-file", tt.file, missing)
+			wantCode(t, r, tt.code, tt.name)
+			if !strings.Contains(r.stderr, tt.stderr) {
+				t.Fatalf("stderr lacks %q: %s", tt.stderr, r.stderr)
+			}
+		})
+	}
+}
+
+func TestMountNonRootSaysWhatIsMissing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as nobody")
+	}
+	if _, err := lookPathFallback("fusermount3"); err == nil {
+		t.Skip("fusermount3 is installed here")
+	}
+	dir, err := os.MkdirTemp("", "dlockfs-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "dlockfs")
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "mount", "--bind", freeAddr(t), mnt)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	r := runCmd(t, cmd)
+	wantCode(t, r, exitFUSE, "non-root mount without fusermount3")
+	if !strings.Contains(r.stderr, "/dev/fuse") && !strings.Contains(r.stderr, "fusermount3") {
+		t.Fatalf("stderr does not say what is missing: %s", r.stderr)
+	}
+}
+
+func TestStatusAndCheck(t *testing.T) {
+	a := startNode(t, "solo")
+	if !strings.Contains(a.line, "node solo mounted at "+a.dir) || !strings.Contains(a.line, "cluster of 1") ||
+		!strings.Contains(a.line, "not encrypted") {
+		t.Fatalf("mounted line: %q", a.line)
+	}
+	wantCode(t, dlockfs(t, "check", a.dir), exitOK, "check on a live mount")
+	wantCode(t, dlockfs(t, "check", "-q", a.dir), exitOK, "check -q on a live mount")
+
+	// Take the default lock once, so that status has a lock to show.
+	r := runCmd(t, exec.Command(binary, "lock", a.dir, "--", "sh", "-c", `echo "token=$DLOCKFS_TOKEN"`))
+	wantCode(t, r, exitOK, "lock")
+	if !strings.HasPrefix(r.stdout, "token=") || strings.TrimSpace(r.stdout) == "token=" {
+		t.Fatalf("lock's CMD saw no token: %q", r.stdout)
+	}
+
+	r = dlockfs(t, "status", a.dir)
+	wantCode(t, r, exitOK, "status")
+	for _, want := range []string{"node solo", "MEMBER", "solo (self)", "alive", "LOCK", "lock", "idle", "counters:", "grants 1"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	r = dlockfs(t, "status", "--json", a.dir)
+	wantCode(t, r, exitOK, "status --json")
+	if !strings.Contains(r.stdout, `"node": "solo"`) && !strings.Contains(r.stdout, `"node":"solo"`) {
+		t.Errorf("status --json: %s", r.stdout)
+	}
+
+	plain := t.TempDir()
+	for _, args := range [][]string{{"status", plain}, {"check", plain}, {"lock", plain, "--", "true"}} {
+		r := dlockfs(t, args...)
+		wantCode(t, r, exitNotMounted, fmt.Sprint(args))
+		if !strings.Contains(r.stderr, "not a dlockfs mount") {
+			t.Errorf("%v: stderr: %s", args, r.stderr)
+		}
+	}
+	wantCode(t, dlockfs(t, "lock", a.dir+"/.status", "true"), exitUsage, "lock on .status")
+	wantCode(t, dlockfs(t, "lock", a.dir, "--", "no-such-command-dlockfs"), exitNotFound, "lock with a missing CMD")
+
+	// The same directory again: refused, the first mount unharmed.
+	r = dlockfs(t, "mount", "--bind", freeAddr(t), a.dir)
+	wantCode(t, r, exitMountpoint, "second mount on a live mount")
+	if !strings.Contains(r.stderr, "already a dlockfs mount") {
+		t.Fatalf("stderr: %s", r.stderr)
+	}
+	wantCode(t, dlockfs(t, "check", a.dir), exitOK, "check after the refused mount")
+}
+
+func TestDeadMountRefused(t *testing.T) {
+	a := startNode(t, "dead")
+	a.signal(t, syscall.SIGKILL)
+	a.wait(t)
+	t.Cleanup(func() { _ = syscall.Unmount(a.dir, syscall.MNT_DETACH) })
+	if _, err := os.Stat(a.dir); !errors.Is(err, syscall.ENOTCONN) {
+		t.Fatalf("stat of the killed mount: %v, want ENOTCONN", err)
+	}
+
+	r := dlockfs(t, "mount", "--bind", freeAddr(t), a.dir)
+	wantCode(t, r, exitMountpoint, "mount on a dead mount")
+	if !strings.Contains(r.stderr, "umount -l "+a.dir) {
+		t.Fatalf("stderr lacks the fix: %s", r.stderr)
+	}
+	wantCode(t, dlockfs(t, "check", a.dir), exitNotMounted, "check on a dead mount")
+	wantCode(t, dlockfs(t, "status", a.dir), exitNotMounted, "status on a dead mount")
+	marker := filepath.Join(t.TempDir(), "ran")
+	for _, path := range []string{a.dir, a.dir + "/lock", a.dir + "/other"} {
+		r = dlockfs(t, "lock", path, "--", "touch", marker)
+		wantCode(t, r, exitNotMounted, "lock on a dead mount")
+		if !strings.Contains(r.stderr, "dead dlockfs mount") {
+			t.Fatalf("lock %s: stderr: %s", path, r.stderr)
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Fatalf("lock %s ran CMD on a dead mount", path)
+		}
+	}
+}
+
+func TestClusterContention(t *testing.T) {
+	a := startNode(t, "a")
+	b := startNode(t, "b", "--join", a.bind)
+	c := startNode(t, "c", "--join", a.bind+","+b.bind)
+	if !strings.Contains(c.line, "cluster of 3") {
+		t.Fatalf("c's mounted line: %q", c.line)
+	}
+	// b may have printed before c joined; wait until everyone sees 3.
+	for _, n := range []*node{a, b, c} {
+		waitFor(t, startTimeout, n.name+" sees 3 alive members", func() bool {
+			return aliveMembers(t, n.dir) == 3
+		})
+	}
+
+	// Busy and timeout while a holds the lock.
+	h := hold(t, a.dir)
+	r := dlockfs(t, "lock", "--try", b.dir, "--", "true")
+	wantCode(t, r, exitBusy, "lock --try while a holds")
+	r = dlockfs(t, "lock", "--timeout", "200ms", c.dir+"/lock", "--", "true")
+	wantCode(t, r, exitTimeout, "lock --timeout while a holds")
+	h.release(t)
+	wantCode(t, dlockfs(t, "lock", "--try", b.dir, "--", "true"), exitOK, "lock --try after a released")
+
+	// Contention: every node enters the critical section several times,
+	// through dlockfs lock (a, b) and util-linux flock (c). An overlap or
+	// a token that does not rise is a failure.
+	work := t.TempDir()
+	cs := fmt.Sprintf(`set -e; cd %s
+if ! mkdir inside 2>/dev/null; then echo overlap >> errors; fi
+echo "${DLOCKFS_TOKEN:-flock}" >> tokens
+i=0; while [ $i -lt 200 ]; do i=$((i+1)); done
+rmdir inside`, work)
+	const rounds = 5
+	var wg sync.WaitGroup
+	errs := make(chan string, 3*rounds)
+	for _, n := range []*node{a, b, c} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range rounds {
+				var cmd *exec.Cmd
+				if n.name == "c" {
+					cmd = exec.Command("flock", n.dir+"/lock", "sh", "-c", cs)
+				} else {
+					cmd = exec.Command(binary, "lock", n.dir, "--", "sh", "-c", cs)
+				}
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					errs <- fmt.Sprintf("%s: %v: %s", n.name, err, out)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if data, err := os.ReadFile(filepath.Join(work, "errors")); err == nil {
+		t.Fatalf("critical sections overlapped: %s", data)
+	}
+	data, err := os.ReadFile(filepath.Join(work, "tokens"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(string(data))
+	if len(lines) != 3*rounds {
+		t.Fatalf("%d critical sections, want %d", len(lines), 3*rounds)
+	}
+	last := uint64(0)
+	for _, l := range lines {
+		if l == "flock" {
+			continue
+		}
+		tok, err := strconv.ParseUint(l, 10, 64)
+		if err != nil || tok <= last {
+			t.Fatalf("tokens do not rise: %q", lines)
+		}
+		last = tok
+	}
+}
+
+func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
+	a := startNode(t, "a")
+	b := startNode(t, "b", "--join", a.bind)
+	waitFor(t, startTimeout, "a sees b", func() bool {
+		return aliveMembers(t, a.dir) == 2
+	})
+	b.signal(t, syscall.SIGTERM)
+	b.wait(t)
+	if code := b.exitCode(); code != exitOK {
+		t.Fatalf("b exited %d after SIGTERM, want 0\nstderr: %s", code, b.stderr.String())
+	}
+	if isMountpoint(t, b.dir) {
+		t.Fatal("b's directory is still a mount point after SIGTERM")
+	}
+	waitFor(t, startTimeout, "a sees b leave", func() bool {
+		r := dlockfs(t, "status", "--json", a.dir)
+		return r.code == 0 && strings.Contains(r.stdout, `"left"`)
+	})
+	// The cluster goes on without b: a takes the lock alone.
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", a.dir, "--", "true"), exitOK, "lock after b left")
+
+	// SIGINT while a process holds a lock: still a clean exit, and the
+	// mount is detached.
+	hold(t, a.dir)
+	a.signal(t, syscall.SIGINT)
+	a.wait(t)
+	if code := a.exitCode(); code != exitOK {
+		t.Fatalf("a exited %d after SIGINT, want 0\nstderr: %s", code, a.stderr.String())
+	}
+	if isMountpoint(t, a.dir) {
+		t.Fatal("a's directory is still a mount point after SIGINT")
+	}
+}
+
+func TestJoinTimeout(t *testing.T) {
+	dir := t.TempDir()
+	nobody := freeAddr(t) // nothing listens there
+	r := dlockfs(t, "mount", "--bind", freeAddr(t), "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
+	wantCode(t, r, exitJoin, "join to nobody")
+	if !strings.Contains(r.stderr, "--join-timeout") {
+		t.Fatalf("stderr: %s", r.stderr)
+	}
+	if isMountpoint(t, dir) {
+		t.Fatal("mounted although the join failed")
+	}
+}

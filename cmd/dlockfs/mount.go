@@ -1,0 +1,222 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dlockfs/dlockfs/fs"
+	"github.com/dlockfs/dlockfs/mutex/peer"
+)
+
+// Shutdown bounds.
+const (
+	// leaveTimeout bounds the graceful leave (flush of the lock channel,
+	// Serf's leave broadcast; the wan profile's takes a few seconds).
+	leaveTimeout = 15 * time.Second
+)
+
+// newLogger returns the command's logger: warnings and errors on stderr, or
+// everything with --debug. Without --debug the time is left out (it is
+// noise on a terminal, and journald adds its own).
+func newLogger(e *env, debug bool) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: slog.LevelWarn}
+	if debug {
+		opts.Level = slog.LevelDebug
+	} else {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, opts))
+}
+
+// peerConfig turns the mount flags into a peer configuration.
+func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
+	pc := peer.DefaultConfig()
+	if m.name != "" {
+		pc.Name = m.name
+	}
+	pc.BindAddr = m.bind
+	pc.AdvertiseAddr = m.advertise
+	pc.LockAddr = m.lockBind
+	pc.LockAdvertise = m.lockAdvertise
+	pc.Join = m.join
+	pc.Profile = m.gossip
+	pc.Key = key
+	pc.KeepPermissions = m.fastPath
+	pc.Logger = log.With("component", "peer")
+	return pc
+}
+
+// runMount is "dlockfs mount": check, join, mount, serve until a signal,
+// leave, unmount. The cluster is joined before the mount appears, so a node
+// that is not yet a member never grants a lock on its own.
+func runMount(ctx context.Context, e *env, cfg config) error {
+	m := cfg.mount
+	log := newLogger(e, m.debug)
+
+	// Cheap checks first, each with its own exit code, before any
+	// network activity.
+	var key []byte
+	if m.keyFile != "" {
+		k, err := readKeyFile(m.keyFile, log)
+		if err != nil {
+			return err
+		}
+		key = k
+	}
+	dir, err := checkMountpoint(m.mountpoint)
+	if err != nil {
+		return err
+	}
+	if err := checkFuse(m.allowOther); err != nil {
+		return err
+	}
+	pc := peerConfig(m, key, log)
+	if err := pc.Validate(); err != nil {
+		return &usageError{err: err}
+	}
+
+	// Signals: the first starts a graceful shutdown, a second one cuts
+	// it short.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	stopCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Debug("signal: shutting down", "signal", s)
+			stop()
+		case <-stopCtx.Done():
+		}
+	}()
+
+	// Join.
+	joinCtx, cancelJoin := stopCtx, context.CancelFunc(func() {})
+	if m.joinTimeout > 0 && len(m.join) > 0 {
+		joinCtx, cancelJoin = context.WithTimeout(stopCtx, m.joinTimeout)
+	}
+	p, err := peer.Start(joinCtx, pc)
+	joinTimedOut := joinCtx.Err() != nil && stopCtx.Err() == nil
+	cancelJoin()
+	switch {
+	case err != nil && stopCtx.Err() != nil:
+		fmt.Fprintf(e.stderr, "dlockfs mount: stopped by signal before joining the cluster\n")
+		return nil
+	case err != nil && joinTimedOut:
+		return codef(exitJoin, "no member answered at %s within --join-timeout %v: %w",
+			strings.Join(m.join, ", "), m.joinTimeout, err)
+	case err != nil && strings.Contains(err.Error(), "key mismatch"):
+		return codef(exitJoin, "%w (every member needs the same --key-file)", err)
+	case err != nil:
+		return codef(exitJoin, "starting the peer: %w", err)
+	}
+	leave := func() {
+		lctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+		defer cancel()
+		warnHeld(log, p.Status())
+		if err := p.Leave(lctx); err != nil {
+			log.Warn("leave", "err", err)
+		}
+	}
+
+	// Mount.
+	server, err := fs.Mount(dir, fs.Options{Locker: p, AllowOther: m.allowOther, Debug: m.debug,
+		Logger: log.With("component", "fs")})
+	if err != nil {
+		leave()
+		return codef(exitFUSE, "%w", err)
+	}
+	served := make(chan struct{})
+	go func() {
+		server.Wait()
+		close(served)
+	}()
+
+	st := p.Status()
+	alive := 0
+	for _, mem := range st.Members {
+		if mem.Status == "alive" {
+			alive++
+		}
+	}
+	enc := "not encrypted"
+	if st.Encrypted {
+		enc = "encrypted"
+	}
+	fmt.Fprintf(e.stdout, "dlockfs: node %s mounted at %s, cluster of %d, %s gossip, %s\n",
+		p.Node(), dir, alive, st.Profile, enc)
+
+	// Serve.
+	var result error
+	select {
+	case <-stopCtx.Done():
+	case <-served:
+		log.Warn("unmounted from outside; leaving the cluster", "dir", dir)
+		leave()
+		return nil
+	case <-p.Done():
+		result = p.Err()
+		if errors.Is(result, peer.ErrNameConflict) {
+			result = codef(exitJoin, "%w: choose another --name", result)
+		} else {
+			result = fmt.Errorf("the peer stopped: %w", result)
+		}
+	}
+
+	// Shut down: leave first (waiting openers are withdrawn, holds are
+	// released, peers stop waiting for us), then unmount.
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Warn("second signal: detaching the mount and exiting now", "signal", s)
+			lazyUnmount(dir)
+			os.Exit(exitError)
+		case <-served:
+		}
+	}()
+	leave()
+	if err := server.Unmount(); err != nil {
+		log.Debug("unmount busy; detaching instead (open lock files keep it until closed)", "err", err)
+		if err := lazyUnmount(dir); err != nil {
+			log.Warn("unmount failed: run 'umount -l "+dir+"'", "err", err)
+		}
+	}
+	return result
+}
+
+// warnHeld warns about locks that local processes still hold at shutdown:
+// the cluster stops counting on them as this node leaves.
+func warnHeld(log *slog.Logger, st peer.Status) {
+	for _, l := range st.Locks {
+		if l.State == "holding" || l.Waiting > 0 {
+			log.Warn("shutting down while a local process holds or awaits the lock: it is released for the cluster",
+				"lock", l.Name, "state", l.State, "token", l.Token, "waiting", l.Waiting)
+		}
+	}
+}
+
+// lazyUnmount detaches the mount even while files are open (umount -l).
+func lazyUnmount(dir string) error {
+	if os.Geteuid() == 0 {
+		return syscall.Unmount(dir, syscall.MNT_DETACH)
+	}
+	for _, bin := range []string{"fusermount3", "fusermount"} {
+		if err := runQuiet(bin, "-u", "-z", dir); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("fusermount3 -u -z %s failed", dir)
+}
