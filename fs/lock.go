@@ -48,6 +48,7 @@ func (n *lockNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 // grant until the kernel releases the description.
 type lockHandle struct {
 	fs      *lockFS
+	name    string
 	grant   mutex.Grant
 	content []byte // "TOKEN\nholder NODE\nlock NAME\n"
 }

@@ -95,6 +95,11 @@ func (f *lockFS) acquire(fctx context.Context, name string, flags uint32) (*lock
 		f.log.Debug("grant raced an interrupt; kept", "lock", name, "token", g.Token)
 	}
 
+	var h *lockHandle
+	if err == nil {
+		h = &lockHandle{fs: f, name: name, grant: g,
+			content: fmt.Appendf(nil, "%d\nholder %s\nlock %s\n", g.Token, f.locker.Node(), name)}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
@@ -109,8 +114,6 @@ func (f *lockFS) acquire(fctx context.Context, name string, flags uint32) (*lock
 		}
 		return nil, err
 	}
-	h := &lockHandle{fs: f, grant: g,
-		content: fmt.Appendf(nil, "%d\nholder %s\nlock %s\n", g.Token, f.locker.Node(), name)}
 	f.open[h] = struct{}{}
 	f.log.Debug("lock granted", "lock", name, "token", g.Token)
 	return h, nil
@@ -125,13 +128,13 @@ func (f *lockFS) release(h *lockHandle) {
 		return
 	}
 	delete(f.open, h)
-	f.unuse(h.grant.Lock)
+	f.unuse(h.name)
 	f.mu.Unlock()
 	if err := f.locker.Unlock(h.grant); err != nil {
-		f.log.Warn("unlock", "lock", h.grant.Lock, "token", h.grant.Token, "err", err)
+		f.log.Warn("unlock", "lock", h.name, "token", h.grant.Token, "err", err)
 		return
 	}
-	f.log.Debug("lock released", "lock", h.grant.Lock, "token", h.grant.Token)
+	f.log.Debug("lock released", "lock", h.name, "token", h.grant.Token)
 }
 
 // unuse drops one use of name; f.mu must be held.
