@@ -265,7 +265,6 @@ func TestNamedLocks(t *testing.T) {
 		t.Errorf("cat remote: %q", out)
 	}
 	mustRun(t, mnt, `rm "$M/a"; test ! -e "$M/a"`)
-	// A name created with the lock busy elsewhere is still created.
 	for _, tc := range []struct{ script, errText string }{
 		{`rm "$M/b"`, "Device or resource busy"},
 		{`rm "$M/lock"`, "Operation not permitted"},
@@ -289,8 +288,9 @@ func TestNamedLocks(t *testing.T) {
 			t.Errorf("%s: exit %d, stderr %q; want %q", tc.script, code, errOut, tc.errText)
 		}
 	}
-	// Creating a new name as a try-lock while... (touch uses O_NONBLOCK).
-	mustRun(t, mnt, `touch "$M/b"`) // open fails EAGAIN, utimensat succeeds
+	// touch of a held name: its open (O_NONBLOCK, a try-lock) fails with
+	// EAGAIN, and touch falls back to utimensat, which succeeds.
+	mustRun(t, mnt, `touch "$M/b"`)
 	if out := mustRun(t, mnt, `ls "$M"`); out != "b\nc\nlock\nremote\n" {
 		t.Errorf("ls: %q", out)
 	}
