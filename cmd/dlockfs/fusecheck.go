@@ -20,20 +20,26 @@ func checkFuse(allowOther bool) error {
 	if os.Geteuid() == 0 {
 		return nil
 	}
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		return codef(exitFUSE, "/dev/fuse cannot be opened by this user (%w): "+
-			"check its mode (crw-rw-rw- is usual) or run as root", err)
-	}
-	f.Close()
+	// A non-root mount goes through the setuid helper, which opens
+	// /dev/fuse itself; go-fuse and the fs package also check access.
+	var missing []string
 	if _, err := lookPathFallback("fusermount3"); err != nil {
 		if _, err2 := lookPathFallback("fusermount"); err2 != nil {
-			return codef(exitFUSE, "fusermount3 is not installed (not in PATH or /bin): a non-root mount needs "+
-				"this setuid helper; install package fuse3 (Debian/Ubuntu: apt install fuse3) or run as root")
+			missing = append(missing, "fusermount3 is not installed (not in PATH or /bin): a non-root mount needs "+
+				"this setuid helper; install package fuse3 (Debian/Ubuntu: apt install fuse3)")
 		}
 	}
+	if f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0); err != nil {
+		missing = append(missing, fmt.Sprintf("/dev/fuse cannot be opened by uid %d (%v): "+
+			"it is usually mode crw-rw-rw-", os.Geteuid(), err))
+	} else {
+		f.Close()
+	}
 	if allowOther && !userAllowOther("/etc/fuse.conf") {
-		return codef(exitFUSE, "--allow-other as a non-root user needs a line 'user_allow_other' in /etc/fuse.conf")
+		missing = append(missing, "--allow-other as a non-root user needs a line 'user_allow_other' in /etc/fuse.conf")
+	}
+	if len(missing) > 0 {
+		return codef(exitFUSE, "cannot mount as a non-root user (or run as root): %s", strings.Join(missing, "; "))
 	}
 	return nil
 }

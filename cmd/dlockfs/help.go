@@ -31,10 +31,10 @@ Commands:
 Run 'dlockfs COMMAND --help' for a command's flags and examples.
 
 Quick start (three hosts; on each, with its own name and address):
-  dlockfs keygen > cluster.key; chmod 600 cluster.key   # once; copy to every host
+  (umask 077; dlockfs keygen > cluster.key)   # once; copy to every host
   mkdir -p /run/dlockfs
   dlockfs mount --name a --key-file cluster.key --join 10.0.0.2,10.0.0.3 /run/dlockfs &
-  dlockfs lock /run/dlockfs/deploy -- ./deploy.sh       # one host at a time
+  dlockfs lock /run/dlockfs/deploy -- ./deploy.sh   # one host at a time
   dlockfs status /run/dlockfs
 
 `)
@@ -81,7 +81,7 @@ Flags:
   --gossip PROFILE       failure-detection profile, the same on every node
                          (default lan):
                            lan   detects a dead node in ~5 s (Serf LAN defaults)
-                           wan   ~30-40 s; tolerates slow, lossy links
+                           wan   ~35-40 s; tolerates slow, lossy links
                            fast  ~0.5 s; for one host or a quiet LAN; more
                                  CPU and risk of false suspicion under load
                          A lock held by a dead node is freed when it is

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // command is one entry of the command table.
@@ -86,11 +87,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c, _ := lookupCommand(cfg.cmd)
 	if err := c.run(ctx, e, cfg); err != nil {
 		if !errors.Is(err, errSilent) {
-			fmt.Fprintf(stderr, "dlockfs %s: %v\n", cfg.cmd, err)
+			fmt.Fprintf(stderr, "dlockfs %s: %s\n", cfg.cmd, oneLine(err.Error()))
 		}
 		return exitCode(err)
 	}
 	return exitOK
+}
+
+// oneLine folds a multi-line error message (memberlist's multierror) into
+// one line.
+func oneLine(s string) string {
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // errSilent marks an error that was already reported (or needs no message).

@@ -139,6 +139,16 @@ func isMountpoint(t *testing.T, dir string) bool {
 	return len(ms) > 0
 }
 
+// status parses "dlockfs status --json DIR" (zero if status fails).
+func status(t *testing.T, dir string) statusDoc {
+	t.Helper()
+	var d statusDoc
+	if r := dlockfs(t, "status", "--json", dir); r.code == 0 {
+		_ = json.Unmarshal([]byte(r.stdout), &d)
+	}
+	return d
+}
+
 // aliveMembers counts the alive members in "dlockfs status --json DIR"
 // (-1 if status fails).
 func aliveMembers(t *testing.T, dir string) int {
@@ -501,7 +511,7 @@ func TestMountNonRootSaysWhatIsMissing(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	r := runCmd(t, cmd)
 	wantCode(t, r, exitFUSE, "non-root mount without fusermount3")
-	if !strings.Contains(r.stderr, "/dev/fuse") && !strings.Contains(r.stderr, "fusermount3") {
+	if !strings.Contains(r.stderr, "fusermount3 is not installed") {
 		t.Fatalf("stderr does not say what is missing: %s", r.stderr)
 	}
 }
@@ -604,6 +614,16 @@ func TestClusterContention(t *testing.T) {
 	wantCode(t, r, exitBusy, "lock --try while a holds")
 	r = dlockfs(t, "lock", "--timeout", "200ms", c.dir+"/lock", "--", "true")
 	wantCode(t, r, exitTimeout, "lock --timeout while a holds")
+	// The abandoned open was withdrawn: c waits for nothing.
+	waitFor(t, stopTimeout, "c to withdraw the timed-out request", func() bool {
+		d := status(t, c.dir)
+		for _, l := range d.Locks {
+			if l.Name == "lock" {
+				return l.Waiting == 0 && l.State == "idle"
+			}
+		}
+		return true
+	})
 	h.release(t)
 	wantCode(t, dlockfs(t, "lock", "--try", b.dir, "--", "true"), exitOK, "lock --try after a released")
 
@@ -711,5 +731,50 @@ func TestJoinTimeout(t *testing.T) {
 	}
 	if isMountpoint(t, dir) {
 		t.Fatal("mounted although the join failed")
+	}
+}
+
+func TestEncryptedCluster(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := func(name string) string {
+		r := dlockfs(t, "keygen")
+		wantCode(t, r, exitOK, "keygen")
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(r.stdout), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	k1, k2 := keyFile("k1"), keyFile("k2")
+	a := startNode(t, "a", "--key-file", k1)
+	b := startNode(t, "b", "--key-file", k1, "--join", a.bind)
+	for _, n := range []*node{a, b} {
+		if !strings.Contains(n.line, ", encrypted") {
+			t.Fatalf("%s: mounted line %q does not say encrypted", n.name, n.line)
+		}
+	}
+	if !strings.Contains(b.line, "cluster of 2") {
+		t.Fatalf("b: mounted line %q", b.line)
+	}
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", b.dir, "--", "true"), exitOK, "lock on an encrypted cluster")
+
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"other key", []string{"--key-file", k2}},
+		{"no key", nil},
+	} {
+		mnt := t.TempDir()
+		args := append([]string{"mount", "--name", "c", "--bind", freeAddr(t), "--lock-bind", freeAddr(t),
+			"--gossip", "fast", "--join", a.bind, "--join-timeout", "20s", mnt}, tt.args...)
+		r := dlockfs(t, args...)
+		wantCode(t, r, exitJoin, tt.name)
+		if !strings.Contains(r.stderr, "same --key-file") || strings.Count(r.stderr, "dlockfs mount:") != 1 {
+			t.Fatalf("%s: stderr: %s", tt.name, r.stderr)
+		}
+		if isMountpoint(t, mnt) {
+			t.Fatalf("%s: mounted although the join failed", tt.name)
+		}
 	}
 }

@@ -127,7 +127,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		lctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
 		defer cancel()
 		warnHeld(log, p.Status())
-		if err := p.Leave(lctx); err != nil {
+		if err := p.Leave(lctx); err != nil && (p.Err() == nil || !errors.Is(err, p.Err())) {
 			log.Warn("leave", "err", err)
 		}
 	}

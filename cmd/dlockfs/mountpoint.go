@@ -177,7 +177,7 @@ func checkLive(ctx context.Context, dir string) (liveMount, error) {
 	case errors.Is(err, syscall.ENOTCONN), errors.Is(err, syscall.ECONNABORTED):
 		return liveMount{}, codef(exitNotMounted,
 			"%s is a dead dlockfs mount (its daemon is gone): run 'umount -l %s' and start 'dlockfs mount' again", abs, abs)
-	case errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
 		return liveMount{}, codef(exitNotMounted,
 			"%s is a FUSE filesystem but not the root of a dlockfs mount (no %s)", abs, statusFile)
 	case err != nil:
