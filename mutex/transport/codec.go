@@ -70,22 +70,28 @@ type interner func([]byte) string
 
 func plainString(b []byte) string { return string(b) }
 
-// decoder reads a payload field by field; the first error sticks.
+// decoder reads a payload field by field. Its readers are small enough to
+// be inlined; the first failure sticks (bad) and is reported by end.
 type decoder struct {
-	b   []byte
-	err error
+	b    []byte
+	n    int // length of the whole payload, for error offsets
+	bad  bool
+	why  string
+	fail int // offset of the first failure
 }
 
-func (d *decoder) fail(what string) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: %s", errMalformed, what)
+func newDecoder(b []byte) decoder { return decoder{b: b, n: len(b)} }
+
+func (d *decoder) setBad(why string) {
+	if !d.bad {
+		d.bad, d.why, d.fail = true, why, d.n-len(d.b)
 	}
 	d.b = nil
 }
 
-func (d *decoder) byte(what string) byte {
+func (d *decoder) byte() byte {
 	if len(d.b) < 1 {
-		d.fail("truncated " + what)
+		d.setBad("truncated")
 		return 0
 	}
 	c := d.b[0]
@@ -93,27 +99,21 @@ func (d *decoder) byte(what string) byte {
 	return c
 }
 
-func (d *decoder) str(what string, intern interner) string {
-	n := int(d.byte(what))
-	if d.err != nil {
+func (d *decoder) str(intern interner) string {
+	if len(d.b) < 1 || len(d.b) < 1+int(d.b[0]) {
+		d.setBad("truncated string")
 		return ""
 	}
-	if len(d.b) < n {
-		d.fail("truncated " + what)
-		return ""
-	}
-	s := intern(d.b[:n])
+	n := 1 + int(d.b[0])
+	s := intern(d.b[1:n])
 	d.b = d.b[n:]
 	return s
 }
 
-func (d *decoder) uvarint(what string) uint64 {
-	if d.err != nil {
-		return 0
-	}
+func (d *decoder) uvarint() uint64 {
 	v, n := binary.Uvarint(d.b)
 	if n <= 0 {
-		d.fail("bad varint " + what)
+		d.setBad("bad varint")
 		return 0
 	}
 	d.b = d.b[n:]
@@ -121,42 +121,45 @@ func (d *decoder) uvarint(what string) uint64 {
 }
 
 func (d *decoder) end() error {
-	if d.err == nil && len(d.b) != 0 {
-		d.fail("trailing bytes")
+	if !d.bad && len(d.b) != 0 {
+		d.setBad("trailing bytes")
 	}
-	return d.err
+	if d.bad {
+		return fmt.Errorf("%w: %s at byte %d", errMalformed, d.why, d.fail)
+	}
+	return nil
 }
 
 // header checks the version and returns the kind.
 func (d *decoder) header() byte {
-	h := d.byte("header")
-	if d.err == nil && h>>4 != wireVersion {
-		d.fail(fmt.Sprintf("version %d", h>>4))
+	h := d.byte()
+	if !d.bad && h>>4 != wireVersion {
+		d.setBad(fmt.Sprintf("version %d", h>>4))
 	}
 	return h & 0x0f
 }
 
 // decodeMessage decodes a payload made by appendMessage.
 func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
-	d := decoder{b: b}
+	d := newDecoder(b)
 	var m mutex.Message
 	kind := d.header()
-	if d.err == nil && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgHello)) {
-		d.fail(fmt.Sprintf("kind %d is not a message", kind))
+	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgHello)) {
+		d.setBad(fmt.Sprintf("kind %d is not a message", kind))
 	}
 	m.Type = mutex.MsgType(kind)
-	flags := d.byte("flags")
-	if d.err == nil && flags&^flagTry != 0 {
-		d.fail("unknown flags")
+	flags := d.byte()
+	if !d.bad && flags&^flagTry != 0 {
+		d.setBad("unknown flags")
 	}
 	m.Try = flags&flagTry != 0
-	m.From = d.str("from", intern)
-	m.FromIncarnation = d.uvarint("from incarnation")
-	m.To = d.str("to", intern)
-	m.ToIncarnation = d.uvarint("to incarnation")
-	m.Lock = d.str("lock", intern)
-	m.Time = d.uvarint("time")
-	m.ReqTime = d.uvarint("reqtime")
+	m.From = d.str(intern)
+	m.FromIncarnation = d.uvarint()
+	m.To = d.str(intern)
+	m.ToIncarnation = d.uvarint()
+	m.Lock = d.str(intern)
+	m.Time = d.uvarint()
+	m.ReqTime = d.uvarint()
 	if err := d.end(); err != nil {
 		return mutex.Message{}, err
 	}
@@ -182,15 +185,15 @@ func appendHello(dst []byte, kind byte, h hello) []byte {
 }
 
 func decodeHello(b []byte, kind byte) (hello, error) {
-	d := decoder{b: b}
+	d := newDecoder(b)
 	var h hello
-	if k := d.header(); d.err == nil && k != kind {
-		d.fail(fmt.Sprintf("kind %d, want %d", k, kind))
+	if k := d.header(); !d.bad && k != kind {
+		d.setBad(fmt.Sprintf("kind %d, want %d", k, kind))
 	}
-	h.Name = d.str("name", plainString)
-	h.Incarnation = d.uvarint("incarnation")
+	h.Name = d.str(plainString)
+	h.Incarnation = d.uvarint()
 	if kind == kindHello {
-		h.ToName = d.str("to name", plainString)
+		h.ToName = d.str(plainString)
 	}
 	if err := d.end(); err != nil {
 		return hello{}, err
