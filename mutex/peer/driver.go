@@ -82,9 +82,7 @@ func (p *Peer) run(serfDown <-chan struct{}) {
 				connected = nil
 				continue
 			}
-			if _, known := p.members[name]; known {
-				p.core.Reconnected(name)
-			}
+			p.reconnected(name)
 		case ev := <-p.events:
 			p.handleEvent(ev)
 		case <-serfDown:
@@ -225,6 +223,34 @@ func (p *Peer) serfStopped() {
 	}()
 }
 
+// reconnected handles a (re)established outgoing connection to a member.
+// The core re-sends the requests the member has not answered. But the
+// broken connection may also have lost our replies to the member's
+// requests, which the core does not re-send: so on a re-connection we also
+// send the member a hello, on which it re-sends its outstanding requests,
+// and the core answers them again. (The first connection carries the hello
+// of core.AddMember already.)
+func (p *Peer) reconnected(name string) {
+	m, ok := p.members[name]
+	if !ok {
+		return
+	}
+	p.core.Reconnected(name)
+	if !m.connected {
+		m.connected = true
+		p.members[name] = m
+		return
+	}
+	p.tr.Send(mutex.Message{
+		Type:            mutex.MsgHello,
+		From:            p.name,
+		FromIncarnation: p.inc,
+		To:              name,
+		ToIncarnation:   m.inc,
+		Time:            p.core.Lamport(),
+	})
+}
+
 // step feeds one incoming message to the core.
 func (p *Peer) step(in incoming) {
 	err := p.core.Step(in.Msg)
@@ -236,8 +262,11 @@ func (p *Peer) step(in incoming) {
 	}
 	p.log.Debug("dropped lock message", "remote", in.Remote, "msg", in.Msg.String(), "err", err)
 	if errors.Is(err, mutex.ErrDuplicate) || errors.Is(err, mutex.ErrStale) ||
-		errors.Is(err, mutex.ErrUnknownPeer) {
-		return // expected around reconnections and membership changes
+		errors.Is(err, mutex.ErrUnknownPeer) || errors.Is(err, mutex.ErrUnexpected) {
+		// Expected around reconnections and membership changes: a
+		// request re-sent after a hello is answered twice, a message
+		// from a peer we have not added yet is dropped until its hello.
+		return
 	}
 	p.dropsQuiet++
 	if now := time.Now(); now.Sub(p.dropWarn) >= dropWarnEvery {

@@ -23,6 +23,8 @@ const (
 type memberInfo struct {
 	inc      uint64
 	lockAddr string
+	// connected: the lock channel to it has connected once.
+	connected bool
 }
 
 // parseTags reads a member's lock address and nonce.
@@ -46,7 +48,7 @@ func (p *Peer) memberUp(m serf.Member) {
 		p.log.Warn("ignoring a member that is not a dlockfs peer", "member", m.Name, "err", err)
 		return
 	}
-	if old, ok := p.members[m.Name]; ok && old == info {
+	if old, ok := p.members[m.Name]; ok && old.inc == info.inc && old.lockAddr == info.lockAddr {
 		return
 	}
 	p.log.Debug("member up", "member", m.Name, "incarnation", formatNonce(info.inc), "lock", info.lockAddr)

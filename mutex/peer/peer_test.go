@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -444,4 +445,89 @@ func TestNameConflict(t *testing.T) {
 	}
 	c.waitConverged()
 	contend(t, ps, []string{"x"}, 1, 5)
+}
+
+// freePort returns a 127.0.0.1 TCP address that was free a moment ago.
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// startBehindProxy starts a peer whose lock channel the others reach
+// through a proxy.
+func startBehindProxy(t *testing.T, c *cluster, name string) (*Peer, *proxy) {
+	t.Helper()
+	lockAddr := freePort(t)
+	px := newProxy(t, lockAddr)
+	cfg := c.config(name, c.joinAddrs()...)
+	cfg.LockAddr = lockAddr
+	cfg.LockAdvertise = px.addr()
+	p, err := c.startCfg(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, px
+}
+
+// A lock connection that breaks with a message in flight loses nothing:
+// the transport redials and the core re-sends what it owes.
+func TestConnectionBreaks(t *testing.T) {
+	t.Run("request lost", func(t *testing.T) {
+		c := newCluster(t, testListen)
+		p0, px := startBehindProxy(t, c, "p0")
+		p1, p2 := c.start("p1"), c.start("p2")
+		c.waitConverged()
+		held := lockT(t, p0, "x", 5*time.Second)
+		px.swallow.Store(true)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w := lockAsync(ctx, p1, "x")
+		waitFor(t, 5*time.Second, "p1's request to be swallowed", func() bool { return px.swallowed.Load() > 0 })
+		px.swallow.Store(false)
+		px.cut()
+		waitDeferred(t, p0, "x", "p1", 5*time.Second)
+		if err := p0.Unlock(held); err != nil {
+			t.Fatal(err)
+		}
+		r := recvWithin(t, w, 5*time.Second, "p1's grant")
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if err := p1.Unlock(r.grant); err != nil {
+			t.Fatal(err)
+		}
+		contend(t, []*Peer{p0, p1, p2}, []string{"x"}, 2, 5)
+	})
+	t.Run("reply lost", func(t *testing.T) {
+		c := newCluster(t, testListen)
+		p0, px := startBehindProxy(t, c, "p0")
+		p1, p2 := c.start("p1"), c.start("p2")
+		c.waitConverged()
+		held := lockT(t, p1, "x", 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		w := lockAsync(ctx, p0, "x")
+		waitDeferred(t, p1, "x", "p0", 5*time.Second)
+		px.swallow.Store(true)
+		if err := p1.Unlock(held); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "p1's reply to be swallowed", func() bool { return px.swallowed.Load() > 0 })
+		px.swallow.Store(false)
+		px.cut()
+		r := recvWithin(t, w, 5*time.Second, "p0's grant")
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if err := p0.Unlock(r.grant); err != nil {
+			t.Fatal(err)
+		}
+		contend(t, []*Peer{p0, p1, p2}, []string{"x"}, 2, 5)
+	})
 }
