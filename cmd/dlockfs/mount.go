@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,6 +21,9 @@ const (
 	// leaveTimeout bounds the graceful leave (flush of the lock channel,
 	// Serf's leave broadcast; the wan profile's takes a few seconds).
 	leaveTimeout = 15 * time.Second
+	// forceAfter: a signal at least this long after the first one ends a
+	// slow shutdown at once.
+	forceAfter = time.Second
 )
 
 // newLogger returns the command's logger: warnings and errors on stderr, or
@@ -87,17 +91,20 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		return &usageError{err: err}
 	}
 
-	// Signals: the first starts a graceful shutdown, a second one cuts
-	// it short.
-	sigs := make(chan os.Signal, 2)
+	// Signals: the first starts a graceful shutdown; another one, a
+	// second or more later, cuts it short. (Repeats within forceAfter are
+	// the same request: timeout(1) and group kills deliver SIGTERM twice.)
+	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	stopCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	var firstSignal atomic.Int64 // UnixNano of the first signal, 0 = none yet
 	go func() {
 		select {
 		case s := <-sigs:
 			log.Debug("signal: shutting down", "signal", s)
+			firstSignal.Store(time.Now().UnixNano())
 			stop()
 		case <-stopCtx.Done():
 		}
@@ -179,12 +186,19 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	// Shut down: leave first (waiting openers are withdrawn, holds are
 	// released, peers stop waiting for us), then unmount.
 	go func() {
-		select {
-		case s := <-sigs:
-			log.Warn("second signal: detaching the mount and exiting now", "signal", s)
-			lazyUnmount(dir)
-			os.Exit(exitError)
-		case <-served:
+		for {
+			select {
+			case s := <-sigs:
+				if first := firstSignal.Load(); first == 0 || time.Since(time.Unix(0, first)) < forceAfter {
+					firstSignal.CompareAndSwap(0, time.Now().UnixNano())
+					continue
+				}
+				log.Warn("second signal: detaching the mount and exiting now", "signal", s)
+				_ = lazyUnmount(dir)
+				os.Exit(exitError)
+			case <-served:
+				return
+			}
 		}
 	}()
 	leave()
