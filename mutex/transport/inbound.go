@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 )
 
@@ -45,7 +46,7 @@ func (t *Transport) acceptLoop() {
 		if n := t.st.inboundConns.Add(1); n > int64(t.cfg.MaxConns) {
 			t.st.inboundConns.Add(-1)
 			t.st.rejectedConns.Add(1)
-			t.log.Warn("transport: too many connections, closing", "remote", conn.RemoteAddr().String(), "max", t.cfg.MaxConns)
+			t.warn("transport: too many connections, closing", "remote", conn.RemoteAddr().String(), "max", t.cfg.MaxConns)
 			conn.Close()
 			continue
 		}
@@ -70,7 +71,7 @@ func (t *Transport) serveInbound(conn net.Conn) {
 	if err != nil {
 		if t.ctx.Err() == nil {
 			t.st.handshakeFailures.Add(1)
-			t.log.Warn("transport: inbound handshake failed", "remote", remote, "err", err)
+			t.warn("transport: inbound handshake failed", "remote", remote, "err", err)
 		}
 		return
 	}
@@ -116,7 +117,7 @@ func (t *Transport) serveInbound(conn net.Conn) {
 		}
 		if !bucket.take() {
 			t.st.floods.Add(1)
-			t.log.Warn("transport: frame rate over limit, closing connection", "remote", remote, "peer", h.Name, "max_rate", t.cfg.MaxFrameRate)
+			t.warn("transport: frame rate over limit, closing connection", "remote", remote, "peer", h.Name, "max_rate", t.cfg.MaxFrameRate)
 			return
 		}
 		t.st.framesReceived.Add(1)
@@ -140,11 +141,11 @@ func (t *Transport) inboundError(err error, remote, name string) {
 		t.log.Debug("transport: inbound connection closed", "remote", remote, "peer", name, "err", err)
 	case errors.As(err, &ne) && ne.Timeout():
 		t.st.badFrames.Add(1)
-		t.log.Warn("transport: frame stalled, closing connection", "remote", remote, "peer", name, "err", err)
+		t.warn("transport: frame stalled, closing connection", "remote", remote, "peer", name, "err", err)
 	case errors.Is(err, errOversized), errors.Is(err, errAuth), errors.Is(err, errMalformed),
 		errors.Is(err, errIdentity), errors.Is(err, io.ErrUnexpectedEOF):
 		t.st.badFrames.Add(1)
-		t.log.Warn("transport: bad frame, closing connection", "remote", remote, "peer", name, "err", err)
+		t.warn("transport: bad frame, closing connection", "remote", remote, "peer", name, "err", err)
 	default:
 		t.log.Info("transport: inbound connection failed", "remote", remote, "peer", name, "err", err)
 	}
@@ -262,4 +263,36 @@ func (b *tokenBucket) take() bool {
 		return true
 	}
 	return false
+}
+
+// warnLimiter rate-limits the warnings about bad input, so that a flood of
+// garbage cannot flood the log too: at most warnRate a second (with a
+// burst as large); the next warning emitted counts those suppressed.
+type warnLimiter struct {
+	mu         sync.Mutex
+	bucket     tokenBucket
+	suppressed uint64
+}
+
+const warnRate = 20
+
+// warn logs a warning about bad input unless too many came recently.
+func (t *Transport) warn(msg string, args ...any) {
+	l := &t.warns
+	l.mu.Lock()
+	ok := l.bucket.take()
+	n := l.suppressed
+	if ok {
+		l.suppressed = 0
+	} else {
+		l.suppressed++
+	}
+	l.mu.Unlock()
+	if !ok {
+		return
+	}
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	t.log.Warn(msg, args...)
 }

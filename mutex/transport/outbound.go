@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -100,7 +101,8 @@ func (t *Transport) backoff(n int) time.Duration {
 // failure wait a bounded backoff and start again.
 func (t *Transport) runPeer(p *peer) {
 	defer t.wg.Done()
-	failures := 0
+	failures := 0   // consecutive failed attempts, for the backoff
+	hsFailures := 0 // consecutive failed handshakes, for the log
 	for {
 		if failures > 0 {
 			timer := time.NewTimer(t.backoff(failures))
@@ -116,9 +118,14 @@ func (t *Transport) runPeer(p *peer) {
 		if p.ctx.Err() != nil {
 			return
 		}
-		established, err := t.connectAndServe(p)
+		established, err := t.connectAndServe(p, hsFailures%30 != 0)
 		if p.ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errHandshake) {
+			hsFailures++
+		} else {
+			hsFailures = 0
 		}
 		if established {
 			failures = 1 // wait MinBackoff-ish before redialling a peer we just lost
@@ -132,8 +139,9 @@ func (t *Transport) runPeer(p *peer) {
 }
 
 // connectAndServe runs one connection to p and reports whether its
-// handshake completed.
-func (t *Transport) connectAndServe(p *peer) (bool, error) {
+// handshake completed. A handshake failure is logged as a warning unless
+// quiet (a repeat of the previous attempt's failure).
+func (t *Transport) connectAndServe(p *peer, quiet bool) (bool, error) {
 	inc, addr := p.target()
 	t.st.dials.Add(1)
 	d := net.Dialer{Timeout: t.cfg.DialTimeout}
@@ -150,10 +158,17 @@ func (t *Transport) connectAndServe(p *peer) (bool, error) {
 	br := bufio.NewReaderSize(conn, 512)
 	bw := bufio.NewWriterSize(conn, 32<<10)
 	send, err := t.clientHandshake(conn, br, bw, p.name)
+	if err != nil && !errors.Is(err, errHandshake) {
+		err = fmt.Errorf("%w: %w", errHandshake, err)
+	}
 	if err != nil {
 		if p.ctx.Err() == nil {
 			t.st.handshakeFailures.Add(1)
-			t.log.Warn("transport: handshake with peer failed", "peer", p.name, "incarnation", inc, "remote", addr, "err", err)
+			level := slog.LevelWarn
+			if quiet {
+				level = slog.LevelDebug
+			}
+			t.log.Log(p.ctx, level, "transport: handshake with peer failed", "peer", p.name, "incarnation", inc, "remote", addr, "err", err)
 		}
 		return false, err
 	}

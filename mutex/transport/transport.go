@@ -87,6 +87,7 @@ type Transport struct {
 	flushWaiters atomic.Int32
 
 	st        counters
+	warns     warnLimiter
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -118,6 +119,7 @@ func Listen(cfg Config) (*Transport, error) {
 		inbound:   make(map[string]*inConn),
 		progress:  make(chan struct{}),
 	}
+	t.warns.bucket = *newTokenBucket(warnRate)
 	if cfg.Key != nil {
 		t.mode = modeAESGCM
 	}

@@ -731,3 +731,28 @@ func TestFlushCloseNoLeak(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A storm of garbage connections is counted one by one, but its warnings
+// are rate-limited, the suppressed ones counted in the next warning.
+func TestGarbageStormLogsLimited(t *testing.T) {
+	var logs syncBuffer
+	b := newT(t, "b", nil, func(c *Config) { c.Logger = testLogger(t, &logs) })
+	const n = 200
+	start := time.Now()
+	for range n {
+		g := dialRaw(t, b.Addr())
+		g.Write([]byte("GET / HTTP/1.0\r\n\r\n........................................"))
+		g.Close()
+	}
+	waitFor(t, "all counted", func() bool { return b.Stats().HandshakeFailures == n })
+	lines := strings.Count(logs.String(), "inbound handshake failed")
+	if limit := warnRate + int(time.Since(start).Seconds()*warnRate) + 1; lines > limit || lines >= n {
+		t.Errorf("%d warnings for %d bad connections (limit %d)", lines, n, limit)
+	}
+	waitFor(t, "a warning counting the suppressed ones", func() bool {
+		g := dialRaw(t, b.Addr())
+		g.Write([]byte("garbage garbage garbage garbage garbage garbage"))
+		expectClosed(t, g)
+		return strings.Contains(logs.String(), "suppressed=")
+	})
+}
