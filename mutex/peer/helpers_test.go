@@ -29,10 +29,11 @@ func testLogger() *slog.Logger {
 
 // cluster is a set of real peers (real Serf, fast profile) on 127.0.0.1.
 type cluster struct {
-	t      testing.TB
-	listen func(transportConfig) (lockTransport, error)
-	key    []byte
-	keep   bool
+	t       testing.TB
+	listen  func(transportConfig) (lockTransport, error)
+	key     []byte
+	keep    bool
+	profile string // default ProfileFast
 
 	mu    sync.Mutex
 	peers []*Peer // in start order, stopped ones included
@@ -45,11 +46,15 @@ func newCluster(t testing.TB, listen func(transportConfig) (lockTransport, error
 }
 
 func (c *cluster) config(name string, join ...string) Config {
+	profile := c.profile
+	if profile == "" {
+		profile = ProfileFast
+	}
 	return Config{
 		Name:            name,
 		BindAddr:        "127.0.0.1:0",
 		LockAddr:        "127.0.0.1:0",
-		Profile:         ProfileFast,
+		Profile:         profile,
 		Join:            join,
 		Key:             c.key,
 		KeepPermissions: c.keep,
