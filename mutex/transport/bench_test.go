@@ -1,6 +1,9 @@
 package transport
 
 import (
+	"bytes"
+	"encoding/gob"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -231,4 +234,50 @@ func benchPair(b *testing.B, key []byte) (*Transport, *Transport) {
 	x.AddPeer("b", 2, y.Addr())
 	y.AddPeer("a", 1, x.Addr())
 	return x, y
+}
+
+// BenchmarkCodecAlternatives encodes and decodes the same message with the
+// standard library's generic encoders, for comparison with BenchmarkCodec.
+func BenchmarkCodecAlternatives(b *testing.B) {
+	b.Run("json", func(b *testing.B) {
+		b.ReportAllocs()
+		var n int
+		for b.Loop() {
+			enc, err := json.Marshal(benchMsg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			var m mutex.Message
+			if err := json.Unmarshal(enc, &m); err != nil {
+				b.Fatal(err)
+			}
+			n = len(enc)
+		}
+		b.ReportMetric(float64(n), "bytes/msg")
+	})
+	b.Run("gob-stream", func(b *testing.B) {
+		// A gob stream sends the type once; each message after that is
+		// just its values.
+		var buf bytes.Buffer
+		enc, dec := gob.NewEncoder(&buf), gob.NewDecoder(&buf)
+		var m mutex.Message
+		if err := enc.Encode(benchMsg); err != nil {
+			b.Fatal(err)
+		}
+		if err := dec.Decode(&m); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		var n int
+		for b.Loop() {
+			if err := enc.Encode(benchMsg); err != nil {
+				b.Fatal(err)
+			}
+			n = buf.Len()
+			if err := dec.Decode(&m); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(n), "bytes/msg")
+	})
 }
