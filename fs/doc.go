@@ -42,9 +42,20 @@
 // again, even if the [Locker] still knows it. Directories, renames, links, symlinks, special files and
 // ownership or mode changes are refused with EPERM.
 //
-// If the file system is not mounted, `exec 9>DIR/lock` silently creates a
-// plain file in the bare directory and the script runs unlocked: scripts
-// should check the mount (for example `test -e DIR/.status`) first.
+// Things to know:
+//
+//   - If the file system is not mounted, `exec 9>DIR/lock` silently creates a
+//     plain file in the bare directory and the script runs unlocked: scripts
+//     should check the mount first (`mountpoint -q DIR` or `test -e
+//     DIR/.status`). [Mount] warns when the mount point is not empty.
+//   - `flock -w N` and `flock -n` do not bound the wait (flock arms its timer
+//     after the open); `timeout N` does, and O_NONBLOCK is the try-lock.
+//   - touch opens with O_NONBLOCK, so touching a name takes its lock for a
+//     moment if it is free (and still succeeds if it is busy).
+//   - `cat /dev/fd/9` opens the lock anew and waits for itself; read a held
+//     descriptor with `cat <&9`.
+//   - While lock files are open or opens are blocked, umount fails with
+//     EBUSY; a lazy unmount (MNT_DETACH) serves on until the last close.
 //
 // # Implementation
 //
@@ -52,5 +63,10 @@
 // never serialises requests (go-fuse runs each request in its own goroutine,
 // so a thousand blocked opens do not delay stat, readdir or .status), and it
 // isolates the Locker from go-fuse's request context, which is recycled after
-// the request returns.
+// the request returns. A grant that arrives together with the interrupt is
+// kept and the open succeeds: a killed opener's new descriptor is released
+// by the kernel at once, and an opener that handles the signal holds the
+// lock it waited for. Entries and attributes are cached for one second
+// (they never change behind the kernel's back); failed lookups are not, as a
+// name can appear when a peer starts using it.
 package fs

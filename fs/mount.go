@@ -82,6 +82,10 @@ func mount(dir string, opts Options) (*fuse.Server, *rootNode, error) {
 		AttrTimeout:  &attr,
 		Logger:       fuseLog,
 	}
+	if entries, err := os.ReadDir(abs); err == nil && len(entries) > 0 {
+		logger.Warn("mount point is not empty: its files are hidden while mounted, and scripts that run while it is not mounted use them unlocked",
+			"dir", abs, "first", entries[0].Name(), "entries", len(entries))
+	}
 	rootNode := newRoot(opts.Locker, logger)
 	server, err := gofs.Mount(abs, rootNode, fsOpts)
 	if err != nil {
