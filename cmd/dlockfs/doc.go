@@ -19,6 +19,9 @@
 //
 // Layout: args.go parses the command line into one config (parseArgs,
 // table-tested); main.go holds the command table and maps errors to exit
-// codes; mount.go runs the daemon; mountpoint.go checks mountpoints and
-// live mounts; lock.go, status.go and key.go are the other commands.
+// codes (exitcodes.go); help.go holds the help texts; mount.go runs the
+// daemon and fusecheck.go says what FUSE lacks; mountpoint.go checks
+// mountpoints and live mounts; lock.go (lock, check), status.go and key.go
+// (keygen, --key-file) are the other commands. main_test.go builds the
+// binary once and drives it as a child process against real mounts.
 package main

@@ -78,6 +78,13 @@ func runLock(ctx context.Context, _ *env, cfg config) error {
 	if err != nil {
 		return err
 	}
+	// The mount may have gone between the check and the open: then the
+	// open made a plain file in the bare directory. Never run CMD on it.
+	var sfs syscall.Statfs_t
+	if err := syscall.Fstatfs(int(f.Fd()), &sfs); err != nil || sfs.Type != fuseSuperMagic {
+		f.Close()
+		return codef(exitNotMounted, "%s is no longer on a dlockfs mount (unmounted meanwhile?): CMD not run", file)
+	}
 	token, err := readToken(f)
 	if err != nil {
 		f.Close()

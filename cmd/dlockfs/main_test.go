@@ -532,9 +532,20 @@ func TestStatusAndCheck(t *testing.T) {
 		t.Fatalf("lock's CMD saw no token: %q", r.stdout)
 	}
 
+	// A new name, made by the open; CMD reads the held descriptor.
+	r = dlockfs(t, "lock", a.dir+"/jobs", "--", "sh", "-c", `cat <&"$DLOCKFS_FD"; echo "env $DLOCKFS_TOKEN $DLOCKFS_LOCK"`)
+	wantCode(t, r, exitOK, "lock on a new name")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 4 || lines[1] != "holder solo" || lines[2] != "lock jobs" ||
+		lines[3] != "env "+lines[0]+" "+a.dir+"/jobs" {
+		t.Fatalf("lock file content and environment seen by CMD: %q", lines)
+	}
+	// CMD's status is lock's status.
+	wantCode(t, dlockfs(t, "lock", a.dir, "sh", "-c", "exit 7"), 7, "lock passes CMD's status")
+
 	r = dlockfs(t, "status", a.dir)
 	wantCode(t, r, exitOK, "status")
-	for _, want := range []string{"node solo", "MEMBER", "solo (self)", "alive", "LOCK", "lock", "idle", "counters:", "grants 1"} {
+	for _, want := range []string{"node solo", "MEMBER", "solo (self)", "alive", "LOCK", "jobs", "idle", "counters:", "grants 3"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status lacks %q:\n%s", want, r.stdout)
 		}
