@@ -92,10 +92,7 @@ func (c *cluster) joinAddrs() []string {
 	return nil
 }
 
-func gossipAddr(p *Peer) string {
-	m := p.serf.LocalMember()
-	return fmt.Sprintf("%s:%d", m.Addr, m.Port)
-}
+func gossipAddr(p *Peer) string { return p.GossipAddr() }
 
 // live returns the peers not stopped.
 func (c *cluster) live() []*Peer {

@@ -95,6 +95,9 @@ func (t *memTransport) Send(m mutex.Message) {
 	dst := t.net.nodes[addr]
 	t.net.mu.Unlock()
 	if dst == nil {
+		t.mu.Lock()
+		t.lost++
+		t.mu.Unlock()
 		return
 	}
 	dst.deliver(incoming{Msg: m, Remote: t.addr})

@@ -252,6 +252,15 @@ func formatNonce(n uint64) string { return strconv.FormatUint(n, 10) }
 // Node returns this peer's node name.
 func (p *Peer) Node() string { return p.name }
 
+// GossipAddr returns the Serf address other peers join, IP:PORT.
+func (p *Peer) GossipAddr() string {
+	if p.serf == nil {
+		return ""
+	}
+	m := p.serf.LocalMember()
+	return net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))
+}
+
 // Incarnation returns this peer's boot nonce.
 func (p *Peer) Incarnation() uint64 { return p.inc }
 
