@@ -29,22 +29,57 @@ func BenchmarkOpenClose(b *testing.B) {
 		{"status", mnt + "/" + StatusFile},
 		{"tmpfs", plain},
 	} {
-		b.Run(bc.name, func(b *testing.B) {
-			n := max(b.N, 100)
-			b.ResetTimer()
-			p := startHelper(b, "openloop", bc.path, strconv.Itoa(n))
-			out, err := p.wait()
-			b.StopTimer()
-			if err != nil {
-				b.Fatalf("openloop: %v; stderr %s", err, p.stderr)
-			}
-			var p50, p99, mean float64
-			if _, err := fmt.Sscan(strings.TrimSpace(out), &p50, &p99, &mean); err != nil {
-				b.Fatalf("openloop output %q: %v", out, err)
-			}
-			b.ReportMetric(mean, "ns/op")
-			b.ReportMetric(p50, "p50-ns")
-			b.ReportMetric(p99, "p99-ns")
+		b.Run(bc.name, func(b *testing.B) { benchLoop(b, "openloop", bc.path) })
+	}
+}
+
+// BenchmarkWhileWaiters measures stat, readdir and open+close of .status
+// while 1,000 openers are blocked on the lock (compare with
+// BenchmarkIdle).
+//
+//	go test -run '^$' -bench 'Idle|WhileWaiters' -benchtime 5000x ./fs
+func BenchmarkWhileWaiters(b *testing.B) {
+	benchMeta(b, 1000)
+}
+
+// BenchmarkIdle is BenchmarkWhileWaiters with no opener blocked.
+func BenchmarkIdle(b *testing.B) {
+	benchMeta(b, 0)
+}
+
+func benchMeta(b *testing.B, waiters int) {
+	fk := newFake()
+	mnt, _ := testMount(b, fk)
+	if waiters > 0 {
+		h := holder(b, mnt, LockFile)
+		w := startHelper(b, "waiters", mnt+"/lock", strconv.Itoa(waiters))
+		waitFor(b, fmt.Sprintf("%d waiters", waiters), waiting(fk, LockFile, waiters))
+		b.Cleanup(func() {
+			h.send("")
+			w.wait()
 		})
 	}
+	b.Run("stat", func(b *testing.B) { benchLoop(b, "statloop", mnt+"/lock") })
+	b.Run("readdir", func(b *testing.B) { benchLoop(b, "readdirloop", mnt) })
+	b.Run("status", func(b *testing.B) { benchLoop(b, "openloop", mnt+"/"+StatusFile) })
+}
+
+// benchLoop runs a timing helper for b.N operations on path and reports
+// its mean (ns/op), p50 and p99.
+func benchLoop(b *testing.B, mode, path string) {
+	n := max(b.N, 100)
+	b.ResetTimer()
+	p := startHelper(b, mode, path, strconv.Itoa(n))
+	out, err := p.wait()
+	b.StopTimer()
+	if err != nil {
+		b.Fatalf("%s: %v; stderr %s", mode, err, p.stderr)
+	}
+	var p50, p99, mean float64
+	if _, err := fmt.Sscan(strings.TrimSpace(out), &p50, &p99, &mean); err != nil {
+		b.Fatalf("%s output %q: %v", mode, out, err)
+	}
+	b.ReportMetric(mean, "ns/op")
+	b.ReportMetric(p50, "p50-ns")
+	b.ReportMetric(p99, "p99-ns")
 }

@@ -37,22 +37,23 @@ func TestMain(m *testing.M) {
 // code:
 //
 //	openloop PATH N   open(O_RDONLY)+close N times; print p50 p99 mean ns
+//	statloop PATH N   stat N times; print p50 p99 mean ns
+//	readdirloop DIR N open+getdents+close N times; print p50 p99 mean ns
 //	waiters  PATH N   N concurrent blocking opens, each closed at once
 //	mount    DIR  -   mount DIR over a fake locker, print "mounted", wait
 func helperMain(mode string, args []string) int {
 	path := args[0]
 	n, _ := strconv.Atoi(args[1])
 	switch mode {
-	case "openloop":
+	case "openloop", "statloop", "readdirloop":
+		op := loopOps[mode]
 		d := make([]time.Duration, 0, n)
 		for range n {
 			t0 := time.Now()
-			fd, err := openRetry(path)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "open:", err)
+			if err := op(path); err != nil {
+				fmt.Fprintln(os.Stderr, mode+":", err)
 				return 1
 			}
-			syscall.Close(fd)
 			d = append(d, time.Since(t0))
 		}
 		slices.Sort(d)
@@ -97,6 +98,35 @@ func helperMain(mode string, args []string) int {
 	}
 	fmt.Fprintln(os.Stderr, "unknown helper mode", mode)
 	return 2
+}
+
+// loopOps are the operations the *loop helper modes time.
+var loopOps = map[string]func(path string) error{
+	"openloop": func(path string) error {
+		fd, err := openRetry(path)
+		if err == nil {
+			syscall.Close(fd)
+		}
+		return err
+	},
+	"statloop": func(path string) error {
+		var st syscall.Stat_t
+		return syscall.Stat(path, &st)
+	},
+	"readdirloop": func(path string) error {
+		fd, err := openRetry(path)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		buf := make([]byte, 8192)
+		for {
+			n, err := syscall.Getdents(fd, buf)
+			if err != nil || n == 0 {
+				return err
+			}
+		}
+	},
 }
 
 // openRetry opens path read-only, retrying on EINTR as os.Open does (the
