@@ -31,6 +31,9 @@
 // reach), the first server frame a welcome (the server's name and
 // incarnation). Every later message's From and FromIncarnation must match
 // the hello and its To must name the server, or the connection is dropped.
+// This hand-written encoding is about half the size of gob's and a small
+// fraction of its and JSON's cost, allocates nothing to encode and, with the
+// names a connection already knows, nothing to decode (see bench_test.go).
 //
 // # Security
 //
@@ -54,7 +57,9 @@
 // stalls half-way ([Config.ReadTimeout]), a handshake that stalls
 // ([Config.HandshakeTimeout]) or more frames per second than
 // [Config.MaxFrameRate] is closed, logged (with its remote address) and
-// counted in [Transport.Stats]; every other connection goes on. Outgoing
+// counted in [Transport.Stats]; every other connection goes on. These
+// warnings are rate-limited (the next one emitted says how many were
+// suppressed), so a storm of bad connections cannot flood the log. Outgoing
 // writes have a deadline ([Config.WriteTimeout]), so a peer that stops
 // reading is dropped and redialled instead of wedging the sender.
 //

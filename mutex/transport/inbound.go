@@ -139,11 +139,14 @@ func (t *Transport) inboundError(err error, remote, name string) {
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		t.log.Debug("transport: inbound connection closed", "remote", remote, "peer", name, "err", err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		// A peer that crashed or was cut off mid-frame.
+		t.log.Info("transport: inbound connection closed mid-frame", "remote", remote, "peer", name)
 	case errors.As(err, &ne) && ne.Timeout():
 		t.st.badFrames.Add(1)
 		t.warn("transport: frame stalled, closing connection", "remote", remote, "peer", name, "err", err)
 	case errors.Is(err, errOversized), errors.Is(err, errAuth), errors.Is(err, errMalformed),
-		errors.Is(err, errIdentity), errors.Is(err, io.ErrUnexpectedEOF):
+		errors.Is(err, errIdentity):
 		t.st.badFrames.Add(1)
 		t.warn("transport: bad frame, closing connection", "remote", remote, "peer", name, "err", err)
 	default:

@@ -434,10 +434,13 @@ func TestReplay(t *testing.T) {
 		a.AddPeer("b", b.cfg.Incarnation, px.addr())
 		expectConnected(t, a, "b")
 		for i := range 5 {
-			a.Send(msg(a, b, "l", uint64(i)))
+			a.Send(msg(a, b, "very-secret-lock", uint64(i)))
 			recv(t, b)
 		}
 		captured := px.clientBytes()
+		if strings.Contains(string(captured), "very-secret-lock") {
+			t.Error("the lock name crossed the wire in clear")
+		}
 		if len(captured) < preambleLen+6*(headerLen+16) {
 			t.Fatalf("captured only %d bytes", len(captured))
 		}
