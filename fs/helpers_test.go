@@ -46,7 +46,7 @@ func helperMain(mode string, args []string) int {
 	n, _ := strconv.Atoi(args[1])
 	switch mode {
 	case "openloop", "statloop", "readdirloop":
-		op := loopOps[mode]
+		op := loopOp(mode)
 		d := make([]time.Duration, 0, n)
 		for range n {
 			t0 := time.Now()
@@ -100,33 +100,38 @@ func helperMain(mode string, args []string) int {
 	return 2
 }
 
-// loopOps are the operations the *loop helper modes time.
-var loopOps = map[string]func(path string) error{
-	"openloop": func(path string) error {
-		fd, err := openRetry(path)
-		if err == nil {
-			syscall.Close(fd)
-		}
-		return err
-	},
-	"statloop": func(path string) error {
-		var st syscall.Stat_t
-		return syscall.Stat(path, &st)
-	},
-	"readdirloop": func(path string) error {
-		fd, err := openRetry(path)
-		if err != nil {
+// loopOp returns the operation a *loop helper mode times.
+func loopOp(mode string) func(path string) error {
+	switch mode {
+	case "openloop":
+		return func(path string) error {
+			fd, err := openRetry(path)
+			if err == nil {
+				syscall.Close(fd)
+			}
 			return err
 		}
-		defer syscall.Close(fd)
-		buf := make([]byte, 8192)
-		for {
-			n, err := syscall.Getdents(fd, buf)
-			if err != nil || n == 0 {
+	case "statloop":
+		return func(path string) error {
+			var st syscall.Stat_t
+			return syscall.Stat(path, &st)
+		}
+	default: // readdirloop
+		return func(path string) error {
+			fd, err := openRetry(path)
+			if err != nil {
 				return err
 			}
+			defer syscall.Close(fd)
+			buf := make([]byte, 8192)
+			for {
+				n, err := syscall.Getdents(fd, buf)
+				if err != nil || n == 0 {
+					return err
+				}
+			}
 		}
-	},
+	}
 }
 
 // openRetry opens path read-only, retrying on EINTR as os.Open does (the
