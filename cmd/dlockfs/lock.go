@@ -50,6 +50,10 @@ func lockTarget(ctx context.Context, path string) (live liveMount, file string, 
 	}
 	live, err = checkLive(ctx, root)
 	if err != nil {
+		if _, serr := os.Stat(path); errors.Is(serr, os.ErrNotExist) {
+			return liveMount{}, "", codef(exitNotMounted,
+				"%s does not exist, and %s is not a live dlockfs mount to take lock %q in: %w", path, root, name, err)
+		}
 		return liveMount{}, "", err
 	}
 	if strings.HasPrefix(name, ".") {

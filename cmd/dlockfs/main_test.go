@@ -298,15 +298,16 @@ func (n *node) stop(t *testing.T) {
 	}
 }
 
-// holder runs "dlockfs lock PATH -- sh -c 'echo held; read x'" and waits
-// until it holds the lock; release ends it.
+// holder is a running "dlockfs lock PATH -- sh -c '...; read x'" that
+// holds the lock until release closes its stdin.
 type holder struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	done  chan error
 }
 
-func hold(t *testing.T, path string) *holder {
+// holdLock starts a holder on path and waits until it holds the lock.
+func holdLock(t *testing.T, path string) *holder {
 	t.Helper()
 	h := &holder{cmd: exec.Command(binary, "lock", path, "--", "sh", "-c", `echo "held $DLOCKFS_TOKEN"; read x; exit 0`),
 		done: make(chan error, 1)}
@@ -620,7 +621,7 @@ func TestClusterContention(t *testing.T) {
 	}
 
 	// Busy and timeout while a holds the lock.
-	h := hold(t, a.dir)
+	h := holdLock(t, a.dir)
 	r := dlockfs(t, "lock", "--try", b.dir, "--", "true")
 	wantCode(t, r, exitBusy, "lock --try while a holds")
 	r = dlockfs(t, "lock", "--timeout", "200ms", c.dir+"/lock", "--", "true")
@@ -724,7 +725,7 @@ func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 
 	// SIGINT while a process holds a lock: still a clean exit, and the
 	// mount is detached.
-	hold(t, a.dir)
+	holdLock(t, a.dir)
 	a.signal(t, syscall.SIGINT)
 	a.wait(t)
 	if code := a.exitCode(); code != exitOK {
