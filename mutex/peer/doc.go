@@ -24,7 +24,27 @@
 // previous life held or owed is forgotten); a member that fails, leaves or
 // is reaped is removed, and counts as having replied to every request.
 // Failure detection therefore bounds how long a crashed peer can stall a
-// lock: see [ProfileLAN], [ProfileWAN] and [ProfileFast].
+// lock: see [ProfileLAN], [ProfileWAN] and [ProfileFast]. It is also the
+// algorithm's weak spot: a live peer wrongly declared failed (a long GC
+// pause, a starved CPU, a partition) is counted as having replied, so two
+// peers may hold a lock at once until it is back. Fencing tokens
+// ([mutex.Grant].Token) let a protected resource refuse the older holder.
+//
+// [Start] returns only after the core counts every member Serf knew at the
+// join, so a Lock right after Start never skips a peer. Until a peer has
+// added us, it drops our messages; when it adds us it sends a hello, on
+// which we send our outstanding requests again.
+//
+// # Lost messages
+//
+// The lock channel redials a broken connection and reports it; the driver
+// then has the core re-send the requests that peer has not answered, and
+// sends the peer a hello so that it re-sends its own outstanding requests,
+// which the core answers again: a request or a reply lost with a
+// connection is recovered. Duplicates are dropped by the core.
+//
+// A peer that Serf votes out because another live node has its name stops
+// by itself: [Peer.Done] is closed and [Peer.Err] is [ErrNameConflict].
 //
 // # Leaving
 //
