@@ -215,7 +215,8 @@ type LockStatus struct {
 	ReqTime uint64
 	// Try reports that the outstanding request is a try-lock.
 	Try bool
-	// Waiting counts local openers waiting (the requesting one included).
+	// Waiting counts local openers waiting: the requesting one and those
+	// queued behind it or behind the holder (the holder excluded).
 	Waiting int
 	// Queued lists the peers whose requests are deferred here.
 	Queued []string

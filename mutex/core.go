@@ -502,6 +502,9 @@ func (c *Core) Status() Status {
 	}
 	for _, l := range c.sortedLocks() {
 		ls := LockStatus{Name: l.name, Phase: l.phase, Token: l.token, Waiting: len(l.queue)}
+		if l.phase == Holding {
+			ls.Waiting-- // the holder is not waiting
+		}
 		if l.phase != Idle {
 			ls.ReqTime = l.reqTime
 			ls.Try = l.queue[0].try
