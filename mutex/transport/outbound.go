@@ -101,8 +101,7 @@ func (t *Transport) backoff(n int) time.Duration {
 // failure wait a bounded backoff and start again.
 func (t *Transport) runPeer(p *peer) {
 	defer t.wg.Done()
-	failures := 0   // consecutive failed attempts, for the backoff
-	hsFailures := 0 // consecutive failed handshakes, for the log
+	failures := 0 // consecutive failed attempts, for the backoff and the log
 	for {
 		if failures > 0 {
 			timer := time.NewTimer(t.backoff(failures))
@@ -118,38 +117,37 @@ func (t *Transport) runPeer(p *peer) {
 		if p.ctx.Err() != nil {
 			return
 		}
-		established, err := t.connectAndServe(p, hsFailures%30 != 0)
-		if p.ctx.Err() != nil {
+		established, err := t.connectAndServe(p, failures)
+		switch {
+		case p.ctx.Err() != nil:
 			return
-		}
-		if errors.Is(err, errHandshake) {
-			hsFailures++
-		} else {
-			hsFailures = 0
-		}
-		if established {
-			failures = 1 // wait MinBackoff-ish before redialling a peer we just lost
-		} else {
-			failures++
-		}
-		if errors.Is(err, errRetarget) {
+		case errors.Is(err, errRetarget):
 			failures = 0
+		case !established.IsZero() && time.Since(established) >= t.cfg.MaxBackoff:
+			failures = 1 // a connection that lasted: redial soon
+		default:
+			failures++ // failed, or lost at once: back off further
 		}
 	}
 }
 
-// connectAndServe runs one connection to p and reports whether its
-// handshake completed. A handshake failure is logged as a warning unless
-// quiet (a repeat of the previous attempt's failure).
-func (t *Transport) connectAndServe(p *peer, quiet bool) (bool, error) {
+// connectAndServe runs one connection to p and returns when its handshake
+// completed (zero if it did not). Failures are logged at a higher level
+// on the first of a streak (and every 30th), at Debug otherwise.
+func (t *Transport) connectAndServe(p *peer, failures int) (time.Time, error) {
 	inc, addr := p.target()
+	loud := failures%30 == 0
 	t.st.dials.Add(1)
 	d := net.Dialer{Timeout: t.cfg.DialTimeout}
 	conn, err := d.DialContext(p.ctx, "tcp", addr)
 	if err != nil {
 		t.st.dialFailures.Add(1)
-		t.log.Debug("transport: dial failed", "peer", p.name, "addr", addr, "err", err)
-		return false, err
+		level := slog.LevelDebug
+		if loud {
+			level = slog.LevelInfo
+		}
+		t.log.Log(p.ctx, level, "transport: dial failed", "peer", p.name, "addr", addr, "err", err)
+		return time.Time{}, err
 	}
 	defer conn.Close()
 	stop := context.AfterFunc(p.ctx, func() { conn.Close() })
@@ -164,14 +162,15 @@ func (t *Transport) connectAndServe(p *peer, quiet bool) (bool, error) {
 	if err != nil {
 		if p.ctx.Err() == nil {
 			t.st.handshakeFailures.Add(1)
-			level := slog.LevelWarn
-			if quiet {
-				level = slog.LevelDebug
+			level := slog.LevelDebug
+			if loud {
+				level = slog.LevelWarn
 			}
 			t.log.Log(p.ctx, level, "transport: handshake with peer failed", "peer", p.name, "incarnation", inc, "remote", addr, "err", err)
 		}
-		return false, err
+		return time.Time{}, err
 	}
+	established := time.Now()
 	t.st.connects.Add(1)
 	t.st.outboundConns.Add(1)
 	defer t.st.outboundConns.Add(-1)
@@ -194,14 +193,14 @@ func (t *Transport) connectAndServe(p *peer, quiet bool) (bool, error) {
 	select {
 	case t.connected <- p.name:
 	case <-p.ctx.Done():
-		return true, p.ctx.Err()
+		return established, p.ctx.Err()
 	}
 	err = t.writeLoop(p, conn, bw, send, broken)
 	if p.ctx.Err() == nil {
 		t.st.disconnects.Add(1)
 		t.log.Info("transport: connection to peer lost", "peer", p.name, "remote", addr, "err", err)
 	}
-	return true, err
+	return established, err
 }
 
 // writeLoop drains p's queue into the connection, flushing whenever the
