@@ -43,8 +43,10 @@ func commands() []command {
 		// Reserved for the lead: a self-contained multi-node demo and
 		// a benchmark. Give them parse and run functions (in demo.go,
 		// bench.go) and help texts; nothing else needs to change.
-		{name: "demo", summary: "run a local demo cluster"},
-		{name: "bench", summary: "measure lock throughput and latency"},
+		{name: "demo", summary: "run a local demo cluster",
+			help: helpDemo, parse: parseDemo, run: runDemo},
+		{name: "bench", summary: "measure lock throughput and latency",
+			help: helpBench, parse: parseBench, run: runBench},
 	}
 }
 

@@ -1,0 +1,602 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Bench defaults and bounds.
+const (
+	benchDefaultPeers   = 3
+	benchDefaultSeconds = 5.0
+	benchDefaultOps     = 2000
+	benchMaxOps         = 1_000_000
+	benchMaxSeconds     = 600
+	benchWarmupOps      = 300
+	benchFlockOps       = 20000
+	benchStartDelay     = 300 * time.Millisecond // contended clients start together after this
+	benchChildGrace     = 60 * time.Second       // a child's time beyond its planned run
+)
+
+// Targets from the issue (2-core machine, 3 peers).
+const (
+	targetUncontendedP50us = 150.0
+	targetContendedPerSec  = 3000.0
+	targetFairSharePct     = 25.0
+)
+
+const helpBench = `Usage: dlockfs bench [--peers N] [--seconds S] [--ops N] [--fast-path] [--json]
+                     [--plaintext] [--cpuprofile FILE]
+
+Measure dlockfs on this machine. Starts a local cluster of N peers inside
+this process (127.0.0.1, fast gossip, a fresh cluster key unless
+--plaintext), mounts them in a temporary directory, and measures with child
+processes (this binary re-executed; they call open(2)/close(2) directly):
+
+  (a) uncontended open+close of MOUNT/lock, one client cycling through the
+      mounts, so every acquisition moves the lock to another peer
+  (b) the same on one mount only: the peer takes the lock again right after
+      its own hold (with --fast-path the Roucairol-Carvalho case: no message)
+  (c) the FUSE floor: open+close of MOUNT/.status and of the mount's root
+      directory, which take no lock
+  (d) contention: one looping client per peer for S seconds: acquisitions
+      per second, each peer's share and its % of a fair share
+  (e) messages sent per acquisition, from the peers' counters
+  (f) in this process: a loopback TCP round trip and a fan-out to N-1
+      echo servers, and the same over dlockfs's lock channel (framing,
+      encryption, goroutine hand-offs)
+  (g) flock(2) LOCK_EX+LOCK_UN on a /dev/shm file, for scale
+
+Latencies are p50/p99 over --ops operations after a warm-up. The issue's
+targets (2 cores, 3 peers) are checked at the end: uncontended p50 <= 150 us,
+contended >= 3000 acquisitions/s, no peer below 25% of its fair share.
+
+Flags:
+  --peers N         peers in the cluster (default 3, 1 to 26)
+  --seconds S       duration of the contended run (default 5)
+  --ops N           operations per latency row (default 2000)
+  --fast-path       also run everything on a second cluster whose peers keep
+                    permissions (Roucairol-Carvalho), side by side
+  --plaintext       no cluster key (measures the lock channel unencrypted)
+  --json            print the results as JSON instead of the table
+  --cpuprofile FILE write a CPU profile of this process (the peers, the FUSE
+                    servers, the in-process network runs): go tool pprof FILE
+  --debug           log the peers' and go-fuse's debug messages to stderr
+
+Requirements: as for 'dlockfs demo' (root, or fusermount3 and /dev/fuse).
+
+Examples:
+  sudo dlockfs bench
+  sudo dlockfs bench --fast-path --seconds 3
+  sudo dlockfs bench --json --cpuprofile /tmp/cpu.out && go tool pprof -top /tmp/cpu.out
+
+Exit codes: 0 measured (a missed target is reported, not an error), 1 a
+measurement failed or was interrupted, 2 usage, 11 the local cluster did not
+form, 14 FUSE unavailable.
+`
+
+// benchOptions are the flags of "dlockfs bench".
+type benchOptions struct {
+	peers      int
+	seconds    float64
+	ops        int
+	fastPath   bool
+	plaintext  bool
+	json       bool
+	cpuprofile string
+	debug      bool
+	client     []string // the hidden child-client mode's arguments, if set
+}
+
+// parseBench parses bench's flags, or the hidden child-client mode
+// "bench __client MODE ARGS...".
+func parseBench(cfg *config, args []string) error {
+	if _, err := benchFlags(args); err != nil {
+		return err
+	}
+	stashArgs(cfg, args)
+	return nil
+}
+
+// benchFlags parses and checks bench's flags.
+func benchFlags(args []string) (benchOptions, error) {
+	o := benchOptions{}
+	if len(args) > 0 && args[0] == benchClientCmd {
+		o.client = args[1:]
+		if len(o.client) == 0 {
+			return o, usagef("%s: missing MODE", benchClientCmd)
+		}
+		return o, nil
+	}
+	fs := newFlagSet("bench")
+	fs.IntVar(&o.peers, "peers", benchDefaultPeers, "")
+	fs.Float64Var(&o.seconds, "seconds", benchDefaultSeconds, "")
+	fs.IntVar(&o.ops, "ops", benchDefaultOps, "")
+	fs.BoolVar(&o.fastPath, "fast-path", false, "")
+	fs.BoolVar(&o.plaintext, "plaintext", false, "")
+	fs.BoolVar(&o.json, "json", false, "")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "")
+	fs.BoolVar(&o.debug, "debug", false, "")
+	pos, _, err := parseInterspersed(fs, args, -1)
+	if err != nil {
+		return o, err
+	}
+	switch {
+	case len(pos) > 0:
+		return o, usagef("bench takes no arguments, got %q", pos)
+	case o.peers < 1 || o.peers > maxLocalPeers:
+		return o, usagef("--peers %d: want 1 to %d", o.peers, maxLocalPeers)
+	case !(o.seconds > 0 && o.seconds <= benchMaxSeconds):
+		return o, usagef("--seconds %v: want more than 0, at most %d", o.seconds, benchMaxSeconds)
+	case o.ops < 1 || o.ops > benchMaxOps:
+		return o, usagef("--ops %d: want 1 to %d", o.ops, benchMaxOps)
+	}
+	return o, nil
+}
+
+// benchReport is the result of a bench run (the --json output).
+type benchReport struct {
+	Peers     int     `json:"peers"`
+	Seconds   float64 `json:"seconds"`
+	Ops       int     `json:"ops"`
+	CPUs      int     `json:"cpus"`
+	GoVersion string  `json:"go_version"`
+	Encrypted bool    `json:"encrypted"`
+	// LoadAvg is the 1-minute load average before and after the run
+	// (from /proc/loadavg): well above CPUs means the figures are
+	// pessimistic, as other programs took CPU time.
+	LoadAvg    [2]float64 `json:"load_avg"`
+	CPUProfile string     `json:"cpu_profile,omitempty"`
+	// Runs has one entry per cluster: plain Ricart–Agrawala, then (with
+	// --fast-path) keeping permissions.
+	Runs      []benchRun    `json:"runs"`
+	TCP       netBench      `json:"tcp"`
+	Transport netBench      `json:"transport"`
+	Flock     latencyStats  `json:"flock_tmpfs"`
+	FlockPath string        `json:"flock_path"`
+	Targets   []benchTarget `json:"targets"`
+}
+
+// benchRun is the measurements on one cluster.
+type benchRun struct {
+	FastPath bool `json:"fast_path"`
+	// Dir is the temporary directory the cluster was mounted in (removed
+	// at the end).
+	Dir string `json:"dir"`
+	// Uncontended: one client cycling through the mounts.
+	Uncontended     latencyStats `json:"uncontended"`
+	UncontendedMsgs float64      `json:"uncontended_msgs_per_acq"`
+	// Repeat: one client on one mount.
+	Repeat     latencyStats `json:"repeat"`
+	RepeatMsgs float64      `json:"repeat_msgs_per_acq"`
+	// FloorStatus and FloorDir: open+close of .status and of the root
+	// directory, which take no lock.
+	FloorStatus latencyStats   `json:"floor_status"`
+	FloorDir    latencyStats   `json:"floor_dir"`
+	Contended   contendedStats `json:"contended"`
+}
+
+// contendedStats is the contended run: one looping client per peer.
+type contendedStats struct {
+	Acquisitions    int         `json:"acquisitions"`
+	Seconds         float64     `json:"seconds"`
+	PerSecond       float64     `json:"per_second"`
+	MsgsPerAcq      float64     `json:"msgs_per_acq"`
+	MinFairSharePct float64     `json:"min_fair_share_pct"`
+	PerPeer         []peerShare `json:"per_peer"`
+}
+
+// peerShare is one peer's part of the contended run.
+type peerShare struct {
+	Peer         string       `json:"peer"`
+	Acquisitions int          `json:"acquisitions"`
+	SharePct     float64      `json:"share_pct"`
+	FairSharePct float64      `json:"fair_share_pct"`
+	Latency      latencyStats `json:"latency"`
+}
+
+// benchTarget is one target of the issue and whether it was met.
+type benchTarget struct {
+	Name string  `json:"name"`
+	Want string  `json:"want"`
+	Got  float64 `json:"got"`
+	Unit string  `json:"unit"`
+	Met  bool    `json:"met"`
+}
+
+// runBench is "dlockfs bench" (and its hidden child-client mode).
+func runBench(ctx context.Context, e *env, cfg config) (err error) {
+	o, err := benchFlags(stashedArgs(cfg))
+	if err != nil {
+		return err
+	}
+	if o.client != nil {
+		return runBenchClient(e.stdout, o.client)
+	}
+	ctx, stop := withSignals(ctx)
+	defer stop()
+	progress := e.stderr
+	if !o.json {
+		progress = e.stdout
+	}
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("--cpuprofile: %w", cerr)
+			}
+		}()
+	}
+	var key []byte
+	if !o.plaintext {
+		if key, err = newClusterKey(); err != nil {
+			return err
+		}
+	}
+	rep := &benchReport{Peers: o.peers, Seconds: o.seconds, Ops: o.ops, CPUs: runtime.NumCPU(),
+		GoVersion: runtime.Version(), Encrypted: key != nil, CPUProfile: o.cpuprofile}
+	rep.LoadAvg[0] = loadAvg()
+	scratch, err := os.MkdirTemp("", "dlockfs-bench-scratch-")
+	if err != nil {
+		return fmt.Errorf("temporary directory: %w", err)
+	}
+	defer os.RemoveAll(scratch)
+
+	fmt.Fprintf(progress, "dlockfs bench: %d peers on 127.0.0.1 in this process, %d CPUs, %s; measuring...\n",
+		o.peers, rep.CPUs, map[bool]string{true: "encrypted", false: "plaintext"}[key != nil])
+	step := func(what string) { fmt.Fprintf(progress, "  %s\n", what) }
+
+	step("(f) in-process loopback TCP and lock channel")
+	if rep.TCP, err = benchTCP(o.ops, o.peers-1); err != nil {
+		return err
+	}
+	if rep.Transport, err = benchTransport(ctx, o.ops, o.peers-1, key); err != nil {
+		return err
+	}
+	step("(g) flock(2) on tmpfs")
+	if rep.Flock, rep.FlockPath, err = benchFlock(ctx, scratch); err != nil {
+		return err
+	}
+	modes := []bool{false}
+	if o.fastPath {
+		modes = append(modes, true)
+	}
+	for _, fast := range modes {
+		run, err := benchCluster(ctx, e, o, key, fast, step)
+		if err != nil {
+			if ctx.Err() != nil {
+				return codef(exitError, "interrupted")
+			}
+			return err
+		}
+		rep.Runs = append(rep.Runs, run)
+	}
+	rep.LoadAvg[1] = loadAvg()
+	rep.Targets = benchTargets(rep)
+	if o.json {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%s\n", b)
+		return nil
+	}
+	printBench(e.stdout, rep)
+	return nil
+}
+
+// benchCluster starts a cluster and measures (a) to (e) on it.
+func benchCluster(ctx context.Context, e *env, o benchOptions, key []byte, fast bool, step func(string)) (benchRun, error) {
+	run := benchRun{FastPath: fast}
+	label := "plain Ricart-Agrawala"
+	if fast {
+		label = "fast path (keep permissions)"
+	}
+	step(fmt.Sprintf("cluster of %d, %s: starting", o.peers, label))
+	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, fastPath: fast, key: key,
+		prefix: "dlockfs-bench-", log: newLogger(e, o.debug)})
+	if err != nil {
+		return run, err
+	}
+	defer c.Close()
+	run.Dir = c.dir
+	locks := make([]string, len(c.mounts))
+	for i, m := range c.mounts {
+		locks[i] = filepath.Join(m, demoLockName)
+	}
+	n := strconv.Itoa(o.ops)
+
+	// Warm up every mount (kernel dentry cache, first messages).
+	if _, err := benchChild(ctx, 0, append([]string{"open", strconv.Itoa(benchWarmupOps)}, locks...)...); err != nil {
+		return run, err
+	}
+	measured := func(args ...string) (latencyStats, float64, error) {
+		sent0, grants0 := c.counters()
+		s, err := benchChild(ctx, 0, args...)
+		sent1, grants1 := c.counters()
+		return s, perAcq(sent1-sent0, grants1-grants0), err
+	}
+	step("(a) uncontended, the lock moving between peers")
+	if run.Uncontended, run.UncontendedMsgs, err = measured(append([]string{"open", n}, locks...)...); err != nil {
+		return run, err
+	}
+	step("(b) repeat on one peer")
+	// One untimed acquisition first, so that the timed ones all follow a
+	// hold by the same peer.
+	if _, err := benchChild(ctx, 0, "open", "1", locks[0]); err != nil {
+		return run, err
+	}
+	if run.Repeat, run.RepeatMsgs, err = measured("open", n, locks[0]); err != nil {
+		return run, err
+	}
+	step("(c) FUSE floor: .status and the root directory")
+	if run.FloorStatus, err = benchChild(ctx, 0, "open", n, filepath.Join(c.mounts[0], statusFile)); err != nil {
+		return run, err
+	}
+	if run.FloorDir, err = benchChild(ctx, 0, "dir", n, c.mounts[0]); err != nil {
+		return run, err
+	}
+	step(fmt.Sprintf("(d) contended: one client per peer for %gs", o.seconds))
+	if run.Contended, err = benchContended(ctx, c, locks, o.seconds); err != nil {
+		return run, err
+	}
+	return run, nil
+}
+
+// perAcq is messages per acquisition.
+func perAcq(msgs, grants uint64) float64 {
+	if grants == 0 {
+		return 0
+	}
+	return float64(msgs) / float64(grants)
+}
+
+// benchContended runs one looping client per mount for seconds, all
+// starting together.
+func benchContended(ctx context.Context, c *localCluster, locks []string, seconds float64) (contendedStats, error) {
+	var cs contendedStats
+	from := time.Now().Add(benchStartDelay)
+	to := from.Add(time.Duration(seconds * float64(time.Second)))
+	sent0, grants0 := c.counters()
+	type res struct {
+		s   latencyStats
+		err error
+	}
+	results := make([]chan res, len(locks))
+	for i, l := range locks {
+		results[i] = make(chan res, 1)
+		go func() {
+			s, err := benchChild(ctx, time.Until(to),
+				"loop", strconv.FormatInt(from.UnixNano(), 10), strconv.FormatInt(to.UnixNano(), 10), l)
+			results[i] <- res{s, err}
+		}()
+	}
+	var errs []error
+	for i := range locks {
+		r := <-results[i]
+		if r.err != nil {
+			errs = append(errs, r.err)
+		}
+		cs.PerPeer = append(cs.PerPeer, peerShare{Peer: c.names[i], Acquisitions: r.s.Ops, Latency: r.s})
+		cs.Acquisitions += r.s.Ops
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cs, err
+	}
+	sent1, grants1 := c.counters()
+	cs.Seconds = seconds
+	cs.PerSecond = float64(cs.Acquisitions) / seconds
+	cs.MsgsPerAcq = perAcq(sent1-sent0, grants1-grants0)
+	cs.MinFairSharePct = 100
+	fair := float64(cs.Acquisitions) / float64(len(locks))
+	for i := range cs.PerPeer {
+		p := &cs.PerPeer[i]
+		if cs.Acquisitions > 0 {
+			p.SharePct = 100 * float64(p.Acquisitions) / float64(cs.Acquisitions)
+			p.FairSharePct = 100 * float64(p.Acquisitions) / fair
+		}
+		cs.MinFairSharePct = min(cs.MinFairSharePct, p.FairSharePct)
+	}
+	return cs, nil
+}
+
+// benchFlock measures flock(2) on a file in /dev/shm (or dir if there is
+// no /dev/shm) from a child.
+func benchFlock(ctx context.Context, dir string) (latencyStats, string, error) {
+	base := dir
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		base = "/dev/shm"
+	}
+	f, err := os.CreateTemp(base, "dlockfs-bench-flock-")
+	if err != nil {
+		return latencyStats{}, "", fmt.Errorf("flock bench: %w", err)
+	}
+	path := f.Name()
+	f.Close()
+	defer os.Remove(path)
+	s, err := benchChild(ctx, 0, "flock", strconv.Itoa(benchFlockOps), path)
+	return s, path, err
+}
+
+// benchChild runs "dlockfs bench __client ARGS..." and parses its JSON.
+// It is killed if it runs longer than plan plus a grace period, or when
+// ctx ends.
+func benchChild(ctx context.Context, plan time.Duration, args ...string) (latencyStats, error) {
+	var s latencyStats
+	cmd := exec.Command(selfExe(), append([]string{"bench", benchClientCmd}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	ch, err := startChild(cmd)
+	if err != nil {
+		return s, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, plan+benchChildGrace)
+	defer cancel()
+	if err := ch.wait(wctx); err != nil {
+		return s, fmt.Errorf("bench client %s: %w: %s", strings.Join(args[:1], " "), err, strings.TrimSpace(errb.String()))
+	}
+	if err := json.Unmarshal(out.Bytes(), &s); err != nil {
+		return s, fmt.Errorf("bench client %s: output %q: %w", args[0], out.String(), err)
+	}
+	return s, nil
+}
+
+// benchTargets checks the issue's targets on the plain run (and the
+// fast-path run, if any).
+func benchTargets(rep *benchReport) []benchTarget {
+	var ts []benchTarget
+	for _, r := range rep.Runs {
+		suffix := ""
+		if r.FastPath {
+			suffix = ", fast path"
+		}
+		ts = append(ts,
+			benchTarget{Name: fmt.Sprintf("uncontended p50 (%d peers%s)", rep.Peers, suffix),
+				Want: fmt.Sprintf("<= %.0f", targetUncontendedP50us), Unit: "us",
+				Got: r.Uncontended.P50us, Met: r.Uncontended.P50us <= targetUncontendedP50us},
+			benchTarget{Name: "contended acquisitions/s" + suffix,
+				Want: fmt.Sprintf(">= %.0f", targetContendedPerSec), Unit: "/s",
+				Got: r.Contended.PerSecond, Met: r.Contended.PerSecond >= targetContendedPerSec},
+			benchTarget{Name: "lowest % of fair share" + suffix,
+				Want: fmt.Sprintf(">= %.0f", targetFairSharePct), Unit: "%",
+				Got: r.Contended.MinFairSharePct, Met: r.Contended.MinFairSharePct >= targetFairSharePct},
+		)
+	}
+	return ts
+}
+
+// printBench prints the report as a table.
+func printBench(w io.Writer, rep *benchReport) {
+	fmt.Fprintf(w, "\ndlockfs bench: %d peers, %d CPUs, %s, %s lock channel; latencies over %d ops, contended %gs\n\n",
+		rep.Peers, rep.CPUs, rep.GoVersion, map[bool]string{true: "encrypted", false: "plaintext"}[rep.Encrypted],
+		rep.Ops, rep.Seconds)
+	if busy := max(rep.LoadAvg[0], rep.LoadAvg[1]); busy > float64(rep.CPUs) {
+		fmt.Fprintf(w, "WARNING: the machine was busy (load average %.1f on %d CPUs): other programs took CPU\n"+
+			"time from the peers and clients, so these figures are pessimistic.\n\n", busy, rep.CPUs)
+	}
+	// Column per run.
+	fmt.Fprintf(w, "%-52s", "open+close from a child process")
+	for _, r := range rep.Runs {
+		fmt.Fprintf(w, " | %-26s", runLabel(r))
+	}
+	fmt.Fprintf(w, "\n%-52s", "")
+	for range rep.Runs {
+		fmt.Fprintf(w, " | %8s %8s %8s", "p50", "p99", "msgs/acq")
+	}
+	fmt.Fprintln(w)
+	row := func(name string, get func(benchRun) (latencyStats, float64, bool)) {
+		fmt.Fprintf(w, "%-52s", name)
+		for _, r := range rep.Runs {
+			s, m, hasMsgs := get(r)
+			msgs := ""
+			if hasMsgs {
+				msgs = fmt.Sprintf("%.2f", m)
+			}
+			fmt.Fprintf(w, " | %8s %8s %8s", us(s.P50us), us(s.P99us), msgs)
+		}
+		fmt.Fprintln(w)
+	}
+	row("(a) MOUNT/lock, uncontended, lock moving peer to peer", func(r benchRun) (latencyStats, float64, bool) {
+		return r.Uncontended, r.UncontendedMsgs, true
+	})
+	row("(b) MOUNT/lock, repeat on the same peer", func(r benchRun) (latencyStats, float64, bool) {
+		return r.Repeat, r.RepeatMsgs, true
+	})
+	row("(c) MOUNT/.status (no lock; renders the status)", func(r benchRun) (latencyStats, float64, bool) {
+		return r.FloorStatus, 0, false
+	})
+	row("(c) MOUNT root directory (no lock: FUSE floor)", func(r benchRun) (latencyStats, float64, bool) {
+		return r.FloorDir, 0, false
+	})
+
+	fmt.Fprintf(w, "\n(d) contended, one looping client per peer, %gs:\n", rep.Seconds)
+	for _, r := range rep.Runs {
+		cs := r.Contended
+		fmt.Fprintf(w, "  %-26s %8.0f acquisitions/s, %.2f msgs/acq, lowest peer at %.0f%% of its fair share\n",
+			runLabel(r), cs.PerSecond, cs.MsgsPerAcq, cs.MinFairSharePct)
+		for _, p := range cs.PerPeer {
+			fmt.Fprintf(w, "      peer %-3s %7d (%5.1f%%, %4.0f%% of fair)  wait p50 %s p99 %s\n",
+				p.Peer, p.Acquisitions, p.SharePct, p.FairSharePct, us(p.Latency.P50us), us(p.Latency.P99us))
+		}
+	}
+
+	fmt.Fprintf(w, "\n%-52s | %8s %8s\n", "for scale", "p50", "p99")
+	net := func(name string, s latencyStats) {
+		fmt.Fprintf(w, "%-52s | %8s %8s\n", name, us(s.P50us), us(s.P99us))
+	}
+	net("(f) loopback TCP round trip, 64 B (in-process)", rep.TCP.RoundTrip)
+	if rep.TCP.FanOutPeers > 0 {
+		net(fmt.Sprintf("(f) TCP fan-out to %d peers (in-process)", rep.TCP.FanOutPeers), rep.TCP.FanOut)
+		net("(f) lock channel round trip (mutex/transport)", rep.Transport.RoundTrip)
+		net(fmt.Sprintf("(f) lock channel fan-out to %d peers", rep.Transport.FanOutPeers), rep.Transport.FanOut)
+	} else {
+		net("(f) lock channel round trip (mutex/transport)", rep.Transport.RoundTrip)
+	}
+	net("(g) flock(2) LOCK_EX+LOCK_UN on "+filepath.Dir(rep.FlockPath), rep.Flock)
+
+	fmt.Fprintf(w, "\nTargets (issue, 2-core machine):\n")
+	for _, t := range rep.Targets {
+		met := "MISSED"
+		if t.Met {
+			met = "met"
+		}
+		fmt.Fprintf(w, "  %-42s want %-7s %s got %8.1f %-3s %s\n", t.Name, t.Want, t.Unit, t.Got, t.Unit, met)
+	}
+	if rep.CPUProfile != "" {
+		fmt.Fprintf(w, "\nCPU profile: go tool pprof -top %s\n", rep.CPUProfile)
+	}
+}
+
+// loadAvg is the 1-minute load average (0 if unknown).
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+// runLabel names a run's column.
+func runLabel(r benchRun) string {
+	if r.FastPath {
+		return "fast path (keeps permits)"
+	}
+	return "plain Ricart-Agrawala"
+}
+
+// us formats microseconds.
+func us(v float64) string {
+	switch {
+	case v >= 10000:
+		return fmt.Sprintf("%.1f ms", v/1000)
+	case v >= 100:
+		return fmt.Sprintf("%.0f us", v)
+	default:
+		return fmt.Sprintf("%.1f us", v)
+	}
+}
