@@ -219,8 +219,8 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 			return p.ctx.Err()
 		}
 		if err := conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
-			p.settled.Add(1)
 			t.st.droppedUnsent.Add(1)
+			p.settled.Add(1)
 			t.notifyProgress()
 			return fmt.Errorf("transport: set write deadline: %w", err)
 		}
@@ -241,14 +241,18 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 		if err == nil {
 			err = bw.Flush()
 		}
+		// Count before settling, so that a Flush that returns sees them.
+		if err != nil {
+			t.st.droppedUnsent.Add(uint64(n))
+		} else {
+			t.st.framesSent.Add(uint64(n))
+			t.st.bytesSent.Add(uint64(bytes))
+		}
 		p.settled.Add(uint64(n))
 		t.notifyProgress()
 		if err != nil {
-			t.st.droppedUnsent.Add(uint64(n))
 			return fmt.Errorf("transport: write: %w", err)
 		}
-		t.st.framesSent.Add(uint64(n))
-		t.st.bytesSent.Add(uint64(bytes))
 	}
 }
 
