@@ -167,7 +167,20 @@ func splitHostPort(addr string) (net.IP, int, error) {
 
 // profile returns the memberlist configuration of a profile and Serf's
 // LeavePropagateDelay to go with it.
+//
+// Every profile lets a node that was declared failed come back at once at
+// another address under its name (memberlist's DeadNodeReclaimTime; by
+// default never, until the dead entry is forgotten, which takes seconds):
+// a restarted peer is a new incarnation anyway (a new boot nonce). Until
+// its old life is declared failed, a restart at another address is a name
+// conflict, which the newcomer may lose (it stops with ErrNameConflict).
 func profile(name string) (*memberlist.Config, time.Duration) {
+	mc, leave := profileTimers(name)
+	mc.DeadNodeReclaimTime = time.Nanosecond // 0 would mean never
+	return mc, leave
+}
+
+func profileTimers(name string) (*memberlist.Config, time.Duration) {
 	switch name {
 	case ProfileWAN:
 		return memberlist.DefaultWANConfig(), time.Second

@@ -125,6 +125,14 @@ func (c *cluster) startN(n int) []*Peer {
 // other (and nobody else) as members.
 func (c *cluster) waitConverged() {
 	c.t.Helper()
+	defer func() {
+		if c.t.Failed() {
+			for _, p := range c.live() {
+				c.t.Logf("%s/%d: core members %v; serf members %+v", p.Node(), p.Incarnation(),
+					p.snapshot().core.Members, p.Status().Members)
+			}
+		}
+	}()
 	waitFor(c.t, 15*time.Second, "membership to converge", func() bool {
 		live := c.live()
 		for _, p := range live {

@@ -319,40 +319,57 @@ func TestLeave(t *testing.T) {
 	contend(t, ps[1:], []string{"x"}, 2, 5)
 }
 
-// A peer restarted under the same name and gossip port (before anyone
-// noticed the crash) is a new peer: its old self's hold is dropped.
+// A peer restarted under the same name is a new peer: its old life's hold
+// is dropped and nothing stalls. Before the crash is detected (same gossip
+// port: Serf sees only new tags), or after (new port: failed, then join).
 func TestRestartSameName(t *testing.T) {
-	c := newCluster(t, testListen)
-	ps := c.startN(3)
-	lockT(t, ps[1], "x", 5*time.Second) // held when it crashes
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	w := lockAsync(ctx, ps[2], "x")
-	waitDeferred(t, ps[1], "x", "p2", 5*time.Second)
+	for _, detected := range []bool{false, true} {
+		t.Run(fmt.Sprintf("detected=%v", detected), func(t *testing.T) {
+			c := newCluster(t, testListen)
+			ps := c.startN(3)
+			lockT(t, ps[1], "x", 5*time.Second) // held when it crashes
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			w := lockAsync(ctx, ps[2], "x")
+			waitDeferred(t, ps[1], "x", "p2", 5*time.Second)
 
-	port := ps[1].serf.LocalMember().Port
-	oldInc := ps[1].Incarnation()
-	ps[1].kill()
-	cfg := c.config("p1", gossipAddr(ps[0]))
-	cfg.BindAddr = fmt.Sprintf("127.0.0.1:%d", port)
-	var p1 *Peer
-	waitFor(t, 5*time.Second, "the restart", func() bool {
-		var err error
-		p1, err = c.startCfg(cfg)
-		return err == nil
-	})
-	if p1.Incarnation() == oldInc {
-		t.Fatal("same incarnation after restart")
+			port := ps[1].serf.LocalMember().Port
+			oldInc := ps[1].Incarnation()
+			ps[1].kill()
+			cfg := c.config("p1", gossipAddr(ps[0]))
+			if detected {
+				r := recvWithin(t, w, 10*time.Second, "p2's grant after p1's failure")
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				if err := ps[2].Unlock(r.grant); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				cfg.BindAddr = fmt.Sprintf("127.0.0.1:%d", port)
+			}
+			var p1 *Peer
+			waitFor(t, 5*time.Second, "the restart", func() bool {
+				var err error
+				p1, err = c.startCfg(cfg)
+				return err == nil
+			})
+			if p1.Incarnation() == oldInc {
+				t.Fatal("same incarnation after restart")
+			}
+			c.waitConverged()
+			if !detected {
+				r := recvWithin(t, w, 10*time.Second, "p2's grant")
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				if err := ps[2].Unlock(r.grant); err != nil {
+					t.Fatal(err)
+				}
+			}
+			contend(t, []*Peer{ps[0], p1, ps[2]}, []string{"x", "y"}, 2, 5)
+		})
 	}
-	c.waitConverged()
-	r := recvWithin(t, w, 10*time.Second, "p2's grant")
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if err := ps[2].Unlock(r.grant); err != nil {
-		t.Fatal(err)
-	}
-	contend(t, []*Peer{ps[0], p1, ps[2]}, []string{"x", "y"}, 2, 5)
 }
 
 // A peer joining while the others contend takes part without stalling them.
