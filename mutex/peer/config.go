@@ -106,8 +106,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports every problem with the configuration, joined.
+// Validate reports every problem with the configuration, joined. Empty
+// Name, BindAddr and Profile stand for their defaults, as in [Start].
 func (c Config) Validate() error {
+	c = c.withDefaults()
 	var errs []error
 	if c.Name == "" {
 		errs = append(errs, errors.New("peer: config: Name is empty"))

@@ -76,8 +76,11 @@ type Peer struct {
 }
 
 // Start creates a peer: it opens the lock channel, starts Serf, and joins
-// cfg.Join (retried with backoff until one address answers or ctx ends).
-// Empty Name, BindAddr and Profile take their [DefaultConfig] values.
+// cfg.Join, retried with backoff until one address answers or ctx ends (a
+// cluster key mismatch fails at once: the error says "cluster key
+// mismatch"). It returns once the core counts every member the join
+// revealed. Empty Name, BindAddr and Profile take their [DefaultConfig]
+// values. Stop the peer with [Peer.Leave].
 func Start(ctx context.Context, cfg Config) (*Peer, error) {
 	return start(ctx, cfg, listenTCP)
 }
