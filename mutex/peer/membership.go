@@ -48,8 +48,13 @@ func (p *Peer) memberUp(m serf.Member) {
 		p.log.Warn("ignoring a member that is not a dlockfs peer", "member", m.Name, "err", err)
 		return
 	}
-	if old, ok := p.members[m.Name]; ok && old.inc == info.inc && old.lockAddr == info.lockAddr {
-		return
+	if old, ok := p.members[m.Name]; ok && old.inc == info.inc {
+		if old.lockAddr == info.lockAddr {
+			return
+		}
+		// Same life, new address: the re-targeted connection is a
+		// re-connection (what was in flight on the old one is lost).
+		info.connected = old.connected
 	}
 	p.log.Debug("member up", "member", m.Name, "incarnation", formatNonce(info.inc), "lock", info.lockAddr)
 	p.members[m.Name] = info
