@@ -11,17 +11,17 @@ import (
 
 // Defaults for the zero fields of a [Config].
 const (
-	DefaultMaxFrameSize     = 4096
-	DefaultQueueLen         = 4096
-	DefaultIncomingLen      = 1024
-	DefaultMaxConns         = 1024
-	DefaultHandshakeTimeout = 5 * time.Second
-	DefaultReadTimeout      = 10 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
-	DefaultDialTimeout      = 5 * time.Second
-	DefaultMinBackoff       = 50 * time.Millisecond
-	DefaultMaxBackoff       = 2 * time.Second
-	DefaultMaxFrameRate     = 50000
+	DefaultMaxFrameSize     = 4096                  // bytes of frame body
+	DefaultQueueLen         = 4096                  // messages per peer
+	DefaultIncomingLen      = 1024                  // messages
+	DefaultMaxConns         = 1024                  // inbound connections
+	DefaultHandshakeTimeout = 5 * time.Second       // whole handshake
+	DefaultReadTimeout      = 10 * time.Second      // one frame, first byte to last
+	DefaultWriteTimeout     = 10 * time.Second      // one batch of writes
+	DefaultDialTimeout      = 5 * time.Second       // one dial
+	DefaultMinBackoff       = 50 * time.Millisecond // first redial wait
+	DefaultMaxBackoff       = 2 * time.Second       // longest redial wait
+	DefaultMaxFrameRate     = 50000                 // frames/s per inbound connection
 )
 
 // minFrameSize is the smallest MaxFrameSize accepted: the largest message

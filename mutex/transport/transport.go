@@ -17,6 +17,8 @@ var ErrClosed = errors.New("transport: closed")
 
 // Incoming is one lock message received from a peer.
 type Incoming struct {
+	// Msg is the message, checked to be from the connection's peer and
+	// addressed to us by name (ToIncarnation is left to the core).
 	Msg mutex.Message
 	// Remote is the address the message's connection came from.
 	Remote string
