@@ -183,9 +183,13 @@ type benchRun struct {
 	RepeatMsgs float64      `json:"repeat_msgs_per_acq"`
 	// FloorStatus and FloorDir: open+close of .status and of the root
 	// directory, which take no lock.
-	FloorStatus latencyStats   `json:"floor_status"`
-	FloorDir    latencyStats   `json:"floor_dir"`
-	Contended   contendedStats `json:"contended"`
+	FloorStatus latencyStats `json:"floor_status"`
+	FloorDir    latencyStats `json:"floor_dir"`
+	// PeerUncontended and PeerRepeat are (a) and (b) without FUSE: the
+	// bench process calls Peer.Lock and Peer.Unlock itself.
+	PeerUncontended latencyStats   `json:"peer_uncontended"`
+	PeerRepeat      latencyStats   `json:"peer_repeat"`
+	Contended       contendedStats `json:"contended"`
 }
 
 // contendedStats is the contended run: one looping client per peer.
@@ -225,7 +229,7 @@ func runBench(ctx context.Context, e *env, cfg config) (err error) {
 	if o.client != nil {
 		return runBenchClient(e.stdout, o.client)
 	}
-	ctx, stop := withSignals(ctx)
+	ctx, stop, sigs := withSignals(ctx)
 	defer stop()
 	progress := e.stderr
 	if !o.json {
@@ -282,7 +286,7 @@ func runBench(ctx context.Context, e *env, cfg config) (err error) {
 		modes = append(modes, true)
 	}
 	for _, fast := range modes {
-		run, err := benchCluster(ctx, e, o, key, fast, step)
+		run, err := benchCluster(ctx, e, o, key, fast, step, sigs)
 		if err != nil {
 			if ctx.Err() != nil {
 				return codef(exitError, "interrupted")
@@ -306,7 +310,8 @@ func runBench(ctx context.Context, e *env, cfg config) (err error) {
 }
 
 // benchCluster starts a cluster and measures (a) to (e) on it.
-func benchCluster(ctx context.Context, e *env, o benchOptions, key []byte, fast bool, step func(string)) (benchRun, error) {
+func benchCluster(ctx context.Context, e *env, o benchOptions, key []byte, fast bool, step func(string),
+	sigs <-chan os.Signal) (benchRun, error) {
 	run := benchRun{FastPath: fast}
 	label := "plain Ricart-Agrawala"
 	if fast {
@@ -314,7 +319,7 @@ func benchCluster(ctx context.Context, e *env, o benchOptions, key []byte, fast 
 	}
 	step(fmt.Sprintf("cluster of %d, %s: starting", o.peers, label))
 	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, fastPath: fast, key: key,
-		prefix: "dlockfs-bench-", log: newLogger(e, o.debug)})
+		prefix: "dlockfs-bench-", log: newLogger(e, o.debug), signals: sigs, stderr: e.stderr})
 	if err != nil {
 		return run, err
 	}
@@ -356,11 +361,46 @@ func benchCluster(ctx context.Context, e *env, o benchOptions, key []byte, fast 
 	if run.FloorDir, err = benchChild(ctx, 0, "dir", n, c.mounts[0]); err != nil {
 		return run, err
 	}
+	step("(a), (b) without FUSE: Peer.Lock+Unlock in this process")
+	if run.PeerUncontended, err = benchPeerLock(ctx, c, o.ops, true); err != nil {
+		return run, err
+	}
+	if run.PeerRepeat, err = benchPeerLock(ctx, c, o.ops, false); err != nil {
+		return run, err
+	}
 	step(fmt.Sprintf("(d) contended: one client per peer for %gs", o.seconds))
 	if run.Contended, err = benchContended(ctx, c, locks, o.seconds); err != nil {
 		return run, err
 	}
 	return run, nil
+}
+
+// benchPeerLock times Peer.Lock+Unlock of the mounts' lock called from
+// this process (no FUSE): cycling through the peers, or on the first one
+// only.
+func benchPeerLock(ctx context.Context, c *localCluster, ops int, cycle bool) (latencyStats, error) {
+	ns := make([]int64, 0, ops)
+	start := time.Now()
+	for i := range ops + benchWarmupOps/10 {
+		p := c.peers[0]
+		if cycle {
+			p = c.peers[i%len(c.peers)]
+		}
+		t0 := time.Now()
+		lctx, cancel := context.WithTimeout(ctx, benchChildGrace)
+		g, err := p.Lock(lctx, demoLockName)
+		cancel()
+		if err != nil {
+			return latencyStats{}, fmt.Errorf("peer %s: %w", p.Node(), err)
+		}
+		if err := p.Unlock(g); err != nil {
+			return latencyStats{}, fmt.Errorf("peer %s: %w", p.Node(), err)
+		}
+		if i >= benchWarmupOps/10 {
+			ns = append(ns, time.Since(t0).Nanoseconds())
+		}
+	}
+	return summarize(ns, time.Since(start)), nil
 }
 
 // perAcq is messages per acquisition.
@@ -424,8 +464,8 @@ func benchContended(ctx context.Context, c *localCluster, locks []string, second
 // no /dev/shm) from a child.
 func benchFlock(ctx context.Context, dir string) (latencyStats, string, error) {
 	base := dir
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
-		base = "/dev/shm"
+	if d := tmpfsDir(); d != "" {
+		base = d
 	}
 	f, err := os.CreateTemp(base, "dlockfs-bench-flock-")
 	if err != nil {
@@ -516,7 +556,7 @@ func printBench(w io.Writer, rep *benchReport) {
 		}
 		fmt.Fprintln(w)
 	}
-	row("(a) MOUNT/lock, uncontended, lock moving peer to peer", func(r benchRun) (latencyStats, float64, bool) {
+	row("(a) MOUNT/lock, uncontended, moving peer to peer", func(r benchRun) (latencyStats, float64, bool) {
 		return r.Uncontended, r.UncontendedMsgs, true
 	})
 	row("(b) MOUNT/lock, repeat on the same peer", func(r benchRun) (latencyStats, float64, bool) {
@@ -527,6 +567,12 @@ func printBench(w io.Writer, rep *benchReport) {
 	})
 	row("(c) MOUNT root directory (no lock: FUSE floor)", func(r benchRun) (latencyStats, float64, bool) {
 		return r.FloorDir, 0, false
+	})
+	row("(a) without FUSE: Peer.Lock+Unlock, in-process", func(r benchRun) (latencyStats, float64, bool) {
+		return r.PeerUncontended, 0, false
+	})
+	row("(b) without FUSE: Peer.Lock+Unlock, in-process", func(r benchRun) (latencyStats, float64, bool) {
+		return r.PeerRepeat, 0, false
 	})
 
 	fmt.Fprintf(w, "\n(d) contended, one looping client per peer, %gs:\n", rep.Seconds)

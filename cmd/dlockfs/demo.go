@@ -197,7 +197,7 @@ func runDemo(ctx context.Context, e *env, cfg config) error {
 	if err != nil {
 		return codef(exitError, "the demo's workers need bash: %w", err)
 	}
-	ctx, stop := withSignals(ctx)
+	ctx, stop, sigs := withSignals(ctx)
 	defer stop()
 	log := newLogger(e, o.debug)
 	key, err := newClusterKey()
@@ -206,7 +206,8 @@ func runDemo(ctx context.Context, e *env, cfg config) error {
 	}
 
 	fmt.Fprintf(e.stdout, "Starting %d peers on 127.0.0.1 (fast gossip, encrypted) and mounting them...\n", o.peers)
-	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, key: key, prefix: "dlockfs-demo-", log: log})
+	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, key: key, prefix: "dlockfs-demo-", log: log,
+		signals: sigs, stderr: e.stderr})
 	if err != nil {
 		if ctx.Err() != nil {
 			return codef(exitError, "interrupted while starting the cluster")
@@ -241,14 +242,18 @@ func runDemo(ctx context.Context, e *env, cfg config) error {
 // demoRun runs the workers for o.seconds, printing the timeline, and
 // returns every hold they logged. It ends every worker before returning.
 func demoRun(ctx context.Context, e *env, c *localCluster, o demoOptions, bash string) (*demoResult, error) {
-	counter := filepath.Join(c.dir, "counter")
+	// The counter and the logs live on tmpfs when there is one: a hold
+	// then lasts microseconds instead of an ext4 truncate and write.
+	data, err := os.MkdirTemp(tmpfsDir(), "dlockfs-demo-data-")
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	defer os.RemoveAll(data)
+	counter := filepath.Join(data, "counter")
 	if err := os.WriteFile(counter, []byte("0\n"), 0o644); err != nil {
 		return nil, fmt.Errorf("counter file: %w", err)
 	}
-	logs := filepath.Join(c.dir, "logs")
-	if err := os.Mkdir(logs, 0o755); err != nil {
-		return nil, fmt.Errorf("log directory: %w", err)
-	}
+	logs := data
 	start := time.Now()
 	deadline := start.Add(time.Duration(o.seconds * float64(time.Second)))
 	var workers []*demoWorker
@@ -341,6 +346,15 @@ type demoResult struct {
 	elapsed time.Duration
 }
 
+// tmpfsDir is /dev/shm if it is a directory, else "" (the default
+// temporary directory).
+func tmpfsDir() string {
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		return "/dev/shm"
+	}
+	return ""
+}
+
 // readHolds parses a worker's log.
 func readHolds(path string) ([]hold, error) {
 	f, err := os.Open(path)
@@ -403,7 +417,8 @@ func newTimeline(w io.Writer, c *localCluster, workers []*demoWorker, start time
 }
 
 func (t *timeline) header() {
-	fmt.Fprintf(t.w, "%7s  %-6s %8s  | holds in the last 100 ms, per peer\n", "time", "holder", "token")
+	fmt.Fprintf(t.w, "%7s  %-6s %7s  %-14s | %s\n", "time", "holder", "token", "last hold",
+		"holds in the last 100 ms, per peer")
 }
 
 func (t *timeline) tick() {
@@ -417,13 +432,21 @@ func (t *timeline) tick() {
 	}
 	counts := map[string]int{}
 	total := 0
+	var last hold
 	for _, w := range t.workers {
-		n := t.newLines(w.log)
+		n, h := t.newLines(w.log)
 		counts[w.peer] += n
 		total += n
+		if n > 0 && h.enter > last.enter {
+			last = h
+		}
+	}
+	lastHold := "-"
+	if total > 0 {
+		lastHold = fmt.Sprintf("%s/%d #%d", last.peer, last.worker, last.token)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%6.2fs  %-6s %8s  |", time.Since(t.start).Seconds(), holder, token)
+	fmt.Fprintf(&b, "%6.2fs  %-6s %7s  %-14s |", time.Since(t.start).Seconds(), holder, token, lastHold)
 	for _, name := range t.c.names {
 		fmt.Fprintf(&b, " %s %4d ", name, counts[name])
 	}
@@ -431,25 +454,32 @@ func (t *timeline) tick() {
 	fmt.Fprintln(t.w, b.String())
 }
 
-// newLines counts the complete lines appended to a log since the last call.
-func (t *timeline) newLines(path string) int {
+// newLines counts the complete lines appended to a log since the last
+// call, and parses the last one.
+func (t *timeline) newLines(path string) (int, hold) {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0
+		return 0, hold{}
 	}
 	defer f.Close()
 	if _, err := f.Seek(t.offsets[path], io.SeekStart); err != nil {
-		return 0
+		return 0, hold{}
 	}
 	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
-		return 0
+		return 0, hold{}
 	}
 	t.offsets[path] += int64(len(b))
 	s := t.partial[path] + string(b)
 	n := strings.Count(s, "\n")
-	t.partial[path] = s[strings.LastIndexByte(s, '\n')+1:]
-	return n
+	end := strings.LastIndexByte(s, '\n')
+	t.partial[path] = s[end+1:]
+	var last hold
+	if n > 0 {
+		complete := s[:end]
+		last, _ = parseHold(complete[strings.LastIndexByte(complete, '\n')+1:])
+	}
+	return n, last
 }
 
 // demoSummary prints the checks of a run and returns an error if one
@@ -544,6 +574,14 @@ func demoSummary(w io.Writer, c *localCluster, o demoOptions, r *demoResult) err
 		} else {
 			stayed = append(stayed, gap)
 		}
+	}
+	var held []float64
+	for _, h := range holds {
+		held = append(held, float64(h.leave-h.enter)/1e3)
+	}
+	if len(held) > 0 {
+		fmt.Fprintf(w, "  hold (enter to leave: counter read and written): p50 %.0f µs, p99 %.0f µs\n",
+			percentile(held, 50), percentile(held, 99))
 	}
 	if len(moved) > 0 {
 		fmt.Fprintf(w, "  handover to another peer: %d times, p50 %.0f µs, p99 %.0f µs (close, release, "+

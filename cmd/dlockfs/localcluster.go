@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -43,6 +44,8 @@ type localCluster struct {
 	peers   []*peer.Peer
 	servers []*fuse.Server
 	log     *slog.Logger
+	signals <-chan os.Signal
+	stderr  io.Writer
 
 	closeOnce sync.Once
 	closeErr  error
@@ -55,6 +58,11 @@ type clusterOptions struct {
 	key      []byte // nil: plaintext
 	prefix   string // of the temporary directory's name
 	log      *slog.Logger
+	// signals, if not nil, delivers the signals that come after the
+	// first (withSignals): one arriving while Close runs detaches every
+	// mount and exits the process at once.
+	signals <-chan os.Signal
+	stderr  io.Writer
 }
 
 // newClusterKey returns a fresh random 32-byte cluster key.
@@ -84,7 +92,7 @@ func startLocalCluster(ctx context.Context, opt clusterOptions) (_ *localCluster
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
-	c := &localCluster{dir: dir, log: opt.log}
+	c := &localCluster{dir: dir, log: opt.log, signals: opt.signals, stderr: opt.stderr}
 	defer func() {
 		if err != nil {
 			if cerr := c.Close(); cerr != nil {
@@ -201,8 +209,32 @@ func (c *localCluster) counters() (sent, grants uint64) {
 // mounted. Child processes using the mounts should be gone first. Later
 // calls return the first call's result.
 func (c *localCluster) Close() error {
-	c.closeOnce.Do(func() { c.closeErr = c.close() })
+	c.closeOnce.Do(func() {
+		done := make(chan struct{})
+		if c.signals != nil {
+			go c.exitOnSignal(done)
+		}
+		c.closeErr = c.close()
+		close(done)
+	})
 	return c.closeErr
+}
+
+// exitOnSignal detaches every mount and exits if a signal comes before
+// done is closed: a second Ctrl-C cuts the graceful shutdown short. The
+// children die with this process (PR_SET_PDEATHSIG).
+func (c *localCluster) exitOnSignal(done <-chan struct{}) {
+	select {
+	case s := <-c.signals:
+		for _, m := range c.mounts {
+			_ = lazyUnmount(m)
+		}
+		if c.stderr != nil {
+			fmt.Fprintf(c.stderr, "dlockfs: %v again: mounts detached, exiting now (%s may be left behind)\n", s, c.dir)
+		}
+		os.Exit(exitError)
+	case <-done:
+	}
 }
 
 func (c *localCluster) close() error {
@@ -358,10 +390,27 @@ func (ch *child) wait(ctx context.Context) error {
 	}
 }
 
-// withSignals returns a context cancelled on SIGINT or SIGTERM, with the
-// stop function that ends the notification.
-func withSignals(ctx context.Context) (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+// withSignals returns a context cancelled by the first SIGINT or SIGTERM,
+// a stop function that ends the notification, and the channel on which
+// later signals arrive (see clusterOptions.signals).
+func withSignals(ctx context.Context) (context.Context, func(), <-chan os.Signal) {
+	ctx, cancel := context.WithCancel(ctx)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		cancel()
+		<-first
+		signal.Stop(sigs)
+	}, sigs
 }
 
 // selfExe is the path of the running binary, for re-executing it.
