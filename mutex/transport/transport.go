@@ -194,7 +194,9 @@ func (t *Transport) RemovePeer(name string) {
 
 // Send queues m for the peer m.To and returns at once. A message for a
 // peer that was not added, one the queue has no room for, or one that is
-// not from us (From/FromIncarnation) is dropped and counted.
+// not from us (From/FromIncarnation) is dropped and counted. A full queue
+// also drops the connection, so that Connected fires again once the peer is
+// reachable and the caller re-sends what the drop lost.
 func (t *Transport) Send(m mutex.Message) {
 	t.mu.RLock()
 	p := t.peers[m.To]
@@ -216,7 +218,13 @@ func (t *Transport) Send(m mutex.Message) {
 	default:
 		p.settled.Add(1)
 		t.st.droppedQueueFull.Add(1)
-		t.log.Debug("transport: queue full, message dropped", "peer", m.To)
+		t.log.Debug("transport: queue full, message dropped; reconnecting", "peer", m.To)
+		// A lost message is recovered only through Connected, on which
+		// the driver re-sends what it owes: force a new connection.
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 

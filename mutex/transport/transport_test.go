@@ -766,3 +766,20 @@ func TestGarbageStormLogsLimited(t *testing.T) {
 		return strings.Contains(logs.String(), "suppressed=")
 	})
 }
+
+// TestQueueOverflowReconnects: a message dropped because its peer's queue is
+// full can only be recovered by the driver's re-send on Connected, so an
+// overflow must lead to a new connection.
+func TestQueueOverflowReconnects(t *testing.T) {
+	a := newT(t, "a", nil, func(c *Config) { c.QueueLen = 1 })
+	b := newT(t, "b", nil)
+	a.AddPeer("b", b.cfg.Incarnation, b.Addr())
+	expectConnected(t, a, "b")
+	for i := 0; i < 20000 && a.Stats().DroppedQueueFull == 0; i++ {
+		a.Send(msg(a, b, "x", uint64(i+1)))
+	}
+	if a.Stats().DroppedQueueFull == 0 {
+		t.Skip("the writer kept up: no overflow to test")
+	}
+	expectConnected(t, a, "b")
+}
