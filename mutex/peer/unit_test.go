@@ -124,6 +124,9 @@ func TestMemberEvents(t *testing.T) {
 			for _, e := range tt.events {
 				p.events <- serf.MemberEvent{Type: e.typ, Members: []serf.Member{e.m}}
 			}
+			// The driver finishes an input before it takes the next,
+			// and events are taken in order: once the channel is empty,
+			// a snapshot (a later input) sees them all.
 			waitFor(t, 5*time.Second, "events to be applied", func() bool { return len(p.events) == 0 })
 			if got := coreMembers(p); !mapsEqual(got, tt.want) {
 				t.Errorf("core members %v, want %v", got, tt.want)
@@ -149,6 +152,8 @@ func mapsEqual(a, b map[string]uint64) bool {
 func TestDriverMemberGoesAway(t *testing.T) {
 	p, tr := memberPeer(t)
 	p.events <- serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{member("a", "1", "mem:nowhere")}}
+	// The driver picks among ready inputs at random: the join first.
+	waitFor(t, 5*time.Second, "a to be a member", func() bool { return coreMembers(p)["a"] == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	w := lockAsync(ctx, p, "x")
