@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"time"
@@ -38,7 +39,7 @@ const (
 )
 
 const helpBench = `Usage: dlockfs bench [--peers N] [--seconds S] [--ops N] [--fast-path] [--json]
-                     [--plaintext] [--cpuprofile FILE]
+                     [--plaintext] [--cpuprofile FILE] [--trace FILE]
 
 Measure dlockfs on this machine. Starts a local cluster of N peers inside
 this process (127.0.0.1, fast gossip, a fresh cluster key unless
@@ -73,6 +74,8 @@ Flags:
   --json            print the results as JSON instead of the table
   --cpuprofile FILE write a CPU profile of this process (the peers, the FUSE
                     servers, the in-process network runs): go tool pprof FILE
+  --trace FILE      write an execution trace of this process: where the
+                    goroutines waited (go tool trace -pprof=sched FILE)
   --debug           log the peers' and go-fuse's debug messages to stderr
 
 Requirements: as for 'dlockfs demo' (root, or fusermount3 and /dev/fuse).
@@ -96,6 +99,7 @@ type benchOptions struct {
 	plaintext  bool
 	json       bool
 	cpuprofile string
+	trace      string
 	debug      bool
 	client     []string // the hidden child-client mode's arguments, if set
 }
@@ -128,6 +132,7 @@ func benchFlags(args []string) (benchOptions, error) {
 	fs.BoolVar(&o.plaintext, "plaintext", false, "")
 	fs.BoolVar(&o.json, "json", false, "")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "")
+	fs.StringVar(&o.trace, "trace", "", "")
 	fs.BoolVar(&o.debug, "debug", false, "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
@@ -229,6 +234,9 @@ func runBench(ctx context.Context, e *env, cfg config) (err error) {
 	if o.client != nil {
 		return runBenchClient(e.stdout, o.client)
 	}
+	if err := checkFuse(false); err != nil {
+		return err
+	}
 	ctx, stop, sigs := withSignals(ctx)
 	defer stop()
 	progress := e.stderr
@@ -248,6 +256,22 @@ func runBench(ctx context.Context, e *env, cfg config) (err error) {
 			pprof.StopCPUProfile()
 			if cerr := f.Close(); cerr != nil && err == nil {
 				err = fmt.Errorf("--cpuprofile: %w", cerr)
+			}
+		}()
+	}
+	if o.trace != "" {
+		f, err := os.Create(o.trace)
+		if err != nil {
+			return fmt.Errorf("--trace: %w", err)
+		}
+		if err := trace.Start(f); err != nil {
+			f.Close()
+			return fmt.Errorf("--trace: %w", err)
+		}
+		defer func() {
+			trace.Stop()
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("--trace: %w", cerr)
 			}
 		}()
 	}

@@ -205,6 +205,9 @@ func runDemo(ctx context.Context, e *env, cfg config) error {
 		return err
 	}
 
+	if err := checkFuse(false); err != nil {
+		return err
+	}
 	fmt.Fprintf(e.stdout, "Starting %d peers on 127.0.0.1 (fast gossip, encrypted) and mounting them...\n", o.peers)
 	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, key: key, prefix: "dlockfs-demo-", log: log,
 		signals: sigs, stderr: e.stderr})

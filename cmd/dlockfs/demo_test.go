@@ -244,3 +244,37 @@ func TestDemoKeep(t *testing.T) {
 	dir := filepath.Dir(mounts[0])
 	wantCleanedUp(t, dir, demoWorkerEnvs(dir), nil)
 }
+
+func TestDemoNonRootSaysWhatIsMissing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as nobody")
+	}
+	if _, err := lookPathFallback("fusermount3"); err == nil {
+		t.Skip("fusermount3 is installed here")
+	}
+	dir, err := os.MkdirTemp("", "dlockfs-demo-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "dlockfs")
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"demo"}, {"bench", "--seconds", "1"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		r := runCmd(t, cmd)
+		wantCode(t, r, exitFUSE, strings.Join(args, " ")+" as nobody without fusermount3")
+		if !strings.Contains(r.stderr, "fusermount3 is not installed") || !strings.Contains(r.stderr, "root") {
+			t.Errorf("%s: stderr does not say what is missing: %s", args[0], r.stderr)
+		}
+	}
+}
