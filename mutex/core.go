@@ -441,10 +441,14 @@ func (c *Core) RemoveMember(name string) {
 	}
 }
 
-// Reconnected tells the core that the channel to peer name was re-opened:
-// requests still outstanding with it are sent again.
+// Reconnected tells the core that the channel to peer name was re-opened,
+// so anything sent to it before may have been lost: requests still
+// outstanding with it are sent again, and so is a hello, on which the peer
+// sends its own outstanding requests again and we answer them again (our
+// replies may have been lost too). Duplicates change nothing.
 func (c *Core) Reconnected(name string) {
 	if _, ok := c.members[name]; ok {
+		c.send(Message{Type: MsgHello, To: name})
 		c.resend(name)
 	}
 }

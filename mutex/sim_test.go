@@ -378,20 +378,20 @@ func (s *sim) fault() {
 	}
 }
 
-// breakConn loses every message between two peers, then both resend.
+// breakConn breaks the one-way channel from a to b: every message in flight
+// from a to b is lost, and only a, the sender, learns of it when it
+// reconnects (as with the transport's outgoing connections).
 func (s *sim) breakConn() {
 	a, b := s.pickPeer(), s.pickPeer()
 	if a == nil || a == b {
 		return
 	}
 	s.stats.breaks++
-	s.logf("break %s<->%s", a.name, b.name)
+	s.logf("break %s->%s", a.name, b.name)
 	s.pending = slices.DeleteFunc(s.pending, func(ev simEvent) bool {
-		return ev.kind == evMsg && ((ev.msg.From == a.name && ev.msg.To == b.name) || (ev.msg.From == b.name && ev.msg.To == a.name))
+		return ev.kind == evMsg && ev.msg.From == a.name && ev.msg.To == b.name
 	})
-	s.pending = append(s.pending,
-		simEvent{kind: evReconnect, at: a.name, atInc: a.inc, name: b.name},
-		simEvent{kind: evReconnect, at: b.name, atInc: b.inc, name: a.name})
+	s.pending = append(s.pending, simEvent{kind: evReconnect, at: a.name, atInc: a.inc, name: b.name})
 }
 
 func (s *sim) randomStep() {

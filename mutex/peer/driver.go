@@ -223,32 +223,13 @@ func (p *Peer) serfStopped() {
 	}()
 }
 
-// reconnected handles a (re)established outgoing connection to a member.
-// The core re-sends the requests the member has not answered. But the
-// broken connection may also have lost our replies to the member's
-// requests, which the core does not re-send: so on a re-connection we also
-// send the member a hello, on which it re-sends its outstanding requests,
-// and the core answers them again. (The first connection carries the hello
-// of core.AddMember already.)
+// reconnected handles a (re)established outgoing connection to a member:
+// what we sent it before may be lost, and the core sends it again (see
+// mutex.Core.Reconnected).
 func (p *Peer) reconnected(name string) {
-	m, ok := p.members[name]
-	if !ok {
-		return
+	if _, ok := p.members[name]; ok {
+		p.core.Reconnected(name)
 	}
-	p.core.Reconnected(name)
-	if !m.connected {
-		m.connected = true
-		p.members[name] = m
-		return
-	}
-	p.tr.Send(mutex.Message{
-		Type:            mutex.MsgHello,
-		From:            p.name,
-		FromIncarnation: p.inc,
-		To:              name,
-		ToIncarnation:   m.inc,
-		Time:            p.core.Lamport(),
-	})
 }
 
 // step feeds one incoming message to the core.

@@ -23,8 +23,6 @@ const (
 type memberInfo struct {
 	inc      uint64
 	lockAddr string
-	// connected: the lock channel to it has connected once.
-	connected bool
 }
 
 // parseTags reads a member's lock address and nonce.
@@ -54,7 +52,6 @@ func (p *Peer) memberUp(m serf.Member) {
 		}
 		// Same life, new address: the re-targeted connection is a
 		// re-connection (what was in flight on the old one is lost).
-		info.connected = old.connected
 	}
 	p.log.Debug("member up", "member", m.Name, "incarnation", formatNonce(info.inc), "lock", info.lockAddr)
 	p.members[m.Name] = info
