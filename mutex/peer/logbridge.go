@@ -11,8 +11,8 @@ import (
 
 // serfLogWriter turns Serf's and memberlist's "[LEVEL] component: text"
 // lines into slog records: DEBUG and INFO at debug level (Serf logs every
-// member event at INFO), WARN at warn, ERR at error. It also notices Serf
-// losing a name-conflict vote.
+// member event at INFO), WARN at warn, ERR at error. It also notices a
+// node name conflict (another live node claims our name).
 type serfLogWriter struct {
 	log      *slog.Logger
 	conflict *atomic.Bool
@@ -47,7 +47,7 @@ func (w *serfLogWriter) line(s string) {
 			break
 		}
 	}
-	if strings.Contains(s, "minority in name conflict resolution") {
+	if strings.Contains(s, "Node name conflicts with another node") {
 		w.conflict.Store(true)
 	}
 	w.log.Log(context.Background(), level, s)

@@ -102,6 +102,11 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		case <-ctx.Done():
 			return fmt.Errorf("peer: join %v: %w", addrs, ctx.Err())
 		}
+		if err == nil && p.conflict.Load() {
+			// Members keep the node they knew under our name and
+			// ignore us; we are the newcomer, so we are the one to go.
+			return fmt.Errorf("peer: join %v: %w %q", addrs, ErrNameConflict, p.name)
+		}
 		if err == nil {
 			p.log.Debug("joined", "addrs", addrs, "attempts", attempt)
 			return p.syncMembers(ctx)

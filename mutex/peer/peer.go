@@ -163,6 +163,10 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	sc.Logger = serfLog
 	sc.MemberlistConfig = mc
 	sc.LeavePropagateDelay = leaveDelay
+	// Serf's own resolution is a vote that, in a cluster of two, shuts
+	// down both nodes (neither gets a majority of zero answers). We keep
+	// the node the cluster knows and refuse the newcomer in join instead.
+	sc.EnableNameConflictResolution = false
 	s, err := serf.Create(sc)
 	if err != nil {
 		tr.Close()
