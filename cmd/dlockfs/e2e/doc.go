@@ -13,6 +13,7 @@
 //
 //	go test -v -count=1 ./cmd/dlockfs/e2e
 //
-// Set DLOCKFS_E2E_LAN=1 to also run the partition test with the lan gossip
+// Set DLOCKFS_E2E_BINARY=/path/to/dlockfs to test a prebuilt binary
+// instead of building one. Set DLOCKFS_E2E_LAN=1 to also run the partition test with the lan gossip
 // profile (about 5 s failure detection; adds tens of seconds).
 package e2e

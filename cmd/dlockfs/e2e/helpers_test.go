@@ -581,6 +581,19 @@ func lockIdle(l lockDoc) bool {
 // waitIdle waits until the lock is idle on every node.
 func waitIdle(t *testing.T, d time.Duration, nodes []*node, lock string) {
 	t.Helper()
+	waitLock(t, d, nodes, lock, "idle everywhere", lockIdle)
+}
+
+// noRequests reports whether no request is left on a lock: nothing waits
+// locally, nothing is queued or awaited (it may be held).
+func noRequests(l lockDoc) bool {
+	return l.Waiting == 0 && len(l.Queued) == 0 && len(l.Awaiting) == 0
+}
+
+// waitLock waits until ok holds for the lock's state on every node; on
+// timeout it fails with every node's state.
+func waitLock(t *testing.T, d time.Duration, nodes []*node, lock, what string, ok func(lockDoc) bool) {
+	t.Helper()
 	var last []string
 	deadline := time.Now().Add(d)
 	for {
@@ -591,7 +604,7 @@ func waitIdle(t *testing.T, d time.Duration, nodes []*node, lock string) {
 				last = append(last, fmt.Sprintf("%s: %v", n.name, err))
 				continue
 			}
-			if l := st.lock(lock); !lockIdle(l) {
+			if l := st.lock(lock); !ok(l) {
 				last = append(last, fmt.Sprintf("%s: %+v", n.name, l))
 			}
 		}
@@ -599,7 +612,7 @@ func waitIdle(t *testing.T, d time.Duration, nodes []*node, lock string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("lock %q not idle everywhere within %v:\n%s", lock, d, strings.Join(last, "\n"))
+			t.Fatalf("lock %q not %s within %v:\n%s", lock, what, d, strings.Join(last, "\n"))
 		}
 		time.Sleep(pollEvery)
 	}

@@ -29,7 +29,9 @@ func TestMain(m *testing.M) {
 		}
 	}
 	var dir string
-	if suite.skip == "" {
+	if b := os.Getenv("DLOCKFS_E2E_BINARY"); b != "" && suite.skip == "" {
+		suite.binary = b
+	} else if suite.skip == "" {
 		var err error
 		dir, err = os.MkdirTemp("", "dlockfs-e2e-")
 		if err != nil {
