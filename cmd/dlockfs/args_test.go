@@ -101,7 +101,6 @@ func TestParseArgs(t *testing.T) {
 		{"-h", []string{"-h"}, config{cmd: "help"}, ""},
 		{"no command", nil, config{}, "usage"},
 		{"unknown command", []string{"frobnicate"}, config{}, "usage"},
-		{"reserved command", []string{"demo"}, config{}, "usage"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

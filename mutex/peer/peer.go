@@ -422,6 +422,10 @@ func (p *Peer) leave(ctx context.Context) error {
 			}
 		case <-ctx.Done():
 			errs = append(errs, fmt.Errorf("peer: leave: serf: %w", ctx.Err()))
+			// Shutting Serf down while its Leave runs makes memberlist
+			// panic ("leave after shutdown"). Leave is bounded by
+			// Serf's own broadcast timeouts: wait for it.
+			<-left
 		}
 	}
 	if err := p.terminate(); err != nil {

@@ -547,3 +547,27 @@ func TestConnectionBreaks(t *testing.T) {
 		contend(t, []*Peer{p0, p1, p2}, []string{"x"}, 2, 5)
 	})
 }
+
+// Leave with a context that has ended still leaves cleanly and the survivor
+// goes on. (The bug this guards, Serf shut down while its Leave runs, which
+// memberlist answers with a panic "leave after shutdown" seconds later, needs
+// a slow Leave that this test does not reliably produce: see peer.leave.)
+func TestLeaveContextExpires(t *testing.T) {
+	c := newCluster(t, testListen)
+	ps := c.startN(2)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	if err := ps[1].Leave(ctx); err == nil {
+		t.Log("leave finished within 1ms")
+	}
+	select {
+	case <-ps[1].Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("peer not done after Leave")
+	}
+	// The survivor sees it leave and goes on alone.
+	gr := lockT(t, ps[0], "x", 10*time.Second)
+	if err := ps[0].Unlock(gr); err != nil {
+		t.Fatal(err)
+	}
+}
