@@ -123,6 +123,7 @@ var (
 	_ = (gofs.FileWriter)((*lockHandle)(nil))
 	_ = (gofs.FileFsyncer)((*lockHandle)(nil))
 	_ = (gofs.FileReleaser)((*lockHandle)(nil))
+	_ = (gofs.FileFlusher)((*lockHandle)(nil))
 
 	_ = (gofs.InodeEmbedder)((*statusNode)(nil))
 	_ = (gofs.NodeOpener)((*statusNode)(nil))
