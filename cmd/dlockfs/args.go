@@ -32,6 +32,8 @@ type config struct {
 	status statusConfig
 	lock   lockConfig
 	check  checkConfig
+	demo   demoOptions
+	bench  benchOptions
 	// topic is the command whose help "dlockfs help TOPIC" asks for.
 	topic string
 }

@@ -107,10 +107,11 @@ type benchOptions struct {
 // parseBench parses bench's flags, or the hidden child-client mode
 // "bench __client MODE ARGS...".
 func parseBench(cfg *config, args []string) error {
-	if _, err := benchFlags(args); err != nil {
+	o, err := benchFlags(args)
+	if err != nil {
 		return err
 	}
-	stashArgs(cfg, args)
+	cfg.bench = o
 	return nil
 }
 
@@ -227,10 +228,7 @@ type benchTarget struct {
 
 // runBench is "dlockfs bench" (and its hidden child-client mode).
 func runBench(ctx context.Context, e *env, cfg config) (err error) {
-	o, err := benchFlags(stashedArgs(cfg))
-	if err != nil {
-		return err
-	}
+	o := cfg.bench
 	if o.client != nil {
 		return runBenchClient(e.stdout, o.client)
 	}

@@ -83,24 +83,13 @@ type demoOptions struct {
 	debug   bool
 }
 
-// The command table hands parse and run one config, which has no field for
-// demo's or bench's flags (args.go belongs to another engineer): parse
-// checks the arguments and keeps them in cfg.lock.argv, a field only the
-// lock command reads otherwise, and run parses them again. Once config has
-// fields of its own for them, only these two functions change.
-
-// stashArgs keeps a command's raw arguments in cfg for its run function.
-func stashArgs(cfg *config, args []string) { cfg.lock.argv = append([]string{}, args...) }
-
-// stashedArgs returns the arguments stashArgs kept.
-func stashedArgs(cfg config) []string { return cfg.lock.argv }
-
 // parseDemo parses "demo [--keep] [--seconds N] [--workers N] [--peers N]".
 func parseDemo(cfg *config, args []string) error {
-	if _, err := demoFlags(args); err != nil {
+	o, err := demoFlags(args)
+	if err != nil {
 		return err
 	}
-	stashArgs(cfg, args)
+	cfg.demo = o
 	return nil
 }
 
@@ -189,10 +178,7 @@ type hold struct {
 
 // runDemo is "dlockfs demo".
 func runDemo(ctx context.Context, e *env, cfg config) error {
-	o, err := demoFlags(stashedArgs(cfg))
-	if err != nil {
-		return err
-	}
+	o := cfg.demo
 	bash, err := exec.LookPath("bash")
 	if err != nil {
 		return codef(exitError, "the demo's workers need bash: %w", err)

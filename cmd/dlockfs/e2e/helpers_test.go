@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // Bounds of the waits. None of them is a timing assertion: each only turns
@@ -90,17 +92,19 @@ func (s *syncBuffer) String() string {
 
 // proc is a child process in its own process group, its stdout collected
 // line by line. It is killed (its group, by PGID) when its time limit
-// passes and in the test's cleanup.
+// passes and in the test's cleanup. The group is never signalled once the
+// leader has been reaped, so a recycled PGID cannot be hit.
 type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	stderr syncBuffer
-	done   chan struct{} // closed once it has exited and stdout is drained
+	done   chan struct{} // closed once it has exited, stdout drained, reaped
 	err    error         // Wait's result, once done is closed
 
-	mu    sync.Mutex
-	lines []string
+	mu     sync.Mutex
+	lines  []string
+	reaped bool // set just before the leader is reaped
 }
 
 // startProc starts argv with a time limit; the test's cleanup kills it if
@@ -120,6 +124,7 @@ func startProc(t *testing.T, name string, limit time.Duration, argv ...string) *
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
+	scanned := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -127,13 +132,23 @@ func startProc(t *testing.T, name string, limit time.Duration, argv ...string) *
 			p.lines = append(p.lines, sc.Text())
 			p.mu.Unlock()
 		}
-		p.err = p.cmd.Wait()
-		close(p.done)
+		close(scanned)
 	}()
 	timer := time.AfterFunc(limit, func() {
 		t.Logf("%s (PID %d) still running after %v: killing it", name, p.cmd.Process.Pid, limit)
 		p.killGroup()
 	})
+	go func() {
+		// The leader stays a zombie (its PGID taken) until reaped below.
+		_ = waitExited(p.cmd.Process.Pid)
+		<-scanned // a child still holding stdout is killed by cleanup
+		p.mu.Lock()
+		p.reaped = true
+		p.mu.Unlock()
+		timer.Stop()
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
 	t.Cleanup(func() {
 		timer.Stop()
 		if !p.exited() {
@@ -148,9 +163,35 @@ func startProc(t *testing.T, name string, limit time.Duration, argv ...string) *
 	return p
 }
 
+// waitExited waits until process pid has exited without reaping it
+// (waitid with WNOWAIT).
+func waitExited(pid int) error {
+	const pPID = 1
+	var info [128]byte // siginfo_t
+	for {
+		_, _, e := syscall.Syscall6(syscall.SYS_WAITID, pPID, uintptr(pid), uintptr(unsafe.Pointer(&info[0])),
+			syscall.WEXITED|syscall.WNOWAIT, 0, 0)
+		switch e {
+		case 0:
+			return nil
+		case syscall.EINTR:
+			continue
+		default:
+			return e
+		}
+	}
+}
+
 // killGroup sends SIGKILL to the process group the proc leads (the shell
-// and the children it started: cat, timeout).
-func (p *proc) killGroup() { _ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL) }
+// and the children it started: cat, timeout), unless the leader has been
+// reaped.
+func (p *proc) killGroup() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.reaped {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
 
 // signal sends sig to the process itself (by PID).
 func (p *proc) signal(t *testing.T, sig syscall.Signal) {
@@ -807,3 +848,15 @@ func stats(us []int64) (p50, maxv int64) {
 	slices.Sort(s)
 	return s[len(s)/2], s[len(s)-1]
 }
+
+// execOutput runs a short command (bounded by 10 s) outside the test's
+// control flow, for cleanups that must not call t.Fatal.
+func execOutput(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// n0 drops a status error (a zero status then).
+func n0(d statusDoc, _ error) statusDoc { return d }
