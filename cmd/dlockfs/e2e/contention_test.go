@@ -9,13 +9,22 @@ import (
 // TestContention runs 3 bash workers per peer, each doing 50 critical
 // sections (open MOUNT/lock, read the token, increment a shared counter
 // file, close), on clusters of 3 and 5 peers: no increment is lost, no two
-// holds overlap and the tokens rise strictly in hold order.
+// holds overlap and the tokens rise strictly in hold order. The last run
+// has every peer keep permissions (--fast-path).
 func TestContention(t *testing.T) {
 	needEnv(t)
 	const perNode, iters = 3, 50
-	for _, size := range []int{3, 5} {
-		t.Run(fmt.Sprintf("%d-peers", size), func(t *testing.T) {
-			nodes := startCluster(t, size, nodeOpts{})
+	for _, tc := range []struct {
+		size     int
+		fastPath bool
+	}{{3, false}, {5, false}, {3, true}} {
+		size := tc.size
+		name := fmt.Sprintf("%d-peers", size)
+		if tc.fastPath {
+			name += "-fast-path"
+		}
+		t.Run(name, func(t *testing.T) {
+			nodes := startCluster(t, size, nodeOpts{fastPath: tc.fastPath})
 			counter := counterFile(t)
 			start := time.Now()
 			ws := startWorkers(t, nodes, perNode, iters, counter)
@@ -35,8 +44,8 @@ func TestContention(t *testing.T) {
 				gaps = append(gaps, hs[i].enter-hs[i-1].leave)
 			}
 			p50, maxGap := stats(gaps)
-			t.Logf("%d peers x %d workers x %d: %d critical sections in %v (%.0f/s); hand-over gap p50 %s, max %s",
-				size, perNode, iters, len(hs), elapsed.Round(time.Millisecond),
+			t.Logf("%s: %d peers x %d workers x %d: %d critical sections in %v (%.0f/s); hand-over gap p50 %s, max %s",
+				name, size, perNode, iters, len(hs), elapsed.Round(time.Millisecond),
 				float64(len(hs))/elapsed.Seconds(), ms(p50), ms(maxGap))
 			waitIdle(t, startTimeout, nodes, "lock")
 		})

@@ -241,15 +241,21 @@ func TestPeerSIGTERM(t *testing.T) {
 
 // TestRestartSameName restarts a peer under the same name, ports and
 // mountpoint while every peer's workers contend: it rejoins and every
-// worker on the other peers and on the restarted one finishes.
+// worker on the other peers and on the restarted one finishes. The last
+// run has every peer keep permissions (--fast-path).
 func TestRestartSameName(t *testing.T) {
 	needEnv(t)
 	for _, tc := range []struct {
-		name string
-		sig  syscall.Signal
-	}{{"SIGKILL", syscall.SIGKILL}, {"SIGTERM", syscall.SIGTERM}} {
+		name     string
+		sig      syscall.Signal
+		fastPath bool
+	}{
+		{"SIGKILL", syscall.SIGKILL, false},
+		{"SIGTERM", syscall.SIGTERM, false},
+		{"SIGKILL-fast-path", syscall.SIGKILL, true},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
-			nodes := startCluster(t, 3, nodeOpts{})
+			nodes := startCluster(t, 3, nodeOpts{fastPath: tc.fastPath})
 			a, b, c := nodes[0], nodes[1], nodes[2]
 			counter := counterFile(t)
 			const perNode, iters = 2, 40

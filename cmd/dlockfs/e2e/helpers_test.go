@@ -338,6 +338,7 @@ type nodeOpts struct {
 	profile  string   // default "fast"
 	keyFile  string
 	netns    string // run under nsenter --net=/run/netns/NETNS
+	fastPath bool   // --fast-path (Roucairol–Carvalho: keep permissions)
 }
 
 // node is a running "dlockfs mount" child.
@@ -361,6 +362,9 @@ func (o nodeOpts) argv() []string {
 	}
 	if o.keyFile != "" {
 		args = append(args, "--key-file", o.keyFile)
+	}
+	if o.fastPath {
+		args = append(args, "--fast-path")
 	}
 	args = append(args, o.dir)
 	if o.netns != "" {

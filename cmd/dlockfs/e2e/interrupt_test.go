@@ -33,10 +33,22 @@ echo "timeouts $timeouts granted $granted other $other"
 // TestInterruptedWaits interrupts 500 waits (timeout 0.05 cat MOUNT/lock)
 // on every peer while one peer holds the lock. Afterwards no phantom
 // request is left anywhere (every .status: nothing queued, awaited or
-// waiting) and every peer acquires the lock at once.
+// waiting) and every peer acquires the lock at once. It runs without and
+// with --fast-path.
 func TestInterruptedWaits(t *testing.T) {
 	needEnv(t)
-	nodes := startCluster(t, 3, nodeOpts{})
+	for _, fastPath := range []bool{false, true} {
+		name := "plain"
+		if fastPath {
+			name = "fast-path"
+		}
+		t.Run(name, func(t *testing.T) { interruptedWaits(t, fastPath) })
+	}
+}
+
+// interruptedWaits is TestInterruptedWaits with or without --fast-path.
+func interruptedWaits(t *testing.T, fastPath bool) {
+	nodes := startCluster(t, 3, nodeOpts{fastPath: fastPath})
 	a := nodes[0]
 	h := shellHold(t, a, "lock")
 	h.waitLine(t, startTimeout, "held ")
