@@ -13,7 +13,13 @@
 //
 //	go test -v -count=1 ./cmd/dlockfs/e2e
 //
-// Set DLOCKFS_E2E_BINARY=/path/to/dlockfs to test a prebuilt binary
-// instead of building one. Set DLOCKFS_E2E_LAN=1 to also run the partition test with the lan gossip
-// profile (about 5 s failure detection; adds tens of seconds).
+// Environment:
+//
+//	DLOCKFS_E2E_BINARY=/path/to/dlockfs  test a prebuilt binary instead of
+//	                                     building one
+//	DLOCKFS_E2E_RACE=1                   build it with the race detector
+//	                                     (a race report fails the test)
+//	DLOCKFS_E2E_NO_LAN=1                 skip the partition test with the
+//	                                     lan profile (about 40 s, run in
+//	                                     parallel with the fast one)
 package e2e

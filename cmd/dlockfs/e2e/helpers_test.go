@@ -462,6 +462,9 @@ func (n *node) stop() {
 		}
 	}
 	n.detach()
+	if strings.Contains(n.p.stderr.String(), "WARNING: DATA RACE") {
+		n.t.Errorf("%s: the race detector reported a data race", n.name)
+	}
 	if n.t.Failed() {
 		n.t.Logf("%s (PID %d) stderr:\n%s", n.name, n.p.cmd.Process.Pid, n.p.stderr.String())
 	}

@@ -106,3 +106,53 @@ func interruptedWaits(t *testing.T, fastPath bool) {
 	}
 	waitIdle(t, startTimeout, nodes, "lock")
 }
+
+// TestInterruptRacesGrants interrupts waits while the lock changes hands
+// all the time (workers on every peer), so that grants race the
+// interrupts: the workers' holds stay exclusive, every interrupted cat
+// either timed out or got the lock, and afterwards no request is left
+// anywhere and every peer acquires at once.
+func TestInterruptRacesGrants(t *testing.T) {
+	needEnv(t)
+	nodes := startCluster(t, 3, nodeOpts{})
+	counter := counterFile(t)
+	ws := startWorkers(t, nodes, 2, 30, counter)
+	const each, par = 100, 10
+	var ps []*proc
+	for _, n := range nodes {
+		ps = append(ps, startProc(t, "interrupter on "+n.name, workerTimeout, "bash", "-c", interruptScript,
+			"interrupter", n.dir, strconv.Itoa(each), strconv.Itoa(par)))
+	}
+	waitWorkers(t, ws)
+	var timeouts, granted int
+	for _, p := range ps {
+		if code := p.wait(t, workerTimeout+stopTimeout); code != 0 {
+			t.Fatalf("%s exited %d: %s", p.name, code, p.stderr.String())
+		}
+		var to, gr, ot int
+		line := strings.Join(p.output(), "")
+		if _, err := fmt.Sscanf(line, "timeouts %d granted %d other %d", &to, &gr, &ot); err != nil {
+			t.Fatalf("%s printed %q", p.name, line)
+		}
+		if ot != 0 || to+gr != each {
+			t.Errorf("%s: %d timed out, %d granted, %d failed otherwise", p.name, to, gr, ot)
+		}
+		timeouts += to
+		granted += gr
+	}
+	hs := holds(t, ws)
+	if got := readCounter(t, counter); got != 180 || len(hs) != 180 {
+		t.Errorf("counter %d, %d holds recorded, want 180", got, len(hs))
+	}
+	checkExclusive(t, hs)
+	t.Logf("%d waits interrupted, %d cats got the lock within 50 ms, while workers did %d sections",
+		timeouts, granted, len(hs))
+	waitIdle(t, startTimeout, nodes, "lock")
+	for _, n := range nodes {
+		code, _, errOut := run(t, 15*time.Second, "timeout", "10", "head", "-n1", n.dir+"/lock")
+		if code != 0 {
+			t.Fatalf("%s: acquiring afterwards: exit %d: %s", n.name, code, errOut)
+		}
+	}
+	waitIdle(t, startTimeout, nodes, "lock")
+}

@@ -39,7 +39,11 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		suite.binary = filepath.Join(dir, "dlockfs")
-		build := exec.Command("go", "build", "-o", suite.binary, "github.com/dlockfs/dlockfs/cmd/dlockfs")
+		args := []string{"build", "-o", suite.binary}
+		if os.Getenv("DLOCKFS_E2E_RACE") != "" {
+			args = append(args, "-race")
+		}
+		build := exec.Command("go", append(args, "github.com/dlockfs/dlockfs/cmd/dlockfs")...)
 		if out, err := build.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
 			os.RemoveAll(dir)
