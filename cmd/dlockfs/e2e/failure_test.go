@@ -90,41 +90,13 @@ func TestHolderKilled(t *testing.T) {
 // survivors acquire once they detect the failure, and the counts add up.
 func TestPeerKilled(t *testing.T) {
 	needEnv(t)
-	t.Run("holding", func(t *testing.T) {
-		nodes := startCluster(t, 3, nodeOpts{})
-		a, survivors := nodes[0], nodes[1:]
-		h := shellHold(t, a, "lock")
-		h.waitLine(t, startTimeout, "held ")
-		counter := counterFile(t)
-		const perNode, iters = 2, 10
-		ws := startWorkers(t, survivors, perNode, iters, counter)
-		for _, n := range survivors {
-			waitWaiting(t, n, "lock", perNode)
-			waitQueued(t, a, "lock", n.name)
+	for _, fastPath := range []bool{false, true} {
+		name := "holding"
+		if fastPath {
+			name += "-fast-path"
 		}
-		kill := nowMicros()
-		a.kill(t)
-		seen := watchMember(survivors[0], a.name, "failed", startTimeout)
-		waitWorkers(t, ws)
-		hs := holds(t, ws)
-		want := len(survivors) * perNode * iters
-		if got := readCounter(t, counter); got != want || len(hs) != want {
-			t.Errorf("counter %d, %d holds recorded, want %d", got, len(hs), want)
-		}
-		checkExclusive(t, hs)
-		if len(hs) > 0 && hs[0].enter < kill {
-			t.Errorf("%s entered at %d, before the holder's daemon was killed at %d", hs[0].worker, hs[0].enter, kill)
-		}
-		detect := seen()
-		if detect == 0 {
-			t.Errorf("%s never listed %s as failed", survivors[0].name, a.name)
-		}
-		if len(hs) > 0 {
-			t.Logf("daemon SIGKILLed while its shell held: first survivor entered after %s; %s listed it failed after %s (fast profile target 2 s)",
-				ms(hs[0].enter-kill), survivors[0].name, ms(detect-kill))
-		}
-		waitIdle(t, startTimeout, survivors, "lock")
-	})
+		t.Run(name, func(t *testing.T) { killHolding(t, fastPath) })
+	}
 
 	t.Run("awaited", func(t *testing.T) {
 		// b holds; a waits (earlier request), c waits (later: a defers
@@ -359,4 +331,42 @@ func TestRestartSameName(t *testing.T) {
 			waitIdle(t, startTimeout, []*node{a, b, c2}, "lock")
 		})
 	}
+}
+
+// killHolding SIGKILLs a's daemon while a's shell holds the lock and the
+// other peers' workers wait.
+func killHolding(t *testing.T, fastPath bool) {
+	nodes := startCluster(t, 3, nodeOpts{fastPath: fastPath})
+	a, survivors := nodes[0], nodes[1:]
+	h := shellHold(t, a, "lock")
+	h.waitLine(t, startTimeout, "held ")
+	counter := counterFile(t)
+	const perNode, iters = 2, 10
+	ws := startWorkers(t, survivors, perNode, iters, counter)
+	for _, n := range survivors {
+		waitWaiting(t, n, "lock", perNode)
+		waitQueued(t, a, "lock", n.name)
+	}
+	kill := nowMicros()
+	a.kill(t)
+	seen := watchMember(survivors[0], a.name, "failed", startTimeout)
+	waitWorkers(t, ws)
+	hs := holds(t, ws)
+	want := len(survivors) * perNode * iters
+	if got := readCounter(t, counter); got != want || len(hs) != want {
+		t.Errorf("counter %d, %d holds recorded, want %d", got, len(hs), want)
+	}
+	checkExclusive(t, hs)
+	if len(hs) > 0 && hs[0].enter < kill {
+		t.Errorf("%s entered at %d, before the holder's daemon was killed at %d", hs[0].worker, hs[0].enter, kill)
+	}
+	detect := seen()
+	if detect == 0 {
+		t.Errorf("%s never listed %s as failed", survivors[0].name, a.name)
+	}
+	if len(hs) > 0 {
+		t.Logf("daemon SIGKILLed while its shell held: first survivor entered after %s; %s listed it failed after %s (fast profile target 2 s)",
+			ms(hs[0].enter-kill), survivors[0].name, ms(detect-kill))
+	}
+	waitIdle(t, startTimeout, survivors, "lock")
 }
