@@ -167,6 +167,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// down both nodes (neither gets a majority of zero answers). We keep
 	// the node the cluster knows and refuse the newcomer in join instead.
 	sc.EnableNameConflictResolution = false
+	sc.ReconnectInterval = reconnectInterval(cfg.Profile)
 	s, err := serf.Create(sc)
 	if err != nil {
 		tr.Close()
