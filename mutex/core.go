@@ -483,8 +483,17 @@ func (c *Core) Ready() Ready {
 	return r
 }
 
-// HasReady reports whether Ready would return anything.
-func (c *Core) HasReady() bool { return !c.out.Empty() }
+// LockNames returns, sorted, the names of the locks the core has state for:
+// used here, or seen in other peers' requests, and not yet forgotten (an
+// idle lock with nothing deferred and no kept permission is forgotten).
+func (c *Core) LockNames() []string {
+	names := make([]string, 0, len(c.locks))
+	for n := range c.locks {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
 
 // Lamport returns the current Lamport time.
 func (c *Core) Lamport() uint64 { return uint64(c.clock.Time()) }
