@@ -184,17 +184,44 @@ func (c *Core) Release(op OpenerID) error {
 // startRequest asks every member whose permission we lack for the opener at
 // the head of the queue.
 func (c *Core) startRequest(l *lockState) {
-	head := l.queue[0]
 	l.phase = Requesting
 	l.reqTime = uint64(c.clock.Increment())
 	clear(l.awaiting)
 	for _, p := range c.names {
 		if !l.perm[p] {
-			l.awaiting[p] = true
-			c.send(Message{Type: MsgRequest, To: p, Lock: l.name, ReqTime: l.reqTime, Try: head.try})
+			c.ask(l, p)
 		}
 	}
 	c.maybeEnter(l)
+}
+
+// ask sends peer p the outstanding request of l and awaits its answer.
+func (c *Core) ask(l *lockState, p string) {
+	l.awaiting[p] = true
+	c.sendRequest(l, p)
+}
+
+// sendRequest sends peer p the outstanding request of l (again).
+func (c *Core) sendRequest(l *lockState, p string) {
+	c.send(Message{Type: MsgRequest, To: p, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+}
+
+// forget drops the state of a lock that has nothing left to do here: idle,
+// no local opener, no request deferred, no permission kept. What it loses is
+// the memory of other peers' latest requests, used to spot stale and
+// duplicate ones; without it such a request is answered as new, and its
+// sender drops the answer as unexpected. So state stays bounded by the locks
+// in use, however many names scripts make up.
+func (c *Core) forget(l *lockState) {
+	if l.phase != Idle || len(l.queue) > 0 || len(l.perm) > 0 {
+		return
+	}
+	for _, in := range l.in {
+		if in.state == inDeferred {
+			return
+		}
+	}
+	delete(c.locks, l.name)
 }
 
 func (c *Core) maybeEnter(l *lockState) {
@@ -239,7 +266,9 @@ func (c *Core) endTurn(l *lockState) {
 	}
 	if len(l.queue) > 0 {
 		c.startRequest(l)
+		return
 	}
+	c.forget(l)
 }
 
 func (c *Core) refuse(op OpenerID, lock string) {
@@ -342,16 +371,22 @@ func (c *Core) onRequest(m Message) error {
 			// ask for it again.
 			l.perm[m.From] = false
 			if l.phase == Requesting && !l.awaiting[m.From] {
-				l.awaiting[m.From] = true
-				c.send(Message{Type: MsgRequest, To: m.From, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+				c.ask(l, m.From)
 			}
 		}
 	}
+	c.forget(l)
 	return nil
 }
 
 func (c *Core) onCancel(m Message) error {
-	l := c.lock(m.Lock)
+	l := c.locks[m.Lock]
+	if l == nil {
+		// Nothing of that lock here, so nothing deferred to withdraw.
+		// (A request overtaken by its cancel is then answered as new,
+		// and its sender drops the answer.)
+		return nil
+	}
 	in := l.in[m.From]
 	if in == nil {
 		in = &inbound{}
@@ -361,6 +396,7 @@ func (c *Core) onCancel(m Message) error {
 		return fmt.Errorf("%w: %v", ErrStale, m)
 	}
 	*in = inbound{ts: m.ReqTime, state: inWithdrawn}
+	c.forget(l)
 	return nil
 }
 
@@ -393,7 +429,7 @@ func (c *Core) onAnswer(m Message) error {
 func (c *Core) resend(p string) {
 	for _, l := range c.sortedLocks() {
 		if l.phase == Requesting && l.awaiting[p] {
-			c.send(Message{Type: MsgRequest, To: p, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+			c.sendRequest(l, p)
 		}
 	}
 }
@@ -417,8 +453,7 @@ func (c *Core) AddMember(name string, inc uint64) {
 	c.send(Message{Type: MsgHello, To: name})
 	for _, l := range c.sortedLocks() {
 		if l.phase == Requesting {
-			l.awaiting[name] = true
-			c.send(Message{Type: MsgRequest, To: name, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+			c.ask(l, name)
 		}
 	}
 }
@@ -438,6 +473,7 @@ func (c *Core) RemoveMember(name string) {
 		delete(l.perm, name)
 		delete(l.in, name)
 		c.maybeEnter(l)
+		c.forget(l)
 	}
 }
 

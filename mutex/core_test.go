@@ -384,23 +384,63 @@ func TestRuleValidation(t *testing.T) {
 			}
 		})
 	}
+	// While a holds x, b's request is deferred: a copy of it changes
+	// nothing, and an older one is stale.
+	cl.acquire("a", 1, "x")
+	cl.settle()
 	if err := a.Step(good); err != nil {
 		t.Fatal(err)
 	}
-	a.Ready()
 	if err := a.Step(good); !errors.Is(err, ErrDuplicate) {
 		t.Fatalf("duplicate: %v", err)
-	}
-	if rd := a.Ready(); len(rd.Messages) != 1 || rd.Messages[0].Type != MsgReply {
-		t.Fatalf("a duplicate request must be answered again, got %+v", rd)
 	}
 	old := good
 	old.ReqTime, old.Time = 4, 4
 	if err := a.Step(old); !errors.Is(err, ErrStale) {
 		t.Fatalf("older request: %v", err)
 	}
+	if rd := a.Ready(); !rd.Empty() {
+		t.Fatalf("duplicate or stale request produced %+v", rd)
+	}
 	if st := a.Status(); st.Counters.Dropped != uint64(len(cases))+2 {
 		t.Fatalf("dropped = %d, want %d", st.Counters.Dropped, len(cases)+2)
+	}
+	// Once answered, a copy is answered again (the first answer may have
+	// been lost with a connection). The idle lock was forgotten, so the
+	// copy is simply answered as new.
+	cl.release("a", 1)
+	cl.take(MsgReply, "a", "b")
+	cl.collect("a")
+	if err := a.Step(good); err != nil {
+		t.Fatalf("copy after the reply: %v", err)
+	}
+	if rd := a.Ready(); len(rd.Messages) != 1 || rd.Messages[0].Type != MsgReply {
+		t.Fatalf("a duplicate request must be answered again, got %+v", rd)
+	}
+}
+
+// An idle lock with nothing deferred and no kept permission leaves no state
+// behind: the core stays bounded by the locks in use.
+func TestRuleIdleLocksForgotten(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		cl := newCluster(t, keep, "a", "b")
+		for i, name := range []string{"x", "y", "z"} {
+			op := OpenerID(i + 1)
+			cl.acquire("b", op, name)
+			cl.settle()
+			cl.release("b", op)
+			cl.settle()
+		}
+		if got := cl.cores["a"].LockNames(); len(got) != 0 {
+			t.Errorf("keep=%v: a keeps %v", keep, got)
+		}
+		want := 0
+		if keep {
+			want = 3 // b keeps a's permission for each
+		}
+		if got := cl.cores["b"].LockNames(); len(got) != want {
+			t.Errorf("keep=%v: b keeps %v, want %d locks", keep, got, want)
+		}
 	}
 }
 

@@ -26,6 +26,7 @@ type simConfig struct {
 	tries     bool // try-locks
 	faults    bool // crash, leave, join, restart
 	breaks    bool // connections break: messages lost, then resent
+	suspects  bool // live peers wrongly declared failed, then back
 	keepPerms bool // Roucairol–Carvalho
 	bug       bool // inject the half-given-up permission bug
 }
@@ -37,6 +38,7 @@ const (
 	evAdd
 	evRemove
 	evReconnect
+	evUnsuspect // add back a member removed by a false suspicion
 )
 
 type simEvent struct {
@@ -55,6 +57,7 @@ type simOpener struct {
 	lock    string
 	try     bool
 	granted bool
+	tainted bool // granted while a suspicion was in force, or overlapping one that was
 }
 
 type simPeer struct {
@@ -73,13 +76,18 @@ type sim struct {
 	pending []simEvent
 	nextOp  OpenerID
 	nextInc uint64
-	holder  map[string]*simOpener // lock -> cluster-wide holder
-	last    map[string]uint64     // lock -> last token granted
-	exempt  map[string]bool       // lock -> a crash since the last grant
-	trace   []traceEntry          // ring buffer, formatted only on failure
-	traceAt int
-	stats   simStats
-	failed  string
+	holder  map[string][]*simOpener // lock -> cluster-wide holders (more than one only under suspicion)
+	// suspicions counts false suspicions in force: a live peer removed
+	// at another peer, to be added back with the same incarnation. While
+	// one is in force, two holders are allowed (a wrong failure detector
+	// is documented as unsafe); liveness must hold regardless.
+	suspicions int
+	last       map[string]uint64 // lock -> last token granted
+	exempt     map[string]bool   // lock -> a crash since the last grant
+	trace      []traceEntry      // ring buffer, formatted only on failure
+	traceAt    int
+	stats      simStats
+	failed     string
 }
 
 type traceEntry struct {
@@ -89,7 +97,7 @@ type traceEntry struct {
 }
 
 type simStats struct {
-	steps, grants, refusals, msgs, delivered, dropped, crashes, joins, leaves, breaks, exempted int
+	steps, grants, refusals, msgs, delivered, dropped, crashes, joins, leaves, breaks, suspicions, exempted int
 }
 
 func lockName(i int) string { return "l" + strconv.Itoa(i) }
@@ -99,7 +107,7 @@ func newSim(t testing.TB, seed int64, cfg simConfig) *sim {
 	s := &sim{
 		t: t, seed: seed, cfg: cfg, rng: rand.New(rand.NewSource(seed)),
 		live:   map[string]*simPeer{},
-		holder: map[string]*simOpener{}, last: map[string]uint64{}, exempt: map[string]bool{},
+		holder: map[string][]*simOpener{}, last: map[string]uint64{}, exempt: map[string]bool{},
 	}
 	for i := 0; i < cfg.peers; i++ {
 		s.boot(peerName(i))
@@ -167,17 +175,22 @@ func (s *sim) drain(p *simPeer) {
 			continue
 		}
 		s.logf("grant %s op%d %s token %d", p.name, g.Opener, g.Lock, g.Token)
-		if h := s.holder[g.Lock]; h != nil {
-			s.fail("mutual exclusion violated on %s: %s op%d holds, %s op%d granted", g.Lock, h.peer, h.id, p.name, g.Opener)
+		hs := s.holder[g.Lock]
+		o.tainted = s.suspicions > 0
+		for _, h := range hs {
+			o.tainted = o.tainted || h.tainted
 		}
-		if s.exempt[g.Lock] {
+		if len(hs) > 0 && !o.tainted {
+			s.fail("mutual exclusion violated on %s: %s op%d holds, %s op%d granted", g.Lock, hs[0].peer, hs[0].id, p.name, g.Opener)
+		}
+		if s.exempt[g.Lock] || o.tainted {
 			s.stats.exempted++
 		} else if g.Token <= s.last[g.Lock] {
 			s.fail("token did not rise on %s: %d after %d", g.Lock, g.Token, s.last[g.Lock])
 		}
-		s.last[g.Lock], s.exempt[g.Lock] = g.Token, false
+		s.last[g.Lock], s.exempt[g.Lock] = g.Token, o.tainted
 		o.granted = true
-		s.holder[g.Lock] = o
+		s.holder[g.Lock] = append(hs, o)
 		s.stats.grants++
 	}
 	for _, r := range rd.Refusals {
@@ -185,6 +198,11 @@ func (s *sim) drain(p *simPeer) {
 		s.stats.refusals++
 		p.removeOpener(r.Opener)
 	}
+}
+
+// unhold ends o's hold in the cluster-wide view.
+func (s *sim) unhold(o *simOpener) {
+	s.holder[o.lock] = slices.DeleteFunc(s.holder[o.lock], func(h *simOpener) bool { return h == o })
 }
 
 func (p *simPeer) opener(id OpenerID) *simOpener {
@@ -228,7 +246,7 @@ func (s *sim) acquire(p *simPeer, try bool) {
 
 func (s *sim) release(p *simPeer, o *simOpener) {
 	s.logf("release %s op%d %s", p.name, o.id, o.lock)
-	delete(s.holder, o.lock)
+	s.unhold(o)
 	p.removeOpener(o.id)
 	if err := p.core.Release(o.id); err != nil {
 		s.fail("release: %v", err)
@@ -239,7 +257,7 @@ func (s *sim) release(p *simPeer, o *simOpener) {
 func (s *sim) cancel(p *simPeer, o *simOpener) {
 	s.logf("cancel %s op%d %s granted=%v", p.name, o.id, o.lock, o.granted)
 	if o.granted {
-		delete(s.holder, o.lock)
+		s.unhold(o)
 	}
 	p.removeOpener(o.id)
 	p.core.Cancel(o.id)
@@ -252,6 +270,9 @@ func (s *sim) deliver() {
 	ev := s.pending[i]
 	s.pending = slices.Delete(s.pending, i, i+1)
 	p := s.live[ev.at]
+	if ev.kind == evUnsuspect {
+		s.suspicions--
+	}
 	if p == nil || (ev.kind != evMsg && p.inc != ev.atInc) {
 		s.stats.dropped++
 		return
@@ -276,6 +297,12 @@ func (s *sim) deliver() {
 	case evReconnect:
 		s.logf("reconnected at %s: %s", p.name, ev.name)
 		p.core.Reconnected(ev.name)
+	case evUnsuspect:
+		if q := s.live[ev.name]; q == nil || q.inc != ev.inc {
+			return // it did die meanwhile, or restarted: other events tell
+		}
+		s.logf("unsuspect at %s: %s/%d", p.name, ev.name, ev.inc)
+		p.core.AddMember(ev.name, ev.inc)
 	}
 	s.drain(p)
 }
@@ -308,7 +335,7 @@ func (s *sim) gone(p *simPeer, crash bool) {
 	delete(s.live, p.name)
 	for _, o := range p.openers {
 		if o.granted {
-			delete(s.holder, o.lock)
+			s.unhold(o)
 		}
 	}
 	if crash {
@@ -347,7 +374,7 @@ func (s *sim) fault() {
 		p.core.Shutdown()
 		for _, o := range p.openers {
 			if o.granted {
-				delete(s.holder, o.lock)
+				s.unhold(o)
 			}
 		}
 		p.openers = nil
@@ -376,6 +403,21 @@ func (s *sim) fault() {
 		}
 		s.drain(p)
 	}
+}
+
+// suspect makes peer a wrongly believe that live peer b failed, as a
+// starved or cut-off peer would be by Serf, and queues the correction.
+func (s *sim) suspect() {
+	a, b := s.pickPeer(), s.pickPeer()
+	if a == nil || a == b || a.core.members[b.name] != b.inc {
+		return
+	}
+	s.stats.suspicions++
+	s.suspicions++
+	s.logf("suspect at %s: %s/%d", a.name, b.name, b.inc)
+	a.core.RemoveMember(b.name)
+	s.drain(a)
+	s.pending = append(s.pending, simEvent{kind: evUnsuspect, at: a.name, atInc: a.inc, name: b.name, inc: b.inc})
 }
 
 // breakConn breaks the one-way channel from a to b: every message in flight
@@ -432,6 +474,10 @@ func (s *sim) randomStep() {
 	case r < 930:
 		if s.cfg.breaks {
 			s.breakConn()
+		}
+	case r < 936:
+		if s.cfg.suspects {
+			s.suspect()
 		}
 	}
 }
@@ -567,6 +613,7 @@ func (a *simStats) add(b simStats) {
 	a.joins += b.joins
 	a.leaves += b.leaves
 	a.breaks += b.breaks
+	a.suspicions += b.suspicions
 	a.exempted += b.exempted
 }
 
@@ -577,6 +624,7 @@ var simModes = []struct {
 	{"plain", simConfig{steps: 1500}},
 	{"cancel-try", simConfig{steps: 1500, cancels: true, tries: true}},
 	{"faults", simConfig{steps: 1500, cancels: true, tries: true, faults: true, breaks: true}},
+	{"suspicion", simConfig{steps: 1500, cancels: true, tries: true, faults: true, breaks: true, suspects: true}},
 }
 
 func TestSimulation(t *testing.T) {
