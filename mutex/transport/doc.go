@@ -15,7 +15,11 @@
 // connection is redialled with a bounded, jittered backoff, and every
 // completed (re)connection is announced on [Transport.Connected]: the
 // caller (the peer's driver) then tells the core, which re-sends what it
-// still owes, so messages lost with the old connection are recovered.
+// still owes, so messages lost with the old connection are recovered. A peer
+// that cannot be reached while messages wait for it is logged as a warning
+// from the second failed attempt in a row (and every 30th after), naming
+// the peer and its address: its locks stall until it is reachable or
+// removed. [Transport.PeerStates] tells which peers are connected.
 //
 // # Wire format
 //
@@ -29,7 +33,8 @@
 // as unsigned varints. A typical request is 20-40 bytes. The first client
 // frame is a hello (its name and incarnation and the name it wants to
 // reach), the first server frame a welcome (the server's name and
-// incarnation). Every later message's From and FromIncarnation must match
+// incarnation, which the client checks against the peer it was told to
+// reach: a peer restarted at the same address is not the one we queued for). Every later message's From and FromIncarnation must match
 // the hello and its To must name the server, or the connection is dropped.
 // This hand-written encoding is about half the size of gob's and a small
 // fraction of its and JSON's cost, allocates nothing to encode and, with the

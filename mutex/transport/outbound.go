@@ -37,11 +37,16 @@ type peer struct {
 
 	enqueued atomic.Uint64 // messages given to Send for this peer
 	settled  atomic.Uint64 // of those: written, lost or dropped
+	streak   atomic.Int64  // consecutive failed connection attempts
+
+	// warnedAt is the streak at the last "unreachable" warning (0: none,
+	// or the streak ended). Owned by runPeer.
+	warnedAt int64
 
 	mu   sync.Mutex
 	inc  uint64
 	addr string
-	conn net.Conn // the established connection, if any (for tests)
+	conn net.Conn // the established connection, if any
 }
 
 func newPeer(parent context.Context, name string, inc uint64, addr string, queueLen int) *peer {
@@ -62,6 +67,7 @@ func (p *peer) retarget(inc uint64, addr string) bool {
 	p.inc, p.addr = inc, addr
 	p.mu.Unlock()
 	if changed {
+		p.streak.Store(0) // a new target: a new streak of attempts
 		select {
 		case p.kick <- struct{}{}:
 		default:
@@ -101,7 +107,7 @@ func (t *Transport) backoff(n int) time.Duration {
 // failure wait a bounded backoff and start again.
 func (t *Transport) runPeer(p *peer) {
 	defer t.wg.Done()
-	failures := 0 // consecutive failed attempts, for the backoff and the log
+	failures := 0 // consecutive failed attempts, for the backoff
 	for {
 		if failures > 0 {
 			timer := time.NewTimer(t.backoff(failures))
@@ -117,7 +123,7 @@ func (t *Transport) runPeer(p *peer) {
 		if p.ctx.Err() != nil {
 			return
 		}
-		established, err := t.connectAndServe(p, failures)
+		established, err := t.connectAndServe(p)
 		switch {
 		case p.ctx.Err() != nil:
 			return
@@ -132,21 +138,16 @@ func (t *Transport) runPeer(p *peer) {
 }
 
 // connectAndServe runs one connection to p and returns when its handshake
-// completed (zero if it did not). Failures are logged at a higher level
-// on the first of a streak (and every 30th), at Debug otherwise.
-func (t *Transport) connectAndServe(p *peer, failures int) (time.Time, error) {
+// completed (zero if it did not). A failed attempt is logged by
+// attemptFailed.
+func (t *Transport) connectAndServe(p *peer) (time.Time, error) {
 	inc, addr := p.target()
-	loud := failures%30 == 0
 	t.st.dials.Add(1)
 	d := net.Dialer{Timeout: t.cfg.DialTimeout}
 	conn, err := d.DialContext(p.ctx, "tcp", addr)
 	if err != nil {
 		t.st.dialFailures.Add(1)
-		level := slog.LevelDebug
-		if loud {
-			level = slog.LevelInfo
-		}
-		t.log.Log(p.ctx, level, "transport: dial failed", "peer", p.name, "addr", addr, "err", err)
+		t.attemptFailed(p, false, inc, addr, err)
 		return time.Time{}, err
 	}
 	defer conn.Close()
@@ -155,18 +156,14 @@ func (t *Transport) connectAndServe(p *peer, failures int) (time.Time, error) {
 
 	br := bufio.NewReaderSize(conn, 512)
 	bw := bufio.NewWriterSize(conn, 32<<10)
-	send, err := t.clientHandshake(conn, br, bw, p.name)
+	send, err := t.clientHandshake(conn, br, bw, p.name, inc)
 	if err != nil && !errors.Is(err, errHandshake) {
 		err = fmt.Errorf("%w: %w", errHandshake, err)
 	}
 	if err != nil {
 		if p.ctx.Err() == nil {
 			t.st.handshakeFailures.Add(1)
-			level := slog.LevelDebug
-			if loud {
-				level = slog.LevelWarn
-			}
-			t.log.Log(p.ctx, level, "transport: handshake with peer failed", "peer", p.name, "incarnation", inc, "remote", addr, "err", err)
+			t.attemptFailed(p, true, inc, addr, err)
 		}
 		return time.Time{}, err
 	}
@@ -176,7 +173,12 @@ func (t *Transport) connectAndServe(p *peer, failures int) (time.Time, error) {
 	defer t.st.outboundConns.Add(-1)
 	p.setConn(conn)
 	defer p.setConn(nil)
-	t.log.Debug("transport: connected", "peer", p.name, "remote", addr)
+	if n := p.streak.Swap(0); p.warnedAt > 0 {
+		t.log.Info("transport: peer's lock channel reachable again", "peer", p.name, "addr", addr, "failed_attempts", n)
+	} else {
+		t.log.Debug("transport: connected", "peer", p.name, "remote", addr)
+	}
+	p.warnedAt = 0
 
 	// The server sends nothing after its welcome: a read returning means
 	// the connection is gone (or the peer misbehaves).
@@ -201,6 +203,44 @@ func (t *Transport) connectAndServe(p *peer, failures int) (time.Time, error) {
 		t.log.Info("transport: connection to peer lost", "peer", p.name, "remote", addr, "err", err)
 	}
 	return established, err
+}
+
+// warnEvery is how many consecutive failed attempts to reach a peer pass
+// between two "unreachable" warnings.
+const warnEvery = 30
+
+// attemptFailed counts and logs a failed attempt to connect to p. A peer
+// that is unreachable while messages wait for it stalls every lock it is
+// asked about (Serf may well say it is alive): from the second failed
+// attempt in a row with messages queued this is a warning, repeated every
+// warnEvery attempts. Otherwise the first failure of a streak is logged at
+// Info (a handshake failure, usually a configuration error, at Warn, and
+// again every warnEvery attempts), the rest at Debug.
+func (t *Transport) attemptFailed(p *peer, handshake bool, inc uint64, addr string, err error) {
+	n := p.streak.Add(1)
+	queued := len(p.q)
+	args := []any{"peer", p.name, "incarnation", inc, "addr", addr, "failed_attempts", n, "err", err}
+	if n <= p.warnedAt {
+		p.warnedAt = 0 // a retarget began a new streak
+	}
+	if queued > 0 && n >= 2 && (p.warnedAt == 0 || n-p.warnedAt >= warnEvery) {
+		p.warnedAt = n
+		t.log.Warn("transport: peer's lock channel unreachable; messages for it wait",
+			append(args, "queued", queued)...)
+		return
+	}
+	level := slog.LevelDebug
+	switch {
+	case handshake && (n == 1 || n%warnEvery == 0):
+		level = slog.LevelWarn
+	case n == 1:
+		level = slog.LevelInfo
+	}
+	what := "transport: dial failed"
+	if handshake {
+		what = "transport: handshake with peer failed"
+	}
+	t.log.Log(p.ctx, level, what, args...)
 }
 
 // writeLoop drains p's queue into the connection, flushing whenever the
@@ -272,10 +312,10 @@ func writeMessage(bw *bufio.Writer, scratch []byte, send *frameCipher, m mutex.M
 	return bw.Write(frame)
 }
 
-// clientHandshake opens a connection to the peer named want: exchange
-// preambles, send our hello, check the peer's welcome. It returns the
-// cipher for the frames we send.
-func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, want string) (*frameCipher, error) {
+// clientHandshake opens a connection to the peer named want, incarnation
+// wantInc: exchange preambles, send our hello, check the peer's welcome. It
+// returns the cipher for the frames we send.
+func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, want string, wantInc uint64) (*frameCipher, error) {
 	if err := conn.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout)); err != nil {
 		return nil, fmt.Errorf("transport: set deadline: %w", err)
 	}
@@ -330,6 +370,12 @@ func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.W
 	}
 	if w.Name != want {
 		return nil, fmt.Errorf("%w: dialled peer %q but %q answered", errHandshake, want, w.Name)
+	}
+	if w.Incarnation != wantInc {
+		// Another life of the peer (restarted at the same address): our
+		// messages are for the one we were told about.
+		return nil, fmt.Errorf("%w: dialled %q incarnation %d but incarnation %d answered",
+			errHandshake, want, wantInc, w.Incarnation)
 	}
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		return nil, fmt.Errorf("transport: clear deadline: %w", err)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -307,6 +309,39 @@ func (t *Transport) Stats() Stats {
 	}
 	t.mu.RUnlock()
 	return s
+}
+
+// PeerState is the outgoing side towards one added peer.
+type PeerState struct {
+	Name        string `json:"name"`
+	Incarnation uint64 `json:"incarnation,string"`
+	Addr        string `json:"addr"`
+	// Connected reports an established outgoing connection: messages
+	// sent now go out at once.
+	Connected bool `json:"connected"`
+	// Queued counts the messages waiting to be written.
+	Queued int `json:"queued"`
+	// FailedAttempts counts the consecutive failed attempts to connect
+	// (dial or handshake) since the last established connection.
+	FailedAttempts int64 `json:"failed_attempts"`
+}
+
+// PeerStates returns the state of the outgoing side towards every added
+// peer, sorted by name.
+func (t *Transport) PeerStates() []PeerState {
+	t.mu.RLock()
+	ps := make([]PeerState, 0, len(t.peers))
+	for _, p := range t.peers {
+		p.mu.Lock()
+		ps = append(ps, PeerState{
+			Name: p.name, Incarnation: p.inc, Addr: p.addr, Connected: p.conn != nil,
+			Queued: len(p.q), FailedAttempts: p.streak.Load(),
+		})
+		p.mu.Unlock()
+	}
+	t.mu.RUnlock()
+	slices.SortFunc(ps, func(a, b PeerState) int { return strings.Compare(a.Name, b.Name) })
+	return ps
 }
 
 // Close stops listening, closes every connection, ends every goroutine of

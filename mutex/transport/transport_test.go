@@ -783,3 +783,75 @@ func TestQueueOverflowReconnects(t *testing.T) {
 	}
 	expectConnected(t, a, "b")
 }
+
+// A peer whose lock port cannot be reached while messages wait for it is
+// a warning naming the peer and its address (Serf may call it alive, and
+// every lock it is asked about stalls); one with nothing queued is not.
+// PeerStates tells which peers are connected.
+func TestUnreachablePeerWarns(t *testing.T) {
+	deadAddr := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
+	zAddr, yAddr := deadAddr(), deadAddr()
+	var logs syncBuffer
+	a := newT(t, "a", nil, func(c *Config) { c.Logger = testLogger(t, &logs) })
+	a.AddPeer("y", 5, yAddr) // unreachable, nothing to send
+	a.AddPeer("z", 7, zAddr) // unreachable, a message waits
+	a.Send(mutex.Message{Type: mutex.MsgRequest, From: "a", FromIncarnation: a.cfg.Incarnation, To: "z", ToIncarnation: 7, Lock: "l", Time: 1})
+	want := fmt.Sprintf("peer=z incarnation=7 addr=%s", zAddr)
+	waitFor(t, "a warning about z", func() bool {
+		for l := range strings.Lines(logs.String()) {
+			if strings.Contains(l, "level=WARN") && strings.Contains(l, "unreachable") && strings.Contains(l, want) {
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, "failed attempts to y", func() bool {
+		for _, ps := range a.PeerStates() {
+			if ps.Name == "y" {
+				return ps.FailedAttempts >= 3
+			}
+		}
+		return false
+	})
+	if strings.Contains(logs.String(), "peer=y") {
+		t.Errorf("warned about a peer with nothing queued:\n%s", logs.String())
+	}
+	b := newT(t, "b", nil)
+	a.AddPeer("b", b.cfg.Incarnation, b.Addr())
+	expectConnected(t, a, "b")
+	got := a.PeerStates()
+	if len(got) != 3 || got[0].Name != "b" || got[1].Name != "y" || got[2].Name != "z" {
+		t.Fatalf("PeerStates: %+v", got)
+	}
+	if b := got[0]; !b.Connected || b.FailedAttempts != 0 || b.Queued != 0 {
+		t.Errorf("b: %+v", b)
+	}
+	if z := got[2]; z.Connected || z.Queued != 1 || z.FailedAttempts < 2 || z.Incarnation != 7 || z.Addr != zAddr {
+		t.Errorf("z: %+v", z)
+	}
+}
+
+// The welcome must come from the incarnation we were told to reach: a
+// peer restarted at the same address is another peer.
+func TestWelcomeIncarnation(t *testing.T) {
+	a := newT(t, "a", key1)
+	b := newT(t, "b", key1)
+	a.AddPeer("b", b.cfg.Incarnation+1, b.Addr())
+	waitFor(t, "the handshake to fail", func() bool { return a.Stats().HandshakeFailures >= 1 })
+	if st := a.Stats(); st.Connects != 0 {
+		t.Fatalf("connected to another incarnation: %+v", st)
+	}
+	a.AddPeer("b", b.cfg.Incarnation, b.Addr())
+	expectConnected(t, a, "b")
+	a.Send(msg(a, b, "x", 1))
+	if in := recv(t, b); in.Msg.Lock != "x" {
+		t.Fatalf("got %v", in.Msg)
+	}
+}
