@@ -126,9 +126,10 @@ Exit codes: 0 clean shutdown, 2 usage, 10 mountpoint problem, 11 join failed,
 const helpStatus = `Usage: dlockfs status [--json] MOUNTPOINT
 
 Show what the peer behind MOUNTPOINT knows: itself, the members (name, Serf
-address, lock-channel address, alive/failed/left), every lock it has seen
-(state idle/requesting/holding, holder, fencing token, local waiters, peers
-whose requests it defers) and message counters. Reads MOUNTPOINT/.status.
+address, lock-channel address, alive/failed/left), every lock it has state
+for (state idle/requesting/holding, holder, fencing token, local waiters,
+peers whose requests it defers; a lock with nothing left to do is forgotten)
+and message counters. Reads MOUNTPOINT/.status.
 
 "holder" is this node's name when it holds the lock, else empty: in
 Ricart-Agrawala no node knows who else holds a lock, only that it was not

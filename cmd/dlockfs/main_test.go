@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -544,12 +545,19 @@ func TestStatusAndCheck(t *testing.T) {
 	// CMD's status is lock's status.
 	wantCode(t, dlockfs(t, "lock", a.dir, "sh", "-c", "exit 7"), 7, "lock passes CMD's status")
 
+	// Idle locks are forgotten: status shows the ones in use, here jobs
+	// while the lock CMD holds it.
 	r = dlockfs(t, "status", a.dir)
 	wantCode(t, r, exitOK, "status")
-	for _, want := range []string{"node solo", "MEMBER", "solo (self)", "alive", "LOCK", "jobs", "idle", "counters:", "grants 3"} {
+	for _, want := range []string{"node solo", "MEMBER", "solo (self)", "alive", "no locks in use", "counters:", "grants 3"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status lacks %q:\n%s", want, r.stdout)
 		}
+	}
+	r = dlockfs(t, "lock", a.dir+"/jobs", "--", binary, "status", a.dir)
+	wantCode(t, r, exitOK, "status while jobs is held")
+	if !regexp.MustCompile(`(?m)^LOCK\s+STATE\s+HOLDER.*\n^jobs\s+holding\s+solo\s`).MatchString(r.stdout) {
+		t.Errorf("status while jobs is held lacks its row:\n%s", r.stdout)
 	}
 	r = dlockfs(t, "status", "--json", a.dir)
 	wantCode(t, r, exitOK, "status --json")

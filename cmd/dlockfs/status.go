@@ -90,7 +90,7 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 
 	fmt.Fprintln(w)
 	if len(d.Locks) == 0 {
-		fmt.Fprintln(w, "no locks seen yet")
+		fmt.Fprintln(w, "no locks in use")
 	} else {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "LOCK\tSTATE\tHOLDER\tTOKEN\tWAITING\tQUEUED\tAWAITING\tPERMISSIONS")
