@@ -355,35 +355,6 @@ func TestManyWaitersKilled(t *testing.T) {
 	waitFor(t, "lock free", free(fk, LockFile))
 }
 
-// TestMountErrors: bad options and mount points are refused clearly.
-func TestMountErrors(t *testing.T) {
-	if _, err := Mount(t.TempDir(), Options{}); err == nil || !strings.Contains(err.Error(), "Locker") {
-		t.Errorf("nil Locker: %v", err)
-	}
-	if _, err := Mount("/nonexistent/dir", Options{Locker: newFake()}); err == nil {
-		t.Error("missing dir accepted")
-	}
-	fk := newFake()
-	mnt, _ := testMount(t, fk)
-	if _, err := Mount(mnt, Options{Locker: fk}); err == nil || !strings.Contains(err.Error(), "already a mount point (fuse.dlockfs)") {
-		t.Errorf("second mount on a live mount: %v", err)
-	}
-
-	dead := t.TempDir()
-	p := startHelper(t, "mount", dead, "0")
-	p.expect("mounted")
-	p.signal(syscall.SIGKILL)
-	p.wait()
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dead, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount dead mount: %v", err)
-		}
-	})
-	if _, err := Mount(dead, Options{Locker: newFake()}); err == nil || !strings.Contains(err.Error(), "dead FUSE mount") {
-		t.Errorf("mount on a dead mount: %v", err)
-	}
-}
-
 // TestDebugLogs: Debug sends go-fuse's request log to the slog logger.
 func TestDebugLogs(t *testing.T) {
 	dir := t.TempDir()
@@ -403,15 +374,6 @@ func TestDebugLogs(t *testing.T) {
 		s := buf.String()
 		return strings.Contains(s, "OPEN") && strings.Contains(s, "RELEASE") && strings.Contains(s, "lock released")
 	})
-}
-
-// TestMountpointUnescape: mountinfo escapes are decoded.
-func TestMountpointUnescape(t *testing.T) {
-	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/t\01`: `/t\01`} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
-		}
-	}
 }
 
 // TestAllowOther: without AllowOther only the mounting user gets in; with

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 )
@@ -158,26 +157,6 @@ func TestParseKey(t *testing.T) {
 		if err != nil || len(k) != tt.wantLen {
 			t.Errorf("parseKey(%q) = %d bytes, %v; want %d bytes", tt.in, len(k), err, tt.wantLen)
 		}
-	}
-}
-
-func TestReadMountinfo(t *testing.T) {
-	in := `22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
-61 22 0:52 / /tmp/with\040space rw,nosuid,nodev,relatime shared:33 - fuse.dlockfs dlockfs rw,user_id=0,group_id=0
-62 22 0:53 / /mnt/x rw master:2 shared:3 - tmpfs none rw
-broken line
-`
-	got, err := readMountinfo(strings.NewReader(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []mountEntry{
-		{"/", "ext4", "/dev/sda1"},
-		{"/tmp/with space", "fuse.dlockfs", "dlockfs"},
-		{"/mnt/x", "tmpfs", "none"},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/dlockfs/dlockfs/fs"
 )
 
 // Bench defaults and bounds.
@@ -232,8 +234,8 @@ func runBench(ctx context.Context, e *env, cfg config) (err error) {
 	if o.client != nil {
 		return runBenchClient(e.stdout, o.client)
 	}
-	if err := checkFuse(false); err != nil {
-		return err
+	if err := fs.CheckFUSE(false); err != nil {
+		return mountError(err)
 	}
 	ctx, stop, sigs := withSignals(ctx)
 	defer stop()

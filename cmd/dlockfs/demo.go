@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/dlockfs/dlockfs/fs"
 )
 
 // Demo defaults and bounds.
@@ -191,8 +193,8 @@ func runDemo(ctx context.Context, e *env, cfg config) error {
 		return err
 	}
 
-	if err := checkFuse(false); err != nil {
-		return err
+	if err := fs.CheckFUSE(false); err != nil {
+		return mountError(err)
 	}
 	fmt.Fprintf(e.stdout, "Starting %d peers on 127.0.0.1 (fast gossip, encrypted) and mounting them...\n", o.peers)
 	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, key: key, prefix: "dlockfs-demo-", log: log,

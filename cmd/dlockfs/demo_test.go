@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/fs"
 )
 
 // demoDirRE finds the demo's temporary directory in its output.
@@ -33,7 +35,7 @@ func demoDir(t *testing.T, out string) string {
 // args in its command line (a demo worker or a bench client left behind).
 func wantCleanedUp(t *testing.T, dir string, envs, args []string) {
 	t.Helper()
-	ms, err := mountsUnder(dir)
+	ms, err := fs.MountsUnder(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +251,7 @@ func TestDemoNonRootSaysWhatIsMissing(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a child as nobody")
 	}
-	if _, err := lookPathFallback("fusermount3"); err == nil {
+	if fusermount3Installed() {
 		t.Skip("fusermount3 is installed here")
 	}
 	dir, err := os.MkdirTemp("", "dlockfs-demo-nobody-")

@@ -85,8 +85,8 @@ func startLocalCluster(ctx context.Context, opt clusterOptions) (_ *localCluster
 	if opt.peers < 1 || opt.peers > maxLocalPeers {
 		return nil, fmt.Errorf("want 1 to %d peers, got %d", maxLocalPeers, opt.peers)
 	}
-	if err := checkFuse(false); err != nil {
-		return nil, err
+	if err := fs.CheckFUSE(false); err != nil {
+		return nil, mountError(err)
 	}
 	dir, err := os.MkdirTemp("", opt.prefix)
 	if err != nil {
@@ -139,7 +139,7 @@ func startLocalCluster(ctx context.Context, opt clusterOptions) (_ *localCluster
 		}
 		srv, err := fs.Mount(mnt, fs.Options{Locker: p, Logger: opt.log.With("component", "fs", "node", c.names[i])})
 		if err != nil {
-			return nil, codef(exitFUSE, "%w", err)
+			return nil, mountError(err)
 		}
 		c.mounts = append(c.mounts, mnt)
 		c.servers = append(c.servers, srv)
@@ -227,7 +227,7 @@ func (c *localCluster) exitOnSignal(done <-chan struct{}) {
 	select {
 	case s := <-c.signals:
 		for _, m := range c.mounts {
-			_ = lazyUnmount(m)
+			_ = fs.Detach(m)
 		}
 		if c.stderr != nil {
 			fmt.Fprintf(c.stderr, "dlockfs: %v again: mounts detached, exiting now (%s may be left behind)\n", s, c.dir)
@@ -299,7 +299,7 @@ func unmountBounded(srv *fuse.Server, dir string) error {
 	if err == nil {
 		return nil
 	}
-	if lerr := lazyUnmount(dir); lerr != nil {
+	if lerr := fs.Detach(dir); lerr != nil {
 		return fmt.Errorf("unmount %s: %w; detaching: %w (run 'umount -l %s')", dir, err, lerr, dir)
 	}
 	return nil
@@ -311,7 +311,7 @@ func (c *localCluster) removeDir() error {
 	if c.dir == "" {
 		return nil
 	}
-	under, err := mountsUnder(c.dir)
+	under, err := fs.MountsUnder(c.dir)
 	if err != nil {
 		return err
 	}
@@ -322,27 +322,6 @@ func (c *localCluster) removeDir() error {
 		return fmt.Errorf("removing %s: %w", c.dir, err)
 	}
 	return nil
-}
-
-// mountsUnder lists the mount points in /proc/self/mountinfo at or below
-// dir.
-func mountsUnder(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, fmt.Errorf("reading the mount table: %w", err)
-	}
-	defer f.Close()
-	ms, err := readMountinfo(f)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, m := range ms {
-		if m.mountpoint == dir || strings.HasPrefix(m.mountpoint, dir+"/") {
-			out = append(out, m.mountpoint)
-		}
-	}
-	return out, nil
 }
 
 // child is a process this command started in a process group of its own,

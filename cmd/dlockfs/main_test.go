@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/fs"
 )
 
 // binary is the dlockfs binary built once by TestMain for the black-box tests.
@@ -133,11 +135,22 @@ func freeAddr(t *testing.T) string {
 // isMountpoint reports whether dir is a mount point now.
 func isMountpoint(t *testing.T, dir string) bool {
 	t.Helper()
-	ms, err := mountsAt(dir)
+	ms, err := fs.MountsUnder(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return len(ms) > 0
+}
+
+// fusermount3Installed reports whether the setuid helper is where go-fuse
+// looks for it (PATH, then /bin).
+func fusermount3Installed() bool {
+	for _, p := range []string{"fusermount3", "/bin/fusermount3"} {
+		if _, err := exec.LookPath(p); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // status parses "dlockfs status --json DIR" (zero if status fails).
@@ -291,7 +304,7 @@ func (n *node) stop(t *testing.T) {
 			<-n.exited
 		}
 	}
-	if ms, _ := mountsAt(n.dir); len(ms) > 0 {
+	if ms, _ := fs.MountsUnder(n.dir); len(ms) > 0 {
 		_ = syscall.Unmount(n.dir, syscall.MNT_DETACH)
 	}
 	if t.Failed() {
@@ -486,7 +499,7 @@ func TestMountNonRootSaysWhatIsMissing(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run a child as nobody")
 	}
-	if _, err := lookPathFallback("fusermount3"); err == nil {
+	if fusermount3Installed() {
 		t.Skip("fusermount3 is installed here")
 	}
 	dir, err := os.MkdirTemp("", "dlockfs-nobody-")
@@ -579,7 +592,7 @@ func TestStatusAndCheck(t *testing.T) {
 	// The same directory again: refused, the first mount unharmed.
 	r = dlockfs(t, "mount", "--bind", freeAddr(t), a.dir)
 	wantCode(t, r, exitMountpoint, "second mount on a live mount")
-	if !strings.Contains(r.stderr, "already a dlockfs mount") {
+	if !strings.Contains(r.stderr, "already a mount point (fuse.dlockfs") || !strings.Contains(r.stderr, "dlockfs status "+a.dir) {
 		t.Fatalf("stderr: %s", r.stderr)
 	}
 	wantCode(t, dlockfs(t, "check", a.dir), exitOK, "check after the refused mount")

@@ -79,12 +79,14 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		}
 		key = k
 	}
-	dir, err := checkMountpoint(m.mountpoint)
+	// The mountpoint is checked before joining, so that a typo fails at
+	// once; fs.Mount checks it again after the join.
+	dir, err := fs.CheckMountpoint(m.mountpoint)
 	if err != nil {
-		return err
+		return mountError(err)
 	}
-	if err := checkFuse(m.allowOther); err != nil {
-		return err
+	if err := fs.CheckFUSE(m.allowOther); err != nil {
+		return mountError(err)
 	}
 	pc := peerConfig(m, key, log)
 	if err := pc.Validate(); err != nil {
@@ -144,7 +146,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		Logger: log.With("component", "fs")})
 	if err != nil {
 		leave()
-		return codef(exitFUSE, "%w", err)
+		return mountError(err)
 	}
 	served := make(chan struct{})
 	go func() {
@@ -194,7 +196,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 					continue
 				}
 				log.Warn("second signal: detaching the mount and exiting now", "signal", s)
-				_ = lazyUnmount(dir)
+				_ = fs.Detach(dir)
 				os.Exit(exitError)
 			case <-served:
 				return
@@ -204,7 +206,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	leave()
 	if err := server.Unmount(); err != nil {
 		log.Debug("unmount busy; detaching instead (open lock files keep it until closed)", "err", err)
-		if err := lazyUnmount(dir); err != nil {
+		if err := fs.Detach(dir); err != nil {
 			log.Warn("unmount failed: run 'umount -l "+dir+"'", "err", err)
 		}
 	}
@@ -222,15 +224,18 @@ func warnHeld(log *slog.Logger, st peer.Status) {
 	}
 }
 
-// lazyUnmount detaches the mount even while files are open (umount -l).
-func lazyUnmount(dir string) error {
-	if os.Geteuid() == 0 {
-		return syscall.Unmount(dir, syscall.MNT_DETACH)
+// mountError gives an error of fs.CheckMountpoint, fs.CheckFUSE or
+// fs.Mount its exit code: exitMountpoint for the mountpoint, exitFUSE when
+// FUSE is unavailable or the mount failed otherwise.
+func mountError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrMountpoint):
+		return withCode(exitMountpoint, err)
+	case errors.Is(err, fs.ErrNoFUSE):
+		return withCode(exitFUSE, err)
+	default:
+		return withCode(exitFUSE, err)
 	}
-	for _, bin := range []string{"fusermount3", "fusermount"} {
-		if err := runQuiet(bin, "-u", "-z", dir); err == nil {
-			return nil
-		}
-	}
-	return fmt.Errorf("fusermount3 -u -z %s failed", dir)
 }
