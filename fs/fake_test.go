@@ -24,6 +24,7 @@ type fakeLocker struct {
 	grants   int
 	unlocks  int
 	badUnlck int
+	statuses int // StatusJSON calls
 	// raceGrant makes a cancelled Lock wait for its grant and return it
 	// anyway: the grant races the interrupt.
 	raceGrant   bool
@@ -156,6 +157,7 @@ type fakeLockStatus struct {
 func (f *fakeLocker) StatusJSON() ([]byte, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.statuses++
 	st := struct {
 		Node  string           `json:"node"`
 		Locks []fakeLockStatus `json:"locks"`
@@ -183,6 +185,13 @@ func (f *fakeLocker) counts() (grants, unlocks, bad, cancels int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.grants, f.unlocks, f.badUnlck, f.cancelsSeen
+}
+
+// statusCalls returns how many times StatusJSON was called.
+func (f *fakeLocker) statusCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.statuses
 }
 
 func (f *fakeLocker) setRaceGrant(on bool) {

@@ -214,13 +214,19 @@ func TestGrantRacesInterrupt(t *testing.T) {
 	})
 }
 
-// TestStatus: .status is the Locker's JSON, fresh on every open.
+// TestStatus: .status is the Locker's JSON, rendered once per read from
+// offset 0: fresh for every cat, and for a re-read after lseek 0 on the
+// same descriptor.
 func TestStatus(t *testing.T) {
 	fk := newFake()
 	mnt, _ := testMount(t, fk)
 	want, _ := fk.StatusJSON()
+	before := fk.statusCalls()
 	if got := mustRun(t, mnt, `cat "$M/.status"`); got != string(want)+"\n" {
 		t.Errorf(".status = %q, want %q", got, want)
+	}
+	if n := fk.statusCalls() - before; n != 1 {
+		t.Errorf("one cat of .status rendered it %d times, want 1", n)
 	}
 	h := holder(t, mnt, LockFile)
 	want, _ = fk.StatusJSON()
@@ -231,10 +237,20 @@ func TestStatus(t *testing.T) {
 	// the release: reads are fresh, not the state at open.
 	p := start(t, mnt, `exec 9<"$M/.status" || exit 9; echo ready; read -r _; cat <&9`)
 	p.expect("ready")
+	// The same descriptor read while held, then again from offset 0
+	// after the release.
+	r := startHelper(t, "reread", mnt+"/"+StatusFile, "0")
+	if got := r.next(); !strings.Contains(got, `"holding":true`) {
+		t.Errorf("first read while held: %q", got)
+	}
 	h.send("")
 	h.expect("released")
 	waitFor(t, "lock free", free(fk, LockFile))
 	want, _ = fk.StatusJSON()
+	r.send("")
+	if out, err := r.wait(); err != nil || out != string(want) {
+		t.Errorf("re-read after lseek 0 and the release: %q (%v), want %q; stderr %s", out, err, want, r.stderr)
+	}
 	p.send("")
 	out, err := p.wait()
 	if err != nil || out != string(want) {
@@ -311,20 +327,28 @@ func TestManyWaiters(t *testing.T) {
 	const n = 1000
 	fk := newFake()
 	mnt, _ := testMount(t, fk)
-	scripts := []string{`stat "$M/lock"`, `ls -l "$M"`, `cat "$M/.status"`}
-	for _, script := range scripts {
-		t0 := time.Now()
-		mustRun(t, mnt, script+" >/dev/null")
-		t.Logf("idle: %s took %v (process spawn included)", script, time.Since(t0))
+	// Each check is bounded by timeout(1), so that a hang fails clearly
+	// instead of hanging the test.
+	const bound = 10
+	check := func(when string) {
+		t.Helper()
+		for _, script := range []string{`stat "$M/lock"`, `ls -l "$M"`, `cat "$M/.status"`} {
+			t0 := time.Now()
+			_, errOut, code := run(t, mnt, fmt.Sprintf("timeout %d %s >/dev/null", bound, script))
+			switch {
+			case code == 124:
+				t.Fatalf("%s: %s did not answer within %d s", when, script, bound)
+			case code != 0 || errOut != "":
+				t.Fatalf("%s: %s: exit %d, stderr %q", when, script, code, errOut)
+			}
+			t.Logf("%s: %s took %v (process spawn included)", when, script, time.Since(t0))
+		}
 	}
+	check("idle")
 	h := holder(t, mnt, LockFile)
 	w := startHelper(t, "waiters", mnt+"/lock", strconv.Itoa(n))
 	waitFor(t, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
-	for _, script := range scripts {
-		t0 := time.Now()
-		mustRun(t, mnt, script+" >/dev/null")
-		t.Logf("with %d blocked openers: %s took %v (process spawn included)", n, script, time.Since(t0))
-	}
+	check(fmt.Sprintf("with %d blocked openers", n))
 	t0 := time.Now()
 	h.send("")
 	if out, err := w.wait(); err != nil || out != fmt.Sprintf("opened %d", n) {

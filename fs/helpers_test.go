@@ -41,6 +41,8 @@ func TestMain(m *testing.M) {
 //	readdirloop DIR N open+getdents+close N times; print p50 p99 mean ns
 //	waiters  PATH N   N concurrent blocking opens, each closed at once
 //	mount    DIR  -   mount DIR over a fake locker, print "mounted", wait
+//	reread   PATH -   read PATH whole, print it; after a line on stdin,
+//	                  lseek to 0 on the same descriptor, read and print again
 func helperMain(mode string, args []string) int {
 	path := args[0]
 	n, _ := strconv.Atoi(args[1])
@@ -86,6 +88,32 @@ func helperMain(mode string, args []string) int {
 		fmt.Println("opened", n-bad)
 		if bad > 0 {
 			return 1
+		}
+		return 0
+	case "reread":
+		f, err := os.Open(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer f.Close()
+		in := bufio.NewReader(os.Stdin)
+		for i := range 2 {
+			if i > 0 {
+				if _, err := in.ReadString('\n'); err != nil {
+					return 1
+				}
+				if _, err := f.Seek(0, io.SeekStart); err != nil {
+					fmt.Fprintln(os.Stderr, "seek:", err)
+					return 1
+				}
+			}
+			b, err := io.ReadAll(f)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "read:", err)
+				return 1
+			}
+			os.Stdout.Write(b)
 		}
 		return 0
 	case "mount":
@@ -360,6 +388,9 @@ func run(t testing.TB, mnt, script string) (string, string, int) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-c", script)
 	cmd.Env = append(os.Environ(), "M="+mnt, "LC_ALL=C")
+	// A grandchild stuck in the file system keeps the pipes open after
+	// bash is killed: stop waiting for them.
+	cmd.WaitDelay = time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

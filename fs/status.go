@@ -10,26 +10,22 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// statusNode is .status: the Locker's status as JSON, fresh on every open
-// and every read from offset 0.
+// statusNode is .status: the Locker's status as JSON, rendered afresh by
+// every read from offset 0.
 type statusNode struct {
 	gofs.Inode
 	fs *lockFS
 }
 
-// Open checks that the status can be rendered. Opening for writing is
-// refused.
+// Open refuses writing. It renders nothing: the status is rendered by the
+// read at offset 0 (see statusHandle.Read), so every `cat`, and every
+// re-read after lseek(fd, 0, SEEK_SET), sees the status of that moment,
+// and a plain open+read+close renders it exactly once.
 func (n *statusNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, errno(errReadOnly)
 	}
-	h := &statusHandle{fs: n.fs}
-	content, err := n.fs.status()
-	if err != nil {
-		return nil, 0, errno(err)
-	}
-	h.content = content
-	return h, fuse.FOPEN_DIRECT_IO, 0
+	return &statusHandle{fs: n.fs}, fuse.FOPEN_DIRECT_IO, 0
 }
 
 // Getattr reports a read-only file of size 0 (reads are direct).
@@ -51,15 +47,16 @@ func (n *statusNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.Se
 type statusHandle struct {
 	fs      *lockFS
 	mu      sync.Mutex
-	content []byte // the snapshot being read
+	content []byte // the snapshot being read; nil before the first read
 }
 
-// Read serves the status: a read at offset 0 takes a fresh snapshot, later
-// offsets continue the one being read.
+// Read serves the status: a read at offset 0 (or a first read at any
+// offset) renders a fresh snapshot, and later offsets continue the one
+// being read, so a status larger than one read is never torn.
 func (h *statusHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if off == 0 {
+	if off == 0 || h.content == nil {
 		content, err := h.fs.status()
 		if err != nil {
 			return nil, errno(err)
