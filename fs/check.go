@@ -188,17 +188,19 @@ func Detach(dir string) error {
 // MountsUnder lists the mount points at or below dir (an absolute,
 // symlink-free path) in this process's mount namespace, in mount order.
 func MountsUnder(dir string) ([]string, error) {
-	all, err := readMountTable()
-	if err != nil {
-		return nil, err
-	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	ms, err := mounts(func(p string) bool { return p == dir || strings.HasPrefix(p, prefix) })
 	var out []string
-	for _, m := range all {
-		if m.mountpoint == dir || strings.HasPrefix(m.mountpoint, strings.TrimSuffix(dir, "/")+"/") {
-			out = append(out, m.mountpoint)
-		}
+	for _, m := range ms {
+		out = append(out, m.mountpoint)
 	}
-	return out, nil
+	return out, err
+}
+
+// mountsAt returns the mounts whose mount point is dir (an absolute,
+// symlink-free path), bottom of the stack first.
+func mountsAt(dir string) ([]mountEntry, error) {
+	return mounts(func(p string) bool { return p == dir })
 }
 
 // mountEntry is one line of /proc/self/mountinfo.
@@ -208,30 +210,25 @@ type mountEntry struct {
 	source     string
 }
 
-// mountsAt returns the mounts whose mount point is dir (an absolute,
-// symlink-free path), bottom of the stack first.
-func mountsAt(dir string) ([]mountEntry, error) {
-	all, err := readMountTable()
-	if err != nil {
-		return nil, err
-	}
-	var out []mountEntry
-	for _, m := range all {
-		if m.mountpoint == dir {
-			out = append(out, m)
-		}
-	}
-	return out, nil
-}
-
-// readMountTable reads this process's /proc/self/mountinfo.
-func readMountTable() ([]mountEntry, error) {
+// mounts returns the entries of this process's /proc/self/mountinfo whose
+// mount point keep accepts, in mount order.
+func mounts(keep func(mountpoint string) bool) ([]mountEntry, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("reading the mount table: %w", err)
 	}
 	defer f.Close()
-	return readMountinfo(f)
+	all, err := readMountinfo(f)
+	if err != nil {
+		return nil, err
+	}
+	var out []mountEntry
+	for _, m := range all {
+		if keep(m.mountpoint) {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 // readMountinfo parses the format of /proc/self/mountinfo (see proc(5)),

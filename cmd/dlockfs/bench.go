@@ -228,6 +228,23 @@ type benchTarget struct {
 	Met  bool    `json:"met"`
 }
 
+// startProfile creates path and starts a profile (CPU profile, execution
+// trace) written to it; end stops the profile and closes the file.
+func startProfile(path string, start func(io.Writer) error, stop func()) (end func() error, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() error {
+		stop()
+		return f.Close()
+	}, nil
+}
+
 // runBench is "dlockfs bench" (and its hidden child-client mode).
 func runBench(ctx context.Context, e *env, cfg config) (err error) {
 	o := cfg.bench
@@ -243,35 +260,24 @@ func runBench(ctx context.Context, e *env, cfg config) (err error) {
 	if !o.json {
 		progress = e.stdout
 	}
-	if o.cpuprofile != "" {
-		f, err := os.Create(o.cpuprofile)
-		if err != nil {
-			return fmt.Errorf("--cpuprofile: %w", err)
+	for _, prof := range []struct {
+		flag, path string
+		start      func(io.Writer) error
+		stop       func()
+	}{
+		{"--cpuprofile", o.cpuprofile, pprof.StartCPUProfile, pprof.StopCPUProfile},
+		{"--trace", o.trace, trace.Start, trace.Stop},
+	} {
+		if prof.path == "" {
+			continue
 		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			f.Close()
-			return fmt.Errorf("--cpuprofile: %w", err)
-		}
-		defer func() {
-			pprof.StopCPUProfile()
-			if cerr := f.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("--cpuprofile: %w", cerr)
-			}
-		}()
-	}
-	if o.trace != "" {
-		f, err := os.Create(o.trace)
-		if err != nil {
-			return fmt.Errorf("--trace: %w", err)
-		}
-		if err := trace.Start(f); err != nil {
-			f.Close()
-			return fmt.Errorf("--trace: %w", err)
+		end, perr := startProfile(prof.path, prof.start, prof.stop)
+		if perr != nil {
+			return fmt.Errorf("%s: %w", prof.flag, perr)
 		}
 		defer func() {
-			trace.Stop()
-			if cerr := f.Close(); cerr != nil && err == nil {
-				err = fmt.Errorf("--trace: %w", cerr)
+			if cerr := end(); cerr != nil && err == nil {
+				err = fmt.Errorf("%s: %w", prof.flag, cerr)
 			}
 		}()
 	}

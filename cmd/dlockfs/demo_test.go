@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,40 +124,14 @@ func TestDemoUsage(t *testing.T) {
 	}
 }
 
-// demoChild is a demo running in the background, its output read line by
-// line.
-type demoChild struct {
-	cmd   *exec.Cmd
-	lines chan string
-	out   *syncBuffer
-	done  chan struct{}
-	err   error
-}
+// demoChild is a demo running in the background; out has its stdout and
+// stderr.
+type demoChild struct{ *bgChild }
 
 // startDemo starts the demo with args; cleanup kills it if still running.
 func startDemo(t *testing.T, args ...string) *demoChild {
 	t.Helper()
-	d := &demoChild{cmd: exec.Command(binary, append([]string{"demo"}, args...)...),
-		lines: make(chan string, 1000), out: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd.Stderr = d.out
-	pipe, err := d.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(io.TeeReader(pipe, d.out))
-		for sc.Scan() {
-			select {
-			case d.lines <- sc.Text():
-			default:
-			}
-		}
-		d.err = d.cmd.Wait()
-		close(d.done)
-	}()
+	d := &demoChild{startBackground(t, exec.Command(binary, append([]string{"demo"}, args...)...), 1000, true)}
 	t.Cleanup(func() {
 		select {
 		case <-d.done:
@@ -248,32 +220,9 @@ func TestDemoKeep(t *testing.T) {
 }
 
 func TestDemoNonRootSaysWhatIsMissing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a child as nobody")
-	}
-	if fusermount3Installed() {
-		t.Skip("fusermount3 is installed here")
-	}
-	dir, err := os.MkdirTemp("", "dlockfs-demo-nobody-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "dlockfs")
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	_, bin := nobodyBinary(t)
 	for _, args := range [][]string{{"demo"}, {"bench", "--seconds", "1"}} {
-		cmd := exec.Command(bin, args...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-		r := runCmd(t, cmd)
+		r := runAsNobody(t, bin, args...)
 		wantCode(t, r, exitFUSE, strings.Join(args, " ")+" as nobody without fusermount3")
 		if !strings.Contains(r.stderr, "fusermount3 is not installed") || !strings.Contains(r.stderr, "root") {
 			t.Errorf("%s: stderr does not say what is missing: %s", args[0], r.stderr)

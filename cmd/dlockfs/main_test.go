@@ -142,15 +142,46 @@ func isMountpoint(t *testing.T, dir string) bool {
 	return len(ms) > 0
 }
 
-// fusermount3Installed reports whether the setuid helper is where go-fuse
-// looks for it (PATH, then /bin).
-func fusermount3Installed() bool {
+// nobodyBinary is the setup of the tests of a non-root mount without
+// fusermount3 (skipped unless run as root, and where fusermount3 is
+// installed): a fresh directory that the user nobody can enter, holding a
+// copy of the binary.
+func nobodyBinary(t *testing.T) (dir, bin string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as nobody")
+	}
+	// Where go-fuse looks for the helper: PATH, then /bin.
 	for _, p := range []string{"fusermount3", "/bin/fusermount3"} {
 		if _, err := exec.LookPath(p); err == nil {
-			return true
+			t.Skip("fusermount3 is installed here")
 		}
 	}
-	return false
+	dir, err := os.MkdirTemp("", "dlockfs-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(dir, "dlockfs")
+	data, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, bin
+}
+
+// runAsNobody runs bin with args as uid and gid 65534.
+func runAsNobody(t *testing.T, bin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	return runCmd(t, cmd)
 }
 
 // status parses "dlockfs status --json DIR" (zero if status fails).
@@ -181,32 +212,55 @@ func aliveMembers(t *testing.T, dir string) int {
 	return n
 }
 
-// node is a running "dlockfs mount" child.
+// bgChild is a child process running in the background. Its stdout lines
+// arrive on lines (dropped when nobody reads them); out collects its stderr
+// (and, if asked, its stdout too); done is closed, and err set to Wait's
+// result, once it has exited.
+type bgChild struct {
+	cmd   *exec.Cmd
+	lines chan string
+	out   *lockedBuffer
+	done  chan struct{}
+	err   error
+}
+
+// startBackground starts cmd in the background, with room for buffered
+// unread lines; teeStdout also copies its stdout to out. The caller
+// registers how to end it at cleanup.
+func startBackground(t *testing.T, cmd *exec.Cmd, buffered int, teeStdout bool) *bgChild {
+	t.Helper()
+	c := &bgChild{cmd: cmd, lines: make(chan string, buffered), out: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = c.out
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("%v: %v", cmd.Args, err)
+	}
+	var stdout io.Reader = pipe
+	if teeStdout {
+		stdout = io.TeeReader(pipe, c.out)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case c.lines <- sc.Text():
+			default:
+			}
+		}
+		c.err = cmd.Wait()
+		close(c.done)
+	}()
+	return c
+}
+
+// node is a running "dlockfs mount" child; out is its stderr.
 type node struct {
 	name, dir, bind string
-	cmd             *exec.Cmd
-	line            string        // the mounted line
-	stderr          *syncBuffer   // its stderr so far
-	exited          chan struct{} // closed when it has exited
-	err             error         // Wait's result, once exited is closed
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	line            string // the mounted line
+	*bgChild
 }
 
 // exitCode is the node's exit code once it has exited (-1 if by signal).
@@ -236,37 +290,16 @@ func startNode(t *testing.T, name string, extra ...string) *node {
 // startNodeAt is startNode on a given directory.
 func startNodeAt(t *testing.T, name, dir string, extra ...string) *node {
 	t.Helper()
-	n := &node{name: name, dir: dir, bind: freeAddr(t), stderr: &syncBuffer{}, exited: make(chan struct{})}
-	lock := freeAddr(t)
-	args := append([]string{"mount", "--name", name, "--bind", n.bind, "--lock-bind", lock, "--gossip", "fast", dir}, extra...)
-	n.cmd = exec.Command(binary, args...)
-	n.cmd.Stderr = n.stderr
-	stdout, err := n.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			default:
-			}
-		}
-		n.err = n.cmd.Wait()
-		close(n.exited)
-	}()
+	bind, lock := freeAddr(t), freeAddr(t)
+	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast", dir}, extra...)
+	n := &node{name: name, dir: dir, bind: bind, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
 	t.Cleanup(func() { n.stop(t) })
 	select {
-	case n.line = <-lines:
-	case <-n.exited:
-		t.Fatalf("dlockfs mount %s exited (%v) before mounting\nstderr: %s", name, n.err, n.stderr.String())
+	case n.line = <-n.lines:
+	case <-n.done:
+		t.Fatalf("dlockfs mount %s exited (%v) before mounting\nstderr: %s", name, n.err, n.out.String())
 	case <-time.After(startTimeout):
-		t.Fatalf("dlockfs mount %s printed nothing in %v\nstderr: %s", name, startTimeout, n.stderr.String())
+		t.Fatalf("dlockfs mount %s printed nothing in %v\nstderr: %s", name, startTimeout, n.out.String())
 	}
 	return n
 }
@@ -283,9 +316,9 @@ func (n *node) signal(t *testing.T, sig syscall.Signal) {
 func (n *node) wait(t *testing.T) {
 	t.Helper()
 	select {
-	case <-n.exited:
+	case <-n.done:
 	case <-time.After(stopTimeout):
-		t.Fatalf("%s did not exit within %v\nstderr: %s", n.name, stopTimeout, n.stderr.String())
+		t.Fatalf("%s did not exit within %v\nstderr: %s", n.name, stopTimeout, n.out.String())
 	}
 }
 
@@ -293,72 +326,51 @@ func (n *node) wait(t *testing.T) {
 // still a mount point. Never fails: it runs in Cleanup.
 func (n *node) stop(t *testing.T) {
 	select {
-	case <-n.exited:
+	case <-n.done:
 	default:
 		_ = n.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-n.exited:
+		case <-n.done:
 		case <-time.After(stopTimeout):
 			t.Logf("%s ignored SIGTERM for %v: killing PID %d", n.name, stopTimeout, n.cmd.Process.Pid)
 			_ = n.cmd.Process.Kill()
-			<-n.exited
+			<-n.done
 		}
 	}
 	if ms, _ := fs.MountsUnder(n.dir); len(ms) > 0 {
 		_ = syscall.Unmount(n.dir, syscall.MNT_DETACH)
 	}
 	if t.Failed() {
-		t.Logf("%s stderr:\n%s", n.name, n.stderr.String())
+		t.Logf("%s stderr:\n%s", n.name, n.out.String())
 	}
 }
 
 // holder is a running "dlockfs lock PATH -- sh -c '...; read x'" that
 // holds the lock until release closes its stdin.
 type holder struct {
-	cmd   *exec.Cmd
 	stdin io.WriteCloser
-	done  chan error
+	*bgChild
 }
 
 // holdLock starts a holder on path and waits until it holds the lock.
 func holdLock(t *testing.T, path string) *holder {
 	t.Helper()
-	h := &holder{cmd: exec.Command(binary, "lock", path, "--", "sh", "-c", `echo "held $DLOCKFS_TOKEN"; read x; exit 0`),
-		done: make(chan error, 1)}
-	var err error
-	if h.stdin, err = h.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := h.cmd.StdoutPipe()
+	cmd := exec.Command(binary, "lock", path, "--", "sh", "-c", `echo "held $DLOCKFS_TOKEN"; read x; exit 0`)
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
-	h.cmd.Stderr = &stderr
-	if err := h.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	held := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case held <- sc.Text():
-			default:
-			}
-		}
-		h.done <- h.cmd.Wait()
-	}()
+	h := &holder{stdin: stdin, bgChild: startBackground(t, cmd, 1, false)}
 	t.Cleanup(func() {
 		_ = h.cmd.Process.Kill()
 	})
 	select {
-	case line := <-held:
+	case line := <-h.lines:
 		if !strings.HasPrefix(line, "held ") {
 			t.Fatalf("holder printed %q", line)
 		}
-	case err := <-h.done:
-		t.Fatalf("holder exited (%v) before holding\nstderr: %s", err, stderr.String())
+	case <-h.done:
+		t.Fatalf("holder exited (%v) before holding\nstderr: %s", h.err, h.out.String())
 	case <-time.After(startTimeout):
 		t.Fatalf("holder did not get %s in %v", path, startTimeout)
 	}
@@ -370,9 +382,9 @@ func (h *holder) release(t *testing.T) {
 	t.Helper()
 	h.stdin.Close()
 	select {
-	case err := <-h.done:
-		if err != nil {
-			t.Fatalf("holder: %v", err)
+	case <-h.done:
+		if h.err != nil {
+			t.Fatalf("holder: %v; stderr: %s", h.err, h.out.String())
 		}
 	case <-time.After(stopTimeout):
 		t.Fatal("holder did not exit after its stdin closed")
@@ -496,35 +508,12 @@ func TestKeyFile(t *testing.T) {
 }
 
 func TestMountNonRootSaysWhatIsMissing(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a child as nobody")
-	}
-	if fusermount3Installed() {
-		t.Skip("fusermount3 is installed here")
-	}
-	dir, err := os.MkdirTemp("", "dlockfs-nobody-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "dlockfs")
-	data, err := os.ReadFile(binary)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin := nobodyBinary(t)
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "mount", "--bind", freeAddr(t), mnt)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	r := runCmd(t, cmd)
+	r := runAsNobody(t, bin, "mount", "--bind", freeAddr(t), mnt)
 	wantCode(t, r, exitFUSE, "non-root mount without fusermount3")
 	if !strings.Contains(r.stderr, "fusermount3 is not installed") {
 		t.Fatalf("stderr does not say what is missing: %s", r.stderr)
@@ -732,7 +721,7 @@ func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 	_ = b.cmd.Process.Signal(syscall.SIGTERM)
 	b.wait(t)
 	if code := b.exitCode(); code != exitOK {
-		t.Fatalf("b exited %d after SIGTERM, want 0\nstderr: %s", code, b.stderr.String())
+		t.Fatalf("b exited %d after SIGTERM, want 0\nstderr: %s", code, b.out.String())
 	}
 	if isMountpoint(t, b.dir) {
 		t.Fatal("b's directory is still a mount point after SIGTERM")
@@ -750,7 +739,7 @@ func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 	a.signal(t, syscall.SIGINT)
 	a.wait(t)
 	if code := a.exitCode(); code != exitOK {
-		t.Fatalf("a exited %d after SIGINT, want 0\nstderr: %s", code, a.stderr.String())
+		t.Fatalf("a exited %d after SIGINT, want 0\nstderr: %s", code, a.out.String())
 	}
 	if isMountpoint(t, a.dir) {
 		t.Fatal("a's directory is still a mount point after SIGINT")
