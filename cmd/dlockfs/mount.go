@@ -127,7 +127,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	case err != nil && joinTimedOut:
 		return codef(exitJoin, "no member answered at %s within --join-timeout %v: %w",
 			strings.Join(m.join, ", "), m.joinTimeout, err)
-	case err != nil && strings.Contains(err.Error(), "key mismatch"):
+	case errors.Is(err, peer.ErrKeyMismatch):
 		return codef(exitJoin, "%w (every member needs the same --key-file)", err)
 	case err != nil:
 		return codef(exitJoin, "starting the peer: %w", err)

@@ -76,8 +76,8 @@ const DefaultPort = 7946
 // Config configures a [Peer]. Start from [DefaultConfig].
 type Config struct {
 	// Name is this node's name, unique in the cluster (default: the
-	// hostname). A second live node with the same name is voted out by
-	// Serf: the newcomer stops and reports [ErrNameConflict].
+	// hostname). A newcomer whose name a live member already has is
+	// refused: its [Start] fails with [ErrNameConflict].
 	Name string
 	// BindAddr is the Serf gossip address, IP:PORT (TCP and UDP). Port 0
 	// picks a free port. Default "0.0.0.0:7946".
@@ -150,6 +150,10 @@ func (c Config) Validate() error {
 		}
 	}
 	check("BindAddr", c.BindAddr, true)
+	if _, port, err := splitHostPort(c.BindAddr); err == nil && port == 65535 && c.LockAddr == "" {
+		errs = append(errs, errors.New("peer: config: BindAddr port 65535 leaves no port for the lock channel "+
+			"(its default is the gossip port + 1): set LockAddr"))
+	}
 	check("AdvertiseAddr", c.AdvertiseAddr, false)
 	check("LockAddr", c.LockAddr, false)
 	check("LockAdvertise", c.LockAdvertise, false)
@@ -197,7 +201,7 @@ func splitHostPort(addr string) (net.IP, int, error) {
 // default never, until the dead entry is forgotten, which takes seconds):
 // a restarted peer is a new incarnation anyway (a new boot nonce). Until
 // its old life is declared failed, a restart at another address is a name
-// conflict, which the newcomer may lose (it stops with ErrNameConflict).
+// conflict: the newcomer's Start fails with ErrNameConflict.
 func profile(name string) (*memberlist.Config, time.Duration) {
 	mc, leave := profileTimers(name)
 	mc.DeadNodeReclaimTime = time.Nanosecond // 0 would mean never

@@ -43,8 +43,10 @@
 // which the core answers again: a request or a reply lost with a
 // connection is recovered. Duplicates are dropped by the core.
 //
-// A peer that Serf votes out because another live node has its name stops
-// by itself: [Peer.Done] is closed and [Peer.Err] is [ErrNameConflict].
+// A newcomer whose name a live member already has is refused: its [Start]
+// fails with [ErrNameConflict], and the member carries on. A peer whose
+// Serf shuts down under it stops by itself: [Peer.Done] is closed and
+// [Peer.Err] is [ErrSerfDown].
 //
 // # Leaving
 //

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
@@ -19,22 +18,24 @@ const (
 	callAcquire  callKind = iota // Lock or TryLock (try)
 	callCancel                   // a Lock's ctx ended: withdraw or release op
 	callRelease                  // Unlock
-	callSnapshot                 // Status, Names
+	callStatus                   // Status
+	callNames                    // Names
 	callShutdown                 // Leave: core.Shutdown
 	callMembers                  // after a join: add the members Serf knows
 )
 
 // call is one local call into the driver.
 type call struct {
-	kind callKind
-	op   mutex.OpenerID
-	lock string
-	try  bool
-	res  chan<- result   // callAcquire, buffered
-	errc chan<- error    // callRelease, buffered
-	snap chan<- snapshot // callSnapshot, buffered
-	ack  chan<- struct{} // callShutdown, callMembers
-	mems []serf.Member   // callMembers
+	kind   callKind
+	op     mutex.OpenerID
+	lock   string
+	try    bool
+	res    chan<- result       // callAcquire, buffered
+	errc   chan<- error        // callRelease, buffered
+	status chan<- mutex.Status // callStatus, buffered
+	names  chan<- []string     // callNames, buffered
+	ack    chan<- struct{}     // callShutdown, callMembers: outputs performed
+	mems   []serf.Member       // callMembers
 }
 
 // result answers a Lock or TryLock.
@@ -48,15 +49,6 @@ type waiter struct {
 	res  chan<- result
 	lock string
 }
-
-// snapshot is the driver's state for Status and Names.
-type snapshot struct {
-	core  mutex.Status
-	names []string
-}
-
-// maxNames bounds the set of lock names remembered for Names.
-const maxNames = 1 << 16
 
 // dropWarnEvery rate-limits the warning about dropped lock messages.
 const dropWarnEvery = 10 * time.Second
@@ -89,7 +81,7 @@ func (p *Peer) run(serfDown <-chan struct{}) {
 			serfDown = nil
 			p.serfStopped()
 		case <-p.stop:
-			p.final = p.takeSnapshot()
+			p.final = p.core.Status()
 			for op, w := range p.waiters {
 				w.res <- result{err: ErrClosed}
 				delete(p.waiters, op)
@@ -152,7 +144,6 @@ func (p *Peer) handleCall(c call) {
 			return
 		}
 		p.waiters[c.op] = waiter{res: c.res, lock: c.lock}
-		p.remember(c.lock)
 	case callCancel:
 		_, waiting := p.waiters[c.op]
 		_, holding := p.held[c.op]
@@ -172,10 +163,16 @@ func (p *Peer) handleCall(c call) {
 			delete(p.held, c.op)
 			c.errc <- p.core.Release(c.op)
 		}
-	case callSnapshot:
-		c.snap <- p.takeSnapshot()
+	case callStatus:
+		c.status <- p.core.Status()
+	case callNames:
+		c.names <- p.core.LockNames()
 	case callShutdown:
 		p.shutdownCore()
+		// The caller flushes the lock channel next: what Shutdown
+		// sends (replies, cancels, the hellos that carry our Lamport
+		// time) must be queued before it is acknowledged.
+		p.flush()
 		close(c.ack)
 	case callMembers:
 		for _, m := range c.mems {
@@ -183,6 +180,8 @@ func (p *Peer) handleCall(c call) {
 				p.memberUp(m)
 			}
 		}
+		// Start returns on the ack: the hellos go out first.
+		p.flush()
 		close(c.ack)
 	}
 }
@@ -202,19 +201,21 @@ func (p *Peer) shutdownCore() {
 	clear(p.held)
 }
 
-// serfStopped handles Serf shutting down. Unless we stopped it, this peer
-// was voted out (name conflict) or broke: it stops as if it left.
+// serfStopped handles Serf shutting down. Unless we stopped it, Serf broke
+// (or, during our join, gave up on a name conflict): the peer stops as if
+// it left.
 func (p *Peer) serfStopped() {
 	if p.stopping.Load() {
 		return
 	}
 	err := ErrSerfDown
-	if p.conflict.Load() {
+	if p.joining.Load() && p.conflict.Load() {
 		err = fmt.Errorf("%w %q", ErrNameConflict, p.name)
 	}
 	p.setErr(err)
 	p.log.Error("peer stopping", "err", err)
 	p.shutdownCore()
+	p.flush() // before the flush of the lock channel below
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -236,9 +237,6 @@ func (p *Peer) reconnected(name string) {
 func (p *Peer) step(in incoming) {
 	err := p.core.Step(in.Msg)
 	if err == nil {
-		if in.Msg.Lock != "" {
-			p.remember(in.Msg.Lock)
-		}
 		return
 	}
 	p.log.Debug("dropped lock message", "remote", in.Remote, "msg", in.Msg.String(), "err", err)
@@ -256,22 +254,6 @@ func (p *Peer) step(in incoming) {
 		p.dropWarn = now
 		p.dropsQuiet = 0
 	}
-}
-
-// remember records a lock name for Names.
-func (p *Peer) remember(lock string) {
-	if len(p.names) < maxNames {
-		p.names[lock] = struct{}{}
-	}
-}
-
-func (p *Peer) takeSnapshot() snapshot {
-	names := make([]string, 0, len(p.names))
-	for n := range p.names {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return snapshot{core: p.core.Status(), names: names}
 }
 
 // handleEvent applies a Serf member event to the core and the transport.

@@ -129,7 +129,7 @@ func (c *cluster) waitConverged() {
 		if c.t.Failed() {
 			for _, p := range c.live() {
 				c.t.Logf("%s/%d: core members %v; serf members %+v", p.Node(), p.Incarnation(),
-					p.snapshot().core.Members, p.Status().Members)
+					p.coreStatus().Members, p.Status().Members)
 			}
 		}
 	}()
@@ -143,7 +143,7 @@ func (c *cluster) waitConverged() {
 				}
 			}
 			got := map[string]uint64{}
-			for _, m := range p.snapshot().core.Members {
+			for _, m := range p.coreStatus().Members {
 				got[m.Name] = m.Incarnation
 			}
 			if len(got) != len(want) {
@@ -297,7 +297,7 @@ func recvWithin(t testing.TB, ch <-chan result, timeout time.Duration, what stri
 func waitLockState(t testing.TB, p *Peer, lock string, want mutex.Phase, timeout time.Duration) {
 	t.Helper()
 	waitFor(t, timeout, fmt.Sprintf("%s: %q %v", p.Node(), lock, want), func() bool {
-		for _, l := range p.snapshot().core.Locks {
+		for _, l := range p.coreStatus().Locks {
 			if l.Name == lock {
 				return l.Phase == want
 			}
@@ -310,7 +310,7 @@ func waitLockState(t testing.TB, p *Peer, lock string, want mutex.Phase, timeout
 func waitDeferred(t testing.TB, p *Peer, lock, from string, timeout time.Duration) {
 	t.Helper()
 	waitFor(t, timeout, fmt.Sprintf("%s to defer %s on %q", p.Node(), from, lock), func() bool {
-		for _, l := range p.snapshot().core.Locks {
+		for _, l := range p.coreStatus().Locks {
 			if l.Name == lock {
 				return slices.Contains(l.Queued, from)
 			}

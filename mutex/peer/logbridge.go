@@ -11,15 +11,18 @@ import (
 
 // serfLogWriter turns Serf's and memberlist's "[LEVEL] component: text"
 // lines into slog records: DEBUG and INFO at debug level (Serf logs every
-// member event at INFO), WARN at warn, ERR at error. It also notices a
-// node name conflict (another live node claims our name).
+// member event at INFO), WARN at warn, ERR at error. While joining is set
+// it also notices a node name conflict (another live node claims our
+// name). Serf logs the same line on the node that had the name first when
+// a newcomer claims it: that node is not joining, and carries on.
 type serfLogWriter struct {
 	log      *slog.Logger
+	joining  *atomic.Bool
 	conflict *atomic.Bool
 }
 
-func newSerfLogger(l *slog.Logger, conflict *atomic.Bool) *log.Logger {
-	return log.New(&serfLogWriter{log: l, conflict: conflict}, "", 0)
+func newSerfLogger(l *slog.Logger, joining, conflict *atomic.Bool) *log.Logger {
+	return log.New(&serfLogWriter{log: l, joining: joining, conflict: conflict}, "", 0)
 }
 
 func (w *serfLogWriter) Write(b []byte) (int, error) {
@@ -47,7 +50,7 @@ func (w *serfLogWriter) line(s string) {
 			break
 		}
 	}
-	if strings.Contains(s, "Node name conflicts with another node") {
+	if w.joining.Load() && strings.Contains(s, "Node name conflicts with another node") {
 		w.conflict.Store(true)
 	}
 	w.log.Log(context.Background(), level, s)

@@ -3,6 +3,8 @@ package peer
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/dlockfs/dlockfs/mutex"
@@ -31,6 +33,9 @@ func (n *memNet) listen(cfg transportConfig) (lockTransport, error) {
 		in:        make(chan incoming),
 		connected: make(chan string, 1024),
 		peers:     map[string]string{},
+		holding:   map[string]bool{},
+		held:      map[string][]mutex.Message{},
+		flushed:   make(chan struct{}),
 		wake:      make(chan struct{}, 1),
 		closed:    make(chan struct{}),
 		pumpDone:  make(chan struct{}),
@@ -59,6 +64,18 @@ type memTransport struct {
 	lost  uint64
 	// cut, when set, drops messages to that peer name (a broken conn).
 	cut map[string]bool
+	// held keeps the messages to a peer name instead of delivering them,
+	// while holding[name] (see hold).
+	holding map[string]bool
+	held    map[string][]mutex.Message
+	// ops logs the calls to Send ("send TYPE TO LOCK") and Flush ("flush")
+	// in order.
+	ops []string
+	// onSend, if set, runs at the start of every Send.
+	onSend func(mutex.Message)
+	// flushed is closed by the first Flush.
+	flushed     chan struct{}
+	flushedOnce sync.Once
 }
 
 func (t *memTransport) Addr() string { return t.addr }
@@ -81,16 +98,34 @@ func (t *memTransport) RemovePeer(name string) {
 
 func (t *memTransport) Send(m mutex.Message) {
 	t.mu.Lock()
+	hook := t.onSend
+	t.mu.Unlock()
+	if hook != nil {
+		hook(m)
+	}
+	t.mu.Lock()
+	t.ops = append(t.ops, fmt.Sprintf("send %s %s %s", m.Type, m.To, m.Lock))
+	t.sent++
+	if t.holding[m.To] {
+		t.held[m.To] = append(t.held[m.To], m)
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	t.route(m)
+}
+
+// route delivers m to its peer, or counts it lost.
+func (t *memTransport) route(m mutex.Message) {
+	t.mu.Lock()
 	addr, ok := t.peers[m.To]
 	cut := t.cut[m.To]
-	t.sent++
-	t.mu.Unlock()
 	if !ok || cut {
-		t.mu.Lock()
 		t.lost++
 		t.mu.Unlock()
 		return
 	}
+	t.mu.Unlock()
 	t.net.mu.Lock()
 	dst := t.net.nodes[addr]
 	t.net.mu.Unlock()
@@ -168,12 +203,70 @@ func (t *memTransport) breakConn(name string, lost func()) {
 func (t *memTransport) Incoming() <-chan incoming { return t.in }
 func (t *memTransport) Connected() <-chan string  { return t.connected }
 
-func (t *memTransport) Flush(ctx context.Context) error { return nil }
+func (t *memTransport) Flush(ctx context.Context) error {
+	t.mu.Lock()
+	t.ops = append(t.ops, "flush")
+	t.mu.Unlock()
+	t.flushedOnce.Do(func() { close(t.flushed) })
+	return nil
+}
+
+// hold keeps the messages sent to name from now on, until release.
+func (t *memTransport) hold(name string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.holding[name] = true
+}
+
+// heldFor returns the messages held for name.
+func (t *memTransport) heldFor(name string) []mutex.Message {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.held[name])
+}
+
+// release delivers the messages held for name, in order, and stops
+// holding them.
+func (t *memTransport) release(name string) {
+	t.mu.Lock()
+	msgs := t.held[name]
+	delete(t.held, name)
+	delete(t.holding, name)
+	t.mu.Unlock()
+	for _, m := range msgs {
+		t.route(m)
+	}
+}
+
+// opLog returns the Send and Flush calls so far.
+func (t *memTransport) opLog() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.ops)
+}
+
+// setOnSend installs a hook run at the start of every Send.
+func (t *memTransport) setOnSend(f func(mutex.Message)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.onSend = f
+}
 
 func (t *memTransport) Stats() transportStats {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return transportStats{FramesSent: t.sent, FramesReceived: t.recv, DroppedUnsent: t.lost}
+}
+
+func (t *memTransport) PeerStates() []peerState {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var ps []peerState
+	for name, addr := range t.peers {
+		ps = append(ps, peerState{Name: name, Addr: addr, Connected: !t.cut[name]})
+	}
+	slices.SortFunc(ps, func(a, b peerState) int { return strings.Compare(a.Name, b.Name) })
+	return ps
 }
 
 func (t *memTransport) Close() error {

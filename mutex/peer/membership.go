@@ -82,8 +82,15 @@ const (
 )
 
 // join contacts the addresses until one answers or ctx ends. A key
-// mismatch is not retried: it will not heal.
+// mismatch is not retried: it will not heal. A name conflict is noticed
+// only while it runs: Serf also logs one on the node that already has the
+// name, which is not a reason for that node to stop.
 func (p *Peer) join(ctx context.Context, addrs []string) error {
+	p.joining.Store(true)
+	defer func() {
+		p.joining.Store(false)
+		p.conflict.Store(false)
+	}()
 	backoff := joinBackoffMin
 	for attempt := 1; ; attempt++ {
 		res := make(chan error, 1)
@@ -100,6 +107,8 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		select {
 		case err = <-res:
 		case <-ctx.Done():
+			// The caller shuts Serf down next: not under a Join.
+			p.awaitJoin(res, len(addrs))
 			return fmt.Errorf("peer: join %v: %w", addrs, ctx.Err())
 		}
 		if err == nil && p.conflict.Load() {
@@ -112,7 +121,7 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 			return p.syncMembers(ctx)
 		}
 		if isKeyError(err) {
-			return fmt.Errorf("peer: join %v: cluster key mismatch: %w", addrs, err)
+			return fmt.Errorf("peer: join %v: %w: %w", addrs, ErrKeyMismatch, err)
 		}
 		p.log.Info("join failed; retrying", "addrs", addrs, "attempt", attempt, "in", backoff, "err", err)
 		t := time.NewTimer(backoff)
@@ -123,6 +132,20 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 			return fmt.Errorf("peer: join %v: %w (last error: %v)", addrs, ctx.Err(), err)
 		}
 		backoff = min(2*backoff, joinBackoffMax)
+	}
+}
+
+// awaitJoin waits for a serf.Join that ctx abandoned to end, as long as
+// memberlist may take: for each address a dial and a push-pull exchange,
+// each bounded by its TCPTimeout.
+func (p *Peer) awaitJoin(res <-chan error, addrs int) {
+	bound := time.Duration(max(addrs, 1)) * 2 * p.tcpTimeout
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-res:
+	case <-t.C:
+		p.log.Warn("join attempt still running; stopping Serf anyway", "waited", bound)
 	}
 }
 

@@ -25,11 +25,14 @@ var (
 	// ErrNotHeld: Unlock of a grant this peer does not hold (already
 	// unlocked, or withdrawn by a cancelled context).
 	ErrNotHeld = errors.New("peer: lock not held")
-	// ErrNameConflict: another live node has this peer's name; Serf voted
-	// this one out and it stopped.
+	// ErrNameConflict: Start joined a cluster where a live member already
+	// has this peer's name; the newcomer gives way.
 	ErrNameConflict = errors.New("peer: another live node has this name")
 	// ErrSerfDown: Serf shut down on its own.
 	ErrSerfDown = errors.New("peer: serf shut down unexpectedly")
+	// ErrKeyMismatch: the cluster answered the join, but with another
+	// cluster key (or none where we have one, or the other way round).
+	ErrKeyMismatch = errors.New("peer: cluster key mismatch")
 )
 
 // Peer is one running member of a dlockfs cluster: the Ricart–Agrawala core
@@ -45,7 +48,10 @@ type Peer struct {
 	serf     *serf.Serf // nil in driver-only tests
 	tr       lockTransport
 	events   chan serf.Event
-	conflict atomic.Bool // Serf logged that it lost a name-conflict vote
+	joining  atomic.Bool // join runs: a name conflict Serf logs is ours
+	conflict atomic.Bool // Serf logged a name conflict while joining
+
+	tcpTimeout time.Duration // memberlist's TCPTimeout: bounds one join exchange
 
 	calls    chan call
 	stop     chan struct{} // closed to end the driver
@@ -62,14 +68,13 @@ type Peer struct {
 	errMu sync.Mutex
 	err   error // why the peer stopped on its own
 
-	final snapshot // the driver's last snapshot, readable once done is closed
+	final mutex.Status // the core's last status, readable once done is closed
 
 	// Owned by the driver goroutine.
 	core       *mutex.Core
 	waiters    map[mutex.OpenerID]waiter
 	held       map[mutex.OpenerID]string
 	members    map[string]memberInfo
-	names      map[string]struct{}
 	closed     bool // core.Shutdown done: no new openers
 	dropWarn   time.Time
 	dropsQuiet uint64
@@ -77,10 +82,10 @@ type Peer struct {
 
 // Start creates a peer: it opens the lock channel, starts Serf, and joins
 // cfg.Join, retried with backoff until one address answers or ctx ends (a
-// cluster key mismatch fails at once: the error says "cluster key
-// mismatch"). It returns once the core counts every member the join
-// revealed. Empty Name, BindAddr and Profile take their [DefaultConfig]
-// values. Stop the peer with [Peer.Leave].
+// cluster key mismatch fails at once with [ErrKeyMismatch], a live member
+// with our name with [ErrNameConflict]). It returns once the core counts
+// every member the join revealed. Empty Name, BindAddr and Profile take
+// their [DefaultConfig] values. Stop the peer with [Peer.Leave].
 func Start(ctx context.Context, cfg Config) (*Peer, error) {
 	return start(ctx, cfg, listenTCP)
 }
@@ -152,7 +157,8 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		mc.AdvertisePort = port
 	}
 	mc.SecretKey = key
-	serfLog := newSerfLogger(log.With("component", "serf"), &p.conflict)
+	p.tcpTimeout = mc.TCPTimeout
+	serfLog := newSerfLogger(log.With("component", "serf"), &p.joining, &p.conflict)
 	mc.Logger = serfLog
 
 	sc := serf.DefaultConfig()
@@ -223,7 +229,6 @@ func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) *Peer {
 		waiters:  make(map[mutex.OpenerID]waiter),
 		held:     make(map[mutex.OpenerID]string),
 		members:  make(map[string]memberInfo),
-		names:    make(map[string]struct{}),
 	}
 }
 
@@ -276,8 +281,7 @@ func (p *Peer) Incarnation() uint64 { return p.inc }
 // (see [Peer.Err]).
 func (p *Peer) Done() <-chan struct{} { return p.termDone }
 
-// Err returns why the peer stopped on its own ([ErrNameConflict],
-// [ErrSerfDown]), or nil.
+// Err returns why the peer stopped on its own ([ErrSerfDown]), or nil.
 func (p *Peer) Err() error {
 	p.errMu.Lock()
 	defer p.errMu.Unlock()
@@ -361,17 +365,39 @@ func (p *Peer) Unlock(g mutex.Grant) error {
 	}
 }
 
-// Names returns the sorted names of the locks this peer knows: locked
-// here, or seen in a peer's messages.
+// Names returns the sorted names of the locks this peer has state for:
+// held, wanted or waited for here, or requested by a peer and not yet
+// forgotten (the core forgets an idle lock that nothing refers to).
 func (p *Peer) Names() []string {
-	return p.snapshot().names
+	res := make(chan []string, 1)
+	select {
+	case p.calls <- call{kind: callNames, names: res}:
+	case <-p.done:
+		return p.finalNames()
+	}
+	select {
+	case n := <-res:
+		return n
+	case <-p.done:
+		return p.finalNames()
+	}
 }
 
-// snapshot asks the driver for its state; after it ended, the last one.
-func (p *Peer) snapshot() snapshot {
-	res := make(chan snapshot, 1)
+// finalNames is Names once the driver has ended.
+func (p *Peer) finalNames() []string {
+	names := make([]string, len(p.final.Locks))
+	for i, l := range p.final.Locks {
+		names[i] = l.Name
+	}
+	return names
+}
+
+// coreStatus asks the driver for the core's status; after it ended, the
+// last one.
+func (p *Peer) coreStatus() mutex.Status {
+	res := make(chan mutex.Status, 1)
 	select {
-	case p.calls <- call{kind: callSnapshot, snap: res}:
+	case p.calls <- call{kind: callStatus, status: res}:
 	case <-p.done:
 		return p.final
 	}

@@ -3,7 +3,10 @@ package peer
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/hashicorp/serf/serf"
 
@@ -35,6 +38,11 @@ type MemberStatus struct {
 	// Status is "alive", "failed" or "left" (a member leaving counts as
 	// left).
 	Status string `json:"status"`
+	// LockConnected reports that this peer's outgoing lock connection to
+	// the member is established (always true for this peer itself). An
+	// alive member that stays unconnected stalls every lock it is asked
+	// about until it is reachable; the lock channel logs a warning then.
+	LockConnected bool `json:"lock_connected"`
 }
 
 // LockStatus is one lock's state on this peer.
@@ -57,7 +65,8 @@ type LockStatus struct {
 	Permissions []string `json:"permissions"`
 }
 
-// Counters count the core's work since the peer started.
+// Counters count the core's work since the peer started: [mutex.Counters]
+// with JSON names.
 type Counters struct {
 	Sent      uint64            `json:"sent"`
 	Received  uint64            `json:"received"`
@@ -70,8 +79,7 @@ type Counters struct {
 // Status returns a snapshot of the peer. After the peer stopped it shows
 // the last state of its locks.
 func (p *Peer) Status() Status {
-	snap := p.snapshot()
-	cs := snap.core
+	cs := p.coreStatus()
 	st := Status{
 		Node:        p.name,
 		Incarnation: p.inc,
@@ -80,37 +88,28 @@ func (p *Peer) Status() Status {
 		Profile:     p.profile,
 		Members:     []MemberStatus{},
 		Locks:       make([]LockStatus, 0, len(cs.Locks)),
-		Counters: Counters{
-			Sent:      cs.Counters.Sent,
-			Received:  cs.Counters.Received,
-			Dropped:   cs.Counters.Dropped,
-			Grants:    cs.Counters.Grants,
-			Refusals:  cs.Counters.Refusals,
-			DroppedBy: map[string]uint64{},
-		},
+		// The core's Status hands out a DroppedBy map of its own.
+		Counters:  Counters(cs.Counters),
 		Transport: p.tr.Stats(),
 	}
-	for k, v := range cs.Counters.DroppedBy {
-		st.Counters.DroppedBy[k] = v
+	if st.Counters.DroppedBy == nil {
+		st.Counters.DroppedBy = map[string]uint64{}
 	}
 	if p.serf != nil {
+		connected := map[string]bool{p.name: true}
+		for _, ps := range p.tr.PeerStates() {
+			connected[ps.Name] = ps.Connected
+		}
 		for _, m := range p.serf.Members() {
 			st.Members = append(st.Members, MemberStatus{
-				Name:     m.Name,
-				Addr:     fmt.Sprintf("%s:%d", m.Addr, m.Port),
-				LockAddr: m.Tags[tagLock],
-				Status:   memberStatus(m.Status),
+				Name:          m.Name,
+				Addr:          net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))),
+				LockAddr:      m.Tags[tagLock],
+				Status:        memberStatus(m.Status),
+				LockConnected: connected[m.Name],
 			})
 		}
-		slices.SortFunc(st.Members, func(a, b MemberStatus) int {
-			if a.Name < b.Name {
-				return -1
-			}
-			if a.Name > b.Name {
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(st.Members, func(a, b MemberStatus) int { return strings.Compare(a.Name, b.Name) })
 	}
 	for _, l := range cs.Locks {
 		ls := LockStatus{

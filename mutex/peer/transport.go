@@ -18,6 +18,7 @@ type lockTransport interface {
 	Connected() <-chan string
 	Flush(ctx context.Context) error
 	Stats() transportStats
+	PeerStates() []peerState
 	Close() error
 }
 
@@ -27,6 +28,9 @@ type incoming = transport.Incoming
 
 // transportStats is the transport's counters, served in Status.
 type transportStats = transport.Stats
+
+// peerState is the transport's state towards one peer.
+type peerState = transport.PeerState
 
 // transportConfig is what Start tells the transport.
 type transportConfig = transport.Config

@@ -38,6 +38,10 @@ func TestConfigValidate(t *testing.T) {
 		{"empty join", func(c *Config) { c.Join = []string{"127.0.0.1:1", ""} }, "Join[1]"},
 		{"profile", func(c *Config) { c.Profile = "turbo" }, "unknown Profile"},
 		{"key size", func(c *Config) { c.Key = make([]byte, 20) }, "Key is 20 bytes"},
+		{"no port left for the lock channel", func(c *Config) { c.BindAddr = "127.0.0.1:65535" }, "set LockAddr"},
+		{"bind port 65535 with a lock address", func(c *Config) {
+			c.BindAddr, c.LockAddr = "127.0.0.1:65535", "127.0.0.1:7000"
+		}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -58,11 +62,32 @@ func TestConfigValidate(t *testing.T) {
 // member events can be fed to it by hand.
 func memberPeer(t *testing.T) (*Peer, *memTransport) {
 	t.Helper()
-	tr, _ := newMemNet().listen(transportConfig{Name: "me"})
-	p := newPeer(Config{Name: "me", Profile: ProfileFast}, testLogger(), 7, tr)
+	return memPeer(t, newMemNet(), "me", 7)
+}
+
+// memPeer runs a driver without Serf on net, stopped when the test ends.
+func memPeer(t *testing.T, net *memNet, name string, inc uint64) (*Peer, *memTransport) {
+	t.Helper()
+	tr, _ := net.listen(transportConfig{Name: name, Incarnation: inc})
+	p := newPeer(Config{Name: name, Profile: ProfileFast}, testLogger().With("peer", name), inc, tr)
 	go p.run(nil)
 	t.Cleanup(p.kill)
 	return p, tr.(*memTransport)
+}
+
+// memPair runs two drivers without Serf, "me" and "a", on one in-memory
+// network, each counting the other as a member.
+func memPair(t *testing.T) (me *Peer, meTr *memTransport, a *Peer, aTr *memTransport) {
+	t.Helper()
+	net := newMemNet()
+	me, meTr = memPeer(t, net, "me", 7)
+	a, aTr = memPeer(t, net, "a", 1)
+	me.events <- serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{member("a", "1", aTr.Addr())}}
+	a.events <- serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{member("me", "7", meTr.Addr())}}
+	waitFor(t, 5*time.Second, "the pair to count each other", func() bool {
+		return coreMembers(me)["a"] == 1 && coreMembers(a)["me"] == 7
+	})
+	return me, meTr, a, aTr
 }
 
 func member(name string, nonce, lock string) serf.Member {
@@ -71,7 +96,7 @@ func member(name string, nonce, lock string) serf.Member {
 
 func coreMembers(p *Peer) map[string]uint64 {
 	got := map[string]uint64{}
-	for _, m := range p.snapshot().core.Members {
+	for _, m := range p.coreStatus().Members {
 		got[m.Name] = m.Incarnation
 	}
 	return got
@@ -218,8 +243,8 @@ func TestStatusJSON(t *testing.T) {
 	}
 	for _, m := range members {
 		m := m.(map[string]any)
-		check("member", m, "name", "addr", "lock_addr", "status")
-		if m["status"] != "alive" || m["lock_addr"] == "" {
+		check("member", m, "name", "addr", "lock_addr", "status", "lock_connected")
+		if m["status"] != "alive" || m["lock_addr"] == "" || m["lock_connected"] != true {
 			t.Errorf("member %v", m)
 		}
 	}
