@@ -572,32 +572,27 @@ func BenchmarkCoreStep(b *testing.B) {
 			}
 			var queue []Message
 			steps := 0
+			// deliver steps c's outputs and everything they cause.
+			deliver := func(c *Core) {
+				queue = append(queue[:0], c.Ready().Messages...)
+				for len(queue) > 0 {
+					m := queue[0]
+					queue = queue[1:]
+					_ = cores[m.To].Step(m)
+					steps++
+					queue = append(queue, cores[m.To].Ready().Messages...)
+				}
+			}
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				n := names[i%3]
+				c := cores[names[i%3]]
 				op := OpenerID(i + 1)
-				c := cores[n]
 				_ = c.Acquire(op, "x")
 				steps++
-				rd := c.Ready()
-				queue = append(queue[:0], rd.Messages...)
-				for len(queue) > 0 {
-					m := queue[0]
-					queue = queue[1:]
-					_ = cores[m.To].Step(m)
-					steps++
-					queue = append(queue, cores[m.To].Ready().Messages...)
-				}
+				deliver(c)
 				_ = c.Release(op)
 				steps++
-				queue = append(queue, c.Ready().Messages...)
-				for len(queue) > 0 {
-					m := queue[0]
-					queue = queue[1:]
-					_ = cores[m.To].Step(m)
-					steps++
-					queue = append(queue, cores[m.To].Ready().Messages...)
-				}
+				deliver(c)
 			}
 			b.ReportMetric(float64(steps)/b.Elapsed().Seconds(), "steps/s")
 		})
