@@ -17,6 +17,7 @@ type Core struct {
 	members map[string]uint64 // name -> incarnation, self excluded
 	names   []string          // member names, sorted: every loop is deterministic
 	locks   map[string]*lockState
+	spare   []*lockState // forgotten lock states, cleared, for reuse
 	openers map[OpenerID]*lockState
 	closed  bool
 	out     Ready
@@ -82,8 +83,17 @@ var ErrClosed = errors.New("peer is shutting down")
 // opener that does not hold the lock.
 var ErrOpener = errors.New("bad opener")
 
+// maxSpare bounds the forgotten lock states kept for reuse.
+const maxSpare = 64
+
 func (c *Core) lock(name string) *lockState {
 	l := c.locks[name]
+	if l == nil && len(c.spare) > 0 {
+		l = c.spare[len(c.spare)-1]
+		c.spare = c.spare[:len(c.spare)-1]
+		l.name = name
+		c.locks[name] = l
+	}
 	if l == nil {
 		l = &lockState{
 			name:     name,
@@ -222,6 +232,12 @@ func (c *Core) forget(l *lockState) {
 		}
 	}
 	delete(c.locks, l.name)
+	if len(c.spare) < maxSpare {
+		clear(l.awaiting)
+		clear(l.in)
+		*l = lockState{queue: l.queue[:0], awaiting: l.awaiting, perm: l.perm, in: l.in}
+		c.spare = append(c.spare, l)
+	}
 }
 
 func (c *Core) maybeEnter(l *lockState) {
