@@ -47,7 +47,6 @@ const (
 // inbound is the latest request seen from one peer for one lock.
 type inbound struct {
 	ts    uint64
-	try   bool
 	state inState
 }
 
@@ -58,7 +57,7 @@ type lockState struct {
 	reqTime  uint64
 	token    uint64
 	awaiting map[string]bool // peers asked and not yet answered
-	perm     map[string]bool // peers whose permission we hold
+	perm     map[string]bool // peers whose permission we hold (only true entries)
 	in       map[string]*inbound
 }
 
@@ -176,7 +175,7 @@ func (c *Core) Cancel(op OpenerID) {
 		c.endTurn(l)
 		return
 	}
-	c.withdraw(l, "")
+	c.withdraw(l)
 	c.endTurn(l)
 }
 
@@ -250,10 +249,10 @@ func (c *Core) maybeEnter(l *lockState) {
 	c.out.Grants = append(c.out.Grants, Grant{Opener: l.queue[0].op, Lock: l.name, Token: l.token})
 }
 
-// withdraw sends a cancel to every peer still asked (but skip).
-func (c *Core) withdraw(l *lockState, skip string) {
+// withdraw sends a cancel to every peer still asked.
+func (c *Core) withdraw(l *lockState) {
 	for _, p := range c.names {
-		if l.awaiting[p] && p != skip {
+		if l.awaiting[p] {
 			c.send(Message{Type: MsgCancel, To: p, Lock: l.name, ReqTime: l.reqTime})
 		}
 	}
@@ -273,9 +272,9 @@ func (c *Core) endTurn(l *lockState) {
 		}
 		in.state = inReplied
 		if !c.bugKeepPermOnRelease {
-			l.perm[p] = false
+			delete(l.perm, p)
 		}
-		c.send(Message{Type: MsgReply, To: p, Lock: l.name, ReqTime: in.ts})
+		c.answer(MsgReply, p, l.name, in.ts)
 	}
 	if !c.cfg.KeepPermissions {
 		clear(l.perm)
@@ -285,6 +284,11 @@ func (c *Core) endTurn(l *lockState) {
 		return
 	}
 	c.forget(l)
+}
+
+// answer sends peer p a reply or a busy for its request ts.
+func (c *Core) answer(typ MsgType, p, lock string, ts uint64) {
+	c.send(Message{Type: typ, To: p, Lock: lock, ReqTime: ts})
 }
 
 func (c *Core) refuse(op OpenerID, lock string) {
@@ -358,9 +362,9 @@ func (c *Core) onRequest(m Message) error {
 		// The same request again: answer again what we answered.
 		switch in.state {
 		case inReplied:
-			c.send(Message{Type: MsgReply, To: m.From, Lock: l.name, ReqTime: in.ts})
+			c.answer(MsgReply, m.From, l.name, in.ts)
 		case inBusy:
-			c.send(Message{Type: MsgBusy, To: m.From, Lock: l.name, ReqTime: in.ts})
+			c.answer(MsgBusy, m.From, l.name, in.ts)
 		}
 		return fmt.Errorf("%w: %v", ErrDuplicate, m)
 	}
@@ -368,7 +372,7 @@ func (c *Core) onRequest(m Message) error {
 		in = &inbound{}
 		l.in[m.From] = in
 	}
-	*in = inbound{ts: m.ReqTime, try: m.Try}
+	*in = inbound{ts: m.ReqTime}
 	// The seed's four cases: holding, or requesting with the earlier
 	// (time, name): defer; idle, or requesting with the later: reply.
 	deferIt := l.phase == Holding ||
@@ -376,16 +380,16 @@ func (c *Core) onRequest(m Message) error {
 	switch {
 	case deferIt && m.Try:
 		in.state = inBusy
-		c.send(Message{Type: MsgBusy, To: m.From, Lock: l.name, ReqTime: m.ReqTime})
+		c.answer(MsgBusy, m.From, l.name, m.ReqTime)
 	case deferIt:
 		in.state = inDeferred
 	default:
 		in.state = inReplied
-		c.send(Message{Type: MsgReply, To: m.From, Lock: l.name, ReqTime: m.ReqTime})
+		c.answer(MsgReply, m.From, l.name, m.ReqTime)
 		if l.perm[m.From] {
 			// We gave away a permission our own request relied on:
 			// ask for it again.
-			l.perm[m.From] = false
+			delete(l.perm, m.From)
 			if l.phase == Requesting && !l.awaiting[m.From] {
 				c.ask(l, m.From)
 			}
@@ -430,7 +434,7 @@ func (c *Core) onAnswer(m Message) error {
 		}
 		op := l.queue[0].op
 		delete(l.awaiting, m.From)
-		c.withdraw(l, "")
+		c.withdraw(l)
 		c.refuse(op, l.name)
 		c.endTurn(l)
 		return nil
@@ -567,15 +571,13 @@ func (c *Core) Status() Status {
 	}
 	for _, l := range c.sortedLocks() {
 		ls := LockStatus{Name: l.name, Phase: l.phase, Token: l.token, Waiting: len(l.queue)}
-		if l.phase == Holding {
-			ls.Waiting-- // the holder is not waiting
-		}
 		if l.phase != Idle {
 			ls.ReqTime = l.reqTime
 			ls.Try = l.queue[0].try
 		}
 		if l.phase == Holding {
 			ls.Holder = l.queue[0].op
+			ls.Waiting-- // the holder is not waiting
 		}
 		for _, p := range c.names {
 			if in := l.in[p]; in != nil && in.state == inDeferred {

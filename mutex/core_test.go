@@ -441,6 +441,18 @@ func TestRuleIdleLocksForgotten(t *testing.T) {
 		if got := cl.cores["b"].LockNames(); len(got) != want {
 			t.Errorf("keep=%v: b keeps %v, want %d locks", keep, got, want)
 		}
+		// a took x once, then gave b its permission back: nothing
+		// is left to remember about x on a.
+		cl.acquire("a", 10, "x")
+		cl.settle()
+		cl.release("a", 10)
+		cl.acquire("b", 11, "x")
+		cl.settle()
+		cl.release("b", 11)
+		cl.settle()
+		if got := cl.cores["a"].LockNames(); len(got) != 0 {
+			t.Errorf("keep=%v: after giving its permission away a keeps %v", keep, got)
+		}
 	}
 }
 
