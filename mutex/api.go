@@ -226,13 +226,14 @@ type LockStatus struct {
 	Permissions []string
 }
 
-// Counters count what the core has done since it was made.
+// Counters count what the core has done since it was made. The JSON names
+// are those of the status file.
 type Counters struct {
-	Sent     uint64 // messages output
-	Received uint64 // messages stepped
-	Dropped  uint64 // messages rejected (Received includes them)
-	Grants   uint64
-	Refusals uint64
+	Sent     uint64 `json:"sent"`     // messages output
+	Received uint64 `json:"received"` // messages stepped
+	Dropped  uint64 `json:"dropped"`  // messages rejected (Received includes them)
+	Grants   uint64 `json:"grants"`
+	Refusals uint64 `json:"refusals"`
 	// DroppedBy counts drops by the sentinel error's text.
-	DroppedBy map[string]uint64
+	DroppedBy map[string]uint64 `json:"dropped_by"`
 }

@@ -411,8 +411,9 @@ func (p *Peer) coreStatus() mutex.Status {
 
 // Leave leaves the cluster gracefully: waiting Lock calls return
 // [ErrClosed], holds are released and deferred replies sent, the lock
-// channel is flushed (until ctx ends), Serf announces the leave, and every
-// goroutine ends. Calling it again returns the first result.
+// channel is flushed (until ctx ends), Serf announces the leave (bounded by
+// Serf's own timeouts, not by ctx), and every goroutine ends. Calling it
+// again returns the first result.
 func (p *Peer) Leave(ctx context.Context) error {
 	p.leaveOnce.Do(func() { p.leaveErr = p.leave(ctx) })
 	return p.leaveErr
@@ -439,20 +440,12 @@ func (p *Peer) leave(ctx context.Context) error {
 	if err := p.tr.Flush(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("peer: leave: flush lock channel: %w", err))
 	}
+	// Serf's Leave is not cut short by ctx: shutting Serf down while it
+	// runs makes memberlist panic ("leave after shutdown"), and it is
+	// bounded by Serf's own broadcast timeouts.
 	if p.serf != nil && p.serf.State() == serf.SerfAlive {
-		left := make(chan error, 1)
-		go func() { left <- p.serf.Leave() }()
-		select {
-		case err := <-left:
-			if err != nil {
-				errs = append(errs, fmt.Errorf("peer: leave: serf: %w", err))
-			}
-		case <-ctx.Done():
-			errs = append(errs, fmt.Errorf("peer: leave: serf: %w", ctx.Err()))
-			// Shutting Serf down while its Leave runs makes memberlist
-			// panic ("leave after shutdown"). Leave is bounded by
-			// Serf's own broadcast timeouts: wait for it.
-			<-left
+		if err := p.serf.Leave(); err != nil {
+			errs = append(errs, fmt.Errorf("peer: leave: serf: %w", err))
 		}
 	}
 	if err := p.terminate(); err != nil {

@@ -24,7 +24,7 @@ type Status struct {
 	// Members is every member Serf knows, this peer included, by name.
 	Members   []MemberStatus `json:"members"`
 	Locks     []LockStatus   `json:"locks"`
-	Counters  Counters       `json:"counters"`
+	Counters  mutex.Counters `json:"counters"`
 	Transport transportStats `json:"transport"`
 }
 
@@ -65,17 +65,6 @@ type LockStatus struct {
 	Permissions []string `json:"permissions"`
 }
 
-// Counters count the core's work since the peer started: [mutex.Counters]
-// with JSON names.
-type Counters struct {
-	Sent      uint64            `json:"sent"`
-	Received  uint64            `json:"received"`
-	Dropped   uint64            `json:"dropped"`
-	Grants    uint64            `json:"grants"`
-	Refusals  uint64            `json:"refusals"`
-	DroppedBy map[string]uint64 `json:"dropped_by"`
-}
-
 // Status returns a snapshot of the peer. After the peer stopped it shows
 // the last state of its locks.
 func (p *Peer) Status() Status {
@@ -89,7 +78,7 @@ func (p *Peer) Status() Status {
 		Members:     []MemberStatus{},
 		Locks:       make([]LockStatus, 0, len(cs.Locks)),
 		// The core's Status hands out a DroppedBy map of its own.
-		Counters:  Counters(cs.Counters),
+		Counters:  cs.Counters,
 		Transport: p.tr.Stats(),
 	}
 	if st.Counters.DroppedBy == nil {
