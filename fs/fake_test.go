@@ -138,11 +138,17 @@ func (f *fakeLocker) Unlock(g mutex.Grant) error {
 
 func (f *fakeLocker) Node() string { return f.node }
 
+// Names reports the locks held or awaited, and the extra names, as the
+// core reports only the locks in use (it forgets idle ones).
 func (f *fakeLocker) Names() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	names := slices.Collect(maps.Keys(f.locks))
-	names = append(names, f.extra...)
+	names := slices.Clone(f.extra)
+	for name, l := range f.locks {
+		if l.holder != 0 || len(l.queue) > 0 {
+			names = append(names, name)
+		}
+	}
 	slices.Sort(names)
 	return slices.Compact(names)
 }
@@ -203,5 +209,13 @@ func (f *fakeLocker) setRaceGrant(on bool) {
 func (f *fakeLocker) addExtra(names ...string) {
 	f.mu.Lock()
 	f.extra = append(f.extra, names...)
+	f.mu.Unlock()
+}
+
+// dropExtra forgets names "known from peers", as the core forgets an idle
+// lock.
+func (f *fakeLocker) dropExtra(names ...string) {
+	f.mu.Lock()
+	f.extra = slices.DeleteFunc(f.extra, func(n string) bool { return slices.Contains(names, n) })
 	f.mu.Unlock()
 }

@@ -316,6 +316,13 @@ func TestNamedLocks(t *testing.T) {
 	if out := mustRun(t, mnt, `ls "$M"`); out != "lock\nremote\n" {
 		t.Errorf("ls after rm: %q", out)
 	}
+	// A name only known from peers leaves the listing once the Locker
+	// forgets it (the core forgets idle locks); names made here stay.
+	mustRun(t, mnt, `touch "$M/mine"`)
+	fk.dropExtra("remote")
+	if out := mustRun(t, mnt, `ls "$M"`); out != "lock\nmine\n" {
+		t.Errorf("ls after the Locker forgot remote: %q", out)
+	}
 }
 
 // TestManyWaiters: 1,000 blocked openers leave stat, readdir and .status

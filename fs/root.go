@@ -150,7 +150,8 @@ type rootNode struct {
 	fs *lockFS
 
 	mu     sync.Mutex
-	names  map[string]*gofs.Inode // lock names known here
+	names  map[string]*gofs.Inode // lock names with an inode here
+	made   map[string]bool        // of those, the names made here (and lock)
 	hidden map[string]bool        // names unlinked here (until created again)
 	status *gofs.Inode
 }
@@ -167,6 +168,7 @@ func newRoot(locker Locker, log *slog.Logger) *rootNode {
 			open:   make(map[*lockHandle]struct{}),
 		},
 		names:  make(map[string]*gofs.Inode),
+		made:   make(map[string]bool),
 		hidden: make(map[string]bool),
 	}
 }
@@ -178,6 +180,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	lock := r.NewPersistentInode(ctx, &lockNode{fs: r.fs, name: LockFile}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: lockIno})
 	r.AddChild(LockFile, lock, true)
 	r.names[LockFile] = lock
+	r.made[LockFile] = true
 }
 
 // OnForget runs when the mount ends: grants whose RELEASE never came (the
@@ -202,6 +205,7 @@ func (r *rootNode) node(ctx context.Context, name string, create bool) *gofs.Ino
 	defer r.mu.Unlock()
 	if create {
 		delete(r.hidden, name)
+		r.made[name] = true
 	} else if r.hidden[name] {
 		return nil
 	}
@@ -221,10 +225,32 @@ func (r *rootNode) known(ctx context.Context, name string) *gofs.Inode {
 	if ch != nil {
 		return ch
 	}
-	if validName(name) != nil || !slices.Contains(r.fs.locker.Names(), name) {
+	if validName(name) != nil {
 		return nil
 	}
+	names := r.fs.locker.Names()
+	if !slices.Contains(names, name) {
+		return nil
+	}
+	r.prune(names)
 	return r.node(ctx, name, false)
+}
+
+// prune forgets the inodes of names not made here that the Locker no longer
+// knows (the core forgets idle locks) and that nobody here waits for or
+// holds: the listing shows the names in use, and the map stays bounded.
+func (r *rootNode) prune(locker []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fs.mu.Lock()
+	defer r.fs.mu.Unlock()
+	for name, ch := range r.names {
+		if r.made[name] || r.fs.use[name] > 0 || slices.Contains(locker, name) {
+			continue
+		}
+		delete(r.names, name)
+		ch.ForgetPersistent()
+	}
 }
 
 // Getattr describes the root directory.
@@ -260,7 +286,9 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 
 // Readdir lists .status, the names made here and the names the Locker knows.
 func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
-	for _, name := range r.fs.locker.Names() {
+	names := r.fs.locker.Names()
+	r.prune(names)
+	for _, name := range names {
 		if validName(name) == nil {
 			r.node(ctx, name, false)
 		}
@@ -335,6 +363,7 @@ func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return errno(errBusy)
 	}
 	delete(r.names, name)
+	delete(r.made, name)
 	r.hidden[name] = true
 	ch.ForgetPersistent()
 	return 0
