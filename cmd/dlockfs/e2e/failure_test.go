@@ -102,17 +102,7 @@ func TestPeerKilled(t *testing.T) {
 		// b holds; a waits (earlier request), c waits (later: a defers
 		// c's request). a is killed, then b releases: c now lacks only
 		// a's reply, which comes never; c enters once a is detected.
-		nodes := startCluster(t, 3, nodeOpts{})
-		a, b, c := nodes[0], nodes[1], nodes[2]
-		hb := shellHold(t, b, "lock")
-		hb.waitLine(t, startTimeout, "held ")
-		wa := shellHold(t, a, "lock")
-		waitWaiting(t, a, "lock", 1)
-		waitQueued(t, b, "lock", a.name)
-		wc := shellHold(t, c, "lock")
-		waitWaiting(t, c, "lock", 1)
-		waitQueued(t, a, "lock", c.name)
-		waitAwaiting(t, c, "lock", a.name)
+		a, b, c, hb, wa, wc := waitersBehindHolder(t)
 		kill := nowMicros()
 		a.kill(t)
 		seen := watchMember(c, a.name, "failed", startTimeout)
@@ -186,17 +176,7 @@ func TestPeerSIGTERM(t *testing.T) {
 	})
 
 	t.Run("waiting", func(t *testing.T) {
-		nodes := startCluster(t, 3, nodeOpts{})
-		a, b, c := nodes[0], nodes[1], nodes[2]
-		hb := shellHold(t, b, "lock")
-		hb.waitLine(t, startTimeout, "held ")
-		wa := shellHold(t, a, "lock")
-		waitWaiting(t, a, "lock", 1)
-		waitQueued(t, b, "lock", a.name)
-		wc := shellHold(t, c, "lock")
-		waitWaiting(t, c, "lock", 1)
-		waitQueued(t, a, "lock", c.name)
-		waitAwaiting(t, c, "lock", a.name)
+		a, b, c, hb, wa, wc := waitersBehindHolder(t)
 		// c must stop awaiting a: a answers as it withdraws its request.
 		answered := watch(startTimeout, func() bool {
 			d, err := c.status()
@@ -369,4 +349,23 @@ func killHolding(t *testing.T, fastPath bool) {
 			ms(hs[0].enter-kill), survivors[0].name, ms(detect-kill))
 	}
 	waitIdle(t, startTimeout, survivors, "lock")
+}
+
+// waitersBehindHolder starts 3 peers a, b, c where b's shell holds the lock,
+// a's shell waits with the earlier request and c's with the later one, so
+// that a defers c's request and c awaits a's reply.
+func waitersBehindHolder(t *testing.T) (a, b, c *node, hb, wa, wc *proc) {
+	t.Helper()
+	nodes := startCluster(t, 3, nodeOpts{})
+	a, b, c = nodes[0], nodes[1], nodes[2]
+	hb = shellHold(t, b, "lock")
+	hb.waitLine(t, startTimeout, "held ")
+	wa = shellHold(t, a, "lock")
+	waitWaiting(t, a, "lock", 1)
+	waitQueued(t, b, "lock", a.name)
+	wc = shellHold(t, c, "lock")
+	waitWaiting(t, c, "lock", 1)
+	waitQueued(t, a, "lock", c.name)
+	waitAwaiting(t, c, "lock", a.name)
+	return a, b, c, hb, wa, wc
 }
