@@ -233,9 +233,7 @@ func mountError(err error) error {
 		return nil
 	case errors.Is(err, fs.ErrMountpoint):
 		return withCode(exitMountpoint, err)
-	case errors.Is(err, fs.ErrNoFUSE):
-		return withCode(exitFUSE, err)
-	default:
+	default: // fs.ErrNoFUSE, or the mount itself failed
 		return withCode(exitFUSE, err)
 	}
 }
