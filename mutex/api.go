@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // OpenerID identifies one local opener: one caller of Acquire or TryAcquire
@@ -31,7 +32,30 @@ const (
 	// with the sender (a request sent before the sender knew us was
 	// dropped). Lock, ReqTime and Try are empty.
 	MsgHello MsgType = 5
+	// MsgLease asks a voter to grant the sender's lease (majority mode):
+	// ReqTime is the round, Session the sender's lease session, Reserve
+	// the highest fencing token the sender may issue under the lease.
+	MsgLease MsgType = 6
+	// MsgLeaseGrant grants lease round ReqTime of session TargetInc.
+	// Reserve is the highest Reserve the granter recorded for an earlier
+	// incarnation of the receiver (its restarted self), which the
+	// receiver witnesses before it answers any request.
+	MsgLeaseGrant MsgType = 7
+	// MsgEvicted declares that the sender has stopped granting leases to
+	// Target's session Session (incarnation TargetInc) and that the
+	// lock-delay since its last grant has passed. Reserve is the highest
+	// Reserve Target sent it. A majority of voters declaring so evicts
+	// Target: it then counts as having answered every request.
+	MsgEvicted MsgType = 8
+	// MsgConfig carries the sender's voter set (Config is its version,
+	// Voters the names).
+	MsgConfig MsgType = 9
+	// MsgConfigAck acknowledges voter set version Config.
+	MsgConfigAck MsgType = 10
 )
+
+// maxMsgType is the highest message type.
+const maxMsgType = MsgConfigAck
 
 // String names the message type.
 func (t MsgType) String() string {
@@ -46,6 +70,16 @@ func (t MsgType) String() string {
 		return "cancel"
 	case MsgHello:
 		return "hello"
+	case MsgLease:
+		return "lease"
+	case MsgLeaseGrant:
+		return "lease-grant"
+	case MsgEvicted:
+		return "evicted"
+	case MsgConfig:
+		return "config"
+	case MsgConfigAck:
+		return "config-ack"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint8(t))
 }
@@ -67,6 +101,22 @@ type Message struct {
 	ReqTime uint64
 	// Try marks a try-lock request.
 	Try bool
+
+	// The fields below are used in majority mode only (zero otherwise).
+
+	// Config is the version of the sender's voter set.
+	Config uint64
+	// Session is the sender's lease session: it grows each time the
+	// sender's lease lapses (and the sender starts afresh).
+	Session uint64
+	// Reserve: see MsgLease, MsgLeaseGrant and MsgEvicted.
+	Reserve uint64
+	// Target and TargetInc name the peer a MsgEvicted is about (and
+	// TargetInc is the session a MsgLeaseGrant grants).
+	Target    string
+	TargetInc uint64
+	// Voters is the voter set of a MsgConfig, sorted.
+	Voters []string
 }
 
 // String renders the message for logs and failing tests.
@@ -75,8 +125,20 @@ func (m Message) String() string {
 	if m.Try {
 		try = " try"
 	}
-	return fmt.Sprintf("%s %s/%d->%s/%d lock=%q t=%d req=%d%s",
-		m.Type, m.From, m.FromIncarnation, m.To, m.ToIncarnation, m.Lock, m.Time, m.ReqTime, try)
+	q := ""
+	if m.Config != 0 || m.Session != 0 {
+		q = fmt.Sprintf(" cfg=%d sess=%d", m.Config, m.Session)
+	}
+	switch m.Type {
+	case MsgLease, MsgLeaseGrant:
+		q += fmt.Sprintf(" res=%d", m.Reserve)
+	case MsgEvicted:
+		q += fmt.Sprintf(" target=%s/%d res=%d", m.Target, m.TargetInc, m.Reserve)
+	case MsgConfig:
+		q += fmt.Sprintf(" voters=%v", m.Voters)
+	}
+	return fmt.Sprintf("%s %s/%d->%s/%d lock=%q t=%d req=%d%s%s",
+		m.Type, m.From, m.FromIncarnation, m.To, m.ToIncarnation, m.Lock, m.Time, m.ReqTime, try, q)
 }
 
 // Grant tells a local opener it holds lock Lock. Token is the fencing token.
@@ -86,10 +148,21 @@ type Grant struct {
 	Token  uint64
 }
 
-// Refusal tells a local try-lock opener that the lock is busy.
+// Refusal tells a local try-lock opener that the lock is busy (or, in
+// majority mode, that this peer has no lease and so can grant nothing).
 type Refusal struct {
 	Opener OpenerID
 	Lock   string
+}
+
+// Revocation tells a local holder that its hold ended without a release:
+// in majority mode, this peer's lease lapsed (it was cut off from a
+// majority of the voters, or starved), so others may soon be granted the
+// lock. The core has forgotten the opener; the caller must not Release it.
+type Revocation struct {
+	Opener OpenerID
+	Lock   string
+	Token  uint64
 }
 
 // Ready holds the outputs accumulated since the last call to [Core.Ready].
@@ -100,11 +173,30 @@ type Ready struct {
 	Messages []Message
 	Grants   []Grant
 	Refusals []Refusal
+	// Revocations are performed first of all: a revoked holder must
+	// stop before anybody else can be granted.
+	Revocations []Revocation
+	// HardState, when not nil, must be written to stable storage before
+	// any of Messages is sent (majority mode; see [HardState]).
+	HardState *HardState
+}
+
+// HardState is what a peer in majority mode keeps across restarts, as etcd
+// raft keeps its HardState: the voter set, and a floor for its Lamport
+// clock above every fencing token it or anyone whose lease it granted may
+// have issued. Without it a restart still keeps mutual exclusion, but a
+// cluster whose every voter restarted forgets its voters, and fencing
+// tokens may fall across a restart of a majority.
+type HardState struct {
+	Config     uint64
+	Voters     []string
+	ClockFloor uint64
 }
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
-	return len(r.Messages) == 0 && len(r.Grants) == 0 && len(r.Refusals) == 0
+	return len(r.Messages) == 0 && len(r.Grants) == 0 && len(r.Refusals) == 0 && len(r.Revocations) == 0 &&
+		r.HardState == nil
 }
 
 // Config configures a [Core].
@@ -116,6 +208,51 @@ type Config struct {
 	Incarnation uint64
 	// KeepPermissions enables the Roucairol–Carvalho optimisation.
 	KeepPermissions bool
+	// Quorum selects the failure model; see [QuorumMode]. The zero value
+	// is QuorumNone, the plain algorithm; callers that want safety under
+	// partitions (every production caller) set QuorumMajority.
+	Quorum QuorumMode
+	// Lease is how long a lease granted by a majority of voters lets
+	// this peer hold locks, measured on its own clock from the moment it
+	// asked (majority mode only).
+	Lease time.Duration
+	// LockDelay is how long a voter waits after its last grant of a
+	// peer's lease before it declares that peer evicted. It must cover
+	// the lease plus the clock-rate error and the time a lapsed peer
+	// takes to notice; Validate requires at least 3/2 × Lease (with
+	// clocks within 10 % of each other's rate and ticks every Lease/8,
+	// 2 × Lease leaves a margin; see doc.go).
+	LockDelay time.Duration
+	// HardState restores what an earlier life of this peer wrote (nil
+	// for none): majority mode only.
+	HardState *HardState
+}
+
+// QuorumMode is the failure model of a cluster.
+type QuorumMode uint8
+
+// The quorum modes.
+const (
+	// QuorumNone is plain Ricart–Agrawala: a member reported failed
+	// counts as having answered. Available, but two peers can hold a
+	// lock when the failure report is wrong (a partition, a pause).
+	QuorumNone QuorumMode = iota
+	// QuorumMajority: a peer holds a lock only while a majority of the
+	// voters grant it a lease, and a silent voter counts as having
+	// answered only once a majority has declared it evicted, after its
+	// lease has surely expired. A side without a majority grants nothing.
+	QuorumMajority
+)
+
+// String names the mode as the command line does.
+func (q QuorumMode) String() string {
+	switch q {
+	case QuorumNone:
+		return "none"
+	case QuorumMajority:
+		return "majority"
+	}
+	return fmt.Sprintf("quorum(%d)", uint8(q))
 }
 
 // Validate reports the first problem with the configuration.
@@ -126,8 +263,23 @@ func (c Config) Validate() error {
 	if len(c.Name) > MaxNameLen {
 		return fmt.Errorf("mutex: config: Name is longer than %d bytes", MaxNameLen)
 	}
+	switch c.Quorum {
+	case QuorumNone:
+	case QuorumMajority:
+		if c.Lease <= 0 {
+			return errors.New("mutex: config: Lease must be positive in majority mode")
+		}
+		if c.LockDelay < c.Lease*3/2 {
+			return fmt.Errorf("mutex: config: LockDelay %v is under 3/2 of Lease %v", c.LockDelay, c.Lease)
+		}
+	default:
+		return fmt.Errorf("mutex: config: unknown Quorum %d", c.Quorum)
+	}
 	return nil
 }
+
+// MaxVoters bounds the voter set (a MsgConfig must fit in one frame).
+const MaxVoters = 64
 
 // MaxNameLen is the longest node or lock name, in bytes.
 const MaxNameLen = 255
@@ -195,6 +347,8 @@ type Status struct {
 	Members     []MemberStatus // sorted by name, this peer excluded
 	Locks       []LockStatus   // sorted by name
 	Counters    Counters
+	// Quorum is majority mode's state (nil in QuorumNone).
+	Quorum *QuorumStatus
 }
 
 // MemberStatus is one member as the core knows it.

@@ -22,6 +22,7 @@ type Core struct {
 	closed  bool
 	out     Ready
 	ctr     Counters
+	q       *quorum // majority mode; nil in QuorumNone
 
 	// bugKeepPermOnRelease is a fault injected by tests only: keep the
 	// permission of peers we answer on release. The simulation must
@@ -66,13 +67,20 @@ func New(cfg Config) (*Core, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Core{
+	c := &Core{
 		cfg:     cfg,
 		members: map[string]uint64{},
 		locks:   map[string]*lockState{},
 		openers: map[OpenerID]*lockState{},
 		ctr:     Counters{DroppedBy: map[string]uint64{}},
-	}, nil
+	}
+	if cfg.Quorum == QuorumMajority {
+		c.q = newQuorum(cfg)
+		if cfg.HardState != nil {
+			c.restore(cfg.HardState)
+		}
+	}
+	return c, nil
 }
 
 // ErrClosed is returned by Acquire and TryAcquire after Shutdown.
@@ -149,8 +157,9 @@ func (c *Core) TryAcquire(op OpenerID, lock string) error {
 		return err
 	}
 	l := c.lock(lock)
-	if len(l.queue) > 0 {
+	if len(l.queue) > 0 || !c.leaseValid() {
 		c.refuse(op, lock)
+		c.forget(l)
 		return nil
 	}
 	l.queue = append(l.queue, waiter{op: op, try: true})
@@ -192,11 +201,16 @@ func (c *Core) Release(op OpenerID) error {
 
 // startRequest asks every member whose permission we lack for the opener at
 // the head of the queue.
+// In majority mode a peer without a lease asks nothing: the lock stays idle
+// with its openers queued until a lease is granted.
 func (c *Core) startRequest(l *lockState) {
+	if !c.leaseValid() {
+		return
+	}
 	l.phase = Requesting
 	l.reqTime = uint64(c.clock.Increment())
 	clear(l.awaiting)
-	for _, p := range c.names {
+	for _, p := range c.raPeers() {
 		if !l.perm[p] {
 			c.ask(l, p)
 		}
@@ -204,10 +218,13 @@ func (c *Core) startRequest(l *lockState) {
 	c.maybeEnter(l)
 }
 
-// ask sends peer p the outstanding request of l and awaits its answer.
+// ask sends peer p the outstanding request of l and awaits its answer (a
+// voter we cannot address yet is awaited all the same).
 func (c *Core) ask(l *lockState, p string) {
 	l.awaiting[p] = true
-	c.sendRequest(l, p)
+	if _, ok := c.members[p]; ok {
+		c.sendRequest(l, p)
+	}
 }
 
 // sendRequest sends peer p the outstanding request of l (again).
@@ -221,8 +238,11 @@ func (c *Core) sendRequest(l *lockState, p string) {
 // duplicate ones; without it such a request is answered as new, and its
 // sender drops the answer as unexpected. So state stays bounded by the locks
 // in use, however many names scripts make up.
+//
+// It is idempotent: a state already forgotten (a caller looping over a
+// snapshot of the locks may hold one) is left alone.
 func (c *Core) forget(l *lockState) {
-	if l.phase != Idle || len(l.queue) > 0 || len(l.perm) > 0 {
+	if c.locks[l.name] != l || l.phase != Idle || len(l.queue) > 0 || len(l.perm) > 0 {
 		return
 	}
 	for _, in := range l.in {
@@ -240,11 +260,15 @@ func (c *Core) forget(l *lockState) {
 }
 
 func (c *Core) maybeEnter(l *lockState) {
-	if l.phase != Requesting || len(l.awaiting) > 0 {
+	if l.phase != Requesting || len(l.awaiting) > 0 || !c.canEnter() {
 		return
 	}
 	l.phase = Holding
 	l.token = uint64(c.clock.Increment())
+	if l.name == cfgLock {
+		c.cfgGranted(l)
+		return
+	}
 	c.ctr.Grants++
 	c.out.Grants = append(c.out.Grants, Grant{Opener: l.queue[0].op, Lock: l.name, Token: l.token})
 }
@@ -301,6 +325,9 @@ func (c *Core) send(m Message) {
 	m.FromIncarnation = c.cfg.Incarnation
 	m.ToIncarnation = c.members[m.To]
 	m.Time = uint64(c.clock.Time())
+	if c.q != nil {
+		m.Config, m.Session = c.q.ver, c.q.session
+	}
 	c.ctr.Sent++
 	c.out.Messages = append(c.out.Messages, m)
 }
@@ -332,16 +359,22 @@ func (c *Core) step(m Message) error {
 	if inc, ok := c.members[m.From]; !ok || inc != m.FromIncarnation {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, m)
 	}
-	if m.Type < MsgRequest || m.Type > MsgHello {
+	if m.Type < MsgRequest || m.Type > maxMsgType || (c.q == nil && m.Type > MsgHello) {
 		return fmt.Errorf("%w: %v", ErrMalformed, m)
 	}
-	if m.Type != MsgHello && (ValidLockName(m.Lock) != nil || m.ReqTime == 0) {
+	if m.Type <= MsgCancel && ((ValidLockName(m.Lock) != nil && (c.q == nil || m.Lock != cfgLock)) || m.ReqTime == 0) {
 		return fmt.Errorf("%w: %v", ErrMalformed, m)
 	}
 	c.clock.Witness(serf.LamportTime(m.Time))
+	if c.q != nil {
+		if handled, err := c.quorumFilter(m); handled || err != nil {
+			return err
+		}
+	}
 	switch m.Type {
 	case MsgHello:
 		c.resend(m.From)
+		c.resendQuorum(m.From)
 		return nil
 	case MsgRequest:
 		return c.onRequest(m)
@@ -461,16 +494,28 @@ func (c *Core) AddMember(name string, inc uint64) {
 	if name == c.cfg.Name {
 		return
 	}
+	restarted := false
 	if old, ok := c.members[name]; ok {
 		if old == inc {
+			if c.q != nil {
+				c.quorumAddMember(name, inc, false)
+			}
 			return
 		}
-		c.RemoveMember(name)
+		c.dropMember(name)
+		restarted = true
 	}
 	c.members[name] = inc
 	i, _ := slices.BinarySearch(c.names, name)
 	c.names = slices.Insert(c.names, i, name)
 	c.send(Message{Type: MsgHello, To: name})
+	if c.q != nil {
+		c.quorumAddMember(name, inc, restarted)
+		c.resendQuorum(name)
+		if p := c.q.peers[name]; !c.q.isVoter(name) || (p != nil && p.evicted) {
+			return
+		}
+	}
 	for _, l := range c.sortedLocks() {
 		if l.phase == Requesting {
 			c.ask(l, name)
@@ -480,10 +525,23 @@ func (c *Core) AddMember(name string, inc uint64) {
 
 // RemoveMember records that peer name failed or left: it counts as having
 // replied to every request, and its own requests leave the deferred queues.
+//
+// In majority mode a voter stays one: it counts as having replied only once
+// a majority of voters has declared it evicted, after its lease has surely
+// expired (see quorum.go).
 func (c *Core) RemoveMember(name string) {
 	if _, ok := c.members[name]; !ok {
 		return
 	}
+	if c.q != nil && c.quorumRemoveMember(name) {
+		return
+	}
+	c.dropMember(name)
+}
+
+// dropMember forgets member name: it counts as having replied to every
+// request, and its own requests leave the deferred queues.
+func (c *Core) dropMember(name string) {
 	delete(c.members, name)
 	if i, ok := slices.BinarySearch(c.names, name); ok {
 		c.names = slices.Delete(c.names, i, i+1)
@@ -506,6 +564,7 @@ func (c *Core) Reconnected(name string) {
 	if _, ok := c.members[name]; ok {
 		c.send(Message{Type: MsgHello, To: name})
 		c.resend(name)
+		c.resendQuorum(name)
 	}
 }
 
@@ -536,6 +595,7 @@ func (c *Core) Shutdown() {
 func (c *Core) Ready() Ready {
 	r := c.out
 	c.out = Ready{}
+	r.HardState = c.hardState()
 	return r
 }
 
@@ -545,7 +605,9 @@ func (c *Core) Ready() Ready {
 func (c *Core) LockNames() []string {
 	names := make([]string, 0, len(c.locks))
 	for n := range c.locks {
-		names = append(names, n)
+		if n != cfgLock {
+			names = append(names, n)
+		}
 	}
 	slices.Sort(names)
 	return names
@@ -569,7 +631,11 @@ func (c *Core) Status() Status {
 	for _, n := range c.names {
 		s.Members = append(s.Members, MemberStatus{Name: n, Incarnation: c.members[n]})
 	}
+	s.Quorum = c.quorumStatus()
 	for _, l := range c.sortedLocks() {
+		if l.name == cfgLock {
+			continue
+		}
 		ls := LockStatus{Name: l.name, Phase: l.phase, Token: l.token, Waiting: len(l.queue)}
 		if l.phase != Idle {
 			ls.ReqTime = l.reqTime
