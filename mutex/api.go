@@ -85,8 +85,9 @@ func (t MsgType) String() string {
 }
 
 // Message is one lock message between two peers. Incarnations identify one
-// life of a peer: a peer restarted under the same name has a new incarnation,
-// and messages to or from an old one are dropped.
+// life of a peer: a peer restarted under the same name has a new, higher
+// incarnation (majority mode relies on the order), and messages to or from
+// an old one are dropped.
 type Message struct {
 	Type            MsgType
 	From            string

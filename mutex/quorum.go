@@ -90,6 +90,8 @@ type qpeer struct {
 	evicted   bool   // a majority declared session evictedAt
 	evictedAt uint64
 	votes     map[string]evVote // declarer -> its declaration
+	asked       time.Duration // last time it asked to be a voter (asking)
+	asking      bool
 	// refuseFirst: we declared it before we knew its incarnation; the
 	// first session we hear of is refused too.
 	refuseFirst bool
@@ -258,12 +260,12 @@ func (c *Core) check() {
 	case q.voter && q.now >= q.nextRenew:
 		c.renew()
 	case !q.voter && q.ver != 0 && q.now >= q.nextRenew:
-		// A member that is not a voter keeps saying so, so that the
-		// voters hear it and admit it.
+		// A member that is not a voter asks to be one until it is
+		// (a hello marked Try); one that is shutting down does not.
 		q.nextRenew = q.now + q.lease/4
 		for _, v := range q.voters {
 			if _, ok := c.members[v]; ok {
-				c.send(Message{Type: MsgHello, To: v})
+				c.send(Message{Type: MsgHello, To: v, Try: !c.closed})
 			}
 		}
 	}
@@ -498,7 +500,14 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 		return true, fmt.Errorf("%w: ours %d: %v", ErrConfig, q.ver, m)
 	}
 	if !q.isVoter(m.From) {
-		q.peer(m.From).lastHeard = q.now
+		np := q.peer(m.From)
+		np.lastHeard = q.now
+		if m.Type == MsgHello && m.Try {
+			np.asked, np.asking = q.now, true
+			if q.voter && c.leaseValid() {
+				c.proposeChange(change{add: true, name: m.From})
+			}
+		}
 		if m.Type == MsgHello {
 			return false, nil
 		}
@@ -589,6 +598,12 @@ func (c *Core) deferFresh(m Message) error {
 	return nil
 }
 
+// incMatch reports whether a declaration about incarnation inc of voter v
+// applies to the one we know: the same, or either side knows none.
+func (c *Core) incMatch(v string, p *qpeer, inc uint64) bool {
+	return inc == p.inc || inc == 0 || p.inc == 0
+}
+
 // maybeDeclare declares voter v evicted if it has been silent (or down)
 // for a Lease and we granted it nothing for LockDelay.
 func (c *Core) maybeDeclare(v string) {
@@ -656,14 +671,21 @@ func (c *Core) onEvicted(m Message) error {
 		return fmt.Errorf("%w: eviction of a non-voter: %v", ErrUnexpected, m)
 	}
 	p := q.peer(m.Target)
-	if m.TargetInc != p.inc && m.TargetInc != 0 && p.inc != 0 {
+	if p.inc != 0 && m.TargetInc > p.inc {
+		// A later life than we know of (incarnations rise across
+		// restarts): ours is gone.
+		p.resvPrev = max(p.resvPrev, p.resv)
+		*p = qpeer{inc: m.TargetInc, lastHeard: p.lastHeard, down: true, resvPrev: p.resvPrev, votes: p.votes}
+		clear(p.votes)
+	}
+	if !c.incMatch(m.Target, p, m.TargetInc) {
 		return fmt.Errorf("%w: eviction of another incarnation: %v", ErrStale, m)
 	}
 	if old, ok := p.votes[m.From]; ok && old.session > m.ReqTime {
 		return fmt.Errorf("%w: %v", ErrStale, m)
 	}
 	p.votes[m.From] = evVote{session: m.ReqTime, inc: m.TargetInc, reserve: m.Reserve}
-	if m.ReqTime > p.session && (m.TargetInc == p.inc || p.inc == 0) {
+	if m.ReqTime > p.session && c.incMatch(m.Target, p, m.TargetInc) {
 		// A later session than we heard of: our own declaration, if
 		// any, must cover it too.
 		p.session = m.ReqTime
@@ -683,8 +705,7 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 	n := 0
 	var resv uint64
 	for _, w := range q.voters {
-		if vote, ok := p.votes[w]; ok && vote.session >= p.session &&
-			(vote.inc == p.inc || vote.inc == 0 || p.inc == 0) {
+		if vote, ok := p.votes[w]; ok && vote.session >= p.session && c.incMatch(v, p, vote.inc) {
 			n++
 		}
 	}
@@ -744,9 +765,6 @@ func (c *Core) quorumAddMember(name string, inc uint64, restarted bool) {
 	}
 	p.down = false
 	p.lastHeard = q.now
-	if !q.isVoter(name) && q.voter {
-		c.proposeChange(change{add: true, name: name})
-	}
 }
 
 // quorumRemoveMember is RemoveMember in majority mode: a voter stays a
@@ -837,6 +855,9 @@ func (c *Core) adopt(ver uint64, voters []string) {
 			for _, p := range q.peers {
 				delete(p.votes, r)
 			}
+			if p := q.peers[r]; p != nil && p.down {
+				c.dropMember(r) // it left (or failed) and is no voter now
+			}
 		}
 	}
 	switch {
@@ -865,12 +886,8 @@ func (c *Core) adopt(ver uint64, voters []string) {
 			c.checkEvicted(v, p)
 		}
 	}
-	if q.voter {
-		for _, n := range c.names {
-			if !q.isVoter(n) {
-				c.proposeChange(change{add: true, name: n})
-			}
-		}
+	if !q.voter {
+		q.nextRenew = q.now // ask to be a voter at once
 	}
 	for _, l := range c.sortedLocks() {
 		c.maybeEnter(l)
@@ -894,12 +911,12 @@ func (c *Core) proposeChange(ch change) {
 	c.maybeChange()
 }
 
-// heard reports whether a member has been heard from, or reported up by
-// Serf, within a Lease.
+// heard reports whether a member that is no voter has asked to be one
+// within a Lease (a peer that left the voters does not ask).
 func (c *Core) heard(name string) bool {
 	p := c.q.peers[name]
 	_, member := c.members[name]
-	return member && p != nil && !p.down && c.q.now-p.lastHeard < c.q.lease
+	return member && p != nil && !p.down && p.asking && c.q.now-p.asked < c.q.lease
 }
 
 func (c *Core) noop(ch change) bool {
@@ -1010,8 +1027,8 @@ func (c *Core) endChange(done bool) {
 // step of a graceful leave: call it after Shutdown, and leave once
 // [Core.LeftVoters] reports true (or give up after a bound).
 func (c *Core) LeaveVoters() {
-	if c.q == nil || !c.q.isVoter(c.cfg.Name) {
-		return
+	if c.q == nil || !c.q.isVoter(c.cfg.Name) || len(c.q.voters) == 1 {
+		return // the last voter stays one: the cluster ends with it
 	}
 	c.proposeChange(change{name: c.cfg.Name})
 }
@@ -1019,7 +1036,8 @@ func (c *Core) LeaveVoters() {
 // LeftVoters reports whether this peer is no voter (any more): true in
 // QuorumNone mode.
 func (c *Core) LeftVoters() bool {
-	return c.q == nil || (!c.q.isVoter(c.cfg.Name) && c.q.op == nil)
+	q := c.q
+	return q == nil || (!q.isVoter(c.cfg.Name) && q.op == nil) || (len(q.voters) == 1 && q.voter)
 }
 
 // Forget removes voter name from the voter set, which takes a majority of

@@ -65,6 +65,33 @@ func reconnectInterval(profile string) time.Duration {
 	}
 }
 
+// The quorum modes.
+const (
+	QuorumMajority = "majority"
+	QuorumNone     = "none"
+)
+
+// Leases per profile: a voter renews every Lease/4 and ticks every Lease/8.
+// The lock-delay, how long a voter waits after its last grant before it
+// declares a silent voter evicted, is 2 × Lease: it covers the lease plus
+// clock rates within 10 % of each other and the lapsed peer's last tick.
+// After a voter fails, the others grant again within Lease + LockDelay
+// (plus Serf's detection, which overlaps it).
+func leaseTimes(profile string) (lease, lockDelay time.Duration) {
+	switch profile {
+	case ProfileFast:
+		lease = time.Second
+	case ProfileWAN:
+		lease = 15 * time.Second
+	default:
+		lease = 5 * time.Second
+	}
+	return lease, 2 * lease
+}
+
+// LeaseTimes returns the lease and the lock-delay of a profile.
+func LeaseTimes(profile string) (lease, lockDelay time.Duration) { return leaseTimes(profile) }
+
 // fastGossipNodes is the fan-out of a gossip round in [ProfileFast]:
 // every other node in any cluster this profile suits.
 const fastGossipNodes = 32
@@ -109,6 +136,21 @@ type Config struct {
 	// permission received is kept until another peer asks for it, so
 	// repeated uncontended locking sends no message.
 	KeepPermissions bool
+	// Quorum is [QuorumMajority] (the default, also for "") or
+	// [QuorumNone]. In majority mode a peer holds a lock only while a
+	// majority of the voters grants it a lease, so no partition, pause
+	// or false failure report gives two holders; a side without a
+	// majority grants nothing. None is plain Ricart–Agrawala: a member
+	// Serf reports failed counts as having answered (available, unsafe
+	// under partitions and pauses).
+	Quorum string
+	// StateDir is where a majority-mode peer keeps what must survive a
+	// restart (the voter set and a floor for its fencing tokens), in the
+	// file hardstate.json. Empty keeps nothing: a restart is then safe
+	// for mutual exclusion, but fencing tokens may fall if a majority of
+	// the voters restart together, and a cluster whose every peer
+	// restarted must be formed anew.
+	StateDir string
 	// Logger receives the peer's logs, Serf's and memberlist's included
 	// (their INFO lines at debug level). Nil discards.
 	Logger *slog.Logger
@@ -167,6 +209,11 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("peer: config: unknown Profile %q (want %q, %q or %q)",
 			c.Profile, ProfileLAN, ProfileWAN, ProfileFast))
+	}
+	switch c.Quorum {
+	case "", QuorumMajority, QuorumNone:
+	default:
+		errs = append(errs, fmt.Errorf("peer: config: unknown Quorum %q (want %q or %q)", c.Quorum, QuorumMajority, QuorumNone))
 	}
 	switch len(c.Key) {
 	case 0, 16, 24, 32:

@@ -15,13 +15,15 @@ import (
 type callKind uint8
 
 const (
-	callAcquire  callKind = iota // Lock or TryLock (try)
-	callCancel                   // a Lock's ctx ended: withdraw or release op
-	callRelease                  // Unlock
-	callStatus                   // Status
-	callNames                    // Names
-	callShutdown                 // Leave: core.Shutdown
-	callMembers                  // after a join: add the members Serf knows
+	callAcquire     callKind = iota // Lock or TryLock (try)
+	callCancel                      // a Lock's ctx ended: withdraw or release op
+	callRelease                     // Unlock
+	callStatus                      // Status
+	callNames                       // Names
+	callShutdown                    // Leave: core.Shutdown
+	callMembers                     // after a join: add the members Serf knows
+	callLeaveVoters                 // majority mode: ask the voters to remove us (ack when done)
+	callForget                      // majority mode: remove voter lock (try: force) from the voter set
 )
 
 // call is one local call into the driver.
@@ -59,8 +61,16 @@ func (p *Peer) run(serfDown <-chan struct{}) {
 	defer close(p.done)
 	incoming := p.tr.Incoming()
 	connected := p.tr.Connected()
+	ticker := time.NewTicker(p.tickEvery())
+	defer ticker.Stop()
 	for {
+		// Time first: a lease that lapsed is revoked before any other
+		// input is acted on.
+		p.core.Tick(p.now())
+		p.flush()
 		select {
+		case <-ticker.C:
+			p.core.Tick(p.now())
 		case c := <-p.calls:
 			p.handleCall(c)
 		case in, ok := <-incoming:
@@ -81,6 +91,7 @@ func (p *Peer) run(serfDown <-chan struct{}) {
 			serfDown = nil
 			p.serfStopped()
 		case <-p.stop:
+			p.core.Tick(p.now())
 			p.final = p.core.Status()
 			for op, w := range p.waiters {
 				w.res <- result{err: ErrClosed}
@@ -88,7 +99,12 @@ func (p *Peer) run(serfDown <-chan struct{}) {
 			}
 			return
 		}
+		p.core.Tick(p.now())
 		p.flush()
+		if p.leftAck != nil && p.core.LeftVoters() {
+			close(p.leftAck)
+			p.leftAck = nil
+		}
 	}
 }
 
@@ -101,6 +117,8 @@ func (p *Peer) flush() {
 		if rd.Empty() {
 			return
 		}
+		p.performHardState(rd.HardState)
+		p.performRevocations(rd.Revocations)
 		for _, m := range rd.Messages {
 			p.tr.Send(m)
 		}
@@ -145,6 +163,7 @@ func (p *Peer) handleCall(c call) {
 		}
 		p.waiters[c.op] = waiter{res: c.res, lock: c.lock}
 	case callCancel:
+		p.takeRevoked(c.op)
 		_, waiting := p.waiters[c.op]
 		_, holding := p.held[c.op]
 		if waiting || holding {
@@ -157,6 +176,8 @@ func (p *Peer) handleCall(c call) {
 		switch {
 		case p.closed:
 			c.errc <- ErrClosed
+		case !ok && p.takeRevoked(c.op):
+			c.errc <- nil // revoked: nothing left to release
 		case !ok || lock != c.lock:
 			c.errc <- ErrNotHeld
 		default:
@@ -174,6 +195,24 @@ func (p *Peer) handleCall(c call) {
 		// time) must be queued before it is acknowledged.
 		p.flush()
 		close(c.ack)
+	case callLeaveVoters:
+		p.core.LeaveVoters()
+		p.leftAck = c.ack
+		if p.core.LeftVoters() {
+			close(c.ack)
+			p.leftAck = nil
+		}
+	case callForget:
+		if c.try {
+			c.errc <- p.core.ForceForget(c.lock)
+		} else {
+			c.errc <- p.core.Forget(c.lock)
+		}
+		if c.try {
+			p.log.Warn("voter removed by force, on this peer's word alone", "voter", c.lock)
+		} else {
+			p.log.Info("removing voter (needs a majority)", "voter", c.lock)
+		}
 	case callMembers:
 		for _, m := range c.mems {
 			if m.Name != p.name && m.Status == serf.StatusAlive {
@@ -241,7 +280,8 @@ func (p *Peer) step(in incoming) {
 	}
 	p.log.Debug("dropped lock message", "remote", in.Remote, "msg", in.Msg.String(), "err", err)
 	if errors.Is(err, mutex.ErrDuplicate) || errors.Is(err, mutex.ErrStale) ||
-		errors.Is(err, mutex.ErrUnknownPeer) || errors.Is(err, mutex.ErrUnexpected) {
+		errors.Is(err, mutex.ErrUnknownPeer) || errors.Is(err, mutex.ErrUnexpected) ||
+		errors.Is(err, mutex.ErrConfig) || errors.Is(err, mutex.ErrNotVoter) {
 		// Expected around reconnections and membership changes: a
 		// request re-sent after a hello is answered twice, a message
 		// from a peer we have not added yet is dropped until its hello.

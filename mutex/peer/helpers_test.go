@@ -34,6 +34,7 @@ type cluster struct {
 	key     []byte
 	keep    bool
 	profile string // default ProfileFast
+	quorum  string // default QuorumMajority
 
 	mu    sync.Mutex
 	peers []*Peer // in start order, stopped ones included
@@ -58,6 +59,7 @@ func (c *cluster) config(name string, join ...string) Config {
 		Join:            join,
 		Key:             c.key,
 		KeepPermissions: c.keep,
+		Quorum:          c.quorum,
 		Logger:          testLogger().With("test", c.t.Name()),
 	}
 }
@@ -128,8 +130,9 @@ func (c *cluster) waitConverged() {
 	defer func() {
 		if c.t.Failed() {
 			for _, p := range c.live() {
-				c.t.Logf("%s/%d: core members %v; serf members %+v", p.Node(), p.Incarnation(),
-					p.coreStatus().Members, p.Status().Members)
+				cs := p.coreStatus()
+				c.t.Logf("%s/%d: core members %v; serf members %+v; quorum %+v", p.Node(), p.Incarnation(),
+					cs.Members, p.Status().Members, cs.Quorum)
 			}
 		}
 	}()

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/serf/serf"
+
+	"github.com/dlockfs/dlockfs/mutex"
 )
 
 // The Serf tags a peer publishes.
@@ -118,7 +120,10 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		}
 		if err == nil {
 			p.log.Debug("joined", "addrs", addrs, "attempts", attempt)
-			return p.syncMembers(ctx)
+			if err := p.syncMembers(ctx); err != nil {
+				return err
+			}
+			return p.awaitVoter(ctx)
 		}
 		if isKeyError(err) {
 			return fmt.Errorf("peer: join %v: %w: %w", addrs, ErrKeyMismatch, err)
@@ -176,5 +181,27 @@ func (p *Peer) syncMembers(ctx context.Context) error {
 		return nil
 	case <-p.done:
 		return fmt.Errorf("peer: join: %w", ErrClosed)
+	}
+}
+
+// awaitVoter waits, in majority mode, until the voters have admitted this
+// peer (a majority of them agreed), so that a peer that has started counts
+// towards the majority and can be granted locks.
+func (p *Peer) awaitVoter(ctx context.Context) error {
+	if p.quorum != mutex.QuorumMajority {
+		return nil
+	}
+	for {
+		if q := p.coreStatus().Quorum; q != nil && q.Voter {
+			p.log.Debug("admitted as a voter", "voters", len(q.Voters))
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("peer: join: %w: the voters did not admit this peer (is a majority of them reachable?)", ctx.Err())
+		case <-p.done:
+			return fmt.Errorf("peer: join: %w", ErrClosed)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }

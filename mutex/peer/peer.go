@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -72,6 +73,12 @@ type Peer struct {
 
 	// Owned by the driver goroutine.
 	core       *mutex.Core
+	quorum     mutex.QuorumMode
+	lease      time.Duration
+	statePath  string    // HardState file ("" keeps none)
+	epoch      time.Time // the core's clock is the monotonic time since
+	leftAck    chan<- struct{}
+	revoked    sync.Map // mutex.OpenerID -> struct{}: holds a lapse ended
 	waiters    map[mutex.OpenerID]waiter
 	held       map[mutex.OpenerID]string
 	members    map[string]memberInfo
@@ -100,6 +107,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Profile == "" {
 		c.Profile = d.Profile
+	}
+	if c.Quorum == "" {
+		c.Quorum = QuorumMajority
 	}
 	return c
 }
@@ -144,8 +154,15 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		return nil, fmt.Errorf("peer: lock channel on %s: %w", lockListen, err)
 	}
 
-	p := newPeer(cfg, log, inc, tr)
+	p, err := newPeer(cfg, log, inc, tr)
+	if err != nil {
+		tr.Close()
+		return nil, err
+	}
 	p.encrypted = len(key) > 0
+	if len(cfg.Join) == 0 {
+		p.core.Bootstrap() // a new cluster, or our own voter set from StateDir
+	}
 
 	mc, leaveDelay := profile(cfg.Profile)
 	mc.BindAddr = bindIP.String()
@@ -208,28 +225,45 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 
 // newPeer makes a peer around a core and a transport, without Serf and
 // without starting the driver.
-func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) *Peer {
-	core, err := mutex.New(mutex.Config{Name: cfg.Name, Incarnation: inc, KeepPermissions: cfg.KeepPermissions})
+func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) (*Peer, error) {
+	mc := mutex.Config{Name: cfg.Name, Incarnation: inc, KeepPermissions: cfg.KeepPermissions}
+	var statePath string
+	if cfg.Quorum != QuorumNone {
+		mc.Quorum = mutex.QuorumMajority
+		mc.Lease, mc.LockDelay = leaseTimes(cfg.Profile)
+		if cfg.StateDir != "" {
+			statePath = filepath.Join(cfg.StateDir, hardStateFile)
+			hs, err := readHardState(statePath)
+			if err != nil {
+				return nil, err
+			}
+			mc.HardState = hs
+		}
+	}
+	core, err := mutex.New(mc)
 	if err != nil {
-		// cfg was validated with the same rules.
-		panic(err)
+		return nil, fmt.Errorf("peer: %w", err)
 	}
 	return &Peer{
-		name:     cfg.Name,
-		inc:      inc,
-		profile:  cfg.Profile,
-		log:      log,
-		tr:       tr,
-		events:   make(chan serf.Event, 1024),
-		calls:    make(chan call),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-		termDone: make(chan struct{}),
-		core:     core,
-		waiters:  make(map[mutex.OpenerID]waiter),
-		held:     make(map[mutex.OpenerID]string),
-		members:  make(map[string]memberInfo),
-	}
+		quorum:    mc.Quorum,
+		lease:     mc.Lease,
+		statePath: statePath,
+		epoch:     time.Now(),
+		name:      cfg.Name,
+		inc:       inc,
+		profile:   cfg.Profile,
+		log:       log,
+		tr:        tr,
+		events:    make(chan serf.Event, 1024),
+		calls:     make(chan call),
+		stop:      make(chan struct{}),
+		done:      make(chan struct{}),
+		termDone:  make(chan struct{}),
+		core:      core,
+		waiters:   make(map[mutex.OpenerID]waiter),
+		held:      make(map[mutex.OpenerID]string),
+		members:   make(map[string]memberInfo),
+	}, nil
 }
 
 // advertisedLockAddr replaces an unspecified IP in the lock channel's
@@ -246,18 +280,20 @@ func advertisedLockAddr(lockAddr string, gossipIP net.IP) (string, bool) {
 	return net.JoinHostPort(gossipIP.String(), port), true
 }
 
-// nonce returns a random non-zero boot nonce.
+// nonce returns a boot nonce: the boot time in nanoseconds with its low 16
+// bits random, so that a restart has a higher incarnation than the life
+// before it (majority mode counts on that) and two boots in one instant
+// still differ.
 func nonce() (uint64, error) {
-	var b [8]byte
-	for range 8 {
-		if _, err := rand.Read(b[:]); err != nil {
-			return 0, fmt.Errorf("peer: boot nonce: %w", err)
-		}
-		if n := binary.BigEndian.Uint64(b[:]); n != 0 {
-			return n, nil
-		}
+	var b [2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, fmt.Errorf("peer: boot nonce: %w", err)
 	}
-	return 0, errors.New("peer: boot nonce: random source returns zeros")
+	n := uint64(time.Now().UnixNano())&^0xffff | uint64(binary.BigEndian.Uint16(b[:]))
+	if n == 0 {
+		return 0, errors.New("peer: boot nonce: the clock reads zero")
+	}
+	return n, nil
 }
 
 func formatNonce(n uint64) string { return strconv.FormatUint(n, 10) }
@@ -436,6 +472,9 @@ func (p *Peer) leave(ctx context.Context) error {
 		case <-p.done:
 		}
 	case <-p.done:
+	}
+	if err := p.leaveVoters(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if err := p.tr.Flush(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("peer: leave: flush lock channel: %w", err))

@@ -69,7 +69,12 @@ func memberPeer(t *testing.T) (*Peer, *memTransport) {
 func memPeer(t *testing.T, net *memNet, name string, inc uint64) (*Peer, *memTransport) {
 	t.Helper()
 	tr, _ := net.listen(transportConfig{Name: name, Incarnation: inc})
-	p := newPeer(Config{Name: name, Profile: ProfileFast}, testLogger().With("peer", name), inc, tr)
+	// The driver's mechanics, in plain mode (majority mode is tested
+	// with real Serf clusters).
+	p, err := newPeer(Config{Name: name, Profile: ProfileFast, Quorum: QuorumNone}, testLogger().With("peer", name), inc, tr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	go p.run(nil)
 	t.Cleanup(p.kill)
 	return p, tr.(*memTransport)

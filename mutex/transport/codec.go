@@ -10,26 +10,30 @@ import (
 
 // Payload layout (the plaintext inside a frame):
 //
-//	byte 0    version<<4 | kind   (version 1; kind 1..5 = mutex.MsgType,
+//	byte 0    version<<4 | kind   (version 2; kind 1..10 = mutex.MsgType,
 //	                               14 = hello, 15 = welcome)
 //	message:  flags byte (bit 0 = Try; other bits must be 0)
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
-//	          str Lock, uvarint Time, uvarint ReqTime
+//	          str Lock, uvarint Time, uvarint ReqTime,
+//	          uvarint Config, uvarint Session, uvarint Reserve,
+//	          str Target, uvarint TargetInc,
+//	          uvarint len(Voters) (at most mutex.MaxVoters), str each voter
 //	hello:    str Name, uvarint Incarnation, str ToName  (client -> server)
 //	welcome:  str Name, uvarint Incarnation              (server -> client)
 //
 // where str is one length byte (0..255) followed by that many bytes. Nothing
 // may follow the last field.
 const (
-	wireVersion = 1
+	wireVersion = 2
 	kindHello   = 14
 	kindWelcome = 15
 
 	flagTry = 1
 
 	// maxPayload is the largest encoded message: a version/type byte, a
-	// flags byte, three full names and five maximal varints.
-	maxPayload = 2 + 3*(1+mutex.MaxNameLen) + 5*binary.MaxVarintLen64
+	// flags byte, four full names, nine maximal varints and a full voter
+	// set.
+	maxPayload = 2 + 4*(1+mutex.MaxNameLen) + 9*binary.MaxVarintLen64 + mutex.MaxVoters*(1+mutex.MaxNameLen)
 )
 
 // errMalformed is wrapped by every decoding error.
@@ -38,11 +42,20 @@ var errMalformed = errors.New("malformed payload")
 // appendMessage appends the encoding of m to dst. Names longer than
 // mutex.MaxNameLen cannot be encoded.
 func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
-	if m.Type < mutex.MsgRequest || m.Type > mutex.MsgHello {
+	if m.Type < mutex.MsgRequest || m.Type > mutex.MsgConfigAck {
 		return dst, fmt.Errorf("transport: encode: unknown message type %d", m.Type)
 	}
-	if len(m.From) > mutex.MaxNameLen || len(m.To) > mutex.MaxNameLen || len(m.Lock) > mutex.MaxNameLen {
+	if len(m.From) > mutex.MaxNameLen || len(m.To) > mutex.MaxNameLen || len(m.Lock) > mutex.MaxNameLen ||
+		len(m.Target) > mutex.MaxNameLen {
 		return dst, fmt.Errorf("transport: encode: a name is longer than %d bytes", mutex.MaxNameLen)
+	}
+	if len(m.Voters) > mutex.MaxVoters {
+		return dst, fmt.Errorf("transport: encode: %d voters, over %d", len(m.Voters), mutex.MaxVoters)
+	}
+	for _, v := range m.Voters {
+		if len(v) > mutex.MaxNameLen {
+			return dst, fmt.Errorf("transport: encode: a name is longer than %d bytes", mutex.MaxNameLen)
+		}
 	}
 	var flags byte
 	if m.Try {
@@ -56,6 +69,15 @@ func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
 	dst = appendStr(dst, m.Lock)
 	dst = binary.AppendUvarint(dst, m.Time)
 	dst = binary.AppendUvarint(dst, m.ReqTime)
+	dst = binary.AppendUvarint(dst, m.Config)
+	dst = binary.AppendUvarint(dst, m.Session)
+	dst = binary.AppendUvarint(dst, m.Reserve)
+	dst = appendStr(dst, m.Target)
+	dst = binary.AppendUvarint(dst, m.TargetInc)
+	dst = binary.AppendUvarint(dst, uint64(len(m.Voters)))
+	for _, v := range m.Voters {
+		dst = appendStr(dst, v)
+	}
 	return dst, nil
 }
 
@@ -144,7 +166,7 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	d := newDecoder(b)
 	var m mutex.Message
 	kind := d.header()
-	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgHello)) {
+	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgConfigAck)) {
 		d.setBad(fmt.Sprintf("kind %d is not a message", kind))
 	}
 	m.Type = mutex.MsgType(kind)
@@ -160,6 +182,19 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	m.Lock = d.str(intern)
 	m.Time = d.uvarint()
 	m.ReqTime = d.uvarint()
+	m.Config = d.uvarint()
+	m.Session = d.uvarint()
+	m.Reserve = d.uvarint()
+	m.Target = d.str(intern)
+	m.TargetInc = d.uvarint()
+	if n := d.uvarint(); !d.bad && n > mutex.MaxVoters {
+		d.setBad("too many voters")
+	} else if n > 0 {
+		m.Voters = make([]string, 0, n)
+		for range n {
+			m.Voters = append(m.Voters, d.str(intern))
+		}
+	}
 	if err := d.end(); err != nil {
 		return mutex.Message{}, err
 	}

@@ -3,6 +3,8 @@ package transport
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -18,7 +20,21 @@ func sampleMessages() []mutex.Message {
 		{Type: mutex.MsgCancel, From: "a", To: "b", Lock: "l", ReqTime: ^uint64(0), Time: ^uint64(0)},
 		{Type: mutex.MsgHello, From: "a", FromIncarnation: 5, To: "b", ToIncarnation: 6, Time: 1},
 		{Type: mutex.MsgRequest, From: long, FromIncarnation: ^uint64(0), To: long, ToIncarnation: ^uint64(0), Lock: long, Time: ^uint64(0), ReqTime: ^uint64(0), Try: true},
+		{Type: mutex.MsgLease, From: "a", To: "b", ReqTime: 3, Config: 9, Session: 2, Reserve: 1 << 50},
+		{Type: mutex.MsgLeaseGrant, From: "a", To: "b", ReqTime: 3, Config: 9, TargetInc: 2, Reserve: 7},
+		{Type: mutex.MsgEvicted, From: "a", To: "b", Target: "c", TargetInc: ^uint64(0), ReqTime: 4, Reserve: 8, Config: 9},
+		{Type: mutex.MsgConfig, From: "a", To: "b", Config: ^uint64(0), Voters: []string{"a", "b", long}},
+		{Type: mutex.MsgConfig, From: "a", To: "b", Config: 1, Voters: fullVoters()},
+		{Type: mutex.MsgConfigAck, From: "a", To: "b", Config: 1},
 	}
+}
+
+func fullVoters() []string {
+	vs := make([]string, mutex.MaxVoters)
+	for i := range vs {
+		vs[i] = fmt.Sprintf("%03d", i) + strings.Repeat("v", mutex.MaxNameLen-3)
+	}
+	return vs
 }
 
 func TestCodecRoundTrip(t *testing.T) {
@@ -34,7 +50,7 @@ func TestCodecRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("decode %v: %v", m, err)
 		}
-		if got != m {
+		if !reflect.DeepEqual(got, m) {
 			t.Errorf("round trip: got %v, want %v", got, m)
 		}
 	}
@@ -49,7 +65,9 @@ func TestCodecRejectsUnencodable(t *testing.T) {
 	long := strings.Repeat("n", mutex.MaxNameLen+1)
 	for _, m := range []mutex.Message{
 		{Type: 0, From: "a", To: "b"},
-		{Type: 6, From: "a", To: "b"},
+		{Type: 11, From: "a", To: "b"},
+		{Type: mutex.MsgConfig, From: "a", To: "b", Voters: []string{long}},
+		{Type: mutex.MsgConfig, From: "a", To: "b", Voters: make([]string, mutex.MaxVoters+1)},
 		{Type: mutex.MsgRequest, From: long, To: "b"},
 		{Type: mutex.MsgRequest, From: "a", To: "b", Lock: long},
 	} {
@@ -65,16 +83,17 @@ func TestCodecRejectsMalformed(t *testing.T) {
 	cases := map[string][]byte{
 		"empty":          {},
 		"version 0":      mutate(func(b []byte) []byte { b[0] = 0x01; return b }),
-		"version 2":      mutate(func(b []byte) []byte { b[0] = 0x21; return b }),
-		"kind 0":         mutate(func(b []byte) []byte { b[0] = 0x10; return b }),
-		"kind 6":         mutate(func(b []byte) []byte { b[0] = 0x16; return b }),
-		"hello kind":     mutate(func(b []byte) []byte { b[0] = 0x10 | kindHello; return b }),
+		"version 1":      mutate(func(b []byte) []byte { b[0] = 0x11; return b }),
+		"version 3":      mutate(func(b []byte) []byte { b[0] = 0x31; return b }),
+		"kind 0":         mutate(func(b []byte) []byte { b[0] = 0x20; return b }),
+		"kind 11":        mutate(func(b []byte) []byte { b[0] = 0x2b; return b }),
+		"hello kind":     mutate(func(b []byte) []byte { b[0] = 0x20 | kindHello; return b }),
 		"unknown flag":   mutate(func(b []byte) []byte { b[1] = 0x02; return b }),
 		"truncated":      good[:len(good)-1],
 		"header only":    good[:1],
 		"trailing byte":  append(append([]byte(nil), good...), 0),
 		"string too big": mutate(func(b []byte) []byte { b[2] = 200; return b }),
-		"varint overflow": append(append([]byte{0x11, 0, 1, 'a'},
+		"varint overflow": append(append([]byte{0x21, 0, 1, 'a'},
 			0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), 1, 'b', 0, 0, 0, 0),
 	}
 	for name, b := range cases {
@@ -129,7 +148,7 @@ func FuzzDecodeMessage(f *testing.F) {
 			t.Fatalf("re-encode %v: %v", m, err)
 		}
 		m2, err := decodeMessage(enc, plainString)
-		if err != nil || m2 != m {
+		if err != nil || !reflect.DeepEqual(m2, m) {
 			t.Fatalf("round trip of %v: got %v, %v", m, m2, err)
 		}
 		if len(enc) > len(b) {

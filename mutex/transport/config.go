@@ -11,7 +11,7 @@ import (
 
 // Defaults for the zero fields of a [Config].
 const (
-	DefaultMaxFrameSize     = 4096                  // bytes of frame body
+	DefaultMaxFrameSize     = 32768                 // bytes of frame body: a full voter set fits
 	DefaultQueueLen         = 4096                  // messages per peer
 	DefaultIncomingLen      = 1024                  // messages
 	DefaultMaxConns         = 1024                  // inbound connections
@@ -25,8 +25,9 @@ const (
 )
 
 // minFrameSize is the smallest MaxFrameSize accepted: the largest message
-// (three 255-byte names, five ten-byte varints) sealed, with room to spare.
-const minFrameSize = 1024
+// (four 255-byte names, nine varints and a full voter set) sealed, with
+// room to spare.
+const minFrameSize = maxPayload + 64
 
 // Config configures a [Transport]. Zero limits and timeouts take the
 // Default values above.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -68,7 +69,7 @@ func TestTwoPeersBothDirections(t *testing.T) {
 				expectConnected(t, from, to.cfg.Name)
 				for i := range n {
 					in := recv(t, to)
-					if want := msg(from, to, in.Msg.Lock, uint64(i)); in.Msg != want {
+					if want := msg(from, to, in.Msg.Lock, uint64(i)); !reflect.DeepEqual(in.Msg, want) {
 						t.Fatalf("%s got %v, want %v", to.cfg.Name, in.Msg, want)
 					}
 					if !strings.HasPrefix(in.Remote, "127.0.0.1:") {
