@@ -90,8 +90,8 @@ type qpeer struct {
 	evicted   bool   // a majority declared session evictedAt
 	evictedAt uint64
 	votes     map[string]evVote // declarer -> its declaration
-	asked       time.Duration // last time it asked to be a voter (asking)
-	asking      bool
+	asked     time.Duration     // last time it asked to be a voter (asking)
+	asking    bool
 	// refuseFirst: we declared it before we knew its incarnation; the
 	// first session we hear of is refused too.
 	refuseFirst bool
