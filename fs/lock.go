@@ -26,6 +26,9 @@ func (n *lockNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if err != nil {
 		return nil, 0, errno(err)
 	}
+	if n.fs.flushMode != noFlush {
+		return h, fuse.FOPEN_DIRECT_IO, 0
+	}
 	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
@@ -61,6 +64,9 @@ type lockHandle struct {
 // file; ENOSYS must not be answered, as it would stop FLUSH on the whole
 // mount and the flock view needs it (POSIX locks end at FLUSH).
 func (h *lockHandle) Flush(ctx context.Context) syscall.Errno {
+	if h.fs.flushMode == flushENOSYS {
+		return syscall.ENOSYS
+	}
 	return 0
 }
 

@@ -55,7 +55,19 @@ type lockFS struct {
 	holders map[string]int
 	// flushing maps a FLUSH request's cancel channel to its lock owner.
 	flushing sync.Map
+	// flushMode is how the root view's lock files answer FLUSH; tests
+	// and benchmarks change it before any open.
+	flushMode flushMode
 }
+
+// flushMode is how root-view lock files avoid or answer FLUSH.
+type flushMode uint8
+
+const (
+	noFlush     flushMode = iota // FOPEN_NOFLUSH: the kernel sends none (default)
+	flushOK                      // FLUSH is sent and answered 0
+	flushENOSYS                  // answered ENOSYS: FLUSH stops for the whole mount (breaks POSIX locks in flock/)
+)
 
 // validName reports why name cannot be a lock name, or nil.
 func validName(name string) error {
