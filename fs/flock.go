@@ -234,15 +234,24 @@ type rawFS struct {
 	fs *lockFS
 }
 
-// OpenDir refuses an open of a directory that is not O_DIRECTORY (EISDIR):
-// that is flock(1) or `exec 9<DIR` about to take a file lock, which the
-// kernel would keep locally for a directory, so that the program would
-// run without the cluster lock. opendir(3) (ls, find) passes O_DIRECTORY.
+// OpenDir refuses util-linux flock(1)'s open of a directory (EISDIR).
+// FUSE does not forward a directory's file locks: the kernel would keep
+// the lock local to this machine and flock(1) would run its command
+// without the cluster lock. The open cannot be told from other plain
+// opens of a directory (Go's os.Open passes no O_DIRECTORY either), so
+// this looks at the opener's command name, and only when the open lacks
+// O_DIRECTORY (opendir(3), as in ls and find, passes it).
 func (r *rawFS) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
-	if in.Flags&syscall.O_DIRECTORY == 0 {
+	if in.Flags&syscall.O_DIRECTORY == 0 && isFlockCmd(in.Pid) {
 		return fuse.Status(errno(errIsDir))
 	}
 	return r.RawFileSystem.OpenDir(cancel, in, out)
+}
+
+// isFlockCmd reports whether thread tid runs util-linux flock(1).
+func isFlockCmd(tid uint32) bool {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(tid), 10) + "/comm")
+	return err == nil && string(b) == "flock\n"
 }
 
 func (r *rawFS) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status {
