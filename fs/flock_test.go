@@ -76,9 +76,10 @@ flock -n "$M/flock/lock" -c true; echo "c=$?"`)
 	h.expect("released")
 	waitFor(t, "lock free", free(fk, LockFile))
 	// Held through the flock view, the root view's try-lock fails.
-	p := start(t, mnt, `exec 9>"$M/flock/x" && flock 9 && { read -r tok <&9; echo "held $tok"; } && read -r _ && flock -u 9 && echo unlocked && read -r _`)
-	if l := p.next(); !strings.HasPrefix(l, "held ") {
-		t.Fatalf("flock 9 printed %q", l)
+	p := start(t, mnt, `exec 9<>"$M/flock/x" && flock 9 && { read -r tok <&9; echo "held $tok"; } && read -r _ && flock -u 9 && echo unlocked && read -r _`)
+	line := p.next()
+	if _, tok, _ := fk.state("x"); line != "held "+strconv.FormatUint(tok, 10) {
+		t.Fatalf("flock 9 then read <&9: %q, want token %d", line, tok)
 	}
 	if _, _, code := run(t, mnt, `dd if="$M/x" iflag=nonblock count=0 status=none`); code == 0 {
 		t.Error("root view try-lock succeeded while flock/x is held")
