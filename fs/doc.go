@@ -83,10 +83,16 @@
 // programs that flock(2) a directory of the mount get a machine-local lock.
 //
 // A wait (a blocking open, LOCK_EX, F_SETLKW) by a process that already
-// holds the lock here, through a descriptor of the root view's file (its
-// own or inherited: `cat /proc/self/fd/9`, `cat /dev/stdin <&9`) or a POSIX
-// lock in the flock view, fails at once with EDEADLK instead of waiting for
-// itself. The check reads /proc only when a holder exists on this mount.
+// holds the lock here, through a descriptor (its own or inherited) of the
+// root view's file (`cat /proc/self/fd/9`, `cat /dev/stdin <&9`) or of a
+// flock-view open file that holds a flock or OFD lock on it
+// (`exec 9>F; flock 9; flock F cmd`), or through a POSIX lock, fails at once
+// with EDEADLK instead of waiting for itself. The check runs only when a
+// holder exists on this mount: it reads /proc/PID/fd, and tells which open
+// file a flock-view descriptor is by fsyncing a copy of it (pidfd_getfd)
+// from a thread of the daemon's own; without the permission for that (a
+// non-root daemon under Yama ptrace restrictions) flock-view descriptors
+// are not recognised and such a wait waits.
 //
 // Things to know:
 //

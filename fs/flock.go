@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -180,8 +183,16 @@ func (h *flockHandle) Write(ctx context.Context, data []byte, off int64) (uint32
 	return uint32(len(data)), 0
 }
 
-// Fsync has nothing to do.
+// Fsync has nothing to do, but answers a probe (see lockFS.probe).
 func (h *flockHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if c, ok := fuse.FromContext(ctx); ok {
+		if v, ok := h.fs.probes.Load(c.Pid); ok {
+			select {
+			case v.(chan *flockHandle) <- h:
+			default:
+			}
+		}
+	}
 	return 0
 }
 
@@ -385,19 +396,45 @@ func (f *lockFS) getlk(ctx context.Context, name string, owner uint64, lk *fuse.
 
 // selfHeld reports whether the process of thread pid already holds lock
 // name here: it has a descriptor of the lock file in the root view (every
-// such open file holds its lock), or it holds a POSIX lock on it in the
+// such open file holds its lock), or of an open file of the flock view
+// through which the lock is held, or it holds a POSIX lock on it in the
 // flock view. It reads /proc, so it runs only when a wait would begin.
 func (f *lockFS) selfHeld(pid uint32, name string) bool {
 	if pid == 0 {
 		return false
 	}
-	path := f.dir + "/" + name
+	path, flockPath := f.dir+"/"+name, f.dir+"/"+FlockDir+"/"+name
 	fdDir := "/proc/" + strconv.FormatUint(uint64(pid), 10) + "/fd"
+	var flockFDs []int
 	if ents, err := os.ReadDir(fdDir); err == nil {
 		for _, e := range ents {
-			if target, err := os.Readlink(fdDir + "/" + e.Name()); err == nil && target == path {
+			target, err := os.Readlink(fdDir + "/" + e.Name())
+			switch {
+			case err != nil:
+			case target == path:
 				return true
+			case target == flockPath:
+				if fd, err := strconv.Atoi(e.Name()); err == nil {
+					flockFDs = append(flockFDs, fd)
+				}
 			}
+		}
+	}
+	for _, fd := range flockFDs {
+		h := f.probe(pid, fd)
+		if h == nil {
+			continue
+		}
+		f.mu.Lock()
+		held := false
+		for k, hd := range f.holds {
+			if k.name == name && hd.h == h {
+				held = true
+			}
+		}
+		f.mu.Unlock()
+		if held {
+			return true
 		}
 	}
 	f.mu.Lock()
@@ -413,6 +450,38 @@ func (f *lockFS) selfHeld(pid uint32, name string) bool {
 	}
 	me := tgid(pid)
 	return me != 0 && slices.ContainsFunc(pids, func(p uint32) bool { return tgid(p) == me })
+}
+
+// probe finds the flock-view open file behind descriptor fd of thread
+// tid's process: it takes a copy of the descriptor (pidfd_getfd) and
+// fsyncs it from a thread of its own, whose FSYNC request names the
+// handle. It returns nil if that fails (no permission, the descriptor is
+// gone). Closing the copy sends a FLUSH with this process as the owner,
+// which drops nothing, and the RELEASE if the copy was the last reference.
+func (f *lockFS) probe(tid uint32, fd int) *flockHandle {
+	pidfd, err := unix.PidfdOpen(tgid(tid), 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(pidfd)
+	dup, err := unix.PidfdGetfd(pidfd, fd, 0)
+	if err != nil {
+		return nil
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	me := uint32(unix.Gettid())
+	ch := make(chan *flockHandle, 1)
+	f.probes.Store(me, ch)
+	defer f.probes.Delete(me)
+	unix.Fsync(dup)
+	unix.Close(dup)
+	select {
+	case h := <-ch:
+		return h
+	default:
+		return nil
+	}
 }
 
 // tgid returns the process id of thread tid, or 0.

@@ -194,6 +194,10 @@ func TestSelfDeadlock(t *testing.T) {
 		`exec 9<"$M/lock"; timeout 10 cat /dev/stdin <&9`,
 		`exec 9<"$M/lock"; timeout 10 flock "$M/flock/lock" true`,
 		`exec 9<"$M/lock"; exec 8<"$M/lock"`,
+		`exec 9>"$M/flock/lock"; flock 9; timeout 10 flock "$M/flock/lock" true`,
+		`exec 9>"$M/flock/lock"; flock 9; timeout 10 cat "$M/lock"`,
+		`exec 9>"$M/flock/lock"; flock 9; exec 8>"$M/flock/lock"; timeout 10 flock 8`,
+		`exec 9>"$M/flock/lock"; python3 -c 'import fcntl; fcntl.lockf(9, fcntl.LOCK_EX); open("'"$M"'/lock")'`,
 	} {
 		_, errOut, code := run(t, mnt, script)
 		if code == 0 || code == 124 || !strings.Contains(errOut, "Resource deadlock avoided") {
@@ -201,8 +205,12 @@ func TestSelfDeadlock(t *testing.T) {
 		}
 		waitFor(t, "lock free", free(fk, LockFile))
 	}
-	// Another process's hold is waited for as usual.
+	// Another process's hold is waited for as usual, even with a
+	// descriptor of the lock open that holds nothing.
 	h := holder(t, mnt, LockFile)
+	if out := mustRun(t, mnt, `exec 8>"$M/flock/lock"; flock -w 0.2 8; echo "rc=$?"`); out != "rc=1\n" {
+		t.Errorf("a timed wait with an idle descriptor open: %q, want rc=1 (timeout)", out)
+	}
 	w := start(t, mnt, `cat "$M/lock" >/dev/null && echo got`)
 	waitFor(t, "a waiter", waiting(fk, LockFile, 1))
 	h.send("")

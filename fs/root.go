@@ -55,6 +55,9 @@ type lockFS struct {
 	holders map[string]int
 	// flushing maps a FLUSH request's cancel channel to its lock owner.
 	flushing sync.Map
+	// probes maps a daemon thread id to the channel on which the FSYNC
+	// of its probe names the open file (see probe).
+	probes sync.Map
 	// flushMode is how the root view's lock files answer FLUSH; tests
 	// and benchmarks change it before any open.
 	flushMode flushMode

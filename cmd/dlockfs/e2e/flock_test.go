@@ -144,9 +144,9 @@ except OSError as e: print("busy", e.errno)' "$1/flock/$2"`, "busy 11"},
 }
 
 // TestLegacyNamesAndDirs: a name made on one peer opens on the other
-// without being created there, and flock(1) on the mount's directories
-// fails at once with EISDIR instead of taking a lock only local to the
-// machine.
+// without being created there; a process that would wait for itself fails
+// with EDEADLK; and flock(1) on the mount's directories fails at once with
+// EISDIR instead of taking a lock only local to the machine.
 func TestLegacyNamesAndDirs(t *testing.T) {
 	needEnv(t)
 	nodes := startCluster(t, 2, nodeOpts{})
@@ -158,6 +158,17 @@ func TestLegacyNamesAndDirs(t *testing.T) {
 		t.Errorf("on b: exit %d, %q", code, out)
 	}
 	release(t, h)
+	// A process waiting for itself fails at once (EDEADLK).
+	for _, script := range []string{
+		`exec 9<"$1/lock"; timeout 10 cat /proc/self/fd/9`,
+		`exec 9<"$1/lock"; timeout 10 cat /dev/stdin <&9`,
+		`exec 9>"$1/flock/lock"; flock 9; timeout 10 flock "$1/flock/lock" true`,
+	} {
+		code, out, errOut := run(t, 15*time.Second, "bash", "-c", script, "self", b.dir)
+		if code == 0 || code == 124 || !strings.Contains(errOut, "Resource deadlock avoided") {
+			t.Errorf("%s: exit %d, %q, %q; want EDEADLK", script, code, out, errOut)
+		}
+	}
 	for _, dir := range []string{a.dir, b.dir + "/flock"} {
 		code, out, errOut := run(t, 10*time.Second, "flock", "-n", dir, "true")
 		if code == 0 || !strings.Contains(errOut, "Is a directory") {
