@@ -48,7 +48,8 @@ int main(int argc, char **argv) {
 // TestLegacyFileLocks: unchanged programs that lock with flock(2),
 // fcntl(2) or lockf(3) in MOUNT/flock/ exclude each other across two
 // peers: util-linux flock(1) in its forms, python3 fcntl.flock and
-// fcntl.lockf, perl flock and a C program with F_SETLK(W). The
+// fcntl.lockf, perl flock, a C program with F_SETLK(W) and, if installed,
+// lckdo (moreutils). The
 // non-blocking forms fail at once, timed and interrupted waits end, and no
 // request is left behind on either peer.
 func TestLegacyFileLocks(t *testing.T) {
@@ -104,6 +105,16 @@ except OSError as e: print("busy", e.errno)' "$1/flock/$2"`, "busy 11"},
 		{"C F_SETLK", setlk + ` "$1/flock/$2" try </dev/null`, "error Resource temporarily unavailable"},
 		{"C F_SETLKW alarm", setlk + ` "$1/flock/$2" wait 1 </dev/null`, "error Interrupted system call"},
 		{"timeout cat", `timeout 0.3 cat "$1/$2" >/dev/null; echo "rc=$?"`, "rc=124"},
+	}
+	// lckdo (moreutils: fcntl locks, F_GETLK for -t), if installed.
+	if _, err := exec.LookPath("lckdo"); err == nil {
+		holders = append(holders, struct{ name, script string }{"lckdo -w", `lckdo -w "$1/flock/$2" bash -c 'echo held; read -r _'`})
+		tries = append(tries,
+			struct{ name, script, want string }{"lckdo", `lckdo -q "$1/flock/$2" true; echo "rc=$?"`, "rc=75"},
+			struct{ name, script, want string }{"lckdo -W", `lckdo -q -W 1 "$1/flock/$2" true; echo "rc=$?"`, "rc=75"},
+			struct{ name, script, want string }{"lckdo -t", `lckdo -t "$1/flock/$2" 2>&1 | grep -c 'is locked by process'`, "1"})
+	} else {
+		t.Log("lckdo (moreutils) is not installed: not tested")
 	}
 	for i, hd := range holders {
 		hname, hscript := hd.name, hd.script
