@@ -101,6 +101,11 @@ func (d *flockDirNode) Create(ctx context.Context, name string, flags uint32, mo
 	return d.node(ctx, name), &flockHandle{fs: d.root.fs, name: name}, fuse.FOPEN_DIRECT_IO, 0
 }
 
+// Unlink is the root's: the name leaves the listing (EBUSY if in use here).
+func (d *flockDirNode) Unlink(ctx context.Context, name string) syscall.Errno {
+	return d.root.Unlink(ctx, name)
+}
+
 // Getlk, Setlk and Setlkw on the directory are refused (EISDIR).
 func (d *flockDirNode) Getlk(ctx context.Context, f gofs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
 	return errno(errIsDir)

@@ -94,6 +94,9 @@ flock -n "$M/flock/lock" -c true; echo "c=$?"`)
 	if out := mustRun(t, mnt, `ls "$M/flock"`); !strings.Contains(out, "lock\n") || !strings.Contains(out, "x\n") {
 		t.Errorf("ls flock/: %q", out)
 	}
+	if out := mustRun(t, mnt, `rm "$M/flock/x"; ls "$M/flock"`); out != "lock\n" {
+		t.Errorf("ls flock/ after rm flock/x: %q", out)
+	}
 }
 
 // TestFlockViewReleaseRules: flock and OFD locks end at LOCK_UN or the last

@@ -152,6 +152,7 @@ var (
 	_ = (gofs.NodeLookuper)((*flockDirNode)(nil))
 	_ = (gofs.NodeReaddirer)((*flockDirNode)(nil))
 	_ = (gofs.NodeCreater)((*flockDirNode)(nil))
+	_ = (gofs.NodeUnlinker)((*flockDirNode)(nil))
 	_ = (gofs.NodeGetlker)((*flockDirNode)(nil))
 	_ = (gofs.NodeSetlker)((*flockDirNode)(nil))
 	_ = (gofs.NodeSetlkwer)((*flockDirNode)(nil))
