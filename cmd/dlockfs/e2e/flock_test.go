@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -155,7 +156,8 @@ except OSError as e: print("busy", e.errno)' "$1/flock/$2"`, "busy 11"},
 }
 
 // TestLegacyNamesAndDirs: a name made on one peer opens on the other
-// without being created there; a process that would wait for itself fails
+// without being created there; a killed flock holder releases at once; a
+// process that would wait for itself fails
 // with EDEADLK; and flock(1) on the mount's directories fails at once with
 // EISDIR instead of taking a lock only local to the machine.
 func TestLegacyNamesAndDirs(t *testing.T) {
@@ -169,6 +171,14 @@ func TestLegacyNamesAndDirs(t *testing.T) {
 		t.Errorf("on b: exit %d, %q", code, out)
 	}
 	release(t, h)
+	// A killed flock holder on a releases at once to a waiter on b.
+	k := startProc(t, "flock holder on a", workerTimeout, "bash", "-c", `exec 9>"$1/flock/k"; flock 9; echo held; read -r _`, "k", a.dir)
+	k.waitLine(t, startTimeout, "held")
+	w := startProc(t, "waiter on b", workerTimeout, "flock", b.dir+"/flock/k", "echo", "got")
+	waitWaiting(t, b, "k", 1)
+	k.signal(t, syscall.SIGKILL)
+	w.waitLine(t, startTimeout, "got")
+	waitIdle(t, startTimeout, nodes, "k")
 	// A process waiting for itself fails at once (EDEADLK).
 	for _, script := range []string{
 		`exec 9<"$1/lock"; timeout 10 cat /proc/self/fd/9`,
