@@ -11,8 +11,9 @@ import (
 	"github.com/dlockfs/dlockfs/mutex"
 )
 
-// fakeLocker is an in-process Locker: a FIFO mutex per name, with tokens
-// that rise across all names, honouring ctx.
+// fakeLocker is an in-process SharedLocker: a FIFO readers–writers lock
+// per name (a shared request queued behind an exclusive one waits), with
+// tokens that rise across all names, honouring ctx.
 type fakeLocker struct {
 	node string
 
@@ -32,15 +33,20 @@ type fakeLocker struct {
 }
 
 type fakeLock struct {
-	holder mutex.OpenerID // 0: free
-	token  uint64
-	queue  []*fakeWaiter
+	holder  mutex.OpenerID            // the exclusive holder; 0: none
+	readers map[mutex.OpenerID]uint64 // shared holders and their tokens
+	token   uint64
+	queue   []*fakeWaiter
 }
 
 type fakeWaiter struct {
-	id mutex.OpenerID
-	ch chan mutex.Grant // buffered, 1
+	id     mutex.OpenerID
+	shared bool
+	ch     chan mutex.Grant // buffered, 1
 }
+
+// busy reports whether l is held (exclusively or shared).
+func (l *fakeLock) busy() bool { return l.holder != 0 || len(l.readers) > 0 }
 
 func newFake() *fakeLocker {
 	return &fakeLocker{node: "fakenode", locks: make(map[string]*fakeLock)}
@@ -50,33 +56,58 @@ func newFake() *fakeLocker {
 func (f *fakeLocker) get(name string) *fakeLock {
 	l := f.locks[name]
 	if l == nil {
-		l = &fakeLock{}
+		l = &fakeLock{readers: make(map[mutex.OpenerID]uint64)}
 		f.locks[name] = l
 	}
 	return l
 }
 
-// dispatch grants a free lock to the head of its queue; f.mu must be held.
+// dispatch grants the lock to the head of its queue while it can: an
+// exclusive request when nobody holds it, shared ones while no exclusive
+// holder; f.mu must be held.
 func (f *fakeLocker) dispatch(name string, l *fakeLock) {
-	if l.holder != 0 || len(l.queue) == 0 {
-		return
+	for len(l.queue) > 0 {
+		w := l.queue[0]
+		if l.holder != 0 || (!w.shared && len(l.readers) > 0) {
+			return
+		}
+		l.queue = l.queue[1:]
+		f.token++
+		f.grants++
+		l.token = f.token
+		if w.shared {
+			l.readers[w.id] = f.token
+		} else {
+			l.holder = w.id
+		}
+		w.ch <- mutex.Grant{Opener: w.id, Lock: name, Token: f.token}
 	}
-	w := l.queue[0]
-	l.queue = l.queue[1:]
-	f.token++
-	f.grants++
-	l.holder, l.token = w.id, f.token
-	w.ch <- mutex.Grant{Opener: w.id, Lock: name, Token: f.token}
 }
 
 func (f *fakeLocker) Lock(ctx context.Context, name string) (mutex.Grant, error) {
+	return f.lock(ctx, name, false)
+}
+
+func (f *fakeLocker) LockShared(ctx context.Context, name string) (mutex.Grant, error) {
+	return f.lock(ctx, name, true)
+}
+
+func (f *fakeLocker) TryLock(ctx context.Context, name string) (mutex.Grant, error) {
+	return f.tryLock(ctx, name, false)
+}
+
+func (f *fakeLocker) TryLockShared(ctx context.Context, name string) (mutex.Grant, error) {
+	return f.tryLock(ctx, name, true)
+}
+
+func (f *fakeLocker) lock(ctx context.Context, name string, shared bool) (mutex.Grant, error) {
 	if err := mutex.ValidLockName(name); err != nil {
 		return mutex.Grant{}, err
 	}
 	f.mu.Lock()
 	l := f.get(name)
 	f.lastID++
-	w := &fakeWaiter{id: f.lastID, ch: make(chan mutex.Grant, 1)}
+	w := &fakeWaiter{id: f.lastID, shared: shared, ch: make(chan mutex.Grant, 1)}
 	l.queue = append(l.queue, w)
 	f.dispatch(name, l)
 	f.mu.Unlock()
@@ -105,18 +136,18 @@ func (f *fakeLocker) Lock(ctx context.Context, name string) (mutex.Grant, error)
 	return mutex.Grant{}, fmt.Errorf("fake lock %q: %w", name, ctx.Err())
 }
 
-func (f *fakeLocker) TryLock(ctx context.Context, name string) (mutex.Grant, error) {
+func (f *fakeLocker) tryLock(ctx context.Context, name string, shared bool) (mutex.Grant, error) {
 	if err := mutex.ValidLockName(name); err != nil {
 		return mutex.Grant{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	l := f.get(name)
-	if l.holder != 0 || len(l.queue) > 0 {
+	if l.holder != 0 || len(l.queue) > 0 || (!shared && len(l.readers) > 0) {
 		return mutex.Grant{}, fmt.Errorf("fake trylock %q: %w", name, mutex.ErrLocked)
 	}
 	f.lastID++
-	w := &fakeWaiter{id: f.lastID, ch: make(chan mutex.Grant, 1)}
+	w := &fakeWaiter{id: f.lastID, shared: shared, ch: make(chan mutex.Grant, 1)}
 	l.queue = append(l.queue, w)
 	f.dispatch(name, l)
 	return <-w.ch, nil
@@ -126,11 +157,15 @@ func (f *fakeLocker) Unlock(g mutex.Grant) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	l := f.locks[g.Lock]
-	if l == nil || l.holder != g.Opener || l.token != g.Token {
+	switch {
+	case l != nil && l.readers[g.Opener] == g.Token && g.Token != 0:
+		delete(l.readers, g.Opener)
+	case l == nil || l.holder != g.Opener || l.token != g.Token:
 		f.badUnlck++
 		return fmt.Errorf("fake unlock %q: opener %d does not hold it", g.Lock, g.Opener)
+	default:
+		l.holder = 0
 	}
-	l.holder = 0
 	f.unlocks++
 	f.dispatch(g.Lock, l)
 	return nil
@@ -145,7 +180,7 @@ func (f *fakeLocker) Names() []string {
 	defer f.mu.Unlock()
 	names := slices.Clone(f.extra)
 	for name, l := range f.locks {
-		if l.holder != 0 || len(l.queue) > 0 {
+		if l.busy() || len(l.queue) > 0 {
 			names = append(names, name)
 		}
 	}
@@ -170,7 +205,7 @@ func (f *fakeLocker) StatusJSON() ([]byte, error) {
 	}{Node: f.node, Locks: []fakeLockStatus{}}
 	for _, name := range slices.Sorted(maps.Keys(f.locks)) {
 		l := f.locks[name]
-		st.Locks = append(st.Locks, fakeLockStatus{name, l.holder != 0, l.token, len(l.queue)})
+		st.Locks = append(st.Locks, fakeLockStatus{name, l.busy(), l.token, len(l.queue)})
 	}
 	return json.Marshal(st)
 }
@@ -183,7 +218,17 @@ func (f *fakeLocker) state(name string) (held bool, token uint64, waiting int) {
 	if l == nil {
 		return false, 0, 0
 	}
-	return l.holder != 0, l.token, len(l.queue)
+	return l.busy(), l.token, len(l.queue)
+}
+
+// readers reports how many shared holders name has.
+func (f *fakeLocker) readers(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if l := f.locks[name]; l != nil {
+		return len(l.readers)
+	}
+	return 0
 }
 
 // counts reports grants, unlocks, bad unlocks and cancels seen in race mode.

@@ -30,6 +30,20 @@ type Locker interface {
 	StatusJSON() ([]byte, error)
 }
 
+// SharedLocker is a [Locker] that also grants shared (reader) holds: any
+// number of shared holders at once, or one exclusive holder. The flock view
+// uses it for flock(LOCK_SH), F_RDLCK and lockf's read locks; with a Locker
+// that does not implement it, a shared request is taken as exclusive.
+type SharedLocker interface {
+	Locker
+	// LockShared blocks until a shared hold of name is granted or ctx
+	// ends; a cancelled request is withdrawn.
+	LockShared(ctx context.Context, name string) (mutex.Grant, error)
+	// TryLockShared grants a shared hold of name if no exclusive holder
+	// or waiter is in the way now, else fails with mutex.ErrLocked.
+	TryLockShared(ctx context.Context, name string) (mutex.Grant, error)
+}
+
 // Options configure [Mount].
 type Options struct {
 	// Locker is the lock the mount serves. Required.
@@ -51,6 +65,9 @@ const (
 	LockFile = "lock"
 	// StatusFile serves Locker.StatusJSON.
 	StatusFile = ".status"
+	// FlockDir is the directory view of the same locks in which open
+	// never blocks and flock(2)/fcntl(2) locks take the cluster lock.
+	FlockDir = "flock"
 )
 
 // Errors the file system answers with; [errno] maps them.
@@ -62,6 +79,10 @@ var (
 	errReadOnly     = errors.New("file is read-only")
 	errReserved     = errors.New("names starting with '.' are reserved")
 	errNotDir       = errors.New("not a directory")
+	errIsDir        = errors.New("file locks on a directory are refused")
+	errNameTooLong  = errors.New("lock name longer than 255 bytes")
+	errDeadlock     = errors.New("the caller already holds this lock through an open file")
+	errRange        = errors.New("byte-range locks are refused: only whole-file locks (start 0, length 0)")
 )
 
 // errno maps an error to the errno the kernel passes to the caller. It is
@@ -91,6 +112,14 @@ func errno(err error) syscall.Errno {
 		return syscall.EACCES
 	case errors.Is(err, errNotDir):
 		return syscall.ENOTDIR
+	case errors.Is(err, errIsDir):
+		return syscall.EISDIR
+	case errors.Is(err, errNameTooLong):
+		return syscall.ENAMETOOLONG
+	case errors.Is(err, errDeadlock):
+		return syscall.EDEADLK
+	case errors.Is(err, errRange):
+		return syscall.EINVAL
 	default:
 		return syscall.EIO
 	}
@@ -114,11 +143,40 @@ var (
 	_ = (gofs.NodeLinker)((*rootNode)(nil))
 	_ = (gofs.NodeSymlinker)((*rootNode)(nil))
 	_ = (gofs.NodeTmpfiler)((*rootNode)(nil))
+	_ = (gofs.NodeGetlker)((*rootNode)(nil))
+	_ = (gofs.NodeSetlker)((*rootNode)(nil))
+	_ = (gofs.NodeSetlkwer)((*rootNode)(nil))
+
+	_ = (gofs.InodeEmbedder)((*flockDirNode)(nil))
+	_ = (gofs.NodeGetattrer)((*flockDirNode)(nil))
+	_ = (gofs.NodeLookuper)((*flockDirNode)(nil))
+	_ = (gofs.NodeReaddirer)((*flockDirNode)(nil))
+	_ = (gofs.NodeCreater)((*flockDirNode)(nil))
+	_ = (gofs.NodeUnlinker)((*flockDirNode)(nil))
+	_ = (gofs.NodeGetlker)((*flockDirNode)(nil))
+	_ = (gofs.NodeSetlker)((*flockDirNode)(nil))
+	_ = (gofs.NodeSetlkwer)((*flockDirNode)(nil))
+
+	_ = (gofs.InodeEmbedder)((*flockNode)(nil))
+	_ = (gofs.NodeOpener)((*flockNode)(nil))
+	_ = (gofs.NodeGetattrer)((*flockNode)(nil))
+	_ = (gofs.NodeSetattrer)((*flockNode)(nil))
+	_ = (gofs.NodeGetlker)((*flockNode)(nil))
+	_ = (gofs.NodeSetlker)((*flockNode)(nil))
+	_ = (gofs.NodeSetlkwer)((*flockNode)(nil))
+	_ = (gofs.FileReader)((*flockHandle)(nil))
+	_ = (gofs.FileWriter)((*flockHandle)(nil))
+	_ = (gofs.FileFsyncer)((*flockHandle)(nil))
+	_ = (gofs.FileFlusher)((*flockHandle)(nil))
+	_ = (gofs.FileReleaser)((*flockHandle)(nil))
 
 	_ = (gofs.InodeEmbedder)((*lockNode)(nil))
 	_ = (gofs.NodeOpener)((*lockNode)(nil))
 	_ = (gofs.NodeGetattrer)((*lockNode)(nil))
 	_ = (gofs.NodeSetattrer)((*lockNode)(nil))
+	_ = (gofs.NodeGetlker)((*lockNode)(nil))
+	_ = (gofs.NodeSetlker)((*lockNode)(nil))
+	_ = (gofs.NodeSetlkwer)((*lockNode)(nil))
 	_ = (gofs.FileReader)((*lockHandle)(nil))
 	_ = (gofs.FileWriter)((*lockHandle)(nil))
 	_ = (gofs.FileFsyncer)((*lockHandle)(nil))

@@ -274,13 +274,15 @@ func TestNamedLocks(t *testing.T) {
 	if held, _, _ := fk.state("b"); !held {
 		t.Fatal("exec 9>b did not take lock b")
 	}
-	if out := mustRun(t, mnt, `ls -A "$M"`); out != ".status\na\nb\nc\nlock\nremote\n" {
+	if out := mustRun(t, mnt, `ls -A "$M"`); out != ".status\na\nb\nc\nflock\nlock\nremote\n" {
 		t.Errorf("ls -A: %q", out)
 	}
 	if out := mustRun(t, mnt, `cat "$M/remote"`); !strings.HasSuffix(out, "lock remote\n") {
 		t.Errorf("cat remote: %q", out)
 	}
-	mustRun(t, mnt, `rm "$M/a"; test ! -e "$M/a"`)
+	// rm takes a name out of the listing; like every valid name, it can
+	// still be opened.
+	mustRun(t, mnt, `rm "$M/a"; ls "$M" | grep -qx a && exit 1; test -e "$M/a"`)
 	for _, tc := range []struct{ script, errText string }{
 		{`rm "$M/b"`, "Device or resource busy"},
 		{`rm "$M/lock"`, "Operation not permitted"},
@@ -288,16 +290,22 @@ func TestNamedLocks(t *testing.T) {
 		{`touch "$M/.hidden"`, "Invalid argument"},
 		{`exec 9>"$M/.hidden"`, "Invalid argument"},
 		{`flock "$M/.hidden" true`, "Invalid argument"},
-		{`mkdir "$M/d"`, "Operation not permitted"},
+		{`mkdir "$M/d"`, "File exists"},
 		{`mv "$M/c" "$M/z"`, "Operation not permitted"},
-		{`ln -s x "$M/s"`, "Operation not permitted"},
-		{`ln "$M/c" "$M/hard"`, "Operation not permitted"},
-		{`mkfifo "$M/fifo"`, "Operation not permitted"},
-		{`mknod "$M/dev" c 1 3`, "Operation not permitted"},
+		{`ln -s x "$M/s"`, "File exists"},
+		{`ln "$M/c" "$M/hard"`, "File exists"},
+		{`mkfifo "$M/fifo"`, "File exists"},
+		{`mknod "$M/dev" c 1 3`, "File exists"},
 		{`chmod 600 "$M/lock"`, "Operation not permitted"},
 		{`chown 1 "$M/lock"`, "Operation not permitted"},
 		{`rmdir "$M/lock"`, "Not a directory"},
-		{`cat "$M/nosuch"`, "No such file or directory"},
+		{`touch "$M/` + strings.Repeat("n", 256) + `"`, "File name too long"},
+		{`touch "$M/flock/` + strings.Repeat("n", 256) + `"`, "File name too long"},
+		{`cat "$M/.nosuch"`, "No such file or directory"},
+		{`rm "$M/flock"`, "Is a directory"},
+		{`rmdir "$M/flock"`, "Operation not permitted"},
+		{`flock -n "$M" true`, "Is a directory"},
+		{`flock -n "$M/flock" true`, "Is a directory"},
 	} {
 		_, errOut, code := run(t, mnt, "timeout 10 "+tc.script)
 		if code == 0 || code == 124 || !strings.Contains(errOut, tc.errText) {
@@ -307,20 +315,21 @@ func TestNamedLocks(t *testing.T) {
 	// touch of a held name: its open (O_NONBLOCK, a try-lock) fails with
 	// EAGAIN, and touch falls back to utimensat, which succeeds.
 	mustRun(t, mnt, `touch "$M/b"`)
-	if out := mustRun(t, mnt, `ls "$M"`); out != "b\nc\nlock\nremote\n" {
+	if out := mustRun(t, mnt, `ls "$M"`); out != "b\nc\nflock\nlock\nremote\n" {
 		t.Errorf("ls: %q", out)
 	}
 	h.send("")
 	waitFor(t, "b free", free(fk, "b"))
 	mustRun(t, mnt, `rm "$M/b" "$M/c"`)
-	if out := mustRun(t, mnt, `ls "$M"`); out != "lock\nremote\n" {
+	if out := mustRun(t, mnt, `ls "$M"`); out != "flock\nlock\nremote\n" {
 		t.Errorf("ls after rm: %q", out)
 	}
 	// A name only known from peers leaves the listing once the Locker
-	// forgets it (the core forgets idle locks); names made here stay.
-	mustRun(t, mnt, `touch "$M/mine"`)
-	fk.dropExtra("remote")
-	if out := mustRun(t, mnt, `ls "$M"`); out != "lock\nmine\n" {
+	// forgets it (the core forgets idle locks); names used here stay.
+	fk.addExtra("remote2")
+	mustRun(t, mnt, `touch "$M/mine"; ls "$M" | grep -qx remote2`)
+	fk.dropExtra("remote2")
+	if out := mustRun(t, mnt, `ls "$M"`); out != "flock\nlock\nmine\nremote\n" {
 		t.Errorf("ls after the Locker forgot remote: %q", out)
 	}
 }

@@ -21,11 +21,15 @@ type lockNode struct {
 // with O_NONBLOCK). An interrupt (a signal to the opener) withdraws the
 // request and fails the open with EINTR.
 func (n *lockNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	n.fs.root.used(n.name)
 	h, err := n.fs.acquire(ctx, n.name, flags)
 	if err != nil {
 		return nil, 0, errno(err)
 	}
-	return h, fuse.FOPEN_DIRECT_IO, 0
+	if n.fs.flushMode != noFlush {
+		return h, fuse.FOPEN_DIRECT_IO, 0
+	}
+	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
 // Getattr reports a regular file of size 0.
@@ -50,15 +54,20 @@ type lockHandle struct {
 	fs      *lockFS
 	name    string
 	grant   mutex.Grant
+	pid     uint32 // the opener (a thread id)
 	content []byte // "TOKEN\nholder NODE\nlock NAME\n"
 }
 
-// Flush answers ENOSYS: the lock is released in Release, at the last close
-// of the open file description, so the FLUSH that comes with every close(2)
-// has nothing to do. On ENOSYS the kernel stops sending FLUSH on this mount
-// at all, which saves a synchronous round trip per close.
+// Flush has nothing to do: the lock is released in Release, at the last
+// close of the open file description. Open answers FOPEN_NOFLUSH, so the
+// kernel does not send the FLUSH that comes with every close(2) for this
+// file; ENOSYS must not be answered, as it would stop FLUSH on the whole
+// mount and the flock view needs it (POSIX locks end at FLUSH).
 func (h *lockHandle) Flush(ctx context.Context) syscall.Errno {
-	return syscall.ENOSYS
+	if h.fs.flushMode == flushENOSYS {
+		return syscall.ENOSYS
+	}
+	return 0
 }
 
 // Read returns the grant's description.
@@ -90,4 +99,21 @@ func readAt(content, dest []byte, off int64) fuse.ReadResult {
 	}
 	end := min(int(off)+len(dest), len(content))
 	return fuse.ReadResultData(content[off:end])
+}
+
+// Getlk reports no conflict: an open file of the root view holds its lock.
+func (n *lockNode) Getlk(ctx context.Context, f gofs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	*out = fuse.FileLock{Typ: syscall.F_UNLCK}
+	return 0
+}
+
+// Setlk succeeds at once: the open already took the cluster lock, so
+// `flock MOUNT/NAME cmd` and fcntl locks on a held file are satisfied.
+func (n *lockNode) Setlk(ctx context.Context, f gofs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return 0
+}
+
+// Setlkw is Setlk.
+func (n *lockNode) Setlkw(ctx context.Context, f gofs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return 0
 }

@@ -73,6 +73,9 @@ func mount(dir string, opts Options) (*fuse.Server, *rootNode, error) {
 			DisableXAttrs: true,
 			// O_TRUNC arrives in OPEN instead of a separate SETATTR.
 			ExtraCapabilities: fuse.CAP_ATOMIC_O_TRUNC,
+			// flock(2) and fcntl(2) locks come to the daemon (the flock
+			// view takes the cluster lock for them).
+			EnableLocks: true,
 			// Never SingleThreaded, and MaxInflightRequestBytes unset:
 			// blocked opens must not hold up other requests.
 		},
@@ -84,9 +87,16 @@ func mount(dir string, opts Options) (*fuse.Server, *rootNode, error) {
 		logger.Warn("mount point is not empty: its files are hidden while mounted, and scripts that run while it is not mounted use them unlocked",
 			"dir", abs, "first", entries[0].Name(), "entries", len(entries))
 	}
-	rootNode := newRoot(opts.Locker, logger)
-	server, err := gofs.Mount(abs, rootNode, fsOpts)
+	rootNode := newRoot(opts.Locker, abs, logger)
+	// gofs.Mount, with the raw file system wrapped (see rawFS).
+	raw := &rawFS{RawFileSystem: gofs.NewNodeFS(rootNode, fsOpts), fs: rootNode.fs}
+	server, err := fuse.NewServer(raw, abs, &fsOpts.MountOptions)
 	if err != nil {
+		return nil, nil, fmt.Errorf("fs: mount %s: %w", abs, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
+		server.Unmount()
 		return nil, nil, fmt.Errorf("fs: mount %s: %w", abs, err)
 	}
 	logger.Debug("mounted", "dir", abs, "allow_other", opts.AllowOther)

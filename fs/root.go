@@ -28,11 +28,15 @@ const (
 const (
 	lockIno   = 2
 	statusIno = 3
+	flockIno  = 4
 )
 
 // lockFS is the state shared by every node of one mount.
 type lockFS struct {
 	locker Locker
+	shared SharedLocker // locker, if it grants shared holds; else nil
+	root   *rootNode
+	dir    string // the mount point
 	log    *slog.Logger
 	uid    uint32
 	gid    uint32
@@ -44,10 +48,38 @@ type lockFS struct {
 	use map[string]int
 	// open holds every handle whose grant is not yet given back.
 	open map[*lockHandle]struct{}
+	// holds are the locks taken by file-lock calls in the flock view.
+	holds map[holdKey]*hold
+	// holders counts, per lock name, the grants held here (open handles
+	// and holds); entries at zero are deleted.
+	holders map[string]int
+	// flushing maps a FLUSH request's cancel channel to its lock owner.
+	flushing sync.Map
+	// probes maps a daemon thread id to the channel on which the FSYNC
+	// of its probe names the open file (see probe).
+	probes sync.Map
+	// flushMode is how the root view's lock files answer FLUSH; tests
+	// and benchmarks change it before any open.
+	flushMode flushMode
 }
+
+// flushMode is how root-view lock files avoid or answer FLUSH.
+type flushMode uint8
+
+const (
+	noFlush     flushMode = iota // FOPEN_NOFLUSH: the kernel sends none (default)
+	flushOK                      // FLUSH is sent and answered 0
+	flushENOSYS                  // answered ENOSYS: FLUSH stops for the whole mount (breaks POSIX locks in flock/)
+)
 
 // validName reports why name cannot be a lock name, or nil.
 func validName(name string) error {
+	if len(name) > mutex.MaxNameLen {
+		return fmt.Errorf("%w: %.20q...", errNameTooLong, name)
+	}
+	if name == FlockDir {
+		return fmt.Errorf("%w: %q is the flock view", errReserved, name)
+	}
 	if err := mutex.ValidLockName(name); err != nil {
 		return err
 	}
@@ -69,41 +101,70 @@ func (f *lockFS) setAttr(out *fuse.Attr, mode uint32) {
 // acquire waits for (or, with O_NONBLOCK, tries) the lock name for one
 // opener and returns the handle that holds it.
 func (f *lockFS) acquire(fctx context.Context, name string, flags uint32) (*lockHandle, error) {
+	g, err := f.grab(fctx, name, false, flags&syscall.O_NONBLOCK != 0)
+	if err != nil {
+		return nil, err
+	}
+	h := &lockHandle{fs: f, name: name, grant: g, content: f.describe(g)}
+	if c, ok := fuse.FromContext(fctx); ok {
+		h.pid = c.Pid
+	}
+	f.mu.Lock()
+	f.open[h] = struct{}{}
+	f.holders[name]++
+	f.mu.Unlock()
+	return h, nil
+}
+
+// grab takes lock name (shared, if asked and the Locker can) for one
+// caller: it tries it (try) or waits for it. A wait by a process that
+// already holds the lock here fails with EDEADLK instead of waiting for
+// itself. The caller records the grant and gives it back with ungrab.
+func (f *lockFS) grab(fctx context.Context, name string, shared, try bool) (mutex.Grant, error) {
 	f.mu.Lock()
 	f.use[name]++
+	busy := f.holders[name] > 0
 	f.mu.Unlock()
+	if busy && !try {
+		if c, ok := fuse.FromContext(fctx); ok && f.selfHeld(c.Pid, name) {
+			f.mu.Lock()
+			f.unuse(name)
+			f.mu.Unlock()
+			f.log.Debug("wait refused: the caller already holds the lock", "lock", name, "pid", c.Pid)
+			return mutex.Grant{}, fmt.Errorf("lock %q: %w", name, errDeadlock)
+		}
+	}
 
 	// go-fuse recycles the request (and its cancel channel) once the
 	// request returns: give the Locker a context of its own.
 	ctx, cancel := context.WithCancel(fctx)
 	var g mutex.Grant
 	var err error
-	if flags&syscall.O_NONBLOCK != 0 {
+	switch {
+	case shared && try:
+		g, err = f.shared.TryLockShared(ctx, name)
+	case shared:
+		g, err = f.shared.LockShared(ctx, name)
+	case try:
 		g, err = f.locker.TryLock(ctx, name)
-	} else {
+	default:
 		g, err = f.locker.Lock(ctx, name)
 	}
 	cancel()
 	if err == nil && fctx.Err() != nil {
-		// The grant raced an interrupt. Keep it: the open succeeds. If
-		// the signal kills the opener, the kernel releases the new
-		// descriptor at once (every successful OPEN gets its RELEASE);
-		// if the opener handles the signal, it holds the lock it waited
-		// for. (Failing with EINTR would instead send a Go program,
-		// whose runtime signals interrupt opens spuriously, to the back
-		// of the queue.)
+		// The grant raced an interrupt. Keep it: the call succeeds. If
+		// the signal kills the caller, the kernel releases its open
+		// file at once (every successful OPEN gets its RELEASE); if the
+		// caller handles the signal, it holds the lock it waited for.
+		// (Failing with EINTR would instead send a Go program, whose
+		// runtime signals interrupt opens spuriously, to the back of
+		// the queue.)
 		f.log.Debug("grant raced an interrupt; kept", "lock", name, "token", g.Token)
 	}
-
-	var h *lockHandle
-	if err == nil {
-		h = &lockHandle{fs: f, name: name, grant: g,
-			content: fmt.Appendf(nil, "%d\nholder %s\nlock %s\n", g.Token, f.locker.Node(), name)}
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if err != nil {
+		f.mu.Lock()
 		f.unuse(name)
+		f.mu.Unlock()
 		switch errno(err) {
 		case syscall.EINTR:
 			f.log.Debug("wait interrupted", "lock", name)
@@ -112,11 +173,22 @@ func (f *lockFS) acquire(fctx context.Context, name string, flags uint32) (*lock
 		default:
 			f.log.Warn("lock failed", "lock", name, "err", err)
 		}
-		return nil, err
+		return mutex.Grant{}, err
 	}
-	f.open[h] = struct{}{}
-	f.log.Debug("lock granted", "lock", name, "token", g.Token)
-	return h, nil
+	f.log.Debug("lock granted", "lock", name, "token", g.Token, "shared", shared)
+	return g, nil
+}
+
+// ungrab gives back a grant of grab.
+func (f *lockFS) ungrab(name string, g mutex.Grant) {
+	f.mu.Lock()
+	f.unuse(name)
+	f.mu.Unlock()
+	if err := f.locker.Unlock(g); err != nil {
+		f.log.Warn("unlock", "lock", name, "token", g.Token, "err", err)
+		return
+	}
+	f.log.Debug("lock released", "lock", name, "token", g.Token)
 }
 
 // release gives back the grant of h, once. Called from RELEASE and, for
@@ -128,13 +200,16 @@ func (f *lockFS) release(h *lockHandle) {
 		return
 	}
 	delete(f.open, h)
-	f.unuse(h.name)
+	f.unhold(h.name)
 	f.mu.Unlock()
-	if err := f.locker.Unlock(h.grant); err != nil {
-		f.log.Warn("unlock", "lock", h.name, "token", h.grant.Token, "err", err)
-		return
+	f.ungrab(h.name, h.grant)
+}
+
+// unhold drops one holder of name; f.mu must be held.
+func (f *lockFS) unhold(name string) {
+	if f.holders[name]--; f.holders[name] <= 0 {
+		delete(f.holders, name)
 	}
-	f.log.Debug("lock released", "lock", h.name, "token", h.grant.Token)
 }
 
 // unuse drops one use of name; f.mu must be held.
@@ -151,26 +226,39 @@ type rootNode struct {
 
 	mu     sync.Mutex
 	names  map[string]*gofs.Inode // lock names with an inode here
-	made   map[string]bool        // of those, the names made here (and lock)
-	hidden map[string]bool        // names unlinked here (until created again)
+	made   map[string]bool        // of those, the names used here (and lock)
 	status *gofs.Inode
+	flock  *gofs.Inode // the flock view
 }
 
-func newRoot(locker Locker, log *slog.Logger) *rootNode {
-	return &rootNode{
+func newRoot(locker Locker, dir string, log *slog.Logger) *rootNode {
+	shared, _ := locker.(SharedLocker)
+	r := &rootNode{
 		fs: &lockFS{
-			locker: locker,
-			log:    log,
-			uid:    uint32(os.Getuid()),
-			gid:    uint32(os.Getgid()),
-			mtime:  time.Now(),
-			use:    make(map[string]int),
-			open:   make(map[*lockHandle]struct{}),
+			locker:  locker,
+			shared:  shared,
+			dir:     dir,
+			log:     log,
+			uid:     uint32(os.Getuid()),
+			gid:     uint32(os.Getgid()),
+			mtime:   time.Now(),
+			use:     make(map[string]int),
+			open:    make(map[*lockHandle]struct{}),
+			holds:   make(map[holdKey]*hold),
+			holders: make(map[string]int),
 		},
-		names:  make(map[string]*gofs.Inode),
-		made:   make(map[string]bool),
-		hidden: make(map[string]bool),
+		names: make(map[string]*gofs.Inode),
+		made:  make(map[string]bool),
 	}
+	r.fs.root = r
+	return r
+}
+
+// used marks name as used here: listed until unlinked.
+func (r *rootNode) used(name string) {
+	r.mu.Lock()
+	r.made[name] = true
+	r.mu.Unlock()
 }
 
 // OnAdd makes the fixed files.
@@ -181,6 +269,8 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	r.AddChild(LockFile, lock, true)
 	r.names[LockFile] = lock
 	r.made[LockFile] = true
+	r.flock = r.NewPersistentInode(ctx, &flockDirNode{root: r}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: flockIno})
+	r.AddChild(FlockDir, r.flock, true)
 }
 
 // OnForget runs when the mount ends: grants whose RELEASE never came (the
@@ -191,23 +281,26 @@ func (r *rootNode) OnForget() {
 	for h := range r.fs.open {
 		hs = append(hs, h)
 	}
+	keys := make([]holdKey, 0, len(r.fs.holds))
+	for k := range r.fs.holds {
+		keys = append(keys, k)
+	}
 	r.fs.mu.Unlock()
 	for _, h := range hs {
 		r.fs.release(h)
 	}
+	for _, k := range keys {
+		r.fs.dropHold(k)
+	}
 }
 
-// node returns the inode of lock name, making it if needed. create (a
-// name made here) undoes an earlier unlink; otherwise an unlinked name
-// stays hidden and node returns nil.
+// node returns the inode of lock name, making it if needed; create marks
+// it as made here (listed until unlinked).
 func (r *rootNode) node(ctx context.Context, name string, create bool) *gofs.Inode {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if create {
-		delete(r.hidden, name)
 		r.made[name] = true
-	} else if r.hidden[name] {
-		return nil
 	}
 	if ch := r.names[name]; ch != nil {
 		return ch
@@ -217,7 +310,8 @@ func (r *rootNode) node(ctx context.Context, name string, create bool) *gofs.Ino
 	return ch
 }
 
-// known returns the inode of name if it is a known lock name.
+// known returns the inode of name if it is a known lock name: one made
+// here, in use here, or known to the Locker.
 func (r *rootNode) known(ctx context.Context, name string) *gofs.Inode {
 	r.mu.Lock()
 	ch := r.names[name]
@@ -225,14 +319,9 @@ func (r *rootNode) known(ctx context.Context, name string) *gofs.Inode {
 	if ch != nil {
 		return ch
 	}
-	if validName(name) != nil {
+	if validName(name) != nil || !slices.Contains(r.fs.locker.Names(), name) {
 		return nil
 	}
-	names := r.fs.locker.Names()
-	if !slices.Contains(names, name) {
-		return nil
-	}
-	r.prune(names)
 	return r.node(ctx, name, false)
 }
 
@@ -270,22 +359,31 @@ func (r *rootNode) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetA
 	return r.Getattr(ctx, f, out)
 }
 
-// Lookup finds the fixed files, names made here and names the Locker knows.
+// Lookup finds the fixed files and any valid lock name: every name exists
+// on every peer, whether or not it was made here.
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if name == StatusFile {
+	switch name {
+	case StatusFile:
 		r.fs.setAttr(&out.Attr, statusMode)
 		return r.status, 0
+	case FlockDir:
+		out.Mode = syscall.S_IFDIR | rootMode
+		out.Nlink = 2
+		out.Owner = fuse.Owner{Uid: r.fs.uid, Gid: r.fs.gid}
+		out.SetTimes(&r.fs.mtime, &r.fs.mtime, &r.fs.mtime)
+		return r.flock, 0
 	}
-	ch := r.known(ctx, name)
-	if ch == nil {
-		return nil, errno(errNoEntry)
+	if err := validName(name); err != nil {
+		return nil, lookupErrno(err)
 	}
 	r.fs.setAttr(&out.Attr, lockMode)
-	return ch, 0
+	return r.node(ctx, name, false), 0
 }
 
-// Readdir lists .status, the names made here and the names the Locker knows.
-func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+// listNames returns the sorted lock names a listing shows: lock, the names
+// made here, those in use here and those the Locker knows (in use in the
+// cluster). It forgets the inodes of the others.
+func (r *rootNode) listNames(ctx context.Context) []string {
 	names := r.fs.locker.Names()
 	r.prune(names)
 	for _, name := range names {
@@ -294,20 +392,52 @@ func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 		}
 	}
 	r.mu.Lock()
-	entries := make([]fuse.DirEntry, 0, len(r.names)+1)
-	entries = append(entries, fuse.DirEntry{Name: StatusFile, Mode: syscall.S_IFREG, Ino: statusIno})
-	for name, ch := range r.names {
-		entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: ch.StableAttr().Ino})
+	out := make([]string, 0, len(r.names))
+	for name := range r.names {
+		out = append(out, name)
 	}
 	r.mu.Unlock()
-	slices.SortFunc(entries[1:], func(a, b fuse.DirEntry) int { return strings.Compare(a.Name, b.Name) })
+	slices.Sort(out)
+	return out
+}
+
+// Readdir lists ., .., .status, flock/ and the lock names (listNames).
+func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	names := r.listNames(ctx)
+	entries := make([]fuse.DirEntry, 0, len(names)+4)
+	entries = append(entries,
+		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: 1},
+		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: 1},
+		fuse.DirEntry{Name: StatusFile, Mode: syscall.S_IFREG, Ino: statusIno},
+		fuse.DirEntry{Name: FlockDir, Mode: syscall.S_IFDIR, Ino: flockIno})
+	r.mu.Lock()
+	for _, name := range names {
+		if ch := r.names[name]; ch != nil {
+			entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: ch.StableAttr().Ino})
+		}
+	}
+	r.mu.Unlock()
 	return gofs.NewListDirStream(entries), 0
+}
+
+// Getlk, Setlk and Setlkw on the root directory are refused (EISDIR): a
+// directory is not a lock; lock MOUNT/lock or MOUNT/flock/NAME.
+func (r *rootNode) Getlk(ctx context.Context, f gofs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	return errno(errIsDir)
+}
+
+func (r *rootNode) Setlk(ctx context.Context, f gofs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return errno(errIsDir)
+}
+
+func (r *rootNode) Setlkw(ctx context.Context, f gofs.FileHandle, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	return errno(errIsDir)
 }
 
 // Create makes lock name (if new) and opens it: like Open, it waits for the
 // lock (or tries it, with O_NONBLOCK).
 func (r *rootNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	if name == StatusFile {
+	if name == StatusFile || name == FlockDir {
 		return nil, nil, 0, errno(errExists)
 	}
 	if err := validName(name); err != nil {
@@ -331,10 +461,13 @@ func (r *rootNode) Mknod(ctx context.Context, name string, mode uint32, dev uint
 	if mode&syscall.S_IFMT != syscall.S_IFREG {
 		return nil, errno(errNotPermitted)
 	}
+	if name == StatusFile || name == FlockDir {
+		return nil, errno(errExists)
+	}
 	if err := validName(name); err != nil {
 		return nil, errno(err)
 	}
-	if name == StatusFile || r.known(ctx, name) != nil {
+	if r.known(ctx, name) != nil {
 		return nil, errno(errExists)
 	}
 	ch := r.node(ctx, name, true)
@@ -342,12 +475,12 @@ func (r *rootNode) Mknod(ctx context.Context, name string, mode uint32, dev uint
 	return ch, 0
 }
 
-// Unlink forgets an idle lock name: it disappears from this mount (even if
-// the Locker still knows it) until it is created here again. The fixed
-// files cannot be removed, and a name held or awaited through this mount
-// is busy.
+// Unlink forgets an idle lock name here: it leaves the listing (unless
+// the Locker knows it), but like every valid name it can still be opened.
+// The fixed files cannot be removed, and a name held or awaited through
+// this mount is busy.
 func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno {
-	if name == LockFile || name == StatusFile {
+	if name == LockFile || name == StatusFile || name == FlockDir {
 		return errno(errNotPermitted)
 	}
 	r.mu.Lock()
@@ -364,13 +497,15 @@ func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	}
 	delete(r.names, name)
 	delete(r.made, name)
-	r.hidden[name] = true
 	ch.ForgetPersistent()
 	return 0
 }
 
-// Rmdir: there are no directories.
+// Rmdir: flock/ cannot be removed, and there are no other directories.
 func (r *rootNode) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if name == FlockDir {
+		return errno(errNotPermitted)
+	}
 	return errno(errNotDir)
 }
 

@@ -25,7 +25,7 @@ func (n *statusNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
 		return nil, 0, errno(errReadOnly)
 	}
-	return &statusHandle{fs: n.fs}, fuse.FOPEN_DIRECT_IO, 0
+	return &statusHandle{fs: n.fs}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
 // Getattr reports a read-only file of size 0 (reads are direct).

@@ -14,7 +14,8 @@ Every node runs "dlockfs mount". Together they form a cluster (membership and
 failure detection by Serf gossip; lock messages by Ricart-Agrawala over a
 direct TCP channel). Every file in a mount is a named lock: opening it blocks
 until every live member has granted it, the last close releases it. There is
-no server and no leader.
+no server and no leader. MOUNT/flock/NAME is the same lock taken by flock(2),
+fcntl(2) or lockf(3) instead of by open: flock -n, -w and -s work there.
 
 Usage:
   dlockfs COMMAND [flags] [arguments]
