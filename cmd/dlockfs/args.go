@@ -59,7 +59,13 @@ type mountConfig struct {
 type statusConfig struct {
 	mountpoint string
 	json       bool
+	watch      bool
+	interval   time.Duration // between snapshots with --watch
+	count      int           // snapshots with --watch; 0 = until interrupted
 }
+
+// defaultWatchInterval is status --watch's refresh interval.
+const defaultWatchInterval = 2 * time.Second
 
 // lockConfig holds the options of "dlockfs lock".
 type lockConfig struct {
@@ -158,10 +164,15 @@ func parseMount(cfg *config, args []string) error {
 	return nil
 }
 
-// parseStatus parses "status [--json] MOUNTPOINT".
+// parseStatus parses "status [--json | --watch [--interval D] [--count N]]
+// MOUNTPOINT".
 func parseStatus(cfg *config, args []string) error {
+	s := &cfg.status
 	fs := newFlagSet("status")
-	fs.BoolVar(&cfg.status.json, "json", false, "")
+	fs.BoolVar(&s.json, "json", false, "")
+	fs.BoolVar(&s.watch, "watch", false, "")
+	fs.DurationVar(&s.interval, "interval", defaultWatchInterval, "")
+	fs.IntVar(&s.count, "count", 0, "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -169,7 +180,19 @@ func parseStatus(cfg *config, args []string) error {
 	if err := onePositional(pos, "MOUNTPOINT"); err != nil {
 		return err
 	}
-	cfg.status.mountpoint = pos[0]
+	s.mountpoint = pos[0]
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case s.json && s.watch:
+		return usagef("--json and --watch do not go together (for a JSON stream, loop over 'status --json')")
+	case !s.watch && (set["interval"] || set["count"]):
+		return usagef("--interval and --count go with --watch")
+	case s.interval <= 0:
+		return usagef("--interval %v: must be positive", s.interval)
+	case s.count < 0:
+		return usagef("--count %d: must not be negative (0 = until interrupted)", s.count)
+	}
 	return nil
 }
 

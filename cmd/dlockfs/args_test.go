@@ -59,8 +59,15 @@ func TestParseArgs(t *testing.T) {
 		{"mount help", []string{"mount", "--help"}, config{cmd: "mount"}, "help"},
 		{"mount -h after args", []string{"mount", "/a", "-h"}, config{cmd: "mount"}, "help"},
 
-		{"status", []string{"status", "/mnt/x"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x"}}, ""},
-		{"status json after", []string{"status", "/mnt/x", "--json"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", json: true}}, ""},
+		{"status", []string{"status", "/mnt/x"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", interval: defaultWatchInterval}}, ""},
+		{"status json after", []string{"status", "/mnt/x", "--json"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", json: true, interval: defaultWatchInterval}}, ""},
+		{"status watch", []string{"status", "--watch", "/mnt/x", "--interval", "500ms", "--count", "3"},
+			config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", watch: true, interval: 500 * time.Millisecond, count: 3}}, ""},
+		{"status watch and json", []string{"status", "--watch", "--json", "/mnt/x"}, config{}, "usage"},
+		{"status interval without watch", []string{"status", "--interval", "1s", "/mnt/x"}, config{}, "usage"},
+		{"status count without watch", []string{"status", "--count", "1", "/mnt/x"}, config{}, "usage"},
+		{"status zero interval", []string{"status", "--watch", "--interval", "0", "/mnt/x"}, config{}, "usage"},
+		{"status negative count", []string{"status", "--watch", "--count", "-1", "/mnt/x"}, config{}, "usage"},
 		{"status missing", []string{"status"}, config{}, "usage"},
 		{"status help", []string{"status", "--help"}, config{cmd: "status"}, "help"},
 

@@ -124,6 +124,7 @@ Exit codes: 0 clean shutdown, 2 usage, 10 mountpoint problem, 11 join failed,
 `
 
 const helpStatus = `Usage: dlockfs status [--json] MOUNTPOINT
+       dlockfs status --watch [--interval D] [--count N] MOUNTPOINT
 
 Show what the peer behind MOUNTPOINT knows: itself, the members (name, Serf
 address, lock-channel address, alive/failed/left), every lock it has state
@@ -135,11 +136,23 @@ and message counters. Reads MOUNTPOINT/.status.
 Ricart-Agrawala no node knows who else holds a lock, only that it was not
 yet granted permission.
 
+With --watch the tables are shown again every --interval until Ctrl-C
+(SIGINT or SIGTERM, exit 0). On a terminal each snapshot replaces the last
+(no watch(1) needed); when stdout is not a terminal the snapshots follow one
+another as plain text, each under a line "--- YYYY-MM-DD HH:MM:SS", with no
+escape codes. A mount that stops answering shows as an error line and the
+watch goes on. status writes only to stdout.
+
 Flags:
-  --json    print the raw JSON from MOUNTPOINT/.status
+  --json          print the raw JSON from MOUNTPOINT/.status
+  --watch         refresh the tables every --interval
+  --interval D    time between snapshots with --watch (default 2s)
+  --count N       stop after N snapshots (default 0: until interrupted)
 
 Examples:
   dlockfs status /run/dlockfs
+  dlockfs status --watch --interval 1s /run/dlockfs
+  dlockfs status --watch --interval 10s /run/dlockfs >>/var/log/dlockfs-status.log
   dlockfs status --json /run/dlockfs | jq '.locks[] | select(.state=="holding")'
 
 Exit codes: 0 ok, 16 not a live dlockfs mount, 1 other.

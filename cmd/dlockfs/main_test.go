@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/fs"
+	"golang.org/x/sys/unix"
 )
 
 // binary is the dlockfs binary built once by TestMain for the black-box tests.
@@ -802,4 +803,73 @@ func TestEncryptedCluster(t *testing.T) {
 			t.Fatalf("%s: mounted although the join failed", tt.name)
 		}
 	}
+}
+
+func TestStatusWatch(t *testing.T) {
+	a := startNode(t, "watcher")
+
+	// Not a terminal (a pipe): N plain snapshots, each under "--- TIME".
+	r := dlockfs(t, "status", "--watch", "--interval", "10ms", "--count", "3", a.dir)
+	wantCode(t, r, exitOK, "status --watch to a pipe")
+	if strings.Contains(r.stdout, "\x1b") {
+		t.Errorf("escape codes in the plain output:\n%q", r.stdout)
+	}
+	snaps := regexp.MustCompile(`(?m)^--- \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$`).FindAllStringIndex(r.stdout, -1)
+	if len(snaps) != 3 || strings.Count(r.stdout, "node watcher at ") != 3 || strings.Count(r.stdout, "MEMBER") != 3 {
+		t.Errorf("want 3 snapshots, got %d headers:\n%s", len(snaps), r.stdout)
+	}
+
+	// A terminal: each snapshot clears the screen first; until SIGINT,
+	// which ends the watch with exit 0.
+	ptm, pts := openPTY(t)
+	cmd := exec.Command(binary, "status", "--watch", "--interval", "10ms", a.dir)
+	cmd.Stdout, cmd.Stderr = pts, pts
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pts.Close()
+	var seen bytes.Buffer
+	buf := make([]byte, 4096)
+	for strings.Count(seen.String(), clearScreen) < 2 {
+		n, err := ptm.Read(buf)
+		if err != nil {
+			t.Fatalf("reading the terminal: %v; so far:\n%q", err, seen.String())
+		}
+		seen.Write(buf[:n])
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("status --watch after SIGINT: %v, want exit 0", err)
+	}
+	first := strings.Split(seen.String(), clearScreen)[1]
+	for _, want := range []string{"(Ctrl-C to stop)", "node watcher at ", "watcher (self)"} {
+		if !strings.Contains(first, want) {
+			t.Errorf("terminal snapshot lacks %q:\n%q", want, first)
+		}
+	}
+}
+
+// openPTY opens a pseudo-terminal pair (/dev/ptmx, unlocked; its pts).
+func openPTY(t *testing.T) (ptm, pts *os.File) {
+	t.Helper()
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	t.Cleanup(func() { ptm.Close() })
+	if err := unix.IoctlSetPointerInt(int(ptm.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ptm.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pts.Close() })
+	return ptm, pts
 }
