@@ -18,6 +18,8 @@ const (
 	defaultSerfPort    = "7946"
 	defaultGossip      = "lan"
 	defaultJoinTimeout = time.Minute
+	// defaultDrainTimeout bounds the wait for local holders at SIGTERM.
+	defaultDrainTimeout = 30 * time.Second
 	// defaultFastPath: see the --fast-path help text for why it is off.
 	defaultFastPath = false
 	// defaultLockName is the lock a bare MOUNTPOINT means in lock.
@@ -53,6 +55,7 @@ type mountConfig struct {
 	allowOther    bool
 	debug         bool
 	fastPath      bool
+	drainTimeout  time.Duration // 0 = leave at SIGTERM without waiting for holders
 }
 
 // statusConfig holds the options of "dlockfs status".
@@ -121,6 +124,7 @@ func parseMount(cfg *config, args []string) error {
 	fs.BoolVar(&m.allowOther, "allow-other", false, "")
 	fs.BoolVar(&m.debug, "debug", false, "")
 	fs.BoolVar(&m.fastPath, "fast-path", defaultFastPath, "")
+	fs.DurationVar(&m.drainTimeout, "drain-timeout", defaultDrainTimeout, "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -157,6 +161,9 @@ func parseMount(cfg *config, args []string) error {
 	case "lan", "wan", "fast":
 	default:
 		return usagef("--gossip %q: want lan, wan or fast", m.gossip)
+	}
+	if m.drainTimeout < 0 {
+		return usagef("--drain-timeout %v: must not be negative (0 = do not wait for holders)", m.drainTimeout)
 	}
 	if m.joinTimeout < 0 {
 		return usagef("--join-timeout %v: must not be negative (0 = retry forever)", m.joinTimeout)

@@ -10,7 +10,7 @@ import (
 // mountDefaults is the mountConfig of "mount DIR" with every default.
 func mountDefaults(dir string) mountConfig {
 	return mountConfig{mountpoint: dir, bind: defaultBind, gossip: defaultGossip,
-		joinTimeout: defaultJoinTimeout, fastPath: defaultFastPath}
+		joinTimeout: defaultJoinTimeout, fastPath: defaultFastPath, drainTimeout: defaultDrainTimeout}
 }
 
 func TestParseArgs(t *testing.T) {
@@ -44,6 +44,9 @@ func TestParseArgs(t *testing.T) {
 			withMount(func(m *mountConfig) { m.joinTimeout = 0 }), ""},
 		{"mount -- before a dash mountpoint", []string{"mount", "--debug", "--", "-odd"},
 			config{cmd: "mount", mount: func() mountConfig { m := mountDefaults("-odd"); m.debug = true; return m }()}, ""},
+		{"mount drain timeout", []string{"mount", "--drain-timeout", "0", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.drainTimeout = 0 }), ""},
+		{"mount negative drain timeout", []string{"mount", "--drain-timeout", "-1s", "/a"}, config{}, "usage"},
 		{"mount missing mountpoint", []string{"mount", "--debug"}, config{}, "usage"},
 		{"mount two mountpoints", []string{"mount", "/a", "/b"}, config{}, "usage"},
 		{"mount unknown flag", []string{"mount", "--nope", "/a"}, config{}, "usage"},

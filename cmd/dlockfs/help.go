@@ -59,7 +59,18 @@ Start a peer, join the cluster, and mount its lock directory on MOUNTPOINT (an
 existing empty directory). Runs in the foreground until SIGINT or SIGTERM,
 then leaves the cluster gracefully (waiters elsewhere stop waiting for us),
 unmounts and exits 0. Prints one line when mounted and joined; otherwise quiet
-unless --debug. Flags may come before or after MOUNTPOINT.
+unless --debug. Flags may come before or after MOUNTPOINT. Writes nothing
+but the mount (and its log on stderr).
+
+Draining stop: on SIGTERM while local processes hold locks, the peer first
+drains: it grants no new local open (they fail with ESHUTDOWN, "Cannot send
+after transport endpoint shutdown"), withdraws the local openers still
+waiting, keeps answering the other peers, logs which locks it waits for
+(lock, token, PID and command of the opener), and waits up to
+--drain-timeout for the holders to close. Then it leaves. A second SIGTERM
+(a second or more after the first) leaves at once; .status shows
+"draining": true meanwhile. SIGINT leaves at once, as does SIGTERM with no
+local holder.
 
 The mount is made only after the join succeeded: a node that is not yet in
 the cluster never grants a lock on its own.
@@ -104,6 +115,9 @@ Flags:
                          on permissions it kept, and the behaviour is plain
                          Ricart-Agrawala. Turn it on where one node takes a
                          lock many times in a row. Can differ between nodes.
+  --drain-timeout DUR    at SIGTERM, wait up to DUR for local holders to
+                         release before leaving (default 30s; 0 = leave at
+                         once, taking the locks from their holders)
   --debug                log our and go-fuse's debug messages to stderr
 
 Requirements: /dev/fuse; as non-root also fusermount3 (Debian/Ubuntu package

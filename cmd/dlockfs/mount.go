@@ -102,10 +102,12 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	stopCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var firstSignal atomic.Int64 // UnixNano of the first signal, 0 = none yet
+	var whichSignal atomic.Value // the first signal, an os.Signal
 	go func() {
 		select {
 		case s := <-sigs:
 			log.Debug("signal: shutting down", "signal", s)
+			whichSignal.Store(s)
 			firstSignal.Store(time.Now().UnixNano())
 			stop()
 		case <-stopCtx.Done():
@@ -142,7 +144,8 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	}
 
 	// Mount.
-	server, err := fs.Mount(dir, fs.Options{Locker: p, AllowOther: m.allowOther, Debug: m.debug,
+	dl := newDrainLocker(p)
+	server, err := fs.Mount(dir, fs.Options{Locker: dl, AllowOther: m.allowOther, Debug: m.debug,
 		Logger: log.With("component", "fs")})
 	if err != nil {
 		leave()
@@ -172,6 +175,9 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	var result error
 	select {
 	case <-stopCtx.Done():
+		if s, _ := whichSignal.Load().(os.Signal); s == syscall.SIGTERM && m.drainTimeout > 0 {
+			drainStop(log, dl, m.drainTimeout, sigs, &firstSignal, served)
+		}
 	case <-served:
 		log.Warn("unmounted from outside; leaving the cluster", "dir", dir)
 		leave()
@@ -211,6 +217,54 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		}
 	}
 	return result
+}
+
+// drainReminder is how often a drain logs whom it still waits for.
+const drainReminder = 10 * time.Second
+
+// drainStop is the draining stop at SIGTERM: no new local opens, the
+// local waiters withdrawn, the peer still answering the others, until
+// every local holder released, timeout passed, a second signal came (a
+// second or more after the first), or the mount or the peer ended.
+func drainStop(log *slog.Logger, d *drainLocker, timeout time.Duration, sigs <-chan os.Signal,
+	firstSignal *atomic.Int64, served <-chan struct{}) {
+	holds, idle := d.drain()
+	if len(holds) == 0 {
+		return
+	}
+	start := time.Now()
+	log.Warn("SIGTERM: draining: no new local opens; waiting for the local holders to release before leaving (another SIGTERM leaves now)",
+		"timeout", timeout, "holding", describeHolds(holds))
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	remind := time.NewTicker(drainReminder)
+	defer remind.Stop()
+	for {
+		select {
+		case <-idle:
+			log.Warn("drained: every local holder released; leaving", "after", time.Since(start).Round(time.Millisecond))
+			return
+		case <-deadline.C:
+			log.Warn("--drain-timeout passed: leaving; the locks still held are taken from their holders",
+				"timeout", timeout, "holding", describeHolds(d.held()))
+			return
+		case <-remind.C:
+			log.Warn("draining: still waiting", "holding", describeHolds(d.held()),
+				"left", (timeout - time.Since(start)).Round(time.Second))
+		case s := <-sigs:
+			if time.Since(time.Unix(0, firstSignal.Load())) < forceAfter {
+				continue // the same request, delivered twice
+			}
+			firstSignal.Store(time.Now().UnixNano()) // a third signal forces the exit
+			log.Warn("second signal: leaving now; the locks still held are taken from their holders",
+				"signal", s, "holding", describeHolds(d.held()))
+			return
+		case <-served:
+			return
+		case <-d.Done():
+			return
+		}
+	}
 }
 
 // warnHeld warns about locks that local processes still hold at shutdown:

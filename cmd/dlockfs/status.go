@@ -25,6 +25,7 @@ type statusDoc struct {
 	Lamport     uint64          `json:"lamport"`
 	Encrypted   bool            `json:"encrypted"`
 	Profile     string          `json:"profile"`
+	Draining    bool            `json:"draining"`
 	Members     []struct {
 		Name     string `json:"name"`
 		Addr     string `json:"addr"`
@@ -142,6 +143,9 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		}
 	}
 	inc := strings.Trim(string(d.Incarnation), `"`)
+	if d.Draining {
+		enc += ", DRAINING (stopping: no new local opens)"
+	}
 	fmt.Fprintf(w, "node %s at %s: %d of %d members alive, %s gossip, %s, lamport %d, incarnation %s\n",
 		d.Node, root, alive, len(d.Members), orDash(d.Profile), enc, d.Lamport, orDash(inc))
 
