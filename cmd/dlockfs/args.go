@@ -56,6 +56,7 @@ type mountConfig struct {
 	debug         bool
 	fastPath      bool
 	drainTimeout  time.Duration // 0 = leave at SIGTERM without waiting for holders
+	metrics       string        // Prometheus listen address; "" = off
 }
 
 // statusConfig holds the options of "dlockfs status".
@@ -125,6 +126,7 @@ func parseMount(cfg *config, args []string) error {
 	fs.BoolVar(&m.debug, "debug", false, "")
 	fs.BoolVar(&m.fastPath, "fast-path", defaultFastPath, "")
 	fs.DurationVar(&m.drainTimeout, "drain-timeout", defaultDrainTimeout, "")
+	fs.StringVar(&m.metrics, "metrics", "", "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -138,7 +140,7 @@ func parseMount(cfg *config, args []string) error {
 	}
 	for _, f := range []struct{ flag, val string }{
 		{"bind", m.bind}, {"advertise", m.advertise},
-		{"lock-bind", m.lockBind}, {"lock-advertise", m.lockAdvertise},
+		{"lock-bind", m.lockBind}, {"lock-advertise", m.lockAdvertise}, {"metrics", m.metrics},
 	} {
 		if f.val == "" && f.flag != "bind" {
 			continue

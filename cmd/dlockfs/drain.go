@@ -38,6 +38,8 @@ type drainLocker struct {
 	waiting  map[*waitingOpen]struct{}
 	holds    map[mutex.OpenerID]holdInfo
 	idle     chan struct{} // closed once draining with no hold left
+
+	metrics *lockMetrics // nil without --metrics
 }
 
 var _ fs.Locker = (*drainLocker)(nil)
@@ -70,6 +72,26 @@ func (d *drainLocker) TryLock(ctx context.Context, name string) (mutex.Grant, er
 }
 
 func (d *drainLocker) acquire(fctx context.Context, name string, try bool) (mutex.Grant, error) {
+	start := time.Now()
+	g, err := d.acquire1(fctx, name, try)
+	if d.metrics != nil {
+		outcome := openFailed
+		switch {
+		case err == nil:
+			outcome = openGranted
+		case errors.Is(err, syscall.ESHUTDOWN):
+			outcome = openDraining
+		case errors.Is(err, mutex.ErrLocked):
+			outcome = openBusy
+		case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+			outcome = openInterrupted
+		}
+		d.metrics.opened(name, time.Since(start), outcome)
+	}
+	return g, err
+}
+
+func (d *drainLocker) acquire1(fctx context.Context, name string, try bool) (mutex.Grant, error) {
 	var pid uint32
 	if c, ok := fuse.FromContext(fctx); ok {
 		pid = c.Pid // copied now: go-fuse recycles the request

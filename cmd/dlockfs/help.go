@@ -118,6 +118,12 @@ Flags:
   --drain-timeout DUR    at SIGTERM, wait up to DUR for local holders to
                          release before leaving (default 30s; 0 = leave at
                          once, taking the locks from their holders)
+  --metrics IP:PORT      serve Prometheus metrics on http://IP:PORT/metrics
+                         (default off): acquisitions, try-lock refusals and
+                         interrupts per lock (64 names, then lock="_other"),
+                         the wait to acquire, holders, waiters, messages,
+                         drops by reason, members and lock connections by
+                         state. No authentication: bind it to a private IP.
   --debug                log our and go-fuse's debug messages to stderr
 
 Requirements: /dev/fuse; as non-root also fusermount3 (Debian/Ubuntu package

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +20,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dlockfs/dlockfs/fs"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
+
+	"github.com/dlockfs/dlockfs/fs"
 )
 
 // binary is the dlockfs binary built once by TestMain for the black-box tests.
@@ -872,4 +876,89 @@ func openPTY(t *testing.T) (ptm, pts *os.File) {
 	}
 	t.Cleanup(func() { pts.Close() })
 	return ptm, pts
+}
+
+func TestMetrics(t *testing.T) {
+	addr := freeAddr(t)
+	a := startNode(t, "metered", "--metrics", addr)
+	for range 2 {
+		wantCode(t, dlockfs(t, "lock", a.dir+"/jobs", "--", "true"), exitOK, "lock jobs")
+	}
+	holdLock(t, a.dir+"/busy")
+	wantCode(t, dlockfs(t, "lock", "--try", a.dir+"/busy", "--", "true"), exitBusy, "lock --try on a held lock")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "100ms", a.dir+"/busy", "--", "true"), exitTimeout, "lock --timeout on a held lock")
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing the scrape: %v", err)
+	}
+	value := func(name string, labels ...string) float64 {
+		t.Helper()
+		mf, ok := mfs[name]
+		if !ok {
+			t.Fatalf("no metric %s in the scrape", name)
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+		t.Fatalf("no %s%v in the scrape", name, labels)
+		return 0
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"dlockfs_acquisitions_total", []string{"lock", "jobs"}, 2},
+		{"dlockfs_acquisitions_total", []string{"lock", "busy"}, 1},
+		{"dlockfs_trylock_refusals_total", []string{"lock", "busy"}, 1},
+		{"dlockfs_interrupts_total", []string{"lock", "busy"}, 1},
+		{"dlockfs_acquire_wait_seconds", nil, 3},
+		{"dlockfs_holders", nil, 1},
+		{"dlockfs_waiters", nil, 0},
+		{"dlockfs_draining", nil, 0},
+		{"dlockfs_members", []string{"state", "alive"}, 1},
+		{"dlockfs_members", []string{"state", "failed"}, 0},
+		{"dlockfs_lock_peers", []string{"state", "disconnected"}, 0},
+		{"dlockfs_grants_total", nil, 3},
+	} {
+		if got := value(c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	for _, name := range []string{"dlockfs_messages_sent_total", "dlockfs_messages_received_total",
+		"dlockfs_lock_connections", "go_goroutines", "process_cpu_seconds_total"} {
+		value(name)
+	}
+
+	// A taken port fails the start.
+	r := dlockfs(t, "mount", "--bind", freeAddr(t), "--metrics", addr, t.TempDir())
+	if r.code == exitOK || !strings.Contains(r.stderr, "--metrics "+addr) {
+		t.Errorf("mount on a taken --metrics port: exit %d, stderr %s", r.code, r.stderr)
+	}
 }

@@ -143,8 +143,19 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		}
 	}
 
-	// Mount.
+	// Metrics, before the mount: a taken port fails the start.
 	dl := newDrainLocker(p)
+	if m.metrics != "" {
+		dl.metrics = newLockMetrics()
+		closeMetrics, err := serveMetrics(m.metrics, dl, dl.metrics, log)
+		if err != nil {
+			leave()
+			return err
+		}
+		defer closeMetrics()
+	}
+
+	// Mount.
 	server, err := fs.Mount(dir, fs.Options{Locker: dl, AllowOther: m.allowOther, Debug: m.debug,
 		Logger: log.With("component", "fs")})
 	if err != nil {
