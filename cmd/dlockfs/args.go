@@ -36,6 +36,8 @@ type config struct {
 	check  checkConfig
 	demo   demoOptions
 	bench  benchOptions
+	// install holds the options of install and uninstall.
+	install installConfig
 	// topic is the command whose help "dlockfs help TOPIC" asks for.
 	topic string
 }

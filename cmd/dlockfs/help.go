@@ -25,7 +25,7 @@ Commands:
 		if c.run == nil {
 			continue
 		}
-		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(&b, "  %-10s %s\n", c.name, c.summary)
 	}
 	b.WriteString(`
 Run 'dlockfs COMMAND --help' for a command's flags and examples.

@@ -38,6 +38,10 @@ func commands() []command {
 			help: helpCheck, parse: parseCheck, run: runCheck},
 		{name: "keygen", summary: "print a new random cluster key",
 			help: helpKeygen, parse: parseKeygen, run: runKeygen},
+		{name: "install", summary: "install the binary, man page and systemd unit",
+			help: helpInstall, parse: parseInstall, run: runInstall},
+		{name: "uninstall", summary: "remove what install wrote",
+			help: helpUninstall, parse: parseInstall, run: runUninstall},
 		{name: "help", summary: "show help for dlockfs or a command",
 			help: helpHelp, parse: parseHelp, run: runHelp},
 		// Reserved for the lead: a self-contained multi-node demo and

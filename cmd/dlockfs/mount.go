@@ -181,11 +181,16 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	}
 	fmt.Fprintf(e.stdout, "dlockfs: node %s mounted at %s, cluster of %d, %s gossip, %s\n",
 		p.Node(), dir, alive, st.Profile, enc)
+	// Joined and mounted: ready for systemd's Type=notify.
+	if err := sdNotify(fmt.Sprintf("READY=1\nSTATUS=node %s mounted at %s, cluster of %d", p.Node(), dir, alive)); err != nil {
+		log.Warn("telling systemd we are ready (NOTIFY_SOCKET)", "err", err)
+	}
 
 	// Serve.
 	var result error
 	select {
 	case <-stopCtx.Done():
+		_ = sdNotify("STOPPING=1")
 		if s, _ := whichSignal.Load().(os.Signal); s == syscall.SIGTERM && m.drainTimeout > 0 {
 			drainStop(log, dl, m.drainTimeout, sigs, &firstSignal, served)
 		}
