@@ -33,6 +33,8 @@ packaging):
   share/man/man1/dlockfs.1                   the man page (man dlockfs)
   lib/systemd/system/dlockfs@.service        systemd template unit, one
                                              instance per mount path
+  sbin/mount.fuse.dlockfs                    mount helper, a symlink to
+                                             ../bin/dlockfs
   share/dlockfs/install-manifest             the list of files written
 
 Existing files are replaced. Nothing else is touched: the key and the unit's
@@ -46,6 +48,23 @@ DLOCKFS_OPTS from /etc/dlockfs/ESCAPED-PATH.env:
       > /etc/dlockfs/run-dlockfs.env
   systemctl daemon-reload
   systemctl enable --now dlockfs@run-dlockfs    # mounts /run/dlockfs
+
+The mount helper makes "mount -t fuse.dlockfs NAME MOUNTPOINT -o OPTIONS" and
+the same fstab line work; mount(8) looks for helpers in /sbin only, so use
+--prefix /usr (or link /sbin/mount.fuse.dlockfs to it). NAME is the node name
+("dlockfs" or "none": the hostname). OPTIONS are mount's flags without the
+dashes: join=IP (repeat for more members), key-file=FILE, gossip=PROFILE,
+bind=, lock-bind=, advertise=, lock-advertise=, join-timeout=,
+drain-timeout=, metrics=, allow_other, fast-path, debug, and log=FILE (the
+peer's log, default /var/log/dlockfs.log); generic options (defaults,
+_netdev, nofail, noauto, x-systemd.*) are ignored. The helper starts the peer
+in the background and returns once it has joined and mounted; "umount
+MOUNTPOINT" stops it (it leaves the cluster):
+
+  mount -t fuse.dlockfs "$(hostname)" /run/dlockfs \
+      -o join=10.0.0.11,key-file=/etc/dlockfs/cluster.key,gossip=lan
+  # /etc/fstab:
+  # myhost  /run/dlockfs  fuse.dlockfs  join=10.0.0.11,key-file=/etc/dlockfs/cluster.key,_netdev  0 0
 
 Flags:
   --prefix DIR    installation prefix (default /usr/local)
@@ -155,6 +174,19 @@ func runInstall(_ context.Context, e *env, cfg config) error {
 		written = append(written, f.rel)
 		fmt.Fprintf(e.stdout, "installed %s\n", path)
 	}
+	// The mount helper: the binary under the name mount(8) looks for.
+	helper := filepath.Join(root, "sbin", helperName)
+	if err := os.MkdirAll(filepath.Dir(helper), 0o755); err != nil {
+		return err
+	}
+	if err := os.Remove(helper); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Symlink("../bin/dlockfs", helper); err != nil {
+		return err
+	}
+	written = append(written, "sbin/"+helperName)
+	fmt.Fprintf(e.stdout, "installed %s -> ../bin/dlockfs\n", helper)
 	manifest := "# written by dlockfs install; dlockfs uninstall removes these\n" + strings.Join(written, "\n") + "\n"
 	if err := writeFileAtomic(filepath.Join(root, manifestPath), []byte(manifest), 0o644); err != nil {
 		return err
@@ -195,7 +227,7 @@ func runUninstall(_ context.Context, e *env, cfg config) error {
 		}
 		fmt.Fprintf(e.stdout, "removed %s\n", path)
 		// The directories install may have made, if now empty.
-		for dir := filepath.Dir(rel); dir != "." && dir != "bin" && dir != "share" && dir != "lib"; dir = filepath.Dir(dir) {
+		for dir := filepath.Dir(rel); dir != "." && dir != "bin" && dir != "sbin" && dir != "share" && dir != "lib"; dir = filepath.Dir(dir) {
 			if os.Remove(filepath.Join(root, dir)) != nil {
 				break
 			}

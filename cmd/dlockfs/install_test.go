@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,7 +40,8 @@ func TestInstallUninstall(t *testing.T) {
 	}
 	r := dlockfs(t, "install", "--prefix", prefix)
 	wantCode(t, r, exitOK, "install")
-	want := []string{"bin/dlockfs", "share/man/man1/dlockfs.1", "lib/systemd/system/dlockfs@.service", manifestPath}
+	want := []string{"bin/dlockfs", "share/man/man1/dlockfs.1", "lib/systemd/system/dlockfs@.service",
+		"sbin/" + helperName, manifestPath}
 	for _, rel := range want {
 		if !strings.Contains(r.stdout, "installed "+filepath.Join(prefix, rel)) {
 			t.Errorf("install did not say it wrote %s:\n%s", rel, r.stdout)
@@ -93,6 +95,32 @@ func TestInstallUninstall(t *testing.T) {
 	if vr.code != 0 || strings.TrimSpace(vr.stdout+vr.stderr) != "" {
 		t.Errorf("systemd-analyze verify: exit %d\n%s%s", vr.code, vr.stdout, vr.stderr)
 	}
+
+	// The mount helper, called as mount(8) calls it: the peer runs in
+	// the background once the helper returns; umount stops it.
+	mnt := filepath.Join(t.TempDir(), "m")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(t.TempDir(), "peer.log")
+	hr := runCmd(t, exec.Command(filepath.Join(prefix, "sbin", helperName), "helped", mnt, "-o",
+		"bind="+freeAddr(t)+",lock-bind="+freeAddr(t)+",gossip=fast,_netdev,log="+logFile))
+	wantCode(t, hr, exitOK, "mount helper")
+	t.Cleanup(func() { killByCmdline(t, mnt) })
+	sr := dlockfs(t, "status", mnt)
+	wantCode(t, sr, exitOK, "status of the helper's mount")
+	if !strings.Contains(sr.stdout, "node helped at "+mnt) {
+		t.Errorf("status of the helper's mount:\n%s", sr.stdout)
+	}
+	if err := syscall.Unmount(mnt, 0); err != nil {
+		t.Fatalf("umount: %v", err)
+	}
+	waitFor(t, startTimeout, "the helper's peer to leave after umount", func() bool {
+		b, _ := os.ReadFile(logFile)
+		return strings.Contains(string(b), "unmounted from outside; leaving the cluster") && !peerRunning(mnt)
+	})
+	wantCode(t, runCmd(t, exec.Command(filepath.Join(prefix, "sbin", helperName), "x", mnt, "-o", "frobnicate")),
+		1, "mount helper with an unknown option")
 
 	// uninstall removes exactly what install wrote.
 	r = dlockfs(t, "uninstall", "--prefix", prefix)
@@ -182,4 +210,64 @@ func TestNotifyReady(t *testing.T) {
 		t.Errorf("notification at SIGTERM %q, want STOPPING=1", got)
 	}
 	a.wait(t)
+}
+
+// peerRunning reports whether a process runs with dir as an argument.
+func peerRunning(dir string) bool {
+	return len(pidsWithArg(dir)) > 0
+}
+
+// pidsWithArg lists the processes that have arg among their arguments.
+func pidsWithArg(arg string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		for _, a := range strings.Split(string(b), "\x00") {
+			if a == arg {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// killByCmdline kills, by PID, a peer left running on the test's unique
+// mount directory, and detaches the mount.
+func killByCmdline(t *testing.T, dir string) {
+	for _, pid := range pidsWithArg(dir) {
+		t.Logf("killing PID %d left on %s", pid, dir)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	_ = syscall.Unmount(dir, syscall.MNT_DETACH)
+}
+
+func TestHelperArgs(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+		log  string
+		err  bool
+	}{
+		{[]string{"a", "/run/d", "-o", "join=10.0.0.1,join=10.0.0.2,key_file=/k,gossip=lan,allow_other,_netdev,x-systemd.after=x"},
+			"--name a --join 10.0.0.1 --join 10.0.0.2 --key-file /k --gossip lan --allow-other /run/d", defaultHelperLog, false},
+		{[]string{"dlockfs", "/run/d", "-n", "-ofast-path,log=/l,defaults"}, "--fast-path /run/d", "/l", false},
+		{[]string{"a", "/run/d", "-o", "join"}, "", "", true},
+		{[]string{"a", "/run/d", "-o", "debug=1"}, "", "", true},
+		{[]string{"a"}, "", "", true},
+		{[]string{"a", "/d", "-x"}, "", "", true},
+	} {
+		got, log, _, err := helperArgs(tt.args)
+		if (err != nil) != tt.err || (!tt.err && (strings.Join(got, " ") != tt.want || log != tt.log)) {
+			t.Errorf("helperArgs(%q) = %q, %q, %v; want %q, %q, error %v", tt.args, got, log, err, tt.want, tt.log, tt.err)
+		}
+	}
 }
