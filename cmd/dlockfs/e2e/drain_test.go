@@ -4,6 +4,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestDrainingStop stops a peer with SIGTERM while its shell holds the
@@ -70,4 +71,52 @@ func TestDrainingStop(t *testing.T) {
 	}
 	t.Logf("b entered %s after a's holder released", ms(enterB-relAt))
 	release(t, wb)
+}
+
+// TestDrainingStopCutShort: a drain ends at --drain-timeout, or at a second
+// SIGTERM, while the holder still holds: the peer leaves and the waiter on
+// another peer is granted.
+func TestDrainingStopCutShort(t *testing.T) {
+	needEnv(t)
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{
+		{"drain-timeout", []string{"--drain-timeout", "500ms"}},
+		{"second-signal", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nodes := startCluster(t, 2, nodeOpts{extra: tc.extra})
+			a, b := nodes[0], nodes[1]
+			h := shellHold(t, a, "lock")
+			h.waitLine(t, startTimeout, "held ")
+			wb := shellHold(t, b, "lock")
+			waitQueued(t, a, "lock", b.name)
+			term := time.Now()
+			a.p.signal(t, syscall.SIGTERM)
+			waitFor(t, startTimeout, "a's .status to show draining", func() bool {
+				d, err := a.status()
+				return err == nil && d.Draining
+			})
+			if tc.extra == nil {
+				// Repeats within a second are the same request (timeout(1)
+				// and group kills deliver SIGTERM twice): the pause is the
+				// behaviour under test, not synchronisation.
+				time.Sleep(time.Until(term.Add(1100 * time.Millisecond)))
+				a.p.signal(t, syscall.SIGTERM)
+			}
+			if code := a.p.wait(t, stopTimeout); code != 0 {
+				t.Errorf("a exited %d, want 0\nstderr: %s", code, a.p.stderr.String())
+			}
+			wb.waitLine(t, startTimeout, "held ")
+			want := "--drain-timeout passed"
+			if tc.extra == nil {
+				want = "second signal: leaving now"
+			}
+			if log := a.p.stderr.String(); !strings.Contains(log, want) {
+				t.Errorf("a's log lacks %q:\n%s", want, log)
+			}
+			release(t, wb)
+		})
+	}
 }
