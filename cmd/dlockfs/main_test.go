@@ -881,6 +881,9 @@ func openPTY(t *testing.T) (ptm, pts *os.File) {
 func TestMetrics(t *testing.T) {
 	addr := freeAddr(t)
 	a := startNode(t, "metered", "--metrics", addr)
+	// A second member, so that lock messages cross the lock channel.
+	startNode(t, "other", "--join", a.bind)
+	waitFor(t, startTimeout, "a sees b", func() bool { return aliveMembers(t, a.dir) == 2 })
 	for range 2 {
 		wantCode(t, dlockfs(t, "lock", a.dir+"/jobs", "--", "true"), exitOK, "lock jobs")
 	}
@@ -942,7 +945,7 @@ func TestMetrics(t *testing.T) {
 		{"dlockfs_holders", nil, 1},
 		{"dlockfs_waiters", nil, 0},
 		{"dlockfs_draining", nil, 0},
-		{"dlockfs_members", []string{"state", "alive"}, 1},
+		{"dlockfs_members", []string{"state", "alive"}, 2},
 		{"dlockfs_members", []string{"state", "failed"}, 0},
 		{"dlockfs_lock_peers", []string{"state", "disconnected"}, 0},
 		{"dlockfs_grants_total", nil, 3},
@@ -950,6 +953,15 @@ func TestMetrics(t *testing.T) {
 		if got := value(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
+	}
+	// Each of the 3 grants needed a request to b and b's reply (the
+	// try-lock and the timed-out open were refused here, behind the local
+	// holder).
+	if got := value("dlockfs_lock_channel_messages_total", "direction", "sent", "type", "request"); got < 3 {
+		t.Errorf("requests sent = %v, want at least 3", got)
+	}
+	if got := value("dlockfs_lock_channel_messages_total", "direction", "received", "type", "reply"); got < 3 {
+		t.Errorf("replies received = %v, want at least 3", got)
 	}
 	for _, name := range []string{"dlockfs_messages_sent_total", "dlockfs_messages_received_total",
 		"dlockfs_lock_connections", "go_goroutines", "process_cpu_seconds_total"} {

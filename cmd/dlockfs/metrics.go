@@ -118,14 +118,17 @@ var (
 	descGrants   = prometheus.NewDesc("dlockfs_grants_total", "Grants by the core (all local openers).", nil, nil)
 	descLamport  = prometheus.NewDesc("dlockfs_lamport", "The core's Lamport clock.", nil, nil)
 	descFrames   = prometheus.NewDesc("dlockfs_lock_channel_frames_total", "Lock-channel frames, by direction (sent, received).", []string{"direction"}, nil)
-	descDials    = prometheus.NewDesc("dlockfs_lock_channel_dials_total", "Lock-channel dials, by result (attempted, failed).", []string{"result"}, nil)
+	descByType   = prometheus.NewDesc("dlockfs_lock_channel_messages_total",
+		"Lock messages written to or delivered from the lock channel, by direction (sent, received) and type (request, reply, busy, cancel, hello, ...).",
+		[]string{"direction", "type"}, nil)
+	descDials = prometheus.NewDesc("dlockfs_lock_channel_dials_total", "Lock-channel dials, by result (attempted, failed).", []string{"result"}, nil)
 	// Revocations (quorum mode, not merged yet) will be a
 	// dlockfs_revocations_total counter here, fed from Status.
 )
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHolders, descWaiters, descDeferred, descDraining, descMembers, descConns,
-		descPeerConn, descQueued, descSent, descReceived, descDropped, descGrants, descLamport, descFrames, descDials} {
+		descPeerConn, descQueued, descSent, descReceived, descDropped, descGrants, descLamport, descFrames, descByType, descDials} {
 		ch <- d
 	}
 }
@@ -184,6 +187,12 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLamport, float64(st.Lamport))
 	counter(descFrames, st.Transport.FramesSent, "sent")
 	counter(descFrames, st.Transport.FramesReceived, "received")
+	for ty, n := range st.Transport.SentByType {
+		counter(descByType, n, "sent", ty)
+	}
+	for ty, n := range st.Transport.ReceivedByType {
+		counter(descByType, n, "received", ty)
+	}
 	counter(descDials, st.Transport.Dials, "attempted")
 	counter(descDials, st.Transport.DialFailures, "failed")
 }
