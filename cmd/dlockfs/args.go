@@ -18,6 +18,8 @@ const (
 	defaultSerfPort    = "7946"
 	defaultGossip      = "lan"
 	defaultJoinTimeout = time.Minute
+	// defaultDrainTimeout bounds the wait for local holders at SIGTERM.
+	defaultDrainTimeout = 30 * time.Second
 	// defaultFastPath: see the --fast-path help text for why it is off.
 	defaultFastPath = false
 	// defaultLockName is the lock a bare MOUNTPOINT means in lock.
@@ -34,6 +36,8 @@ type config struct {
 	check  checkConfig
 	demo   demoOptions
 	bench  benchOptions
+	// install holds the options of install and uninstall.
+	install installConfig
 	// topic is the command whose help "dlockfs help TOPIC" asks for.
 	topic string
 }
@@ -53,13 +57,21 @@ type mountConfig struct {
 	allowOther    bool
 	debug         bool
 	fastPath      bool
+	drainTimeout  time.Duration // 0 = leave at SIGTERM without waiting for holders
+	metrics       string        // Prometheus listen address; "" = off
 }
 
 // statusConfig holds the options of "dlockfs status".
 type statusConfig struct {
 	mountpoint string
 	json       bool
+	watch      bool
+	interval   time.Duration // between snapshots with --watch
+	count      int           // snapshots with --watch; 0 = until interrupted
 }
+
+// defaultWatchInterval is status --watch's refresh interval.
+const defaultWatchInterval = 2 * time.Second
 
 // lockConfig holds the options of "dlockfs lock".
 type lockConfig struct {
@@ -115,6 +127,8 @@ func parseMount(cfg *config, args []string) error {
 	fs.BoolVar(&m.allowOther, "allow-other", false, "")
 	fs.BoolVar(&m.debug, "debug", false, "")
 	fs.BoolVar(&m.fastPath, "fast-path", defaultFastPath, "")
+	fs.DurationVar(&m.drainTimeout, "drain-timeout", defaultDrainTimeout, "")
+	fs.StringVar(&m.metrics, "metrics", "", "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -128,7 +142,7 @@ func parseMount(cfg *config, args []string) error {
 	}
 	for _, f := range []struct{ flag, val string }{
 		{"bind", m.bind}, {"advertise", m.advertise},
-		{"lock-bind", m.lockBind}, {"lock-advertise", m.lockAdvertise},
+		{"lock-bind", m.lockBind}, {"lock-advertise", m.lockAdvertise}, {"metrics", m.metrics},
 	} {
 		if f.val == "" && f.flag != "bind" {
 			continue
@@ -152,16 +166,24 @@ func parseMount(cfg *config, args []string) error {
 	default:
 		return usagef("--gossip %q: want lan, wan or fast", m.gossip)
 	}
+	if m.drainTimeout < 0 {
+		return usagef("--drain-timeout %v: must not be negative (0 = do not wait for holders)", m.drainTimeout)
+	}
 	if m.joinTimeout < 0 {
 		return usagef("--join-timeout %v: must not be negative (0 = retry forever)", m.joinTimeout)
 	}
 	return nil
 }
 
-// parseStatus parses "status [--json] MOUNTPOINT".
+// parseStatus parses "status [--json | --watch [--interval D] [--count N]]
+// MOUNTPOINT".
 func parseStatus(cfg *config, args []string) error {
+	s := &cfg.status
 	fs := newFlagSet("status")
-	fs.BoolVar(&cfg.status.json, "json", false, "")
+	fs.BoolVar(&s.json, "json", false, "")
+	fs.BoolVar(&s.watch, "watch", false, "")
+	fs.DurationVar(&s.interval, "interval", defaultWatchInterval, "")
+	fs.IntVar(&s.count, "count", 0, "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -169,7 +191,19 @@ func parseStatus(cfg *config, args []string) error {
 	if err := onePositional(pos, "MOUNTPOINT"); err != nil {
 		return err
 	}
-	cfg.status.mountpoint = pos[0]
+	s.mountpoint = pos[0]
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case s.json && s.watch:
+		return usagef("--json and --watch do not go together (for a JSON stream, loop over 'status --json')")
+	case !s.watch && (set["interval"] || set["count"]):
+		return usagef("--interval and --count go with --watch")
+	case s.interval <= 0:
+		return usagef("--interval %v: must be positive", s.interval)
+	case s.count < 0:
+		return usagef("--count %d: must not be negative (0 = until interrupted)", s.count)
+	}
 	return nil
 }
 

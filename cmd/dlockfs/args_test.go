@@ -10,7 +10,7 @@ import (
 // mountDefaults is the mountConfig of "mount DIR" with every default.
 func mountDefaults(dir string) mountConfig {
 	return mountConfig{mountpoint: dir, bind: defaultBind, gossip: defaultGossip,
-		joinTimeout: defaultJoinTimeout, fastPath: defaultFastPath}
+		joinTimeout: defaultJoinTimeout, fastPath: defaultFastPath, drainTimeout: defaultDrainTimeout}
 }
 
 func TestParseArgs(t *testing.T) {
@@ -44,6 +44,12 @@ func TestParseArgs(t *testing.T) {
 			withMount(func(m *mountConfig) { m.joinTimeout = 0 }), ""},
 		{"mount -- before a dash mountpoint", []string{"mount", "--debug", "--", "-odd"},
 			config{cmd: "mount", mount: func() mountConfig { m := mountDefaults("-odd"); m.debug = true; return m }()}, ""},
+		{"mount drain timeout", []string{"mount", "--drain-timeout", "0", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.drainTimeout = 0 }), ""},
+		{"mount metrics", []string{"mount", "--metrics", "127.0.0.1:9100", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.metrics = "127.0.0.1:9100" }), ""},
+		{"mount bad metrics", []string{"mount", "--metrics", "9100", "/a"}, config{}, "usage"},
+		{"mount negative drain timeout", []string{"mount", "--drain-timeout", "-1s", "/a"}, config{}, "usage"},
 		{"mount missing mountpoint", []string{"mount", "--debug"}, config{}, "usage"},
 		{"mount two mountpoints", []string{"mount", "/a", "/b"}, config{}, "usage"},
 		{"mount unknown flag", []string{"mount", "--nope", "/a"}, config{}, "usage"},
@@ -59,8 +65,15 @@ func TestParseArgs(t *testing.T) {
 		{"mount help", []string{"mount", "--help"}, config{cmd: "mount"}, "help"},
 		{"mount -h after args", []string{"mount", "/a", "-h"}, config{cmd: "mount"}, "help"},
 
-		{"status", []string{"status", "/mnt/x"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x"}}, ""},
-		{"status json after", []string{"status", "/mnt/x", "--json"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", json: true}}, ""},
+		{"status", []string{"status", "/mnt/x"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", interval: defaultWatchInterval}}, ""},
+		{"status json after", []string{"status", "/mnt/x", "--json"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", json: true, interval: defaultWatchInterval}}, ""},
+		{"status watch", []string{"status", "--watch", "/mnt/x", "--interval", "500ms", "--count", "3"},
+			config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", watch: true, interval: 500 * time.Millisecond, count: 3}}, ""},
+		{"status watch and json", []string{"status", "--watch", "--json", "/mnt/x"}, config{}, "usage"},
+		{"status interval without watch", []string{"status", "--interval", "1s", "/mnt/x"}, config{}, "usage"},
+		{"status count without watch", []string{"status", "--count", "1", "/mnt/x"}, config{}, "usage"},
+		{"status zero interval", []string{"status", "--watch", "--interval", "0", "/mnt/x"}, config{}, "usage"},
+		{"status negative count", []string{"status", "--watch", "--count", "-1", "/mnt/x"}, config{}, "usage"},
 		{"status missing", []string{"status"}, config{}, "usage"},
 		{"status help", []string{"status", "--help"}, config{cmd: "status"}, "help"},
 

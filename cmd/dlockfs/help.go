@@ -26,7 +26,7 @@ Commands:
 		if c.run == nil {
 			continue
 		}
-		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(&b, "  %-10s %s\n", c.name, c.summary)
 	}
 	b.WriteString(`
 Run 'dlockfs COMMAND --help' for a command's flags and examples.
@@ -60,7 +60,18 @@ Start a peer, join the cluster, and mount its lock directory on MOUNTPOINT (an
 existing empty directory). Runs in the foreground until SIGINT or SIGTERM,
 then leaves the cluster gracefully (waiters elsewhere stop waiting for us),
 unmounts and exits 0. Prints one line when mounted and joined; otherwise quiet
-unless --debug. Flags may come before or after MOUNTPOINT.
+unless --debug. Flags may come before or after MOUNTPOINT. Writes nothing
+but the mount (and its log on stderr).
+
+Draining stop: on SIGTERM while local processes hold locks, the peer first
+drains: it grants no new local open (they fail with ESHUTDOWN, "Cannot send
+after transport endpoint shutdown"), withdraws the local openers still
+waiting, keeps answering the other peers, logs which locks it waits for
+(lock, token, PID and command of the opener), and waits up to
+--drain-timeout for the holders to close. Then it leaves. A second SIGTERM
+(a second or more after the first) leaves at once; .status shows
+"draining": true meanwhile. SIGINT leaves at once, as does SIGTERM with no
+local holder.
 
 The mount is made only after the join succeeded: a node that is not yet in
 the cluster never grants a lock on its own.
@@ -105,6 +116,15 @@ Flags:
                          on permissions it kept, and the behaviour is plain
                          Ricart-Agrawala. Turn it on where one node takes a
                          lock many times in a row. Can differ between nodes.
+  --drain-timeout DUR    at SIGTERM, wait up to DUR for local holders to
+                         release before leaving (default 30s; 0 = leave at
+                         once, taking the locks from their holders)
+  --metrics IP:PORT      serve Prometheus metrics on http://IP:PORT/metrics
+                         (default off): acquisitions, try-lock refusals and
+                         interrupts per lock (64 names, then lock="_other"),
+                         the wait to acquire, holders, waiters, messages,
+                         drops by reason, members and lock connections by
+                         state. No authentication: bind it to a private IP.
   --debug                log our and go-fuse's debug messages to stderr
 
 Requirements: /dev/fuse; as non-root also fusermount3 (Debian/Ubuntu package
@@ -125,6 +145,7 @@ Exit codes: 0 clean shutdown, 2 usage, 10 mountpoint problem, 11 join failed,
 `
 
 const helpStatus = `Usage: dlockfs status [--json] MOUNTPOINT
+       dlockfs status --watch [--interval D] [--count N] MOUNTPOINT
 
 Show what the peer behind MOUNTPOINT knows: itself, the members (name, Serf
 address, lock-channel address, alive/failed/left), every lock it has state
@@ -136,11 +157,23 @@ and message counters. Reads MOUNTPOINT/.status.
 Ricart-Agrawala no node knows who else holds a lock, only that it was not
 yet granted permission.
 
+With --watch the tables are shown again every --interval until Ctrl-C
+(SIGINT or SIGTERM, exit 0). On a terminal each snapshot replaces the last
+(no watch(1) needed); when stdout is not a terminal the snapshots follow one
+another as plain text, each under a line "--- YYYY-MM-DD HH:MM:SS", with no
+escape codes. A mount that stops answering shows as an error line and the
+watch goes on. status writes only to stdout.
+
 Flags:
-  --json    print the raw JSON from MOUNTPOINT/.status
+  --json          print the raw JSON from MOUNTPOINT/.status
+  --watch         refresh the tables every --interval
+  --interval D    time between snapshots with --watch (default 2s)
+  --count N       stop after N snapshots (default 0: until interrupted)
 
 Examples:
   dlockfs status /run/dlockfs
+  dlockfs status --watch --interval 1s /run/dlockfs
+  dlockfs status --watch --interval 10s /run/dlockfs >>/var/log/dlockfs-status.log
   dlockfs status --json /run/dlockfs | jq '.locks[] | select(.state=="holding")'
 
 Exit codes: 0 ok, 16 not a live dlockfs mount, 1 other.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -38,6 +39,10 @@ func commands() []command {
 			help: helpCheck, parse: parseCheck, run: runCheck},
 		{name: "keygen", summary: "print a new random cluster key",
 			help: helpKeygen, parse: parseKeygen, run: runKeygen},
+		{name: "install", summary: "install the binary, man page and systemd unit",
+			help: helpInstall, parse: parseInstall, run: runInstall},
+		{name: "uninstall", summary: "remove what install wrote",
+			help: helpUninstall, parse: parseInstall, run: runUninstall},
 		{name: "help", summary: "show help for dlockfs or a command",
 			help: helpHelp, parse: parseHelp, run: runHelp},
 		// Reserved for the lead: a self-contained multi-node demo and
@@ -61,6 +66,9 @@ func lookupCommand(name string) (command, bool) {
 }
 
 func main() {
+	if filepath.Base(os.Args[0]) == helperName {
+		os.Exit(runMountHelper(os.Args[1:], os.Stderr))
+	}
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }
 

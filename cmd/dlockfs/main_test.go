@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
 
 	"github.com/dlockfs/dlockfs/fs"
 )
@@ -801,5 +806,171 @@ func TestEncryptedCluster(t *testing.T) {
 		if isMountpoint(t, mnt) {
 			t.Fatalf("%s: mounted although the join failed", tt.name)
 		}
+	}
+}
+
+func TestStatusWatch(t *testing.T) {
+	a := startNode(t, "watcher")
+
+	// Not a terminal (a pipe): N plain snapshots, each under "--- TIME".
+	r := dlockfs(t, "status", "--watch", "--interval", "10ms", "--count", "3", a.dir)
+	wantCode(t, r, exitOK, "status --watch to a pipe")
+	if strings.Contains(r.stdout, "\x1b") {
+		t.Errorf("escape codes in the plain output:\n%q", r.stdout)
+	}
+	snaps := regexp.MustCompile(`(?m)^--- \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$`).FindAllStringIndex(r.stdout, -1)
+	if len(snaps) != 3 || strings.Count(r.stdout, "node watcher at ") != 3 || strings.Count(r.stdout, "MEMBER") != 3 {
+		t.Errorf("want 3 snapshots, got %d headers:\n%s", len(snaps), r.stdout)
+	}
+
+	// A terminal: each snapshot clears the screen first; until SIGINT,
+	// which ends the watch with exit 0.
+	ptm, pts := openPTY(t)
+	cmd := exec.Command(binary, "status", "--watch", "--interval", "10ms", a.dir)
+	cmd.Stdout, cmd.Stderr = pts, pts
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pts.Close()
+	var seen bytes.Buffer
+	buf := make([]byte, 4096)
+	for strings.Count(seen.String(), clearScreen) < 2 {
+		n, err := ptm.Read(buf)
+		if err != nil {
+			t.Fatalf("reading the terminal: %v; so far:\n%q", err, seen.String())
+		}
+		seen.Write(buf[:n])
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("status --watch after SIGINT: %v, want exit 0", err)
+	}
+	first := strings.Split(seen.String(), clearScreen)[1]
+	for _, want := range []string{"(Ctrl-C to stop)", "node watcher at ", "watcher (self)"} {
+		if !strings.Contains(first, want) {
+			t.Errorf("terminal snapshot lacks %q:\n%q", want, first)
+		}
+	}
+}
+
+// openPTY opens a pseudo-terminal pair (/dev/ptmx, unlocked; its pts).
+func openPTY(t *testing.T) (ptm, pts *os.File) {
+	t.Helper()
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	t.Cleanup(func() { ptm.Close() })
+	if err := unix.IoctlSetPointerInt(int(ptm.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ptm.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pts.Close() })
+	return ptm, pts
+}
+
+func TestMetrics(t *testing.T) {
+	addr := freeAddr(t)
+	a := startNode(t, "metered", "--metrics", addr)
+	// A second member, so that lock messages cross the lock channel.
+	startNode(t, "other", "--join", a.bind)
+	waitFor(t, startTimeout, "a sees b", func() bool { return aliveMembers(t, a.dir) == 2 })
+	for range 2 {
+		wantCode(t, dlockfs(t, "lock", a.dir+"/jobs", "--", "true"), exitOK, "lock jobs")
+	}
+	holdLock(t, a.dir+"/busy")
+	wantCode(t, dlockfs(t, "lock", "--try", a.dir+"/busy", "--", "true"), exitBusy, "lock --try on a held lock")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "100ms", a.dir+"/busy", "--", "true"), exitTimeout, "lock --timeout on a held lock")
+
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing the scrape: %v", err)
+	}
+	value := func(name string, labels ...string) float64 {
+		t.Helper()
+		mf, ok := mfs[name]
+		if !ok {
+			t.Fatalf("no metric %s in the scrape", name)
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+		t.Fatalf("no %s%v in the scrape", name, labels)
+		return 0
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"dlockfs_acquisitions_total", []string{"lock", "jobs"}, 2},
+		{"dlockfs_acquisitions_total", []string{"lock", "busy"}, 1},
+		{"dlockfs_trylock_refusals_total", []string{"lock", "busy"}, 1},
+		{"dlockfs_interrupts_total", []string{"lock", "busy"}, 1},
+		{"dlockfs_acquire_wait_seconds", nil, 3},
+		{"dlockfs_holders", nil, 1},
+		{"dlockfs_waiters", nil, 0},
+		{"dlockfs_draining", nil, 0},
+		{"dlockfs_members", []string{"state", "alive"}, 2},
+		{"dlockfs_members", []string{"state", "failed"}, 0},
+		{"dlockfs_lock_peers", []string{"state", "disconnected"}, 0},
+		{"dlockfs_grants_total", nil, 3},
+	} {
+		if got := value(c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	// Each of the 3 grants needed a request to b and b's reply (the
+	// try-lock and the timed-out open were refused here, behind the local
+	// holder).
+	if got := value("dlockfs_lock_channel_messages_total", "direction", "sent", "type", "request"); got < 3 {
+		t.Errorf("requests sent = %v, want at least 3", got)
+	}
+	if got := value("dlockfs_lock_channel_messages_total", "direction", "received", "type", "reply"); got < 3 {
+		t.Errorf("replies received = %v, want at least 3", got)
+	}
+	for _, name := range []string{"dlockfs_messages_sent_total", "dlockfs_messages_received_total",
+		"dlockfs_lock_connections", "go_goroutines", "process_cpu_seconds_total"} {
+		value(name)
+	}
+
+	// A taken port fails the start.
+	r := dlockfs(t, "mount", "--bind", freeAddr(t), "--metrics", addr, t.TempDir())
+	if r.code == exitOK || !strings.Contains(r.stderr, "--metrics "+addr) {
+		t.Errorf("mount on a taken --metrics port: exit %d, stderr %s", r.code, r.stderr)
 	}
 }

@@ -102,10 +102,12 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	stopCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var firstSignal atomic.Int64 // UnixNano of the first signal, 0 = none yet
+	var whichSignal atomic.Value // the first signal, an os.Signal
 	go func() {
 		select {
 		case s := <-sigs:
 			log.Debug("signal: shutting down", "signal", s)
+			whichSignal.Store(s)
 			firstSignal.Store(time.Now().UnixNano())
 			stop()
 		case <-stopCtx.Done():
@@ -141,8 +143,20 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		}
 	}
 
+	// Metrics, before the mount: a taken port fails the start.
+	dl := newDrainLocker(p)
+	if m.metrics != "" {
+		dl.metrics = newLockMetrics()
+		closeMetrics, err := serveMetrics(m.metrics, dl, dl.metrics, log)
+		if err != nil {
+			leave()
+			return err
+		}
+		defer closeMetrics()
+	}
+
 	// Mount.
-	server, err := fs.Mount(dir, fs.Options{Locker: p, AllowOther: m.allowOther, Debug: m.debug,
+	server, err := fs.Mount(dir, fs.Options{Locker: dl, AllowOther: m.allowOther, Debug: m.debug,
 		Logger: log.With("component", "fs")})
 	if err != nil {
 		leave()
@@ -167,11 +181,19 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	}
 	fmt.Fprintf(e.stdout, "dlockfs: node %s mounted at %s, cluster of %d, %s gossip, %s\n",
 		p.Node(), dir, alive, st.Profile, enc)
+	// Joined and mounted: ready for systemd's Type=notify.
+	if err := sdNotify(fmt.Sprintf("READY=1\nSTATUS=node %s mounted at %s, cluster of %d", p.Node(), dir, alive)); err != nil {
+		log.Warn("telling systemd we are ready (NOTIFY_SOCKET)", "err", err)
+	}
 
 	// Serve.
 	var result error
 	select {
 	case <-stopCtx.Done():
+		_ = sdNotify("STOPPING=1")
+		if s, _ := whichSignal.Load().(os.Signal); s == syscall.SIGTERM && m.drainTimeout > 0 {
+			drainStop(log, dl, m.drainTimeout, sigs, &firstSignal, served)
+		}
 	case <-served:
 		log.Warn("unmounted from outside; leaving the cluster", "dir", dir)
 		leave()
@@ -211,6 +233,54 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		}
 	}
 	return result
+}
+
+// drainReminder is how often a drain logs whom it still waits for.
+const drainReminder = 10 * time.Second
+
+// drainStop is the draining stop at SIGTERM: no new local opens, the
+// local waiters withdrawn, the peer still answering the others, until
+// every local holder released, timeout passed, a second signal came (a
+// second or more after the first), or the mount or the peer ended.
+func drainStop(log *slog.Logger, d *drainLocker, timeout time.Duration, sigs <-chan os.Signal,
+	firstSignal *atomic.Int64, served <-chan struct{}) {
+	holds, idle := d.drain()
+	if len(holds) == 0 {
+		return
+	}
+	start := time.Now()
+	log.Warn("SIGTERM: draining: no new local opens; waiting for the local holders to release before leaving (another SIGTERM leaves now)",
+		"timeout", timeout, "holding", describeHolds(holds))
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	remind := time.NewTicker(drainReminder)
+	defer remind.Stop()
+	for {
+		select {
+		case <-idle:
+			log.Warn("drained: every local holder released; leaving", "after", time.Since(start).Round(time.Millisecond))
+			return
+		case <-deadline.C:
+			log.Warn("--drain-timeout passed: leaving; the locks still held are taken from their holders",
+				"timeout", timeout, "holding", describeHolds(d.held()))
+			return
+		case <-remind.C:
+			log.Warn("draining: still waiting", "holding", describeHolds(d.held()),
+				"left", (timeout - time.Since(start)).Round(time.Second))
+		case s := <-sigs:
+			if time.Since(time.Unix(0, firstSignal.Load())) < forceAfter {
+				continue // the same request, delivered twice
+			}
+			firstSignal.Store(time.Now().UnixNano()) // a third signal forces the exit
+			log.Warn("second signal: leaving now; the locks still held are taken from their holders",
+				"signal", s, "holding", describeHolds(d.held()))
+			return
+		case <-served:
+			return
+		case <-d.Done():
+			return
+		}
+	}
 }
 
 // warnHeld warns about locks that local processes still hold at shutdown:

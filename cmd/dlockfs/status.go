@@ -5,10 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // statusDoc is the part of MOUNTPOINT/.status that status prints (the
@@ -19,6 +25,7 @@ type statusDoc struct {
 	Lamport     uint64          `json:"lamport"`
 	Encrypted   bool            `json:"encrypted"`
 	Profile     string          `json:"profile"`
+	Draining    bool            `json:"draining"`
 	Members     []struct {
 		Name     string `json:"name"`
 		Addr     string `json:"addr"`
@@ -44,6 +51,9 @@ func runStatus(ctx context.Context, e *env, cfg config) error {
 	if err != nil {
 		return err
 	}
+	if cfg.status.watch {
+		return watchStatus(ctx, e.stdout, cfg.status, isTerminal(e.stdout))
+	}
 	if cfg.status.json {
 		_, err := e.stdout.Write(live.status)
 		if err == nil && !strings.HasSuffix(string(live.status), "\n") {
@@ -56,6 +66,68 @@ func runStatus(ctx context.Context, e *env, cfg config) error {
 		return fmt.Errorf("%s/%s: %w", live.root, statusFile, err)
 	}
 	return printStatus(e.stdout, live.root, doc)
+}
+
+// Escape sequences of a refreshing screen: cursor home and clear the
+// screen (ECMA-48: CUP, ED 2), which every terminal emulator (and the Linux
+// console) understands; no terminfo lookup, no external watch(1).
+const clearScreen = "\x1b[H\x1b[2J"
+
+// watchStatus is "status --watch": a snapshot of the tables every
+// interval until SIGINT/SIGTERM (exit 0) or count snapshots. On a terminal
+// each snapshot replaces the last one; otherwise (a pipe, a file, a
+// journal) snapshots follow one another as plain text, each under a line
+// "--- TIME", with no escape codes. A mount that stops answering is shown
+// as an error line, and watching goes on: it may come back.
+func watchStatus(ctx context.Context, w io.Writer, s statusConfig, tty bool) error {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	tick := time.NewTicker(s.interval)
+	defer tick.Stop()
+	for n := 1; ; n++ {
+		var b strings.Builder
+		now := time.Now().Format("2006-01-02 15:04:05")
+		if tty {
+			fmt.Fprintf(&b, "%s%s  every %v  (Ctrl-C to stop)\n\n", clearScreen, now, s.interval)
+		} else {
+			if n > 1 {
+				b.WriteString("\n")
+			}
+			fmt.Fprintf(&b, "--- %s\n", now)
+		}
+		if live, err := checkLive(ctx, s.mountpoint); err != nil {
+			fmt.Fprintf(&b, "dlockfs status: %s\n", oneLine(err.Error()))
+		} else {
+			var doc statusDoc
+			if err := json.Unmarshal(live.status, &doc); err != nil {
+				fmt.Fprintf(&b, "dlockfs status: %s/%s: %v\n", live.root, statusFile, err)
+			} else if err := printStatus(&b, live.root, doc); err != nil {
+				return err
+			}
+		}
+		// One write per snapshot, so a reader never sees half of one.
+		if _, err := io.WriteString(w, b.String()); err != nil {
+			return err
+		}
+		if s.count > 0 && n >= s.count {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// isTerminal reports whether w is a terminal (a TCGETS ioctl succeeds).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // printStatus renders the human tables.
@@ -71,6 +143,9 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		}
 	}
 	inc := strings.Trim(string(d.Incarnation), `"`)
+	if d.Draining {
+		enc += ", DRAINING (stopping: no new local opens)"
+	}
 	fmt.Fprintf(w, "node %s at %s: %d of %d members alive, %s gossip, %s, lamport %d, incarnation %s\n",
 		d.Node, root, alive, len(d.Members), orDash(d.Profile), enc, d.Lamport, orDash(inc))
 

@@ -121,6 +121,7 @@ func (t *Transport) serveInbound(conn net.Conn) {
 			return
 		}
 		t.st.framesReceived.Add(1)
+		t.st.receivedByType[m.Type].Add(1)
 		t.st.bytesReceived.Add(uint64(headerLen + len(payload) + fr.c.overhead()))
 		select {
 		case t.incoming <- Incoming{Msg: m, Remote: remote}:

@@ -247,6 +247,7 @@ func (t *Transport) attemptFailed(p *peer, handshake bool, inc uint64, addr stri
 // queue is empty (or after maxBatch messages).
 func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *frameCipher, broken <-chan struct{}) error {
 	scratch := make([]byte, 0, headerLen+maxPayload+send.overhead())
+	types := make([]mutex.MsgType, 0, maxBatch) // of the batch, counted once flushed
 	for {
 		var m mutex.Message
 		select {
@@ -265,6 +266,7 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 			return fmt.Errorf("transport: set write deadline: %w", err)
 		}
 		n, bytes := 1, 0
+		types = append(types[:0], m.Type)
 		w, err := writeMessage(bw, scratch, send, m)
 		bytes += w
 	batch:
@@ -272,6 +274,7 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 			select {
 			case m = <-p.q:
 				n++
+				types = append(types, m.Type)
 				w, err = writeMessage(bw, scratch, send, m)
 				bytes += w
 			default:
@@ -286,6 +289,9 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 			t.st.droppedUnsent.Add(uint64(n))
 		} else {
 			t.st.framesSent.Add(uint64(n))
+			for _, ty := range types {
+				t.st.sentByType[ty].Add(1)
+			}
 			t.st.bytesSent.Add(uint64(bytes))
 		}
 		p.settled.Add(uint64(n))

@@ -54,6 +54,11 @@ type Stats struct {
 	BadFrames     uint64 `json:"bad_frames"`     // inbound frames malformed, oversized, unauthenticated, stalled or misattributed (connection closed)
 	Floods        uint64 `json:"floods"`         // inbound connections closed for exceeding MaxFrameRate
 	RejectedConns uint64 `json:"rejected_conns"` // inbound connections refused over MaxConns
+
+	// SentByType and ReceivedByType split FramesSent and FramesReceived
+	// by message type (its String: "request", "reply", ...).
+	SentByType     map[string]uint64 `json:"sent_by_type"`
+	ReceivedByType map[string]uint64 `json:"received_by_type"`
 }
 
 type counters struct {
@@ -63,6 +68,7 @@ type counters struct {
 	droppedQueueFull, droppedNoPeer, droppedInvalid      atomic.Uint64
 	droppedUnsent, badFrames, floods, rejectedConns      atomic.Uint64
 	outboundConns, inboundConns                          atomic.Int64
+	sentByType, receivedByType                           [256]atomic.Uint64 // by mutex.MsgType
 }
 
 // Transport is the lock-message channel of one peer: a TCP listener for
@@ -301,6 +307,8 @@ func (t *Transport) Stats() Stats {
 		BadFrames:         t.st.badFrames.Load(),
 		Floods:            t.st.floods.Load(),
 		RejectedConns:     t.st.rejectedConns.Load(),
+		SentByType:        byType(&t.st.sentByType),
+		ReceivedByType:    byType(&t.st.receivedByType),
 	}
 	t.mu.RLock()
 	s.Peers = len(t.peers)
@@ -361,4 +369,15 @@ func (t *Transport) Close() error {
 		close(t.connected)
 	})
 	return t.closeErr
+}
+
+// byType renders per-type counters, leaving out the types never seen.
+func byType(c *[256]atomic.Uint64) map[string]uint64 {
+	m := map[string]uint64{}
+	for i := range c {
+		if n := c[i].Load(); n > 0 {
+			m[mutex.MsgType(i).String()] = n
+		}
+	}
+	return m
 }

@@ -139,7 +139,9 @@ func TestPeerKilled(t *testing.T) {
 func TestPeerSIGTERM(t *testing.T) {
 	needEnv(t)
 	t.Run("holding", func(t *testing.T) {
-		nodes := startCluster(t, 3, nodeOpts{})
+		// --drain-timeout 0: leave at once, taking the lock from the
+		// holder (TestDrainingStop has the default).
+		nodes := startCluster(t, 3, nodeOpts{extra: []string{"--drain-timeout", "0"}})
 		a, survivors := nodes[0], nodes[1:]
 		h := shellHold(t, a, "lock")
 		h.waitLine(t, startTimeout, "held ")

@@ -337,8 +337,9 @@ type nodeOpts struct {
 	join     []string // gossip addresses to join
 	profile  string   // default "fast"
 	keyFile  string
-	netns    string // run under nsenter --net=/run/netns/NETNS
-	fastPath bool   // --fast-path (Roucairol–Carvalho: keep permissions)
+	netns    string   // run under nsenter --net=/run/netns/NETNS
+	fastPath bool     // --fast-path (Roucairol–Carvalho: keep permissions)
+	extra    []string // more mount flags
 }
 
 // node is a running "dlockfs mount" child.
@@ -366,6 +367,7 @@ func (o nodeOpts) argv() []string {
 	if o.fastPath {
 		args = append(args, "--fast-path")
 	}
+	args = append(args, o.extra...)
 	args = append(args, o.dir)
 	if o.netns != "" {
 		args = append([]string{"nsenter", "--net=/run/netns/" + o.netns}, args...)
@@ -481,6 +483,7 @@ type statusDoc struct {
 		Status   string `json:"status"`
 	} `json:"members"`
 	Locks    []lockDoc `json:"locks"`
+	Draining bool      `json:"draining"`
 	Counters struct {
 		Sent      uint64            `json:"sent"`
 		Received  uint64            `json:"received"`
