@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dlockfs/dlockfs/mutex"
 )
@@ -72,6 +73,7 @@ type Transport struct {
 	cfg  Config
 	log  *slog.Logger
 	mode byte
+	keys Keyring // nil: plaintext
 	ln   net.Listener
 
 	ctx    context.Context // cancelled by Close
@@ -124,13 +126,38 @@ func Listen(cfg Config) (*Transport, error) {
 		progress:  make(chan struct{}),
 	}
 	t.warns.bucket = *newTokenBucket(warnRate)
-	if cfg.Key != nil {
+	switch {
+	case cfg.Keyring != nil:
+		t.keys = cfg.Keyring
+	case cfg.Key != nil:
+		t.keys = staticKeyring{key: cfg.Key}
+	}
+	if t.keys != nil {
 		t.mode = modeAESGCM
 	}
 	t.wg.Add(1)
 	go t.acceptLoop()
+	if cfg.Keyring != nil {
+		t.wg.Add(1)
+		go t.watchKeys()
+	}
 	t.log.Debug("transport listening", "addr", ln.Addr().String(), "mode", modeName(t.mode))
 	return t, nil
+}
+
+// watchKeys runs CheckKeys every KeyCheckInterval until Close.
+func (t *Transport) watchKeys() {
+	defer t.wg.Done()
+	tick := time.NewTicker(t.cfg.KeyCheckInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			t.CheckKeys()
+		case <-t.ctx.Done():
+			return
+		}
+	}
 }
 
 // Addr returns the address peers should dial: AdvertiseAddr if set, else
