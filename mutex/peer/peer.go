@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/dlockfs/dlockfs/mutex"
@@ -43,6 +44,7 @@ type Peer struct {
 	inc       uint64
 	profile   string
 	encrypted bool
+	keyring   *memberlist.Keyring // nil: plaintext; Serf's and the lock channel's
 	log       *slog.Logger
 
 	serf     *serf.Serf // nil in driver-only tests
@@ -128,24 +130,33 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		}
 		lockListen = net.JoinHostPort(bindIP.String(), strconv.Itoa(port))
 	}
-	var key []byte
+	// One keyring for gossip and the lock channel: Serf's KeyManager
+	// changes it on every member, and the lock channel reads it at each
+	// handshake (see keys.go).
+	var keyring *memberlist.Keyring
 	if len(cfg.Key) > 0 {
-		key = append([]byte(nil), cfg.Key...)
+		if keyring, err = memberlist.NewKeyring(nil, append([]byte(nil), cfg.Key...)); err != nil {
+			return nil, fmt.Errorf("peer: keyring: %w", err)
+		}
 	}
-	tr, err := listen(transportConfig{
+	tc := transportConfig{
 		Name:          cfg.Name,
 		Incarnation:   inc,
 		ListenAddr:    lockListen,
 		AdvertiseAddr: cfg.LockAdvertise,
-		Key:           key,
 		Logger:        log.With("component", "transport"),
-	})
+	}
+	if keyring != nil {
+		tc.Keyring = keyring
+	}
+	tr, err := listen(tc)
 	if err != nil {
 		return nil, fmt.Errorf("peer: lock channel on %s: %w", lockListen, err)
 	}
 
 	p := newPeer(cfg, log, inc, tr)
-	p.encrypted = len(key) > 0
+	p.encrypted = keyring != nil
+	p.keyring = keyring
 
 	mc, leaveDelay := profile(cfg.Profile)
 	mc.BindAddr = bindIP.String()
@@ -156,7 +167,9 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		mc.AdvertiseAddr = ip.String()
 		mc.AdvertisePort = port
 	}
-	mc.SecretKey = key
+	if keyring != nil {
+		mc.Keyring = keyring
+	}
 	p.tcpTimeout = mc.TCPTimeout
 	serfLog := newSerfLogger(log.With("component", "serf"), &p.joining, &p.conflict)
 	mc.Logger = serfLog

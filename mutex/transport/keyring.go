@@ -24,9 +24,9 @@ type staticKeyring struct{ key []byte }
 func (s staticKeyring) GetPrimaryKey() []byte { return s.key }
 func (s staticKeyring) GetKeys() [][]byte     { return [][]byte{s.key} }
 
-// keyID names a key in logs without revealing it: the first 8 hex digits
-// of its SHA-256.
-func keyID(key []byte) string {
+// KeyID names a key in logs and listings without revealing it: the first
+// 8 hex digits of its SHA-256.
+func KeyID(key []byte) string {
 	sum := sha256.Sum256(key)
 	return hex.EncodeToString(sum[:4])
 }
@@ -42,13 +42,30 @@ func hasKey(keys [][]byte, key []byte) bool {
 // sent again). The transport also calls it every [Config.KeyCheckInterval].
 // It returns how many connections it closed.
 func (t *Transport) CheckKeys() int {
+	stale, kick := t.staleConns()
+	for _, ic := range stale {
+		t.log.Info("transport: closing an inbound connection on a removed key", "remote", ic.remote, "key", KeyID(ic.key))
+		ic.conn.Close()
+	}
+	for _, p := range kick {
+		t.log.Info("transport: redialling a peer connected with a removed key", "peer", p.name)
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
+	return len(stale) + len(kick)
+}
+
+// staleConns returns the established connections whose handshake used a
+// key no longer in the keyring.
+func (t *Transport) staleConns() (stale []*inConn, kick []*peer) {
 	if t.keys == nil {
-		return 0
+		return nil, nil
 	}
 	keys := t.keys.GetKeys()
-	var stale []*inConn
-	var kick []*peer
 	t.mu.RLock()
+	defer t.mu.RUnlock()
 	for _, ic := range t.inbound {
 		if !hasKey(keys, ic.key) {
 			stale = append(stale, ic)
@@ -61,17 +78,5 @@ func (t *Transport) CheckKeys() int {
 		}
 		p.mu.Unlock()
 	}
-	t.mu.RUnlock()
-	for _, ic := range stale {
-		t.log.Info("transport: closing an inbound connection on a removed key", "remote", ic.remote, "key", keyID(ic.key))
-		ic.conn.Close()
-	}
-	for _, p := range kick {
-		t.log.Info("transport: redialling a peer connected with a removed key", "peer", p.name)
-		select {
-		case p.kick <- struct{}{}:
-		default:
-		}
-	}
-	return len(stale) + len(kick)
+	return stale, kick
 }

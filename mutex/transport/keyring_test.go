@@ -101,7 +101,7 @@ func TestKeyringAnyInstalledKey(t *testing.T) {
 	b := newT(t, "b", nil, withKeyring(newKeyring(t, key1, key2, key3)))
 	for _, k := range [][]byte{key1, key2, key3} {
 		if _, err := rawHandshake(t, b.Addr(), k, "a", 1, "b"); err != nil {
-			t.Errorf("hello sealed with key %s: %v", keyID(k), err)
+			t.Errorf("hello sealed with key %s: %v", KeyID(k), err)
 		}
 	}
 	if _, err := rawHandshake(t, b.Addr(), make([]byte, 32), "a", 1, "b"); err == nil {

@@ -34,6 +34,10 @@ type Stats struct {
 	OutboundConns int  `json:"outbound_conns"` // outgoing connections established now
 	InboundConns  int  `json:"inbound_conns"`  // accepted connections open now (handshaking ones included)
 	Queued        int  `json:"queued"`         // messages waiting in the send queues
+	// OldKeyConns counts the established connections (either way) made
+	// with a key since removed from the Keyring: closed within
+	// KeyCheckInterval, so normally 0.
+	OldKeyConns int `json:"old_key_conns"`
 
 	FramesSent     uint64 `json:"frames_sent"`     // messages written and flushed to a socket
 	FramesReceived uint64 `json:"frames_received"` // messages delivered on Incoming
@@ -329,6 +333,8 @@ func (t *Transport) Stats() Stats {
 		Floods:            t.st.floods.Load(),
 		RejectedConns:     t.st.rejectedConns.Load(),
 	}
+	stale, kick := t.staleConns()
+	s.OldKeyConns = len(stale) + len(kick)
 	t.mu.RLock()
 	s.Peers = len(t.peers)
 	for _, p := range t.peers {
