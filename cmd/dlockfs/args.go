@@ -32,6 +32,7 @@ type config struct {
 	status statusConfig
 	lock   lockConfig
 	check  checkConfig
+	keys   keysConfig
 	demo   demoOptions
 	bench  benchOptions
 	// topic is the command whose help "dlockfs help TOPIC" asks for.
@@ -50,6 +51,7 @@ type mountConfig struct {
 	joinTimeout   time.Duration // 0 = retry forever
 	gossip        string
 	keyFile       string
+	control       string // control socket; "" = MOUNTPOINT.sock, "none" = no socket
 	allowOther    bool
 	debug         bool
 	fastPath      bool
@@ -112,6 +114,7 @@ func parseMount(cfg *config, args []string) error {
 	fs.DurationVar(&m.joinTimeout, "join-timeout", defaultJoinTimeout, "")
 	fs.StringVar(&m.gossip, "gossip", defaultGossip, "")
 	fs.StringVar(&m.keyFile, "key-file", "", "")
+	fs.StringVar(&m.control, "control", "", "")
 	fs.BoolVar(&m.allowOther, "allow-other", false, "")
 	fs.BoolVar(&m.debug, "debug", false, "")
 	fs.BoolVar(&m.fastPath, "fast-path", defaultFastPath, "")

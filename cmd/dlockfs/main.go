@@ -38,6 +38,8 @@ func commands() []command {
 			help: helpCheck, parse: parseCheck, run: runCheck},
 		{name: "keygen", summary: "print a new random cluster key",
 			help: helpKeygen, parse: parseKeygen, run: runKeygen},
+		{name: "keys", summary: "list, install, use or remove cluster keys on every member (rotation)",
+			help: helpKeys, parse: parseKeys, run: runKeys},
 		{name: "help", summary: "show help for dlockfs or a command",
 			help: helpHelp, parse: parseHelp, run: runHelp},
 		// Reserved for the lead: a self-contained multi-node demo and

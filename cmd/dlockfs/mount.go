@@ -141,6 +141,16 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		}
 	}
 
+	// The control socket for 'dlockfs keys'.
+	ctl, err := startControl(m, dir, p, log.With("component", "control"))
+	if err != nil {
+		leave()
+		return err
+	}
+	if ctl != nil {
+		defer ctl.close()
+	}
+
 	// Mount.
 	server, err := fs.Mount(dir, fs.Options{Locker: p, AllowOther: m.allowOther, Debug: m.debug,
 		Logger: log.With("component", "fs")})
