@@ -12,8 +12,9 @@
 // peer's bounded queue (a full queue drops it and counts the drop), and the
 // peer's writer goroutine drains the queue through a bufio.Writer, flushing
 // whenever the queue is empty; no timer sits in the send path. A broken
-// connection is redialled at once if it had lasted, else after a bounded,
-// jittered backoff, and every
+// connection is redialled at once if it had lasted (or is the first in a
+// row to break soon after its handshake), else after a bounded, jittered
+// backoff, and every
 // completed (re)connection is announced on [Transport.Connected]: the
 // caller (the peer's driver) then tells the core, which re-sends what it
 // still owes, so messages lost with the old connection are recovered. A peer

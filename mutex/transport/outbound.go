@@ -109,6 +109,11 @@ func (t *Transport) backoff(n int) time.Duration {
 func (t *Transport) runPeer(p *peer) {
 	defer t.wg.Done()
 	failures := 0 // consecutive failed attempts, for the backoff
+	// short: the last established connection was lost before it had
+	// lasted MaxBackoff and was redialled at once. One such loss is
+	// redialled at once (a peer closing a connection on a removed key,
+	// or restarting); another in a row backs off.
+	short := false
 	for {
 		if failures > 0 {
 			timer := time.NewTimer(t.backoff(failures))
@@ -131,7 +136,9 @@ func (t *Transport) runPeer(p *peer) {
 		case errors.Is(err, errRetarget):
 			failures = 0
 		case !established.IsZero() && time.Since(established) >= t.cfg.MaxBackoff:
-			failures = 0 // a connection that lasted: redial at once
+			failures, short = 0, false // a connection that lasted: redial at once
+		case !established.IsZero() && !short:
+			failures, short = 0, true // lost soon, the first time: redial at once
 		default:
 			failures++ // failed, or lost at once: back off further
 		}

@@ -117,6 +117,7 @@ func TestKeyRotation(t *testing.T) {
 	progressed("before the rotation", 20)
 
 	rotStart := nowMicros()
+	var marks []string // when each step ended, ms after rotStart
 	for _, step := range []struct {
 		n       *node
 		op, key string
@@ -130,6 +131,7 @@ func TestKeyRotation(t *testing.T) {
 			t.Fatalf("keys %s on %s: exit %d\nstdout: %s\nstderr: %s", step.op, step.n.name, code, out, errOut)
 		}
 		t.Logf("keys %s on %s: %s", step.op, step.n.name, out)
+		marks = append(marks, fmt.Sprintf("%s done at +%s", step.op, ms(nowMicros()-rotStart)))
 	}
 	// The members close their lock connections on the old key within
 	// a second; wait for that, under contention.
@@ -142,6 +144,7 @@ func TestKeyRotation(t *testing.T) {
 		return true
 	})
 	rotEnd := nowMicros()
+	marks = append(marks, fmt.Sprintf("old-key connections gone by +%s", ms(rotEnd-rotStart)))
 	progressed("after the rotation", 5)
 	if err := os.WriteFile(stop, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -153,31 +156,36 @@ func TestKeyRotation(t *testing.T) {
 		t.Errorf("counter = %d after %d critical sections (lost increments)", got, len(hs))
 	}
 	checkExclusive(t, hs)
-	var before, during int64
+	var before, during, duringAt int64
 	var nBefore, nDuring int
 	after := map[string]int{}
+	var gapsBefore []int64
 	for i := 1; i < len(hs); i++ {
 		gap := hs[i].enter - hs[i-1].leave
 		switch {
 		case hs[i].enter < rotStart:
 			before = max(before, gap)
+			gapsBefore = append(gapsBefore, gap)
 			nBefore++
 		case hs[i-1].leave <= rotEnd:
-			during = max(during, gap)
+			if gap > during {
+				during, duringAt = gap, hs[i-1].leave-rotStart
+			}
 			nDuring++
 		}
 		if hs[i].enter > rotEnd {
 			after[hs[i].worker]++
 		}
 	}
+	p50, _ := stats(gapsBefore)
 	for _, w := range ws {
 		if id := strings.TrimPrefix(w.name, "worker "); after[id] == 0 {
 			t.Errorf("%s was not granted after the rotation", w.name)
 		}
 	}
 	t.Logf("%d critical sections; rotation (3 commands + old-key connections closed) took %s with %d hand-overs, "+
-		"longest with no holder %s; before it, %d hand-overs, longest %s",
-		len(hs), ms(rotEnd-rotStart), nDuring, ms(during), nBefore, ms(before))
+		"longest with no holder %s (from +%s; %s); before it, %d hand-overs, median %s, longest %s",
+		len(hs), ms(rotEnd-rotStart), nDuring, ms(during), ms(duringAt), strings.Join(marks, ", "), nBefore, ms(p50), ms(before))
 	waitIdle(t, startTimeout, nodes, "lock")
 
 	code, out, errOut := run(t, 30*time.Second, suite.binary, "keys", "--control", nodes[0].control(), "list")
