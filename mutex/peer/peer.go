@@ -187,6 +187,14 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// the node the cluster knows and refuse the newcomer in join instead.
 	sc.EnableNameConflictResolution = false
 	sc.ReconnectInterval = reconnectInterval(cfg.Profile)
+	// Serf's queries (only its KeyManager's: key rotation) time out after
+	// GossipInterval × QueryTimeoutMult × log10(N+1): 160 ms with the fast
+	// profile's 10 ms gossip, short enough for a loaded host to miss an
+	// answer. They end as soon as every member has answered, so a longer
+	// bound (1 s) costs nothing while all members are up.
+	if cfg.Profile == ProfileFast {
+		sc.QueryTimeoutMult = 100
+	}
 	s, err := serf.Create(sc)
 	if err != nil {
 		tr.Close()
