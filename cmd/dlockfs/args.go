@@ -34,6 +34,7 @@ type config struct {
 	status statusConfig
 	lock   lockConfig
 	check  checkConfig
+	keys   keysConfig
 	demo   demoOptions
 	bench  benchOptions
 	// install holds the options of install and uninstall.
@@ -54,6 +55,7 @@ type mountConfig struct {
 	joinTimeout   time.Duration // 0 = retry forever
 	gossip        string
 	keyFile       string
+	control       string // control socket; "" = MOUNTPOINT.sock, "none" = no socket
 	allowOther    bool
 	debug         bool
 	fastPath      bool
@@ -124,6 +126,7 @@ func parseMount(cfg *config, args []string) error {
 	fs.DurationVar(&m.joinTimeout, "join-timeout", defaultJoinTimeout, "")
 	fs.StringVar(&m.gossip, "gossip", defaultGossip, "")
 	fs.StringVar(&m.keyFile, "key-file", "", "")
+	fs.StringVar(&m.control, "control", "", "")
 	fs.BoolVar(&m.allowOther, "allow-other", false, "")
 	fs.BoolVar(&m.debug, "debug", false, "")
 	fs.BoolVar(&m.fastPath, "fast-path", defaultFastPath, "")

@@ -12,6 +12,7 @@
 //	dlockfs lock [--try | --timeout DUR] MOUNTPOINT[/NAME] [--] CMD [ARGS...]
 //	dlockfs check [-q] MOUNTPOINT
 //	dlockfs keygen
+//	dlockfs keys [--control PATH] [--json] list | install KEY | use KEY | remove KEY
 //	dlockfs help [COMMAND]
 //
 // "dlockfs help" and "dlockfs COMMAND --help" are the reference: flags,
@@ -22,6 +23,7 @@
 // codes (exitcodes.go); help.go holds the help texts; mount.go runs the
 // daemon and fusecheck.go says what FUSE lacks; mountpoint.go checks
 // mountpoints and live mounts; lock.go (lock, check), status.go and key.go
-// (keygen, --key-file) are the other commands. main_test.go builds the
+// (keygen, --key-file) are the other commands; keys.go holds the keys
+// command and the mount's control socket it talks to. main_test.go builds the
 // binary once and drives it as a child process against real mounts.
 package main

@@ -30,7 +30,8 @@ const (
 	exitKey = 15
 	// exitNotMounted: status, lock or check was given a path that is not
 	// inside a live dlockfs mount (not mounted, another filesystem, or a
-	// dead mount whose daemon is gone). lock did not run CMD.
+	// dead mount whose daemon is gone), or no mount serves the control
+	// socket keys was given. lock did not run CMD.
 	exitNotMounted = 16
 	// exitCannotExec: lock found CMD but cannot execute it (as in sh).
 	exitCannotExec = 126
@@ -57,7 +58,7 @@ func exitCodeTable() []exitCodeDoc {
 		{exitTimeout, "lock --timeout: not granted in time (CMD not run)"},
 		{exitFUSE, "mount: FUSE unavailable or mount failed (/dev/fuse, fusermount3)"},
 		{exitKey, "mount: bad --key-file (unreadable, not base64, wrong length)"},
-		{exitNotMounted, "status/lock/check: not a live dlockfs mount (CMD not run)"},
+		{exitNotMounted, "status/lock/check/keys: not a live dlockfs mount (CMD not run)"},
 		{exitCannotExec, "lock: CMD cannot be executed"},
 		{exitNotFound, "lock: CMD not found (lock not taken)"},
 	}

@@ -105,6 +105,10 @@ Flags:
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A
                          file readable by group or others gives a warning.
+                         Rotate keys while running with 'dlockfs keys'.
+  --control PATH         unix socket for 'dlockfs keys' (mode 0600; default
+                         MOUNTPOINT.sock, e.g. /run/dlockfs.sock; "none": no
+                         socket). The default only warns if it cannot be made.
   --allow-other          let other users open the locks (non-root needs
                          user_allow_other in /etc/fuse.conf)
   --fast-path            keep permissions between acquisitions (Roucairol-
@@ -239,4 +243,47 @@ const helpHelp = `Usage: dlockfs help [COMMAND]
 
 Show the overview of dlockfs, or the help of COMMAND (same as
 'dlockfs COMMAND --help').
+`
+
+const helpKeys = `Usage: dlockfs keys [--control PATH] [--json] list | install KEY | use KEY | remove KEY
+
+Rotate the cluster key without downtime, the way Serf's keyring does it. The
+command talks to one running 'dlockfs mount' through its control socket (a
+unix socket, mode 0600, answering only its own user or root: by default
+MOUNTPOINT.sock next to the mountpoint, so /run/dlockfs.sock for a mount at
+/run/dlockfs). That peer applies the operation on every member through
+Serf's KeyManager (a cluster-wide Serf query); each member changes its one
+keyring, which encrypts gossip and authenticates the lock channel. The
+command reports how many members applied it and exits 1 unless all did.
+
+Operations:
+  list          every key installed in the cluster, how many members hold
+                it and how many use it as their primary key
+  install KEY   add KEY on every member: accepted from now on (gossip and
+                new lock connections), not yet used to send
+  use KEY       make an installed KEY the primary key on every member: new
+                gossip and new lock connections use it; established lock
+                connections carry on with the session keys they have
+  remove KEY    remove KEY from every member; lock connections made with it
+                are closed and redialled with the primary key (within 1 s on
+                each member). Removing the primary key is refused.
+
+KEY is base64 of 16, 24 or 32 bytes ('dlockfs keygen'), or - to read it from
+stdin (a KEY on the command line is visible to other users in ps).
+
+A rotation, run on any one member:
+  new=$(dlockfs keygen)
+  dlockfs keys install "$new" && dlockfs keys use "$new" && dlockfs keys remove "$old"
+
+Then write the new key into every member's --key-file: a member started
+later with the old key is refused (exit 11). A member that is down during
+the rotation misses it, and cannot rejoin with the old key once removed.
+
+Flags:
+  --control PATH  the mount's control socket (default /run/dlockfs.sock)
+  --json          print the members' answers as JSON
+
+Exit codes: 0 applied on every member, 2 usage or bad KEY, 16 no mount
+serves the control socket, 1 other (a member failed, the primary key, a
+plaintext cluster).
 `

@@ -43,6 +43,8 @@ func commands() []command {
 			help: helpInstall, parse: parseInstall, run: runInstall},
 		{name: "uninstall", summary: "remove what install wrote",
 			help: helpUninstall, parse: parseInstall, run: runUninstall},
+		{name: "keys", summary: "list, install, use or remove cluster keys on every member (rotation)",
+			help: helpKeys, parse: parseKeys, run: runKeys},
 		{name: "help", summary: "show help for dlockfs or a command",
 			help: helpHelp, parse: parseHelp, run: runHelp},
 		// Reserved for the lead: a self-contained multi-node demo and

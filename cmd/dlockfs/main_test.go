@@ -424,6 +424,8 @@ func TestHelpAndUsage(t *testing.T) {
 		{[]string{"lock", "--help"}, exitOK, "DLOCKFS_TOKEN"},
 		{[]string{"check", "--help"}, exitOK, "exec 9<"},
 		{[]string{"keygen", "--help"}, exitOK, "umask 077"},
+		{[]string{"keys", "--help"}, exitOK, "control socket"},
+		{[]string{"keys", "install", "xyz"}, exitUsage, "KEY is 2 bytes"},
 		{[]string{"help", "--help"}, exitOK, "Commands:"},
 		{nil, exitUsage, "no command"},
 		{[]string{"frob"}, exitUsage, `unknown command "frob"`},

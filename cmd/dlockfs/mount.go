@@ -143,6 +143,15 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		}
 	}
 
+	// The control socket for 'dlockfs keys'.
+	ctl, err := startControl(m, dir, p, log.With("component", "control"))
+	if err != nil {
+		leave()
+		return err
+	}
+	if ctl != nil {
+		defer ctl.close()
+	}
 	// Metrics, before the mount: a taken port fails the start.
 	dl := newDrainLocker(p)
 	if m.metrics != "" {

@@ -130,7 +130,10 @@ type Config struct {
 	Profile string
 	// Key is the cluster key: nil for plaintext, or 16, 24 or 32 bytes
 	// (AES-128/192/256-GCM). It encrypts both Serf's gossip and the lock
-	// channel. Every member must use the same key.
+	// channel. Every member must use the same key. It is the first key of
+	// the peer's keyring, which [Peer.Keys] changes on every member at
+	// once (key rotation without a restart); a peer started later needs
+	// the key the cluster uses by then.
 	Key []byte
 	// KeepPermissions enables the Roucairol–Carvalho optimisation: a
 	// permission received is kept until another peer asks for it, so

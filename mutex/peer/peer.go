@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/dlockfs/dlockfs/mutex"
@@ -44,6 +45,7 @@ type Peer struct {
 	inc       uint64
 	profile   string
 	encrypted bool
+	keyring   *memberlist.Keyring // nil: plaintext; Serf's and the lock channel's
 	log       *slog.Logger
 
 	serf     *serf.Serf // nil in driver-only tests
@@ -138,18 +140,26 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		}
 		lockListen = net.JoinHostPort(bindIP.String(), strconv.Itoa(port))
 	}
-	var key []byte
+	// One keyring for gossip and the lock channel: Serf's KeyManager
+	// changes it on every member, and the lock channel reads it at each
+	// handshake (see keys.go).
+	var keyring *memberlist.Keyring
 	if len(cfg.Key) > 0 {
-		key = append([]byte(nil), cfg.Key...)
+		if keyring, err = memberlist.NewKeyring(nil, append([]byte(nil), cfg.Key...)); err != nil {
+			return nil, fmt.Errorf("peer: keyring: %w", err)
+		}
 	}
-	tr, err := listen(transportConfig{
+	tc := transportConfig{
 		Name:          cfg.Name,
 		Incarnation:   inc,
 		ListenAddr:    lockListen,
 		AdvertiseAddr: cfg.LockAdvertise,
-		Key:           key,
 		Logger:        log.With("component", "transport"),
-	})
+	}
+	if keyring != nil {
+		tc.Keyring = keyring
+	}
+	tr, err := listen(tc)
 	if err != nil {
 		return nil, fmt.Errorf("peer: lock channel on %s: %w", lockListen, err)
 	}
@@ -159,7 +169,8 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		tr.Close()
 		return nil, err
 	}
-	p.encrypted = len(key) > 0
+	p.encrypted = keyring != nil
+	p.keyring = keyring
 	if len(cfg.Join) == 0 {
 		p.core.Bootstrap() // a new cluster, or our own voter set from StateDir
 	}
@@ -173,7 +184,9 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		mc.AdvertiseAddr = ip.String()
 		mc.AdvertisePort = port
 	}
-	mc.SecretKey = key
+	if keyring != nil {
+		mc.Keyring = keyring
+	}
 	p.tcpTimeout = mc.TCPTimeout
 	serfLog := newSerfLogger(log.With("component", "serf"), &p.joining, &p.conflict)
 	mc.Logger = serfLog
@@ -191,6 +204,14 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// the node the cluster knows and refuse the newcomer in join instead.
 	sc.EnableNameConflictResolution = false
 	sc.ReconnectInterval = reconnectInterval(cfg.Profile)
+	// Serf's queries (only its KeyManager's: key rotation) time out after
+	// GossipInterval × QueryTimeoutMult × log10(N+1): 160 ms with the fast
+	// profile's 10 ms gossip, short enough for a loaded host to miss an
+	// answer. They end as soon as every member has answered, so a longer
+	// bound (1 s) costs nothing while all members are up.
+	if cfg.Profile == ProfileFast {
+		sc.QueryTimeoutMult = 100
+	}
 	s, err := serf.Create(sc)
 	if err != nil {
 		tr.Close()

@@ -22,6 +22,7 @@ const (
 	DefaultMinBackoff       = 50 * time.Millisecond // first redial wait
 	DefaultMaxBackoff       = 2 * time.Second       // longest redial wait
 	DefaultMaxFrameRate     = 50000                 // frames/s per inbound connection
+	DefaultKeyCheckInterval = time.Second           // look for connections on removed keys
 )
 
 // minFrameSize is the smallest MaxFrameSize accepted: the largest message
@@ -43,8 +44,19 @@ type Config struct {
 	// ListenAddr is a wildcard address).
 	AdvertiseAddr string
 	// Key is the cluster key: nil for a plaintext channel, else 16, 24 or
-	// 32 bytes selecting AES-128/192/256-GCM.
+	// 32 bytes selecting AES-128/192/256-GCM. At most one of Key and
+	// Keyring may be set.
 	Key []byte
+	// Keyring, instead of Key, makes the keys changeable while the
+	// transport runs (key rotation): a handshake is accepted with any key
+	// it holds, new connections are dialled with its primary key, and
+	// established connections keep their session keys until the key they
+	// were made with is removed (see [Transport.CheckKeys]). Typically
+	// Serf's *memberlist.Keyring. Every key must be 16, 24 or 32 bytes.
+	Keyring Keyring
+	// KeyCheckInterval is how often, with a Keyring, the transport looks
+	// for connections made with a key since removed, and closes them.
+	KeyCheckInterval time.Duration
 	// Logger receives the transport's logs; nil discards them.
 	Logger *slog.Logger
 
@@ -117,6 +129,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxFrameRate == 0 {
 		c.MaxFrameRate = DefaultMaxFrameRate
 	}
+	if c.KeyCheckInterval == 0 {
+		c.KeyCheckInterval = DefaultKeyCheckInterval
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -132,8 +147,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("transport: config: Name is longer than %d bytes", mutex.MaxNameLen)
 	case c.ListenAddr == "":
 		return errors.New("transport: config: ListenAddr is empty")
-	case c.Key != nil && len(c.Key) != 16 && len(c.Key) != 24 && len(c.Key) != 32:
+	case c.Key != nil && !validKeyLen(len(c.Key)):
 		return fmt.Errorf("transport: config: Key is %d bytes, want 16, 24 or 32", len(c.Key))
+	case c.Key != nil && c.Keyring != nil:
+		return errors.New("transport: config: set Key or Keyring, not both")
+	case c.Keyring != nil && !validKeyLen(len(c.Keyring.GetPrimaryKey())):
+		return fmt.Errorf("transport: config: Keyring's primary key is %d bytes, want 16, 24 or 32", len(c.Keyring.GetPrimaryKey()))
+	case c.KeyCheckInterval < 0:
+		return errors.New("transport: config: KeyCheckInterval must not be negative")
 	case c.MaxFrameSize != 0 && c.MaxFrameSize < minFrameSize:
 		return fmt.Errorf("transport: config: MaxFrameSize %d is below %d", c.MaxFrameSize, minFrameSize)
 	case c.QueueLen < 0, c.IncomingLen < 0, c.MaxConns < 0:
@@ -144,3 +165,5 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }

@@ -12,7 +12,9 @@
 // peer's bounded queue (a full queue drops it and counts the drop), and the
 // peer's writer goroutine drains the queue through a bufio.Writer, flushing
 // whenever the queue is empty; no timer sits in the send path. A broken
-// connection is redialled with a bounded, jittered backoff, and every
+// connection is redialled at once if it had lasted (or is the first in a
+// row to break soon after its handshake), else after a bounded, jittered
+// backoff, and every
 // completed (re)connection is announced on [Transport.Connected]: the
 // caller (the peer's driver) then tells the core, which re-sends what it
 // still owes, so messages lost with the old connection are recovered. A peer
@@ -54,6 +56,20 @@
 // new. Both ends must agree on the mode: a keyed peer refuses a plaintext
 // one and vice versa. Without a key the same handshake runs in plaintext:
 // framing and identity checks, but no secrecy or authentication.
+//
+// # Key rotation
+//
+// With a [Config.Keyring] (Serf's *memberlist.Keyring in dlockfs) the keys
+// can change while the transport runs, the way Serf rotates its gossip
+// keys: a client seals its hello with the keyring's primary key; the server
+// opens it with each installed key in turn, primary first, and answers
+// under the key that opened it. So once a new key is installed everywhere,
+// any peer may make it primary; established connections keep their session
+// keys through install and use, and new connections use the primary key.
+// When a key is removed, the connections whose handshake used it are closed
+// ([Transport.CheckKeys], run every [Config.KeyCheckInterval]), outgoing
+// ones redialled at once with the primary key: after a rotation no channel
+// is left on the old key, and a peer that only has it cannot connect.
 //
 // # Bad input
 //

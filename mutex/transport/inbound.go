@@ -19,6 +19,7 @@ const maxInterned = 4096
 type inConn struct {
 	conn   net.Conn
 	remote string
+	key    []byte // the cluster key of its handshake (nil: plaintext)
 }
 
 func (t *Transport) acceptLoop() {
@@ -67,7 +68,7 @@ func (t *Transport) serveInbound(conn net.Conn) {
 	remote := conn.RemoteAddr().String()
 
 	br := bufio.NewReaderSize(conn, 16<<10)
-	fr, h, err := t.serverHandshake(conn, br)
+	fr, h, key, err := t.serverHandshake(conn, br)
 	if err != nil {
 		if t.ctx.Err() == nil {
 			t.st.handshakeFailures.Add(1)
@@ -76,7 +77,7 @@ func (t *Transport) serveInbound(conn net.Conn) {
 		return
 	}
 	t.st.accepts.Add(1)
-	ic := &inConn{conn: conn, remote: remote}
+	ic := &inConn{conn: conn, remote: remote, key: key}
 	t.registerInbound(h.Name, ic)
 	defer t.unregisterInbound(h.Name, ic)
 	t.log.Debug("transport: accepted peer", "peer", h.Name, "incarnation", h.Incarnation, "remote", remote)
@@ -178,64 +179,86 @@ func (t *Transport) unregisterInbound(name string, ic *inConn) {
 
 // serverHandshake answers a new connection: exchange preambles, check the
 // client's hello, send our welcome. It returns the reader of the client's
-// frames and its hello.
-func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameReader, hello, error) {
+// frames, its hello and the cluster key the hello was sealed with: the
+// hello is tried with every installed key, primary first.
+func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameReader, hello, []byte, error) {
+	fail := func(err error) (*frameReader, hello, []byte, error) { return nil, hello{}, nil, err }
 	if err := conn.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout)); err != nil {
-		return nil, hello{}, fmt.Errorf("transport: set deadline: %w", err)
+		return fail(fmt.Errorf("transport: set deadline: %w", err))
 	}
 	mine, err := newPreamble(t.mode)
 	if err != nil {
-		return nil, hello{}, err
+		return fail(err)
 	}
 	if _, err := conn.Write(mine.append(nil)); err != nil {
-		return nil, hello{}, fmt.Errorf("%w: write preamble: %w", errHandshake, err)
+		return fail(fmt.Errorf("%w: write preamble: %w", errHandshake, err))
 	}
 	var pb [preambleLen]byte
 	if _, err := io.ReadFull(br, pb[:]); err != nil {
-		return nil, hello{}, fmt.Errorf("%w: read preamble: %w", errHandshake, err)
+		return fail(fmt.Errorf("%w: read preamble: %w", errHandshake, err))
 	}
 	theirs, err := parsePreamble(pb[:])
 	if err != nil {
-		return nil, hello{}, err
+		return fail(err)
 	}
 	if theirs.mode != t.mode {
-		return nil, hello{}, fmt.Errorf("%w: peer uses %s, we use %s (cluster key mismatch)", errHandshake, modeName(theirs.mode), modeName(t.mode))
+		return fail(fmt.Errorf("%w: peer uses %s, we use %s (cluster key mismatch)", errHandshake, modeName(theirs.mode), modeName(t.mode)))
 	}
-	var sk []byte
-	if t.mode == modeAESGCM {
-		sk = sessionKey(t.cfg.Key, mine.nonce, theirs.nonce)
-	}
-	recv, err := newFrameCipher(sk, dirClientToServer)
+	// Read the hello as it is, then open it with each key in turn (a
+	// failed Open clobbers its buffer: each try works on a copy).
+	plain := &frameCipher{}
+	fr := &frameReader{conn: conn, br: br, c: plain, max: t.cfg.MaxFrameSize, timeout: t.cfg.ReadTimeout}
+	body, err := fr.read(true)
 	if err != nil {
-		return nil, hello{}, err
+		return fail(fmt.Errorf("%w: read hello: %w", errHandshake, err))
 	}
-	send, err := newFrameCipher(sk, dirServerToClient)
-	if err != nil {
-		return nil, hello{}, err
-	}
-	fr := &frameReader{conn: conn, br: br, c: recv, max: t.cfg.MaxFrameSize, timeout: t.cfg.ReadTimeout}
-	payload, err := fr.read(true)
-	if err != nil {
-		if errors.Is(err, errAuth) {
-			return nil, hello{}, fmt.Errorf("%w: hello failed authentication (wrong cluster key?)", errHandshake)
+	var (
+		key        []byte
+		recv, send *frameCipher
+		payload    []byte
+	)
+	if t.mode == modePlain {
+		recv, send, payload = plain, plain, body
+	} else {
+		keys := t.keys.GetKeys()
+		try := make([]byte, len(body))
+		for _, k := range keys {
+			sk := sessionKey(k, mine.nonce, theirs.nonce)
+			r, err := newFrameCipher(sk, dirClientToServer)
+			if err != nil {
+				return fail(err)
+			}
+			copy(try, body)
+			p, err := r.open(fr.hdr[:], try)
+			if err != nil {
+				continue
+			}
+			if send, err = newFrameCipher(sk, dirServerToClient); err != nil {
+				return fail(err)
+			}
+			key, recv, payload = k, r, p
+			break
 		}
-		return nil, hello{}, fmt.Errorf("%w: read hello: %w", errHandshake, err)
+		if recv == nil {
+			return fail(fmt.Errorf("%w: hello failed authentication with each of our %d keys (wrong cluster key?)", errHandshake, len(keys)))
+		}
 	}
+	fr.c = recv
 	h, err := decodeHello(payload, kindHello)
 	if err != nil {
-		return nil, hello{}, fmt.Errorf("%w: hello: %w", errHandshake, err)
+		return fail(fmt.Errorf("%w: hello: %w", errHandshake, err))
 	}
 	if h.ToName != t.cfg.Name {
-		return nil, hello{}, fmt.Errorf("%w: hello from %q is for %q, we are %q", errHandshake, h.Name, h.ToName, t.cfg.Name)
+		return fail(fmt.Errorf("%w: hello from %q is for %q, we are %q", errHandshake, h.Name, h.ToName, t.cfg.Name))
 	}
 	buf := appendHello([]byte{0, 0, 0, 0}, kindWelcome, hello{Name: t.cfg.Name, Incarnation: t.cfg.Incarnation})
 	if _, err := conn.Write(send.seal(buf)); err != nil {
-		return nil, hello{}, fmt.Errorf("%w: write welcome: %w", errHandshake, err)
+		return fail(fmt.Errorf("%w: write welcome: %w", errHandshake, err))
 	}
 	if err := conn.SetDeadline(time.Time{}); err != nil {
-		return nil, hello{}, fmt.Errorf("transport: clear deadline: %w", err)
+		return fail(fmt.Errorf("transport: clear deadline: %w", err))
 	}
-	return fr, h, nil
+	return fr, h, key, nil
 }
 
 // tokenBucket limits the frame rate of one connection: rate frames per

@@ -43,10 +43,11 @@ type peer struct {
 	// or the streak ended). Owned by runPeer.
 	warnedAt int64
 
-	mu   sync.Mutex
-	inc  uint64
-	addr string
-	conn net.Conn // the established connection, if any
+	mu      sync.Mutex
+	inc     uint64
+	addr    string
+	conn    net.Conn // the established connection, if any
+	connKey []byte   // the cluster key conn was made with
 }
 
 func newPeer(parent context.Context, name string, inc uint64, addr string, queueLen int) *peer {
@@ -82,9 +83,9 @@ func (p *peer) target() (uint64, string) {
 	return p.inc, p.addr
 }
 
-func (p *peer) setConn(c net.Conn) {
+func (p *peer) setConn(c net.Conn, key []byte) {
 	p.mu.Lock()
-	p.conn = c
+	p.conn, p.connKey = c, key
 	p.mu.Unlock()
 }
 
@@ -108,6 +109,11 @@ func (t *Transport) backoff(n int) time.Duration {
 func (t *Transport) runPeer(p *peer) {
 	defer t.wg.Done()
 	failures := 0 // consecutive failed attempts, for the backoff
+	// short: the last established connection was lost before it had
+	// lasted MaxBackoff and was redialled at once. One such loss is
+	// redialled at once (a peer closing a connection on a removed key,
+	// or restarting); another in a row backs off.
+	short := false
 	for {
 		if failures > 0 {
 			timer := time.NewTimer(t.backoff(failures))
@@ -130,7 +136,9 @@ func (t *Transport) runPeer(p *peer) {
 		case errors.Is(err, errRetarget):
 			failures = 0
 		case !established.IsZero() && time.Since(established) >= t.cfg.MaxBackoff:
-			failures = 1 // a connection that lasted: redial soon
+			failures, short = 0, false // a connection that lasted: redial at once
+		case !established.IsZero() && !short:
+			failures, short = 0, true // lost soon, the first time: redial at once
 		default:
 			failures++ // failed, or lost at once: back off further
 		}
@@ -156,7 +164,11 @@ func (t *Transport) connectAndServe(p *peer) (time.Time, error) {
 
 	br := bufio.NewReaderSize(conn, 512)
 	bw := bufio.NewWriterSize(conn, 32<<10)
-	send, err := t.clientHandshake(conn, br, bw, p.name, inc)
+	var key []byte
+	if t.keys != nil {
+		key = t.keys.GetPrimaryKey()
+	}
+	send, err := t.clientHandshake(conn, br, bw, key, p.name, inc)
 	if err != nil && !errors.Is(err, errHandshake) {
 		err = fmt.Errorf("%w: %w", errHandshake, err)
 	}
@@ -171,8 +183,8 @@ func (t *Transport) connectAndServe(p *peer) (time.Time, error) {
 	t.st.connects.Add(1)
 	t.st.outboundConns.Add(1)
 	defer t.st.outboundConns.Add(-1)
-	p.setConn(conn)
-	defer p.setConn(nil)
+	p.setConn(conn, key)
+	defer p.setConn(nil, nil)
 	if n := p.streak.Swap(0); p.warnedAt > 0 {
 		t.log.Info("transport: peer's lock channel reachable again", "peer", p.name, "addr", addr, "failed_attempts", n)
 	} else {
@@ -319,9 +331,10 @@ func writeMessage(bw *bufio.Writer, scratch []byte, send *frameCipher, m mutex.M
 }
 
 // clientHandshake opens a connection to the peer named want, incarnation
-// wantInc: exchange preambles, send our hello, check the peer's welcome. It
-// returns the cipher for the frames we send.
-func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, want string, wantInc uint64) (*frameCipher, error) {
+// wantInc, with the cluster key key (nil: plaintext): exchange preambles,
+// send our hello, check the peer's welcome. It returns the cipher for the
+// frames we send.
+func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, key []byte, want string, wantInc uint64) (*frameCipher, error) {
 	if err := conn.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout)); err != nil {
 		return nil, fmt.Errorf("transport: set deadline: %w", err)
 	}
@@ -348,7 +361,7 @@ func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.W
 	}
 	var sk []byte
 	if t.mode == modeAESGCM {
-		sk = sessionKey(t.cfg.Key, theirs.nonce, mine.nonce)
+		sk = sessionKey(key, theirs.nonce, mine.nonce)
 	}
 	send, err := newFrameCipher(sk, dirClientToServer)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/dlockfs/dlockfs/mutex"
 )
@@ -33,6 +34,10 @@ type Stats struct {
 	OutboundConns int  `json:"outbound_conns"` // outgoing connections established now
 	InboundConns  int  `json:"inbound_conns"`  // accepted connections open now (handshaking ones included)
 	Queued        int  `json:"queued"`         // messages waiting in the send queues
+	// OldKeyConns counts the established connections (either way) made
+	// with a key since removed from the Keyring: closed within
+	// KeyCheckInterval, so normally 0.
+	OldKeyConns int `json:"old_key_conns"`
 
 	FramesSent     uint64 `json:"frames_sent"`     // messages written and flushed to a socket
 	FramesReceived uint64 `json:"frames_received"` // messages delivered on Incoming
@@ -78,6 +83,7 @@ type Transport struct {
 	cfg  Config
 	log  *slog.Logger
 	mode byte
+	keys Keyring // nil: plaintext
 	ln   net.Listener
 
 	ctx    context.Context // cancelled by Close
@@ -130,13 +136,38 @@ func Listen(cfg Config) (*Transport, error) {
 		progress:  make(chan struct{}),
 	}
 	t.warns.bucket = *newTokenBucket(warnRate)
-	if cfg.Key != nil {
+	switch {
+	case cfg.Keyring != nil:
+		t.keys = cfg.Keyring
+	case cfg.Key != nil:
+		t.keys = staticKeyring{key: cfg.Key}
+	}
+	if t.keys != nil {
 		t.mode = modeAESGCM
 	}
 	t.wg.Add(1)
 	go t.acceptLoop()
+	if cfg.Keyring != nil {
+		t.wg.Add(1)
+		go t.watchKeys()
+	}
 	t.log.Debug("transport listening", "addr", ln.Addr().String(), "mode", modeName(t.mode))
 	return t, nil
+}
+
+// watchKeys runs CheckKeys every KeyCheckInterval until Close.
+func (t *Transport) watchKeys() {
+	defer t.wg.Done()
+	tick := time.NewTicker(t.cfg.KeyCheckInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			t.CheckKeys()
+		case <-t.ctx.Done():
+			return
+		}
+	}
 }
 
 // Addr returns the address peers should dial: AdvertiseAddr if set, else
@@ -310,6 +341,8 @@ func (t *Transport) Stats() Stats {
 		SentByType:        byType(&t.st.sentByType),
 		ReceivedByType:    byType(&t.st.receivedByType),
 	}
+	stale, kick := t.staleConns()
+	s.OldKeyConns = len(stale) + len(kick)
 	t.mu.RLock()
 	s.Peers = len(t.peers)
 	for _, p := range t.peers {
