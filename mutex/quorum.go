@@ -658,11 +658,18 @@ func (c *Core) resendQuorum(to string) {
 func (c *Core) onEvicted(m Message) error {
 	q := c.q
 	if m.Target == c.cfg.Name {
-		if m.TargetInc == c.cfg.Incarnation && m.ReqTime >= q.session {
-			// We were evicted: whatever we think of our lease, a
-			// majority may soon count us as having answered.
-			if q.leased || q.session == m.ReqTime {
+		if (m.TargetInc == c.cfg.Incarnation || m.TargetInc == 0) && m.ReqTime >= q.session {
+			// We were declared evicted: whatever we think of our
+			// lease, a majority may soon count us as having
+			// answered. Start afresh in a session above the one
+			// declared, which the declarers grant again.
+			if q.leased {
 				c.lapse()
+			}
+			if q.session <= m.ReqTime {
+				q.session = m.ReqTime + 1
+				q.rounds = q.rounds[:0]
+				q.nextRenew = q.now
 			}
 		}
 		return nil
