@@ -347,9 +347,32 @@ func (c *Core) Step(m Message) error {
 	err := c.step(m)
 	if err != nil {
 		c.ctr.Dropped++
-		c.ctr.DroppedBy[errors.Unwrap(err).Error()]++
+		c.ctr.DroppedBy[dropReason(err)]++
 	}
 	return err
+}
+
+// dropReason names the reason for a drop by its sentinel, never by an
+// error's text, so that a new error cannot break the counters (or panic).
+// The names are the status file's dropped_by keys.
+func dropReason(err error) string {
+	switch {
+	case errors.Is(err, ErrUnknownPeer):
+		return "unknown peer"
+	case errors.Is(err, ErrStale):
+		return "stale"
+	case errors.Is(err, ErrUnexpected):
+		return "unexpected"
+	case errors.Is(err, ErrDuplicate):
+		return "duplicate"
+	case errors.Is(err, ErrMalformed):
+		return "malformed"
+	case errors.Is(err, ErrConfig):
+		return "voter set version"
+	case errors.Is(err, ErrNotVoter):
+		return "not a voter"
+	}
+	return "other"
 }
 
 func (c *Core) step(m Message) error {

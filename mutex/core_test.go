@@ -610,3 +610,47 @@ func BenchmarkCoreStep(b *testing.B) {
 		})
 	}
 }
+
+// TestDropCounters feeds one message of every kind of bad input and checks
+// that each is counted under its reason's key, never by an error's text.
+func TestDropCounters(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	a := cl.cores["a"]
+	ok := Message{Type: MsgRequest, From: "b", FromIncarnation: 2, To: "a", ToIncarnation: 1, Lock: "x", Time: 5, ReqTime: 5}
+	bad := func(f func(m *Message)) Message { m := ok; f(&m); return m }
+	msgs := map[string]Message{
+		"unknown peer": bad(func(m *Message) { m.From = "zz" }),
+		"malformed":    bad(func(m *Message) { m.Lock = "a/b" }),
+		"unexpected":   bad(func(m *Message) { m.Type = MsgReply; m.Lock = "nothing-asked" }),
+	}
+	for want, m := range msgs {
+		if err := a.Step(m); err == nil {
+			t.Errorf("%s: %v accepted", want, m)
+		}
+	}
+	// a requests x first, so it defers b's request and remembers it.
+	if err := a.Acquire(1, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Step(ok); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Step(ok); !errors.Is(err, ErrDuplicate) {
+		t.Errorf("a copy: %v", err)
+	}
+	if err := a.Step(bad(func(m *Message) { m.ReqTime = 4 })); !errors.Is(err, ErrStale) {
+		t.Errorf("an older request: %v", err)
+	}
+	got := a.Status().Counters.DroppedBy
+	for _, k := range []string{"unknown peer", "malformed", "unexpected", "duplicate", "stale"} {
+		if got[k] != 1 {
+			t.Errorf("dropped_by[%q] = %d, want 1 (all: %v)", k, got[k], got)
+		}
+	}
+	if got["other"] != 0 {
+		t.Errorf("a drop counted as other: %v", got)
+	}
+	if dropReason(errors.New("new")) != "other" || dropReason(ErrConfig) != "voter set version" {
+		t.Error("dropReason")
+	}
+}
