@@ -203,7 +203,8 @@ CMD's environment gains:
 
 Flags:
   --try, -n          do not wait: exit 12 if the lock is busy
-  --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13
+  --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13; 0 means
+                     do not wait, as flock -w 0: the same as --try (exit 12)
 
 Examples:
   dlockfs lock /run/dlockfs -- make deploy

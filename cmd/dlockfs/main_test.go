@@ -449,6 +449,9 @@ func TestHelpAndUsage(t *testing.T) {
 			if !strings.Contains(got, tt.out) {
 				t.Fatalf("%q: output lacks %q:\nstdout: %s\nstderr: %s", tt.args, tt.out, r.stdout, r.stderr)
 			}
+			if strings.Contains(r.stderr, "help --help") {
+				t.Fatalf("%q: suggests a help for help: %s", tt.args, r.stderr)
+			}
 		})
 	}
 }
@@ -641,6 +644,9 @@ func TestClusterContention(t *testing.T) {
 	h := holdLock(t, a.dir)
 	r := dlockfs(t, "lock", "--try", b.dir, "--", "true")
 	wantCode(t, r, exitBusy, "lock --try while a holds")
+	// --timeout 0 does not wait (flock -w 0): it is --try.
+	r = dlockfs(t, "lock", "--timeout", "0", b.dir, "--", "true")
+	wantCode(t, r, exitBusy, "lock --timeout 0 while a holds")
 	r = dlockfs(t, "lock", "--timeout", "200ms", c.dir+"/lock", "--", "true")
 	wantCode(t, r, exitTimeout, "lock --timeout while a holds")
 	// The abandoned open was withdrawn: c waits for nothing.
