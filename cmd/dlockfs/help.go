@@ -139,7 +139,8 @@ Examples:
   # first node, then two more joining it (one host, distinct ports):
   dlockfs mount --name a --bind 127.0.0.1:7946 /tmp/a &
   dlockfs mount --name b --bind 127.0.0.1:7956 --join 127.0.0.1:7946 /tmp/b &
-  dlockfs mount --name c --bind 127.0.0.1:7966 --join 127.0.0.1:7946 --gossip fast /tmp/c &
+  dlockfs mount --name c --bind 127.0.0.1:7966 --join 127.0.0.1:7946 /tmp/c &
+  # (--gossip fast, for quick failure detection, goes to every node or none)
   # in a shell script (check first: on a bare directory 'exec 9>' would
   # silently create a plain file and run unlocked):
   dlockfs check /tmp/a && { exec 9</tmp/a/deploy; ./deploy.sh; exec 9<&-; }

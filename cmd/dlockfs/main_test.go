@@ -436,7 +436,7 @@ func TestHelpAndUsage(t *testing.T) {
 		{[]string{"status"}, exitUsage, "dlockfs status --help"},
 		{[]string{"lock", "/x"}, exitUsage, "missing CMD"},
 		{[]string{"keygen", "extra"}, exitUsage, "no arguments"},
-		{[]string{"help", "frob"}, exitUsage, "frob"},
+		{[]string{"help", "frob"}, exitUsage, "Run 'dlockfs help' for usage"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, "_"), func(t *testing.T) {
@@ -661,6 +661,7 @@ func TestClusterContention(t *testing.T) {
 	})
 	h.release(t)
 	wantCode(t, dlockfs(t, "lock", "--try", b.dir, "--", "true"), exitOK, "lock --try after a released")
+	wantCode(t, dlockfs(t, "lock", "-w", "0", c.dir, "--", "true"), exitOK, "lock -w 0 after a released")
 
 	// Contention: every node enters the critical section several times,
 	// through dlockfs lock (a, b) and util-linux flock (c). An overlap or
