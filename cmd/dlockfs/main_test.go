@@ -983,3 +983,31 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("mount on a taken --metrics port: exit %d, stderr %s", r.code, r.stderr)
 	}
 }
+
+// TestBindErrorNamesPort: a taken gossip port is reported as the gossip
+// port, a taken lock port as the lock port (the lock channel binds first).
+func TestBindErrorNamesPort(t *testing.T) {
+	gossip := freeAddr(t)
+	l, err := net.Listen("tcp", gossip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r := dlockfs(t, "mount", "--bind", gossip, t.TempDir())
+	wantCode(t, r, exitJoin, "mount on a taken gossip port")
+	if !strings.Contains(r.stderr, "gossip port (Serf, TCP) "+gossip) || strings.Contains(r.stderr, "lock channel") {
+		t.Fatalf("a taken gossip port %s is not named as such:\n%s", gossip, r.stderr)
+	}
+
+	lockAddr := freeAddr(t)
+	ll, err := net.Listen("tcp", lockAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ll.Close()
+	r = dlockfs(t, "mount", "--bind", freeAddr(t), "--lock-bind", lockAddr, t.TempDir())
+	wantCode(t, r, exitJoin, "mount on a taken lock port")
+	if !strings.Contains(r.stderr, "lock channel port (TCP) "+lockAddr) {
+		t.Fatalf("a taken lock port %s is not named:\n%s", lockAddr, r.stderr)
+	}
+}
