@@ -264,6 +264,7 @@ func startBackground(t *testing.T, cmd *exec.Cmd, buffered int, teeStdout bool) 
 // node is a running "dlockfs mount" child; out is its stderr.
 type node struct {
 	name, dir, bind string
+	lock            string // its --lock-bind
 	line            string // the mounted line
 	*bgChild
 }
@@ -297,7 +298,7 @@ func startNodeAt(t *testing.T, name, dir string, extra ...string) *node {
 	t.Helper()
 	bind, lock := freeAddr(t), freeAddr(t)
 	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast", dir}, extra...)
-	n := &node{name: name, dir: dir, bind: bind, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
+	n := &node{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
 	t.Cleanup(func() { n.stop(t) })
 	select {
 	case n.line = <-n.lines:
@@ -1009,5 +1010,55 @@ func TestBindErrorNamesPort(t *testing.T) {
 	wantCode(t, r, exitJoin, "mount on a taken lock port")
 	if !strings.Contains(r.stderr, "lock channel port (TCP) "+lockAddr) {
 		t.Fatalf("a taken lock port %s is not named:\n%s", lockAddr, r.stderr)
+	}
+}
+
+// TestJoinLockPortSaysSo: --join to a peer's lock port (Serf port + 1)
+// says it is not a gossip port, plaintext and encrypted, at once (no wait
+// for --join-timeout), and a failed mount has no Serf shutdown noise.
+func TestJoinLockPortSaysSo(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	r := dlockfs(t, "keygen")
+	wantCode(t, r, exitOK, "keygen")
+	if err := os.WriteFile(key, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{{"plaintext", nil}, {"encrypted", []string{"--key-file", key}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := startNode(t, "a", tc.extra...)
+			lockPort := a.lock
+			args := append([]string{"mount", "--name", "b", "--bind", freeAddr(t), "--join", lockPort, "--join-timeout", "0"}, tc.extra...)
+			r := dlockfs(t, append(args, t.TempDir())...)
+			wantCode(t, r, exitJoin, "join to the lock port")
+			if !strings.Contains(r.stderr, lockPort+": not a Serf gossip port") {
+				t.Fatalf("join to lock port %s does not say it is not a gossip port:\n%s", lockPort, r.stderr)
+			}
+			if strings.Contains(r.stderr, "key mismatch") || strings.Contains(r.stderr, "Shutdown without a Leave") {
+				t.Fatalf("misleading or noisy stderr:\n%s", r.stderr)
+			}
+		})
+	}
+}
+
+// TestJoinProgress: a join that keeps failing says so (at the first
+// failure, then every few seconds) with what to check, and a mount that
+// gives up has no Serf shutdown noise.
+func TestJoinProgress(t *testing.T) {
+	nobody := freeAddr(t)
+	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--join", nobody, "--join-timeout", "1s", t.TempDir())
+	wantCode(t, r, exitJoin, "join to nobody")
+	for _, want := range []string{"still trying", "gossip port", "within --join-timeout 1s"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q", want)
+		}
+	}
+	if strings.Contains(r.stderr, "Shutdown without a Leave") {
+		t.Error("Serf's shutdown noise on a failed mount")
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", r.stderr)
 	}
 }

@@ -50,6 +50,10 @@ func (w *serfLogWriter) line(s string) {
 			break
 		}
 	}
+	if strings.Contains(s, "Shutdown without a Leave") {
+		// Our own shutdown after a failed start or a kill: we say why.
+		level = slog.LevelDebug
+	}
 	if w.joining.Load() && strings.Contains(s, "Node name conflicts with another node") {
 		w.conflict.Store(true)
 	}
