@@ -210,6 +210,11 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// the node the cluster knows and refuse the newcomer in join instead.
 	sc.EnableNameConflictResolution = false
 	sc.ReconnectInterval = reconnectInterval(cfg.Profile)
+	// A member that left gracefully is forgotten (an EventMemberReap,
+	// which the driver treats as gone) after LeftMemberTimeout instead of
+	// Serf's 24 h, so status stops listing it. Failed members keep Serf's
+	// ReconnectTimeout (24 h): they may come back, and may be voters.
+	sc.TombstoneTimeout = LeftMemberTimeout
 	// Serf's queries (only its KeyManager's: key rotation) time out after
 	// GossipInterval × QueryTimeoutMult × log10(N+1): 160 ms with the fast
 	// profile's 10 ms gossip, short enough for a loaded host to miss an
@@ -551,6 +556,10 @@ func (p *Peer) terminate() error {
 func (p *Peer) kill() {
 	_ = p.terminate()
 }
+
+// LeftMemberTimeout is how long a member that left stays listed (as left)
+// before it is forgotten; Serf checks every 15 s (ReapInterval).
+const LeftMemberTimeout = 5 * time.Minute
 
 // probeGossipPort checks that Serf's gossip port (TCP and UDP) can be bound,
 // and closes it again; port 0 (any) is not checked.
