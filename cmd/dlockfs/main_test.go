@@ -1062,3 +1062,27 @@ func TestJoinProgress(t *testing.T) {
 		t.Logf("stderr:\n%s", r.stderr)
 	}
 }
+
+// TestOutsiderKeyIsAWarning: a node with another key tries to join; the
+// healthy peer logs a WARN naming the address, never an ERROR.
+func TestOutsiderKeyIsAWarning(t *testing.T) {
+	keys := make([]string, 2)
+	for i := range keys {
+		keys[i] = filepath.Join(t.TempDir(), "key")
+		r := dlockfs(t, "keygen")
+		wantCode(t, r, exitOK, "keygen")
+		if err := os.WriteFile(keys[i], []byte(r.stdout), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startNode(t, "a", "--key-file", keys[0])
+	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--key-file", keys[1], "--join", a.bind, t.TempDir())
+	wantCode(t, r, exitJoin, "join with another key")
+	waitFor(t, startTimeout, "a to warn about the outsider", func() bool {
+		return strings.Contains(a.out.String(), "cluster keys cannot read")
+	})
+	out := a.out.String()
+	if strings.Contains(out, "level=ERROR") || !strings.Contains(out, "level=WARN") || !strings.Contains(out, "from=127.0.0.1:") {
+		t.Fatalf("a's log about the outsider:\n%s", out)
+	}
+}
