@@ -79,7 +79,7 @@ const defaultWatchInterval = 2 * time.Second
 type lockConfig struct {
 	path    string // MOUNTPOINT or MOUNTPOINT/NAME, as given
 	try     bool
-	timeout time.Duration // 0 = wait forever
+	timeout time.Duration // 0 = wait forever; an explicit --timeout 0 sets try instead
 	argv    []string      // CMD [ARGS...]
 }
 
@@ -251,6 +251,12 @@ func parseLock(cfg *config, args []string) error {
 	if l.try && l.timeout > 0 {
 		return usagef("--try and --timeout exclude each other")
 	}
+	// --timeout 0 means "do not wait", as flock -w 0 does: a try.
+	fs.Visit(func(f *flag.Flag) {
+		if (f.Name == "timeout" || f.Name == "w") && l.timeout == 0 {
+			l.try = true
+		}
+	})
 	return nil
 }
 

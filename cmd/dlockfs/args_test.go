@@ -101,6 +101,12 @@ func TestParseArgs(t *testing.T) {
 		{"lock missing cmd after --", []string{"lock", "/mnt/x", "--"}, config{}, "usage"},
 		{"lock missing everything", []string{"lock"}, config{}, "usage"},
 		{"lock try and timeout", []string{"lock", "--try", "--timeout", "1s", "/mnt/x", "true"}, config{}, "usage"},
+		{"lock --timeout 0 is a try", []string{"lock", "--timeout", "0", "/mnt/x", "true"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", try: true, argv: []string{"true"}}}, ""},
+		{"lock -w 0 is a try", []string{"lock", "-w", "0s", "/mnt/x", "true"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", try: true, argv: []string{"true"}}}, ""},
+		{"lock --try --timeout 0", []string{"lock", "--try", "--timeout", "0", "/mnt/x", "true"},
+			config{cmd: "lock", lock: lockConfig{path: "/mnt/x", try: true, argv: []string{"true"}}}, ""},
 		{"lock negative timeout", []string{"lock", "--timeout", "-1s", "/mnt/x", "true"}, config{}, "usage"},
 		{"lock help", []string{"lock", "--help"}, config{cmd: "lock"}, "help"},
 

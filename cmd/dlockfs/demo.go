@@ -607,7 +607,7 @@ Try, from other shells:
   exec 9<&-                              # release it
   flock %[2]s/lock -c 'cat %[2]s/.status | head -3'   # flock(1) opens it: a cluster lock
   %[5]s lock %[2]s -- sh -c 'echo token $DLOCKFS_TOKEN; sleep 1'
-  ls -a %[1]s; echo x >%[1]s/deploy; ls %[2]s           # any file name is a lock
+  exec 8<%[1]s/deploy; ls %[1]s; exec 8<&-   # any file name is a lock (listed where used)
 
 `, a, b, c.names[0], c.names[len(c.names)-1], exe)
 	select {

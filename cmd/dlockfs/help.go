@@ -139,7 +139,8 @@ Examples:
   # first node, then two more joining it (one host, distinct ports):
   dlockfs mount --name a --bind 127.0.0.1:7946 /tmp/a &
   dlockfs mount --name b --bind 127.0.0.1:7956 --join 127.0.0.1:7946 /tmp/b &
-  dlockfs mount --name c --bind 127.0.0.1:7966 --join 127.0.0.1:7946 --gossip fast /tmp/c &
+  dlockfs mount --name c --bind 127.0.0.1:7966 --join 127.0.0.1:7946 /tmp/c &
+  # (--gossip fast, for quick failure detection, goes to every node or none)
   # in a shell script (check first: on a bare directory 'exec 9>' would
   # silently create a plain file and run unlocked):
   dlockfs check /tmp/a && { exec 9</tmp/a/deploy; ./deploy.sh; exec 9<&-; }
@@ -203,7 +204,8 @@ CMD's environment gains:
 
 Flags:
   --try, -n          do not wait: exit 12 if the lock is busy
-  --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13
+  --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13; 0 means
+                     do not wait, as flock -w 0: the same as --try (exit 12)
 
 Examples:
   dlockfs lock /run/dlockfs -- make deploy

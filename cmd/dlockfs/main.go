@@ -89,7 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			prefix += " " + cfg.cmd
 		}
 		fmt.Fprintf(stderr, "%s: %v\n", prefix, err)
-		if cfg.cmd != "" && prefix != "dlockfs" {
+		if cfg.cmd != "" && cfg.cmd != "help" && prefix != "dlockfs" {
 			fmt.Fprintf(stderr, "Run 'dlockfs %s --help' for usage.\n", cfg.cmd)
 		} else {
 			fmt.Fprintf(stderr, "Run 'dlockfs help' for usage.\n")

@@ -264,6 +264,7 @@ func startBackground(t *testing.T, cmd *exec.Cmd, buffered int, teeStdout bool) 
 // node is a running "dlockfs mount" child; out is its stderr.
 type node struct {
 	name, dir, bind string
+	lock            string // its --lock-bind
 	line            string // the mounted line
 	*bgChild
 }
@@ -297,7 +298,7 @@ func startNodeAt(t *testing.T, name, dir string, extra ...string) *node {
 	t.Helper()
 	bind, lock := freeAddr(t), freeAddr(t)
 	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast", dir}, extra...)
-	n := &node{name: name, dir: dir, bind: bind, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
+	n := &node{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
 	t.Cleanup(func() { n.stop(t) })
 	select {
 	case n.line = <-n.lines:
@@ -436,7 +437,7 @@ func TestHelpAndUsage(t *testing.T) {
 		{[]string{"status"}, exitUsage, "dlockfs status --help"},
 		{[]string{"lock", "/x"}, exitUsage, "missing CMD"},
 		{[]string{"keygen", "extra"}, exitUsage, "no arguments"},
-		{[]string{"help", "frob"}, exitUsage, "frob"},
+		{[]string{"help", "frob"}, exitUsage, "Run 'dlockfs help' for usage"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, "_"), func(t *testing.T) {
@@ -448,6 +449,9 @@ func TestHelpAndUsage(t *testing.T) {
 			}
 			if !strings.Contains(got, tt.out) {
 				t.Fatalf("%q: output lacks %q:\nstdout: %s\nstderr: %s", tt.args, tt.out, r.stdout, r.stderr)
+			}
+			if strings.Contains(r.stderr, "help --help") {
+				t.Fatalf("%q: suggests a help for help: %s", tt.args, r.stderr)
 			}
 		})
 	}
@@ -641,6 +645,9 @@ func TestClusterContention(t *testing.T) {
 	h := holdLock(t, a.dir)
 	r := dlockfs(t, "lock", "--try", b.dir, "--", "true")
 	wantCode(t, r, exitBusy, "lock --try while a holds")
+	// --timeout 0 does not wait (flock -w 0): it is --try.
+	r = dlockfs(t, "lock", "--timeout", "0", b.dir, "--", "true")
+	wantCode(t, r, exitBusy, "lock --timeout 0 while a holds")
 	r = dlockfs(t, "lock", "--timeout", "200ms", c.dir+"/lock", "--", "true")
 	wantCode(t, r, exitTimeout, "lock --timeout while a holds")
 	// The abandoned open was withdrawn: c waits for nothing.
@@ -655,6 +662,7 @@ func TestClusterContention(t *testing.T) {
 	})
 	h.release(t)
 	wantCode(t, dlockfs(t, "lock", "--try", b.dir, "--", "true"), exitOK, "lock --try after a released")
+	wantCode(t, dlockfs(t, "lock", "-w", "0", c.dir, "--", "true"), exitOK, "lock -w 0 after a released")
 
 	// Contention: every node enters the critical section several times,
 	// through dlockfs lock (a, b) and util-linux flock (c). An overlap or
@@ -974,5 +982,107 @@ func TestMetrics(t *testing.T) {
 	r := dlockfs(t, "mount", "--bind", freeAddr(t), "--metrics", addr, t.TempDir())
 	if r.code == exitOK || !strings.Contains(r.stderr, "--metrics "+addr) {
 		t.Errorf("mount on a taken --metrics port: exit %d, stderr %s", r.code, r.stderr)
+	}
+}
+
+// TestBindErrorNamesPort: a taken gossip port is reported as the gossip
+// port, a taken lock port as the lock port (the lock channel binds first).
+func TestBindErrorNamesPort(t *testing.T) {
+	gossip := freeAddr(t)
+	l, err := net.Listen("tcp", gossip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r := dlockfs(t, "mount", "--bind", gossip, t.TempDir())
+	wantCode(t, r, exitJoin, "mount on a taken gossip port")
+	if !strings.Contains(r.stderr, "gossip port (Serf, TCP) "+gossip) || strings.Contains(r.stderr, "lock channel") {
+		t.Fatalf("a taken gossip port %s is not named as such:\n%s", gossip, r.stderr)
+	}
+
+	lockAddr := freeAddr(t)
+	ll, err := net.Listen("tcp", lockAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ll.Close()
+	r = dlockfs(t, "mount", "--bind", freeAddr(t), "--lock-bind", lockAddr, t.TempDir())
+	wantCode(t, r, exitJoin, "mount on a taken lock port")
+	if !strings.Contains(r.stderr, "lock channel port (TCP) "+lockAddr) {
+		t.Fatalf("a taken lock port %s is not named:\n%s", lockAddr, r.stderr)
+	}
+}
+
+// TestJoinLockPortSaysSo: --join to a peer's lock port (Serf port + 1)
+// says it is not a gossip port, plaintext and encrypted, at once (no wait
+// for --join-timeout), and a failed mount has no Serf shutdown noise.
+func TestJoinLockPortSaysSo(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	r := dlockfs(t, "keygen")
+	wantCode(t, r, exitOK, "keygen")
+	if err := os.WriteFile(key, []byte(r.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{{"plaintext", nil}, {"encrypted", []string{"--key-file", key}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := startNode(t, "a", tc.extra...)
+			lockPort := a.lock
+			args := append([]string{"mount", "--name", "b", "--bind", freeAddr(t), "--join", lockPort, "--join-timeout", "0"}, tc.extra...)
+			r := dlockfs(t, append(args, t.TempDir())...)
+			wantCode(t, r, exitJoin, "join to the lock port")
+			if !strings.Contains(r.stderr, lockPort+": not a Serf gossip port") {
+				t.Fatalf("join to lock port %s does not say it is not a gossip port:\n%s", lockPort, r.stderr)
+			}
+			if strings.Contains(r.stderr, "key mismatch") || strings.Contains(r.stderr, "Shutdown without a Leave") {
+				t.Fatalf("misleading or noisy stderr:\n%s", r.stderr)
+			}
+		})
+	}
+}
+
+// TestJoinProgress: a join that keeps failing says so (at the first
+// failure, then every few seconds) with what to check, and a mount that
+// gives up has no Serf shutdown noise.
+func TestJoinProgress(t *testing.T) {
+	nobody := freeAddr(t)
+	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--join", nobody, "--join-timeout", "1s", t.TempDir())
+	wantCode(t, r, exitJoin, "join to nobody")
+	for _, want := range []string{"still trying", "gossip port", "within --join-timeout 1s"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q", want)
+		}
+	}
+	if strings.Contains(r.stderr, "Shutdown without a Leave") {
+		t.Error("Serf's shutdown noise on a failed mount")
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", r.stderr)
+	}
+}
+
+// TestOutsiderKeyIsAWarning: a node with another key tries to join; the
+// healthy peer logs a WARN naming the address, never an ERROR.
+func TestOutsiderKeyIsAWarning(t *testing.T) {
+	keys := make([]string, 2)
+	for i := range keys {
+		keys[i] = filepath.Join(t.TempDir(), "key")
+		r := dlockfs(t, "keygen")
+		wantCode(t, r, exitOK, "keygen")
+		if err := os.WriteFile(keys[i], []byte(r.stdout), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startNode(t, "a", "--key-file", keys[0])
+	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--key-file", keys[1], "--join", a.bind, t.TempDir())
+	wantCode(t, r, exitJoin, "join with another key")
+	waitFor(t, startTimeout, "a to warn about the outsider", func() bool {
+		return strings.Contains(a.out.String(), "cluster keys cannot read")
+	})
+	out := a.out.String()
+	if strings.Contains(out, "level=ERROR") || !strings.Contains(out, "level=WARN") || !strings.Contains(out, "from=127.0.0.1:") {
+		t.Fatalf("a's log about the outsider:\n%s", out)
 	}
 }

@@ -129,6 +129,8 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	case err != nil && joinTimedOut:
 		return codef(exitJoin, "no member answered at %s within --join-timeout %v: %w",
 			strings.Join(m.join, ", "), m.joinTimeout, err)
+	case errors.Is(err, peer.ErrNotGossipPort):
+		return codef(exitJoin, "%w", err)
 	case errors.Is(err, peer.ErrKeyMismatch):
 		return codef(exitJoin, "%w (every member needs the same --key-file)", err)
 	case err != nil:

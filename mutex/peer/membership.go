@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
@@ -94,6 +96,8 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		p.conflict.Store(false)
 	}()
 	backoff := joinBackoffMin
+	start := time.Now()
+	var lastProgress time.Time // the first failure is reported at once
 	for attempt := 1; ; attempt++ {
 		res := make(chan error, 1)
 		go func() {
@@ -125,10 +129,22 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 			}
 			return p.awaitVoter(ctx)
 		}
+		if isKeyError(err) || strings.Contains(err.Error(), "invalid msgType") {
+			// The lock port answers TCP with something that is not
+			// memberlist's, which reads as a key mismatch; it has no UDP.
+			if addr, ok := notGossipPort(addrs); ok {
+				return fmt.Errorf("peer: join %s: %w (no UDP listener there, and its TCP answer is not Serf's: a dlockfs lock port? join a peer's gossip port, its --bind)", addr, ErrNotGossipPort)
+			}
+		}
 		if isKeyError(err) {
 			return fmt.Errorf("peer: join %v: %w: %w", addrs, ErrKeyMismatch, err)
 		}
-		p.log.Info("join failed; retrying", "addrs", addrs, "attempt", attempt, "in", backoff, "err", err)
+		p.log.Debug("join failed; retrying", "addrs", addrs, "attempt", attempt, "in", backoff, "err", err)
+		if time.Since(lastProgress) >= joinProgressEvery {
+			lastProgress = time.Now()
+			p.log.Warn("join: no member answered yet; still trying (check that each address is a running peer's gossip port, its --bind, and that no firewall is in the way)",
+				"addrs", addrs, "attempts", attempt, "waited", time.Since(start).Round(time.Second), "last_error", err)
+		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
@@ -138,6 +154,37 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		}
 		backoff = min(2*backoff, joinBackoffMax)
 	}
+}
+
+// joinProgressEvery is how often a join that keeps failing says so.
+const joinProgressEvery = 5 * time.Second
+
+// ErrNotGossipPort: a join address answers, but not as a Serf gossip port.
+var ErrNotGossipPort = errors.New("not a Serf gossip port")
+
+// notGossipPort returns the first address (IP:PORT) that has no UDP
+// listener: Serf always has one on its gossip port. A connected UDP socket
+// sees the ICMP port-unreachable as ECONNREFUSED on its next read.
+func notGossipPort(addrs []string) (string, bool) {
+	for _, a := range addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			continue
+		}
+		c, err := net.Dial("udp", a)
+		if err != nil {
+			continue
+		}
+		c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = c.Write([]byte{0})
+		if err == nil {
+			_, err = c.Read(make([]byte, 1))
+		}
+		c.Close()
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return a, true
+		}
+	}
+	return "", false
 }
 
 // awaitJoin waits for a serf.Join that ctx abandoned to end, as long as

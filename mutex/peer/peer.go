@@ -140,6 +140,12 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		}
 		lockListen = net.JoinHostPort(bindIP.String(), strconv.Itoa(port))
 	}
+	// The lock channel binds first (its address goes in the Serf tags), so
+	// a taken gossip port would otherwise be reported as the lock port
+	// next to it (another dlockfs holds both). Name the one that is taken.
+	if err := probeGossipPort(bindIP, bindPort); err != nil {
+		return nil, err
+	}
 	// One keyring for gossip and the lock channel: Serf's KeyManager
 	// changes it on every member, and the lock channel reads it at each
 	// handshake (see keys.go).
@@ -161,7 +167,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	}
 	tr, err := listen(tc)
 	if err != nil {
-		return nil, fmt.Errorf("peer: lock channel on %s: %w", lockListen, err)
+		return nil, fmt.Errorf("peer: lock channel port (TCP) %s is not available: %w", lockListen, err)
 	}
 
 	p, err := newPeer(cfg, log, inc, tr)
@@ -204,6 +210,11 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// the node the cluster knows and refuse the newcomer in join instead.
 	sc.EnableNameConflictResolution = false
 	sc.ReconnectInterval = reconnectInterval(cfg.Profile)
+	// A member that left gracefully is forgotten (an EventMemberReap,
+	// which the driver treats as gone) after LeftMemberTimeout instead of
+	// Serf's 24 h, so status stops listing it. Failed members keep Serf's
+	// ReconnectTimeout (24 h): they may come back, and may be voters.
+	sc.TombstoneTimeout = LeftMemberTimeout
 	// Serf's queries (only its KeyManager's: key rotation) time out after
 	// GossipInterval × QueryTimeoutMult × log10(N+1): 160 ms with the fast
 	// profile's 10 ms gossip, short enough for a loaded host to miss an
@@ -544,4 +555,28 @@ func (p *Peer) terminate() error {
 // flush. Peers notice by failure detection. For tests and failed starts.
 func (p *Peer) kill() {
 	_ = p.terminate()
+}
+
+// LeftMemberTimeout is how long a member that left stays listed (as left)
+// before it is forgotten; Serf checks every 15 s (ReapInterval).
+const LeftMemberTimeout = 5 * time.Minute
+
+// probeGossipPort checks that Serf's gossip port (TCP and UDP) can be bound,
+// and closes it again; port 0 (any) is not checked.
+func probeGossipPort(ip net.IP, port int) error {
+	if port == 0 {
+		return nil
+	}
+	addr := net.JoinHostPort(ip.String(), strconv.Itoa(port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("peer: gossip port (Serf, TCP) %s is not available: %w", addr, err)
+	}
+	l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return fmt.Errorf("peer: gossip port (Serf, UDP) %s is not available: %w", addr, err)
+	}
+	u.Close()
+	return nil
 }
