@@ -267,6 +267,13 @@ func (c Config) Validate() error {
 	switch c.Quorum {
 	case QuorumNone:
 	case QuorumMajority:
+		if c.KeepPermissions {
+			// The majority simulation found fencing tokens falling
+			// with kept permissions (a holder's repeat entries are
+			// seen by nobody; seed 140 of TestSimulationMajority with
+			// keepPerms): not offered until that is fixed.
+			return errors.New("mutex: config: KeepPermissions (the fast path) is not available in majority mode")
+		}
 		if c.Lease <= 0 {
 			return errors.New("mutex: config: Lease must be positive in majority mode")
 		}

@@ -343,8 +343,10 @@ func (s *qsim) advance(max time.Duration) {
 		s.drain(p)
 		if p.leaving != 0 && (p.core.LeftVoters() || s.now >= p.leaving) {
 			s.gone(p, false)
-			if !p.core.LeftVoters() {
-				s.dead[p.name] = true // still a voter: as if crashed
+			if !p.core.LeftVoters() || p.core.q.isVoter(p.name) {
+				// Still a voter (perhaps the last one, which the
+				// cluster cannot do without): as if crashed.
+				s.dead[p.name] = true
 			}
 		}
 	}
@@ -787,13 +789,13 @@ func runQsims(t *testing.T, n int, base qsimConfig) qsimStats {
 }
 
 func TestSimulationMajority(t *testing.T) {
-	for _, keep := range []bool{false, true} {
-		for _, faults := range []bool{false, true} {
-			t.Run(fmt.Sprintf("faults=%v/keep=%v", faults, keep), func(t *testing.T) {
-				t.Parallel()
-				runQsims(t, 500, qsimConfig{steps: 2000, keepPerms: keep, faults: faults})
-			})
-		}
+	// Kept permissions (the fast path) are refused in majority mode: with
+	// them this simulation finds fencing tokens falling (seed 140).
+	for _, faults := range []bool{false, true} {
+		t.Run(fmt.Sprintf("faults=%v", faults), func(t *testing.T) {
+			t.Parallel()
+			runQsims(t, 1000, qsimConfig{steps: 2000, faults: faults})
+		})
 	}
 }
 
@@ -801,10 +803,10 @@ func TestSimulationMajority(t *testing.T) {
 // mode and requires the simulation to catch it.
 func TestSimulationMajorityCatchesBugs(t *testing.T) {
 	// Searching from seed 1 upwards (DLOCKFS_BUGSEARCH=1), each bug is
-	// first caught at the seed given (nodelay at 291, admitalone at 419,
-	// minoritylease at 52); each run starts a little before it to keep CI
-	// short.
-	for bug, first := range map[string]int64{"nodelay": 250, "admitalone": 400, "minoritylease": 1} {
+	// first caught at the seed given (nodelay at 291, admitalone at 2118,
+	// minoritylease at 1694); each run starts a little before it to keep
+	// CI short.
+	for bug, first := range map[string]int64{"nodelay": 250, "admitalone": 2050, "minoritylease": 1650} {
 		n := int64(500)
 		if os.Getenv("DLOCKFS_BUGSEARCH") != "" { // from seed 1, far
 			first, n = 1, 20_000
@@ -836,7 +838,7 @@ func TestSimulationMajoritySoak(t *testing.T) {
 		first, only = seeds(t, 1)[0], true
 	}
 	for seed := first; st.steps < total; seed++ {
-		s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, keepPerms: seed%2 == 0, faults: true}))
+		s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true}))
 		s.run()
 		if s.failed != "" {
 			t.Fatal(s.report())

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
@@ -103,6 +105,9 @@ type leaseRound struct {
 	sentAt  time.Duration
 	reserve uint64
 	grants  map[string]bool
+	// evicted is what this peer counted as evicted when it asked
+	// (voter -> session): every granter confirmed it still refuses them.
+	evicted map[string]uint64
 }
 
 type change struct {
@@ -135,6 +140,7 @@ type quorum struct {
 	leased     bool
 	leaseUntil time.Duration
 	ceiling    uint64
+	leaseEv    map[string]uint64 // the evicted set the valid lease confirmed
 	everLeased bool // until then, requests are deferred (see onRequest)
 	seq        uint64
 	rounds     []*leaseRound
@@ -304,8 +310,15 @@ func (c *Core) renew() {
 	q.nextRenew = q.now + q.lease/4
 	q.seq++
 	r := &leaseRound{seq: q.seq, sentAt: q.now, reserve: uint64(c.clock.Time()) + reserveSpan,
-		grants: map[string]bool{c.cfg.Name: true}}
+		grants: map[string]bool{c.cfg.Name: true}, evicted: map[string]uint64{}}
 	c.raiseFloor(r.reserve)
+	var ev []string // "session:name", for the granters to confirm
+	for _, v := range q.voters {
+		if p := q.peers[v]; p != nil && p.evicted && v != c.cfg.Name {
+			r.evicted[v] = p.evictedAt
+			ev = append(ev, strconv.FormatUint(p.evictedAt, 10)+":"+v)
+		}
+	}
 	if len(q.rounds) == maxRounds {
 		q.rounds = slices.Delete(q.rounds, 0, 1)
 	}
@@ -315,7 +328,7 @@ func (c *Core) renew() {
 			continue
 		}
 		if _, ok := c.members[v]; ok {
-			c.send(Message{Type: MsgLease, To: v, ReqTime: r.seq, Reserve: r.reserve})
+			c.send(Message{Type: MsgLease, To: v, ReqTime: r.seq, Reserve: r.reserve, Voters: ev})
 		}
 		if op := q.op; op != nil && op.committing && !op.acks[v] {
 			c.sendConfig(v) // lost, perhaps: again
@@ -342,6 +355,7 @@ func (c *Core) checkRound(r *leaseRound) {
 		q.leaseUntil = r.sentAt + q.lease
 	}
 	q.ceiling = max(q.ceiling, r.reserve)
+	q.leaseEv = r.evicted
 	wasLeased := q.leased
 	q.leased = true
 	if q.leaseUntil < q.nextCheck {
@@ -473,11 +487,48 @@ func (c *Core) canEnter() bool {
 	}
 	n := 0
 	for _, v := range q.voters {
-		if p := q.peers[v]; v == c.cfg.Name || p == nil || !p.evicted {
+		p := q.peers[v]
+		if v == c.cfg.Name || p == nil || !p.evicted {
 			n++
+			continue
+		}
+		if s, ok := q.leaseEv[v]; !ok || s < p.evictedAt {
+			// Counted as answered, but our lease's granters have not
+			// confirmed they refuse it: ask them first.
+			if len(q.rounds) == 0 || q.rounds[len(q.rounds)-1].sentAt != q.now {
+				c.renew()
+			}
+			return false
 		}
 	}
 	return n >= majority(len(q.voters))
+}
+
+// parseEvicted reads a "session:name" entry of a MsgLease.
+func parseEvicted(e string) (uint64, string, bool) {
+	i := strings.IndexByte(e, ':')
+	if i <= 0 {
+		return 0, "", false
+	}
+	s, err := strconv.ParseUint(e[:i], 10, 64)
+	return s, e[i+1:], err == nil && i+1 < len(e)
+}
+
+// declaredSelf handles news that voters count this peer's session sess as
+// evicted: it lapses, and starts afresh in a later session.
+func (c *Core) declaredSelf(sess uint64) {
+	q := c.q
+	if sess < q.session {
+		return
+	}
+	if q.leased {
+		c.lapse()
+	}
+	if q.session <= sess {
+		q.session = sess + 1
+		q.rounds = q.rounds[:0]
+		q.nextRenew = q.now
+	}
 }
 
 // quorumFilter screens a message in majority mode before the algorithm
@@ -551,7 +602,35 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 		return fmt.Errorf("%w: lease asked of a non-voter: %v", ErrUnexpected, m)
 	}
 	if p.declared && m.Session <= p.refused {
+		// Tell it: it starts afresh in a later session.
+		c.send(Message{Type: MsgLeaseGrant, To: m.From, ReqTime: m.ReqTime, TargetInc: m.Session, Try: true,
+			Target: m.From, Reserve: p.refused})
 		return fmt.Errorf("%w: lease of an evicted session: %v", ErrStale, m)
+	}
+	// The asker counts these voters as having answered: grant only if
+	// we still refuse them too, so that none of them can hold a lease
+	// (from a majority, which includes us or another granter) while the
+	// asker holds one. Otherwise tell it the session we know.
+	for _, e := range m.Voters {
+		sess, v, ok := parseEvicted(e)
+		if !ok {
+			return fmt.Errorf("%w: bad evicted entry %q: %v", ErrMalformed, e, m)
+		}
+		if v == c.cfg.Name {
+			c.declaredSelf(sess)
+			c.send(Message{Type: MsgLeaseGrant, To: m.From, ReqTime: m.ReqTime, TargetInc: m.Session, Try: true,
+				Target: v, Reserve: c.q.session})
+			return nil
+		}
+		if !c.q.isVoter(v) {
+			continue
+		}
+		vp := c.q.peer(v)
+		if !vp.declared || vp.refused < vp.session || vp.refused < sess {
+			c.send(Message{Type: MsgLeaseGrant, To: m.From, ReqTime: m.ReqTime, TargetInc: m.Session, Try: true,
+				Target: v, Reserve: vp.session})
+			return nil
+		}
 	}
 	p.granted, p.lastGrant = true, c.q.now
 	c.raiseFloor(p.resv)
@@ -561,6 +640,27 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 
 func (c *Core) onLeaseGrant(m Message) error {
 	q := c.q
+	if m.Try {
+		// Refused. Target is us: our session Reserve was declared
+		// evicted. Otherwise the granter does not (or no longer)
+		// refuse voter Target, which we count as evicted; Reserve is
+		// the session it knows of it; a later one is a new life: ask
+		// it again.
+		if m.Target == c.cfg.Name {
+			c.declaredSelf(m.Reserve)
+			return nil
+		}
+		if m.Target != "" && q.isVoter(m.Target) {
+			p := q.peer(m.Target)
+			if m.Reserve > p.session {
+				p.session = m.Reserve
+				if p.evicted {
+					c.unevict(m.Target, p)
+				}
+			}
+		}
+		return nil
+	}
 	c.clock.Witness(serf.LamportTime(m.Reserve))
 	if m.TargetInc != q.session {
 		return fmt.Errorf("%w: grant for session %d: %v", ErrStale, m.TargetInc, m)
@@ -658,19 +758,12 @@ func (c *Core) resendQuorum(to string) {
 func (c *Core) onEvicted(m Message) error {
 	q := c.q
 	if m.Target == c.cfg.Name {
-		if (m.TargetInc == c.cfg.Incarnation || m.TargetInc == 0) && m.ReqTime >= q.session {
+		if m.TargetInc == c.cfg.Incarnation || m.TargetInc == 0 {
 			// We were declared evicted: whatever we think of our
 			// lease, a majority may soon count us as having
 			// answered. Start afresh in a session above the one
 			// declared, which the declarers grant again.
-			if q.leased {
-				c.lapse()
-			}
-			if q.session <= m.ReqTime {
-				q.session = m.ReqTime + 1
-				q.rounds = q.rounds[:0]
-				q.nextRenew = q.now
-			}
+			c.declaredSelf(m.ReqTime)
 		}
 		return nil
 	}
@@ -961,8 +1054,10 @@ func (c *Core) cfgGranted(l *lockState) {
 		c.endTurn(l)
 		return
 	}
-	if c.noop(op.ch) || (op.ch.add && !c.heard(op.ch.name)) {
-		c.endChange(true) // done, or a joiner gone meanwhile (proposed again if it comes back)
+	if c.noop(op.ch) || (op.ch.add && !c.heard(op.ch.name)) || (!op.ch.add && len(q.voters) == 1) {
+		// Done already; or a joiner gone meanwhile (proposed again if
+		// it comes back); or the last voter, which stays one.
+		c.endChange(true)
 		return
 	}
 	voters := slices.Clone(q.voters)

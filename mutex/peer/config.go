@@ -214,7 +214,12 @@ func (c Config) Validate() error {
 			c.Profile, ProfileLAN, ProfileWAN, ProfileFast))
 	}
 	switch c.Quorum {
-	case "", QuorumMajority, QuorumNone:
+	case "", QuorumMajority:
+		if c.KeepPermissions {
+			errs = append(errs, errors.New("peer: config: KeepPermissions (the fast path) needs Quorum none: "+
+				"in majority mode it is not yet proven to keep fencing tokens rising"))
+		}
+	case QuorumNone:
 	default:
 		errs = append(errs, fmt.Errorf("peer: config: unknown Quorum %q (want %q or %q)", c.Quorum, QuorumMajority, QuorumNone))
 	}
