@@ -141,7 +141,7 @@ type quorum struct {
 	leaseUntil time.Duration
 	ceiling    uint64
 	leaseEv    map[string]uint64 // the evicted set the valid lease confirmed
-	everLeased bool // until then, requests are deferred (see onRequest)
+	everLeased bool              // until then, requests are deferred (see onRequest)
 	seq        uint64
 	rounds     []*leaseRound
 	nextRenew  time.Duration

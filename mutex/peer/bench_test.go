@@ -28,6 +28,9 @@ func BenchmarkLockUnlock(b *testing.B) {
 			tcp := tcpFanout(b, 2, 2000)
 			c := newCluster(b, listenTCP)
 			c.keep = keep
+			if keep {
+				c.quorum = QuorumNone // the fast path is plain mode only
+			}
 			c.profile = ProfileLAN // quiet gossip: less noise in the figures
 			ps := c.startN(3)
 			p := ps[0]

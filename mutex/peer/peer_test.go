@@ -63,6 +63,9 @@ func TestContention(t *testing.T) {
 			t.Run(fmt.Sprintf("peers=%d/keep=%v", n, keep), func(t *testing.T) {
 				c := newCluster(t, listenTCP)
 				c.keep = keep
+				if keep {
+					c.quorum = QuorumNone // the fast path is plain mode only
+				}
 				peers := c.startN(n)
 				locks := []string{"a", "b", "c"}
 				const workers, rounds = 2, 15
