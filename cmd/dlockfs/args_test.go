@@ -10,7 +10,8 @@ import (
 // mountDefaults is the mountConfig of "mount DIR" with every default.
 func mountDefaults(dir string) mountConfig {
 	return mountConfig{mountpoint: dir, bind: defaultBind, gossip: defaultGossip,
-		joinTimeout: defaultJoinTimeout, fastPath: defaultFastPath, drainTimeout: defaultDrainTimeout}
+		joinTimeout: defaultJoinTimeout, fastPath: defaultFastPath, drainTimeout: defaultDrainTimeout,
+		quorum: defaultQuorum}
 }
 
 func TestParseArgs(t *testing.T) {
@@ -50,6 +51,18 @@ func TestParseArgs(t *testing.T) {
 			withMount(func(m *mountConfig) { m.drainTimeout = 0 }), ""},
 		{"mount metrics", []string{"mount", "--metrics", "127.0.0.1:9100", "/mnt/x"},
 			withMount(func(m *mountConfig) { m.metrics = "127.0.0.1:9100" }), ""},
+		{"mount quorum none", []string{"mount", "--quorum", "none", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.quorum = "none" }), ""},
+		{"mount quorum majority", []string{"mount", "/mnt/x", "--quorum=majority"},
+			withMount(func(m *mountConfig) { m.quorum = "majority" }), ""},
+		{"mount state dir", []string{"mount", "--state-dir", "/tmp/st", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.stateDir = "/tmp/st" }), ""},
+		{"mount quorum and state dir", []string{"mount", "/mnt/x", "--state-dir=/srv/s", "--quorum", "none"},
+			withMount(func(m *mountConfig) { m.stateDir, m.quorum = "/srv/s", "none" }), ""},
+		{"mount bad quorum", []string{"mount", "--quorum", "all", "/a"}, config{}, "usage"},
+		{"mount empty quorum", []string{"mount", "--quorum", "", "/a"}, config{}, "usage"},
+		{"mount empty state dir", []string{"mount", "--state-dir", "", "/a"}, config{}, "usage"},
+		{"mount state dir missing value", []string{"mount", "/a", "--state-dir"}, config{}, "usage"},
 		{"mount bad metrics", []string{"mount", "--metrics", "9100", "/a"}, config{}, "usage"},
 		{"mount negative drain timeout", []string{"mount", "--drain-timeout", "-1s", "/a"}, config{}, "usage"},
 		{"mount missing mountpoint", []string{"mount", "--debug"}, config{}, "usage"},

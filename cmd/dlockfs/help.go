@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
 // overview is the text of "dlockfs help": commands, the idea, exit codes.
@@ -43,6 +45,16 @@ Quick start (three hosts; on each, with its own name and address):
 	return b.String()
 }
 
+// leaseTable lists each profile's lease and lock-delay (peer.LeaseTimes).
+func leaseTable() string {
+	var b strings.Builder
+	for _, p := range []string{peer.ProfileFast, peer.ProfileLAN, peer.ProfileWAN} {
+		lease, delay := peer.LeaseTimes(p)
+		fmt.Fprintf(&b, "  %-5s lease %-4v lock-delay %-4v failover after a crash about %v\n", p, lease, delay, lease+delay)
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
 // exitCodesText renders the EXIT CODES section.
 func exitCodesText() string {
 	var b strings.Builder
@@ -54,7 +66,7 @@ func exitCodesText() string {
 	return b.String()
 }
 
-const helpMount = `Usage: dlockfs mount [flags] MOUNTPOINT
+var helpMount = `Usage: dlockfs mount [flags] MOUNTPOINT
 
 Start a peer, join the cluster, and mount its lock directory on MOUNTPOINT (an
 existing empty directory). Runs in the foreground until SIGINT or SIGTERM,
@@ -101,6 +113,30 @@ Flags:
                          partition detection is slower (measured, 2 of 5
                          nodes: fast 0.6-1.8 s, lan 14-21 s), and then
                          both sides grant locks: see the README.
+  --quorum MODE          majority (default) or none:
+                           majority  safe: a node holds a lock only while a
+                                     majority of the voters (every member is
+                                     one) grants it a lease. A side of a
+                                     partition without a majority grants
+                                     nothing (try-lock EAGAIN, lock
+                                     --timeout exits 13) until it is back
+                                     with a majority. No partition, pause or
+                                     false failure report gives two holders.
+                           none      availability over safety, the behaviour
+                                     before majority mode: a member Serf
+                                     reports failed counts as having
+                                     answered, so a dead holder's lock is
+                                     freed at detection, but under a
+                                     partition or a pause two nodes can hold
+                                     a lock at once and tokens can fall.
+                         Every node of a cluster must use the same mode.
+  --state-dir DIR        where majority mode keeps what must survive a
+                         restart, in DIR/hardstate.json: the voter set and a
+                         floor for this node's fencing tokens, so that tokens
+                         keep rising and the voters are not forgotten across
+                         restarts (default /var/lib/dlockfs/NODENAME; made
+                         if missing, mode 0700; checked to be writable at
+                         start, else exit 1). Unused with --quorum none.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A
@@ -130,6 +166,18 @@ Flags:
                          drops by reason, members and lock connections by
                          state. No authentication: bind it to a private IP.
   --debug                log our and go-fuse's debug messages to stderr
+
+Leases (majority mode), per --gossip profile:
+` + leaseTable() + `
+A node renews its lease every lease/4. If it cannot (cut off from a majority,
+or its daemon starved or paused), its lease lapses: its holds are revoked
+("lock revoked" in the log and .status), reads of a held lock file fail with
+EIO, 'dlockfs lock' terminates CMD, and it grants nothing until a majority
+leases it again. The others count a silent node as having answered only once
+a majority declared it evicted, lock-delay after they last granted it a
+lease: after a crash the rest grant its locks again within lease + lock-delay
+(about 3 s with --gossip fast). A cluster that lost its majority for good (a
+2-node cluster that lost one) blocks until 'dlockfs forget --force NODE'.
 
 Requirements: /dev/fuse; as non-root also fusermount3 (Debian/Ubuntu package
 fuse3). A directory that is already a mount point, or a dead dlockfs mount
