@@ -40,6 +40,7 @@ type config struct {
 	lock   lockConfig
 	check  checkConfig
 	keys   keysConfig
+	forget forgetConfig
 	demo   demoOptions
 	bench  benchOptions
 	// install holds the options of install and uninstall.

@@ -80,6 +80,13 @@ func TestParseArgs(t *testing.T) {
 		{"mount help", []string{"mount", "--help"}, config{cmd: "mount"}, "help"},
 		{"mount -h after args", []string{"mount", "/a", "-h"}, config{cmd: "mount"}, "help"},
 
+		{"forget", []string{"forget", "c"}, config{cmd: "forget", forget: forgetConfig{control: defaultControl, timeout: defaultForgetTimeout, node: "c"}}, ""},
+		{"forget force", []string{"forget", "b", "--force", "--control", "/tmp/a.sock", "--timeout", "5s"},
+			config{cmd: "forget", forget: forgetConfig{control: "/tmp/a.sock", force: true, timeout: 5 * time.Second, node: "b"}}, ""},
+		{"forget missing node", []string{"forget", "--force"}, config{}, "usage"},
+		{"forget two nodes", []string{"forget", "b", "c"}, config{}, "usage"},
+		{"forget zero timeout", []string{"forget", "--timeout", "0", "b"}, config{}, "usage"},
+		{"forget empty control", []string{"forget", "--control", "", "b"}, config{}, "usage"},
 		{"status", []string{"status", "/mnt/x"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", interval: defaultWatchInterval}}, ""},
 		{"status json after", []string{"status", "/mnt/x", "--json"}, config{cmd: "status", status: statusConfig{mountpoint: "/mnt/x", json: true, interval: defaultWatchInterval}}, ""},
 		{"status watch", []string{"status", "--watch", "/mnt/x", "--interval", "500ms", "--count", "3"},
