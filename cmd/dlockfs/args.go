@@ -88,7 +88,9 @@ type lockConfig struct {
 	path    string // MOUNTPOINT or MOUNTPOINT/NAME, as given
 	try     bool
 	timeout time.Duration // 0 = wait forever
-	argv    []string      // CMD [ARGS...]
+	// revokeGrace: SIGTERM to SIGKILL of CMD after a revocation.
+	revokeGrace time.Duration
+	argv        []string // CMD [ARGS...]
 }
 
 // checkConfig holds the options of "dlockfs check".
@@ -253,6 +255,7 @@ func parseLock(cfg *config, args []string) error {
 	fs.BoolVar(&l.try, "n", false, "")
 	fs.DurationVar(&l.timeout, "timeout", 0, "")
 	fs.DurationVar(&l.timeout, "w", 0, "")
+	fs.DurationVar(&l.revokeGrace, "revoke-grace", defaultRevokeGrace, "")
 	pos, tail, err := parseInterspersed(fs, args, 1)
 	if err != nil {
 		return err
@@ -267,6 +270,9 @@ func parseLock(cfg *config, args []string) error {
 	}
 	if l.timeout < 0 {
 		return usagef("--timeout %v: must not be negative", l.timeout)
+	}
+	if l.revokeGrace < 0 {
+		return usagef("--revoke-grace %v: must not be negative (0 = SIGKILL at once)", l.revokeGrace)
 	}
 	if l.try && l.timeout > 0 {
 		return usagef("--try and --timeout exclude each other")

@@ -237,29 +237,41 @@ Run CMD while holding lock NAME (default "lock") of the dlockfs mounted at
 MOUNTPOINT: like flock(1), but for the whole cluster. Before opening, the path
 is checked to be inside a live dlockfs mount (a FUSE filesystem serving
 .status), so a dead or missing mount never runs CMD unlocked. The lock is then
-opened (blocking until granted), and dlockfs replaces itself with CMD: the
-open descriptor is inherited by CMD (and by its children), and the lock is
-released when the last of them exits. Flags may come before or after the
-path; everything after the path is CMD and its arguments.
+opened (blocking until granted), and CMD runs as a child of dlockfs lock: it
+inherits the open descriptor (and so do its children), and the lock is
+released when the last of them and dlockfs lock have exited. lock exits with
+CMD's status; SIGINT, SIGTERM and SIGHUP are forwarded to CMD. Flags may come
+before or after the path; everything after the path is CMD and its arguments.
+
+Revocation: in majority mode a node that loses its lease (cut off from a
+majority of the voters, or its daemon starved or paused) revokes its holds,
+and reads of the held file fail with EIO. lock reads it every 100 ms; on EIO
+(or when the daemon is gone) it sends CMD SIGTERM, then SIGKILL after
+--revoke-grace, and exits 17. Another node may hold the lock by then: a
+resource that checks DLOCKFS_TOKEN refuses CMD's late writes. A read stuck
+in a paused daemon is answered when it runs again, so a pause is noticed
+only then.
 
 CMD's environment gains:
   DLOCKFS_TOKEN   the fencing token of this hold (rises with every grant of
                   this lock: pass it to the resource you protect and have it
                   refuse older tokens)
-  DLOCKFS_FD      the number of the descriptor that holds the lock
+  DLOCKFS_FD      the number of the descriptor that holds the lock (3)
   DLOCKFS_LOCK    the lock file's path
 
 Flags:
   --try, -n          do not wait: exit 12 if the lock is busy
   --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13
+  --revoke-grace DUR after a revocation, SIGKILL CMD if it still runs DUR
+                     after SIGTERM (default 5s; 0 = SIGKILL at once)
 
 Examples:
   dlockfs lock /run/dlockfs -- make deploy
   dlockfs lock --try /run/dlockfs/backup -- ./backup.sh || echo "backup already running"
   dlockfs lock --timeout 1m /run/dlockfs/db -- sh -c 'migrate --fence "$DLOCKFS_TOKEN"'
 
-Exit codes: CMD's status once CMD ran; before that 12 busy (--try),
-13 timeout, 16 not a live dlockfs mount, 126/127 CMD not executable/not found,
+Exit codes: CMD's status once CMD ran (17 if the hold was revoked under it);
+before that 12 busy (--try), 13 timeout, 16 not a live dlockfs mount, 126/127 CMD not executable/not found,
 2 usage, 1 other.
 `
 

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -121,5 +123,70 @@ func TestThreePeersKillAndForget(t *testing.T) {
 	waitVoters(t, []*node{a, b}, "a", "b")
 	if code, _, errs := dlockfs(t, 30*time.Second, "lock", "--timeout", "20s", b.dir, "--", "true"); code != 0 {
 		t.Fatalf("lock after forget: exit %d\n%s", code, errs)
+	}
+}
+
+// revokedCmd is the CMD of TestLockRevoked: it prints its token, then
+// becomes sleep 60 (lock's SIGTERM goes to CMD itself, not to children
+// it left in the background).
+const revokedCmd = `echo "cmd-token $DLOCKFS_TOKEN"; exec sleep 60`
+
+// TestLockRevoked: 3 peers; 'dlockfs lock' on a holds the lock with a
+// sleeping CMD while b waits. a's daemon is paused (SIGSTOP) until b is
+// granted (which takes about lease + lock-delay), then resumed: a's lease
+// has lapsed, so its hold is revoked, CMD is terminated and lock exits 17.
+// b's token is above a's.
+func TestLockRevoked(t *testing.T) {
+	needEnv(t)
+	nodes := startCluster(t, 3, nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	waitVoters(t, nodes, "a", "b", "c")
+	l := startProc(t, "dlockfs lock on a", workerTimeout, suite.binary, "lock", "--revoke-grace", "2s", a.dir,
+		"--", "bash", "-c", revokedCmd)
+	line := l.waitLine(t, startTimeout, "cmd-token ")
+	tokA, err := strconv.ParseUint(strings.TrimPrefix(line, "cmd-token "), 10, 64)
+	if err != nil {
+		t.Fatalf("bad token line %q", line)
+	}
+	w := shellHold(t, b, "lock")
+	waitWaiting(t, b, "lock", 1)
+
+	a.p.signal(t, syscall.SIGSTOP)
+	stopped := nowMicros()
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = a.p.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	tokB, enter := held(t, w.waitLine(t, startTimeout, "held "))
+	t.Logf("b granted %s after a's daemon was paused (lease + lock-delay = %v)", ms(enter-stopped), failoverFast)
+	resume()
+
+	if code := l.wait(t, startTimeout); code != 17 {
+		t.Fatalf("dlockfs lock exited %d, want 17\nstdout: %q\nstderr: %s", code, l.output(), l.stderr.String())
+	}
+	if !strings.Contains(l.stderr.String(), "sending SIGTERM to CMD") || strings.Contains(l.stderr.String(), "SIGKILL\n") {
+		t.Errorf("CMD was not ended by SIGTERM:\n%s", l.stderr.String())
+	}
+	if !strings.Contains(l.stderr.String(), "lock revoked") {
+		t.Errorf("lock's stderr does not say 'lock revoked':\n%s", l.stderr.String())
+	}
+	if tokB <= tokA {
+		t.Errorf("b's token %d not above the revoked holder's %d", tokB, tokA)
+	}
+	if !strings.Contains(a.p.stderr.String(), "lock revoked") {
+		t.Errorf("a's log does not say 'lock revoked'")
+	}
+	d := a.mustStatus(t)
+	if d.Quorum == nil || d.Quorum.Revoked == 0 || d.Quorum.Lapses == 0 {
+		t.Errorf("a's .status quorum does not count the lapse and the revocation: %+v", d.Quorum)
+	}
+	release(t, w)
+	// a grants again once its lease is back.
+	if code, _, errs := dlockfs(t, 30*time.Second, "lock", "--timeout", "20s", a.dir, "--", "true"); code != 0 {
+		t.Fatalf("lock on a after the pause: exit %d\n%s", code, errs)
 	}
 }
