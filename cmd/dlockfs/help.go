@@ -205,6 +205,14 @@ for (state idle/requesting/holding, holder, fencing token, local waiters,
 peers whose requests it defers; a lock with nothing left to do is forgotten)
 and message counters. Reads MOUNTPOINT/.status.
 
+In majority mode (--quorum majority, the default) two lines show the voters
+(self, alive, silent, down or evicted), the majority, the lease (valid, time
+left; lease and lock-delay of the profile), the lapses and the holds they
+revoked; a lock with revoked holds whose openers have not closed yet shows
+"(N revoked)". A node without a majority says NO MAJORITY; with 2 voters and
+one of them gone it prints the 'dlockfs forget --force NODE' command that
+unblocks it (run it only if that node is gone for good).
+
 "holder" is this node's name when it holds the lock, else empty: in
 Ricart-Agrawala no node knows who else holds a lock, only that it was not
 yet granted permission.
