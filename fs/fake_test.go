@@ -30,6 +30,8 @@ type fakeLocker struct {
 	// anyway: the grant races the interrupt.
 	raceGrant   bool
 	cancelsSeen int
+	// revoked: grants ended by revoke, as a peer's lapsed lease does.
+	revoked map[mutex.OpenerID]bool
 }
 
 type fakeLock struct {
@@ -156,6 +158,10 @@ func (f *fakeLocker) tryLock(ctx context.Context, name string, shared bool) (mut
 func (f *fakeLocker) Unlock(g mutex.Grant) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.revoked[g.Opener] {
+		delete(f.revoked, g.Opener)
+		return nil // as the peer: the hold ended already
+	}
 	l := f.locks[g.Lock]
 	switch {
 	case l != nil && l.readers[g.Opener] == g.Token && g.Token != 0:
@@ -172,6 +178,33 @@ func (f *fakeLocker) Unlock(g mutex.Grant) error {
 }
 
 func (f *fakeLocker) Node() string { return f.node }
+
+// Revoked reports whether revoke ended g.
+func (f *fakeLocker) Revoked(g mutex.Grant) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.revoked[g.Opener]
+}
+
+// revoke ends the exclusive hold of name without an Unlock, as a lapse of
+// the peer's lease does, and grants the lock to the next waiter. It
+// returns the revoked opener (0: the lock was not held).
+func (f *fakeLocker) revoke(name string) mutex.OpenerID {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.locks[name]
+	if l == nil || l.holder == 0 {
+		return 0
+	}
+	if f.revoked == nil {
+		f.revoked = map[mutex.OpenerID]bool{}
+	}
+	op := l.holder
+	f.revoked[op] = true
+	l.holder = 0
+	f.dispatch(name, l)
+	return op
+}
 
 // Names reports the locks held or awaited, and the extra names, as the
 // core reports only the locks in use (it forgets idle ones).

@@ -173,18 +173,41 @@ type flockHandle struct {
 func (h *flockHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h.fs.mu.Lock()
 	var content []byte
+	revoked := false
 	for k, hd := range h.fs.holds {
 		if hd.h == h && k.name == h.name {
+			if h.fs.locker.Revoked(hd.grant) {
+				revoked = true
+				break
+			}
 			content = h.fs.describe(hd.grant)
 			break
 		}
 	}
 	h.fs.mu.Unlock()
+	if revoked {
+		return nil, syscall.EIO
+	}
 	return readAt(content, dest, off), 0
 }
 
-// Write accepts and discards data.
+// revoked reports whether a hold through h was revoked.
+func (h *flockHandle) revoked() bool {
+	h.fs.mu.Lock()
+	defer h.fs.mu.Unlock()
+	for k, hd := range h.fs.holds {
+		if hd.h == h && k.name == h.name && h.fs.locker.Revoked(hd.grant) {
+			return true
+		}
+	}
+	return false
+}
+
+// Write accepts and discards data (EIO once a hold through h was revoked).
 func (h *flockHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if h.revoked() {
+		return 0, syscall.EIO
+	}
 	return uint32(len(data)), 0
 }
 

@@ -20,8 +20,13 @@ type Locker interface {
 	// TryLock grants the lock name if it is free now, else fails with
 	// mutex.ErrLocked.
 	TryLock(ctx context.Context, name string) (mutex.Grant, error)
-	// Unlock releases a grant. It must not block for long.
+	// Unlock releases a grant. It must not block for long. Unlock of a
+	// revoked grant returns nil.
 	Unlock(g mutex.Grant) error
+	// Revoked reports whether grant g ended without an Unlock because
+	// the peer lost its lease (majority mode): others may hold the lock
+	// now. Reads, writes and fsyncs of its open file then fail with EIO.
+	Revoked(g mutex.Grant) bool
 	// Node is this peer's node name.
 	Node() string
 	// Names lists the lock names this peer knows.

@@ -66,6 +66,41 @@ func TestHolderBlocksOthers(t *testing.T) {
 	waitFor(t, "lock free", free(fk, LockFile))
 }
 
+// TestRevokedHoldEIO: once the Locker revokes a hold (the peer lost its
+// lease), reads, writes and fsyncs of the held file fail with EIO, in the
+// root view and the flock view, and the last close does not unlock again.
+func TestRevokedHoldEIO(t *testing.T) {
+	fk := newFake()
+	mnt, _ := testMount(t, fk)
+	h := start(t, mnt, `exec 9<>"$M/lock" || exit 9; read -r tok <&9 && echo "held $tok"; read -r _
+		if read -r x <&9; then echo read-ok; else echo read-failed; fi
+		if echo x >&9; then echo write-ok; else echo write-failed; fi
+		exec 9<&-; echo closed`)
+	h.expect("held 1")
+	if fk.revoke(LockFile) == 0 {
+		t.Fatal("revoke: the lock is not held")
+	}
+	h.send("")
+	h.expect("read-failed")
+	h.expect("write-failed")
+	h.expect("closed")
+	if _, _, bad, _ := fk.counts(); bad != 0 {
+		t.Errorf("%d bad unlocks after a revoked hold", bad)
+	}
+	// The lock is granted to the next opener at once.
+	mustRun(t, mnt, `read -r tok < "$M/lock" && [ "$tok" = 2 ]`)
+
+	// The flock view: a revoked flock(2) hold reads EIO too.
+	fl := start(t, mnt, `exec 8<"$M/flock/f" && flock 8 && echo held; read -r _
+		if cat <&8 >/dev/null; then echo read-ok; else echo read-failed; fi`)
+	fl.expect("held")
+	if fk.revoke("f") == 0 {
+		t.Fatal("revoke: flock f is not held")
+	}
+	fl.send("")
+	fl.expect("read-failed")
+}
+
 // TestDescriptionOutlivesDescriptor: dup'd, forked and exec-inherited
 // descriptors keep the lock until the last one closes.
 func TestDescriptionOutlivesDescriptor(t *testing.T) {

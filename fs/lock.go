@@ -70,18 +70,28 @@ func (h *lockHandle) Flush(ctx context.Context) syscall.Errno {
 	return 0
 }
 
-// Read returns the grant's description.
+// Read returns the grant's description, or EIO once the grant was revoked
+// (the peer lost its lease): the holder must stop.
 func (h *lockHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h.fs.locker.Revoked(h.grant) {
+		return nil, syscall.EIO
+	}
 	return readAt(h.content, dest, off), 0
 }
 
-// Write accepts and discards data.
+// Write accepts and discards data (EIO once the grant was revoked).
 func (h *lockHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	if h.fs.locker.Revoked(h.grant) {
+		return 0, syscall.EIO
+	}
 	return uint32(len(data)), 0
 }
 
-// Fsync has nothing to do.
+// Fsync has nothing to do (EIO once the grant was revoked).
 func (h *lockHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	if h.fs.locker.Revoked(h.grant) {
+		return syscall.EIO
+	}
 	return 0
 }
 

@@ -24,6 +24,11 @@ const (
 	defaultFastPath = false
 	// defaultLockName is the lock a bare MOUNTPOINT means in lock.
 	defaultLockName = "lock"
+	// defaultQuorum: majority mode, safe under partitions and pauses.
+	defaultQuorum = "majority"
+	// defaultStateDirBase holds each node's --state-dir by default:
+	// defaultStateDirBase/NODENAME.
+	defaultStateDirBase = "/var/lib/dlockfs"
 )
 
 // config is a parsed command line. cmd names the command; the field of that
@@ -35,6 +40,7 @@ type config struct {
 	lock   lockConfig
 	check  checkConfig
 	keys   keysConfig
+	forget forgetConfig
 	demo   demoOptions
 	bench  benchOptions
 	// install holds the options of install and uninstall.
@@ -61,6 +67,8 @@ type mountConfig struct {
 	fastPath      bool
 	drainTimeout  time.Duration // 0 = leave at SIGTERM without waiting for holders
 	metrics       string        // Prometheus listen address; "" = off
+	quorum        string        // "majority" (default) or "none"
+	stateDir      string        // "" = defaultStateDirBase/NAME, resolved when mounting
 }
 
 // statusConfig holds the options of "dlockfs status".
@@ -80,7 +88,9 @@ type lockConfig struct {
 	path    string // MOUNTPOINT or MOUNTPOINT/NAME, as given
 	try     bool
 	timeout time.Duration // 0 = wait forever; an explicit --timeout 0 sets try instead
-	argv    []string      // CMD [ARGS...]
+	// revokeGrace: SIGTERM to SIGKILL of CMD after a revocation.
+	revokeGrace time.Duration
+	argv        []string // CMD [ARGS...]
 }
 
 // checkConfig holds the options of "dlockfs check".
@@ -132,6 +142,8 @@ func parseMount(cfg *config, args []string) error {
 	fs.BoolVar(&m.fastPath, "fast-path", defaultFastPath, "")
 	fs.DurationVar(&m.drainTimeout, "drain-timeout", defaultDrainTimeout, "")
 	fs.StringVar(&m.metrics, "metrics", "", "")
+	fs.StringVar(&m.quorum, "quorum", defaultQuorum, "")
+	fs.StringVar(&m.stateDir, "state-dir", "", "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -168,6 +180,16 @@ func parseMount(cfg *config, args []string) error {
 	case "lan", "wan", "fast":
 	default:
 		return usagef("--gossip %q: want lan, wan or fast", m.gossip)
+	}
+	switch m.quorum {
+	case "majority", "none":
+	default:
+		return usagef("--quorum %q: want majority or none", m.quorum)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["state-dir"] && m.stateDir == "" {
+		return usagef("--state-dir: empty directory name")
 	}
 	if m.drainTimeout < 0 {
 		return usagef("--drain-timeout %v: must not be negative (0 = do not wait for holders)", m.drainTimeout)
@@ -233,6 +255,7 @@ func parseLock(cfg *config, args []string) error {
 	fs.BoolVar(&l.try, "n", false, "")
 	fs.DurationVar(&l.timeout, "timeout", 0, "")
 	fs.DurationVar(&l.timeout, "w", 0, "")
+	fs.DurationVar(&l.revokeGrace, "revoke-grace", defaultRevokeGrace, "")
 	pos, tail, err := parseInterspersed(fs, args, 1)
 	if err != nil {
 		return err
@@ -247,6 +270,9 @@ func parseLock(cfg *config, args []string) error {
 	}
 	if l.timeout < 0 {
 		return usagef("--timeout %v: must not be negative", l.timeout)
+	}
+	if l.revokeGrace < 0 {
+		return usagef("--revoke-grace %v: must not be negative (0 = SIGKILL at once)", l.revokeGrace)
 	}
 	if l.try && l.timeout > 0 {
 		return usagef("--try and --timeout exclude each other")

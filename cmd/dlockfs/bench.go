@@ -41,7 +41,7 @@ const (
 )
 
 const helpBench = `Usage: dlockfs bench [--peers N] [--seconds S] [--ops N] [--fast-path] [--json]
-                     [--plaintext] [--cpuprofile FILE] [--trace FILE]
+                     [--plaintext] [--quorum majority|none] [--cpuprofile FILE] [--trace FILE]
 
 Measure dlockfs on this machine. Starts a local cluster of N peers inside
 this process (127.0.0.1, fast gossip, a fresh cluster key unless
@@ -73,6 +73,8 @@ Flags:
   --fast-path       also run everything on a second cluster whose peers keep
                     permissions (Roucairol-Carvalho), side by side
   --plaintext       no cluster key (measures the lock channel unencrypted)
+  --quorum MODE     majority (default, as mount) or none (plain
+                    Ricart-Agrawala), to compare what leases cost
   --json            print the results as JSON instead of the table
   --cpuprofile FILE write a CPU profile of this process (the peers, the FUSE
                     servers, the in-process network runs): go tool pprof FILE
@@ -103,6 +105,7 @@ type benchOptions struct {
 	cpuprofile string
 	trace      string
 	debug      bool
+	quorum     string   // --quorum: majority (default) or none
 	client     []string // the hidden child-client mode's arguments, if set
 }
 
@@ -137,6 +140,7 @@ func benchFlags(args []string) (benchOptions, error) {
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "")
 	fs.StringVar(&o.trace, "trace", "", "")
 	fs.BoolVar(&o.debug, "debug", false, "")
+	fs.StringVar(&o.quorum, "quorum", defaultQuorum, "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return o, err
@@ -144,6 +148,8 @@ func benchFlags(args []string) (benchOptions, error) {
 	switch {
 	case len(pos) > 0:
 		return o, usagef("bench takes no arguments, got %q", pos)
+	case o.quorum != "majority" && o.quorum != "none":
+		return o, usagef("--quorum %q: want majority or none", o.quorum)
 	case o.peers < 1 || o.peers > maxLocalPeers:
 		return o, usagef("--peers %d: want 1 to %d", o.peers, maxLocalPeers)
 	case !(o.seconds > 0 && o.seconds <= benchMaxSeconds):
@@ -348,7 +354,7 @@ func benchCluster(ctx context.Context, e *env, o benchOptions, key []byte, fast 
 		label = "fast path (keep permissions)"
 	}
 	step(fmt.Sprintf("cluster of %d, %s: starting", o.peers, label))
-	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, fastPath: fast, key: key,
+	c, err := startLocalCluster(ctx, clusterOptions{peers: o.peers, fastPath: fast, key: key, quorum: o.quorum,
 		prefix: "dlockfs-bench-", log: newLogger(e, o.debug), signals: sigs, stderr: e.stderr})
 	if err != nil {
 		return run, err

@@ -224,6 +224,11 @@ type drainStatus struct {
 	Draining bool `json:"draining"`
 }
 
+// Revoked passes the peer's answer through: a hold that a lapse of the
+// lease revoked stays in holds until its opener closes (a drain waits for
+// it like any other), but its reads fail with EIO.
+func (d *drainLocker) Revoked(g mutex.Grant) bool { return d.Peer.Revoked(g) }
+
 // StatusJSON is the peer's status with "draining", as indented JSON.
 func (d *drainLocker) StatusJSON() ([]byte, error) {
 	b, err := json.MarshalIndent(drainStatus{Status: d.Peer.Status(), Draining: d.isDraining()}, "", "  ")

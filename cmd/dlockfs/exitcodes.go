@@ -33,6 +33,10 @@ const (
 	// dead mount whose daemon is gone), or no mount serves the control
 	// socket keys was given. lock did not run CMD.
 	exitNotMounted = 16
+	// exitRevoked: lock's hold was revoked while CMD ran (this node lost
+	// its lease in majority mode, or its daemon went away): CMD was sent
+	// SIGTERM, then SIGKILL after --revoke-grace.
+	exitRevoked = 17
 	// exitCannotExec: lock found CMD but cannot execute it (as in sh).
 	exitCannotExec = 126
 	// exitNotFound: lock cannot find CMD (as in sh); the lock was not
@@ -59,6 +63,7 @@ func exitCodeTable() []exitCodeDoc {
 		{exitFUSE, "mount: FUSE unavailable or mount failed (/dev/fuse, fusermount3)"},
 		{exitKey, "mount: bad --key-file (unreadable, not base64, wrong length)"},
 		{exitNotMounted, "status/lock/check/keys: not a live dlockfs mount (CMD not run)"},
+		{exitRevoked, "lock: the hold was revoked under CMD (lease lost or daemon gone); CMD was terminated"},
 		{exitCannotExec, "lock: CMD cannot be executed"},
 		{exitNotFound, "lock: CMD not found (lock not taken)"},
 	}

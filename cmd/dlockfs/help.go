@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
 // overview is the text of "dlockfs help": commands, the idea, exit codes.
@@ -43,6 +45,16 @@ Quick start (three hosts; on each, with its own name and address):
 	return b.String()
 }
 
+// leaseTable lists each profile's lease and lock-delay (peer.LeaseTimes).
+func leaseTable() string {
+	var b strings.Builder
+	for _, p := range []string{peer.ProfileFast, peer.ProfileLAN, peer.ProfileWAN} {
+		lease, delay := peer.LeaseTimes(p)
+		fmt.Fprintf(&b, "  %-5s lease %-4v lock-delay %-4v failover after a crash about %v\n", p, lease, delay, lease+delay)
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
 // exitCodesText renders the EXIT CODES section.
 func exitCodesText() string {
 	var b strings.Builder
@@ -54,7 +66,7 @@ func exitCodesText() string {
 	return b.String()
 }
 
-const helpMount = `Usage: dlockfs mount [flags] MOUNTPOINT
+var helpMount = `Usage: dlockfs mount [flags] MOUNTPOINT
 
 Start a peer, join the cluster, and mount its lock directory on MOUNTPOINT (an
 existing empty directory). Runs in the foreground until SIGINT or SIGTERM,
@@ -101,6 +113,30 @@ Flags:
                          partition detection is slower (measured, 2 of 5
                          nodes: fast 0.6-1.8 s, lan 14-21 s), and then
                          both sides grant locks: see the README.
+  --quorum MODE          majority (default) or none:
+                           majority  safe: a node holds a lock only while a
+                                     majority of the voters (every member is
+                                     one) grants it a lease. A side of a
+                                     partition without a majority grants
+                                     nothing (try-lock EAGAIN, lock
+                                     --timeout exits 13) until it is back
+                                     with a majority. No partition, pause or
+                                     false failure report gives two holders.
+                           none      availability over safety, the behaviour
+                                     before majority mode: a member Serf
+                                     reports failed counts as having
+                                     answered, so a dead holder's lock is
+                                     freed at detection, but under a
+                                     partition or a pause two nodes can hold
+                                     a lock at once and tokens can fall.
+                         Every node of a cluster must use the same mode.
+  --state-dir DIR        where majority mode keeps what must survive a
+                         restart, in DIR/hardstate.json: the voter set and a
+                         floor for this node's fencing tokens, so that tokens
+                         keep rising and the voters are not forgotten across
+                         restarts (default /var/lib/dlockfs/NODENAME; made
+                         if missing, mode 0700; checked to be writable at
+                         start, else exit 1). Unused with --quorum none.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A
@@ -131,6 +167,18 @@ Flags:
                          state. No authentication: bind it to a private IP.
   --debug                log our and go-fuse's debug messages to stderr
 
+Leases (majority mode), per --gossip profile:
+` + leaseTable() + `
+A node renews its lease every lease/4. If it cannot (cut off from a majority,
+or its daemon starved or paused), its lease lapses: its holds are revoked
+("lock revoked" in the log and .status), reads of a held lock file fail with
+EIO, 'dlockfs lock' terminates CMD, and it grants nothing until a majority
+leases it again. The others count a silent node as having answered only once
+a majority declared it evicted, lock-delay after they last granted it a
+lease: after a crash the rest grant its locks again within lease + lock-delay
+(about 3 s with --gossip fast). A cluster that lost its majority for good (a
+2-node cluster that lost one) blocks until 'dlockfs forget --force NODE'.
+
 Requirements: /dev/fuse; as non-root also fusermount3 (Debian/Ubuntu package
 fuse3). A directory that is already a mount point, or a dead dlockfs mount
 (its daemon was killed), is refused: "umount -l DIR" clears a dead one.
@@ -157,6 +205,14 @@ address, lock-channel address, alive/failed/left), every lock it has state
 for (state idle/requesting/holding, holder, fencing token, local waiters,
 peers whose requests it defers; a lock with nothing left to do is forgotten)
 and message counters. Reads MOUNTPOINT/.status.
+
+In majority mode (--quorum majority, the default) two lines show the voters
+(self, alive, silent, down or evicted), the majority, the lease (valid, time
+left; lease and lock-delay of the profile), the lapses and the holds they
+revoked; a lock with revoked holds whose openers have not closed yet shows
+"(N revoked)". A node without a majority says NO MAJORITY; with 2 voters and
+one of them gone it prints the 'dlockfs forget --force NODE' command that
+unblocks it (run it only if that node is gone for good).
 
 "holder" is this node's name when it holds the lock, else empty: in
 Ricart-Agrawala no node knows who else holds a lock, only that it was not
@@ -190,30 +246,42 @@ Run CMD while holding lock NAME (default "lock") of the dlockfs mounted at
 MOUNTPOINT: like flock(1), but for the whole cluster. Before opening, the path
 is checked to be inside a live dlockfs mount (a FUSE filesystem serving
 .status), so a dead or missing mount never runs CMD unlocked. The lock is then
-opened (blocking until granted), and dlockfs replaces itself with CMD: the
-open descriptor is inherited by CMD (and by its children), and the lock is
-released when the last of them exits. Flags may come before or after the
-path; everything after the path is CMD and its arguments.
+opened (blocking until granted), and CMD runs as a child of dlockfs lock: it
+inherits the open descriptor (and so do its children), and the lock is
+released when the last of them and dlockfs lock have exited. lock exits with
+CMD's status; SIGINT, SIGTERM and SIGHUP are forwarded to CMD. Flags may come
+before or after the path; everything after the path is CMD and its arguments.
+
+Revocation: in majority mode a node that loses its lease (cut off from a
+majority of the voters, or its daemon starved or paused) revokes its holds,
+and reads of the held file fail with EIO. lock reads it every 100 ms; on EIO
+(or when the daemon is gone) it sends CMD SIGTERM, then SIGKILL after
+--revoke-grace, and exits 17. Another node may hold the lock by then: a
+resource that checks DLOCKFS_TOKEN refuses CMD's late writes. A read stuck
+in a paused daemon is answered when it runs again, so a pause is noticed
+only then.
 
 CMD's environment gains:
   DLOCKFS_TOKEN   the fencing token of this hold (rises with every grant of
                   this lock: pass it to the resource you protect and have it
                   refuse older tokens)
-  DLOCKFS_FD      the number of the descriptor that holds the lock
+  DLOCKFS_FD      the number of the descriptor that holds the lock (3)
   DLOCKFS_LOCK    the lock file's path
 
 Flags:
   --try, -n          do not wait: exit 12 if the lock is busy
   --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13; 0 means
                      do not wait, as flock -w 0: the same as --try (exit 12)
+  --revoke-grace DUR after a revocation, SIGKILL CMD if it still runs DUR
+                     after SIGTERM (default 5s; 0 = SIGKILL at once)
 
 Examples:
   dlockfs lock /run/dlockfs -- make deploy
   dlockfs lock --try /run/dlockfs/backup -- ./backup.sh || echo "backup already running"
   dlockfs lock --timeout 1m /run/dlockfs/db -- sh -c 'migrate --fence "$DLOCKFS_TOKEN"'
 
-Exit codes: CMD's status once CMD ran; before that 12 busy (--try),
-13 timeout, 16 not a live dlockfs mount, 126/127 CMD not executable/not found,
+Exit codes: CMD's status once CMD ran (17 if the hold was revoked under it);
+before that 12 busy (--try), 13 timeout, 16 not a live dlockfs mount, 126/127 CMD not executable/not found,
 2 usage, 1 other.
 `
 

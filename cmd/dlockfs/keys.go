@@ -58,6 +58,10 @@ type keysConfig struct {
 type controlRequest struct {
 	Op  peer.KeyOp `json:"op"`
 	Key string     `json:"key,omitempty"`
+	// Node, Force and TimeoutMS are the arguments of "forget".
+	Node      string `json:"node,omitempty"`
+	Force     bool   `json:"force,omitempty"`
+	TimeoutMS int64  `json:"timeout_ms,omitempty"`
 }
 
 // controlReply answers a controlRequest. Error is empty on success; Kind
@@ -68,6 +72,8 @@ type controlReply struct {
 	Report peer.KeyReport `json:"report"`
 	Error  string         `json:"error,omitempty"`
 	Kind   string         `json:"kind,omitempty"`
+	// Voters is the voter set after a forget.
+	Voters []string `json:"voters,omitempty"`
 }
 
 // defaultControlPath is the control socket of a mount at dir.
@@ -177,6 +183,11 @@ func runKeys(ctx context.Context, e *env, cfg config) error {
 
 // callControl makes one request on the control socket at path.
 func callControl(ctx context.Context, path string, req controlRequest) (controlReply, error) {
+	return callControlTimeout(ctx, path, req, keysTimeout)
+}
+
+// callControlTimeout is callControl, waiting up to timeout for the reply.
+func callControlTimeout(ctx context.Context, path string, req controlRequest, timeout time.Duration) (controlReply, error) {
 	var reply controlReply
 	d := net.Dialer{Timeout: 5 * time.Second}
 	conn, err := d.DialContext(ctx, "unix", path)
@@ -190,7 +201,7 @@ func callControl(ctx context.Context, path string, req controlRequest) (controlR
 		return reply, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	defer conn.Close()
-	if err := conn.SetDeadline(time.Now().Add(keysTimeout)); err != nil {
+	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return reply, err
 	}
 	b, _ := json.Marshal(req)
@@ -370,6 +381,13 @@ func (s *controlServer) serve(c *net.UnixConn) {
 	var req controlRequest
 	if err := json.Unmarshal(line, &req); err != nil {
 		reply(controlReply{Error: "bad request: " + err.Error(), Kind: "usage"})
+		return
+	}
+	if req.Op == opForget {
+		s.ops.Lock()
+		r := s.serveForget(req)
+		s.ops.Unlock()
+		reply(r)
 		return
 	}
 	var key []byte

@@ -55,6 +55,7 @@ type localCluster struct {
 type clusterOptions struct {
 	peers    int
 	fastPath bool   // the peers keep permissions (Roucairol–Carvalho)
+	quorum   string // peer.QuorumMajority (also for "") or peer.QuorumNone
 	key      []byte // nil: plaintext
 	prefix   string // of the temporary directory's name
 	log      *slog.Logger
@@ -110,6 +111,9 @@ func startLocalCluster(ctx context.Context, opt clusterOptions) (_ *localCluster
 		pc.Profile = peer.ProfileFast
 		pc.Key = opt.key
 		pc.KeepPermissions = opt.fastPath
+		pc.Quorum = opt.quorum
+		// Majority mode's state, removed with the cluster's directory.
+		pc.StateDir = filepath.Join(dir, "state-"+name)
 		pc.Logger = opt.log.With("component", "peer")
 		if first != "" {
 			pc.Join = []string{first}

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -62,9 +64,22 @@ func lockTarget(ctx context.Context, path string) (live liveMount, file string, 
 	return live, filepath.Join(live.root, name), nil
 }
 
-// runLock takes the lock and replaces this process with CMD, which inherits
-// the descriptor that holds it.
-func runLock(ctx context.Context, _ *env, cfg config) error {
+// Revocation watch of "dlockfs lock".
+const (
+	// revokePoll is how often lock reads the held file to notice a
+	// revocation (EIO).
+	revokePoll = 100 * time.Millisecond
+	// defaultRevokeGrace is --revoke-grace: SIGTERM to SIGKILL.
+	defaultRevokeGrace = 5 * time.Second
+)
+
+// runLock takes the lock and runs CMD as a child that inherits the
+// descriptor holding it. It reads the descriptor every revokePoll: once a
+// read fails with EIO the peer revoked the hold (it lost its lease), and
+// CMD is sent SIGTERM, then SIGKILL after --revoke-grace; lock then exits
+// exitRevoked. SIGINT, SIGTERM and SIGHUP are forwarded to CMD. Otherwise
+// lock exits with CMD's status (128+N if signal N killed it).
+func runLock(ctx context.Context, e *env, cfg config) error {
 	l := cfg.lock
 	// Find CMD first: a typo must not take (and drop) the lock.
 	bin, err := exec.LookPath(l.argv[0])
@@ -78,39 +93,126 @@ func runLock(ctx context.Context, _ *env, cfg config) error {
 	if err != nil {
 		return err
 	}
+	// Signals from now on are CMD's (once it runs): a signal before that
+	// ends lock as usual, withdrawing its request.
+	sigs := make(chan os.Signal, 4)
 	f, err := openLock(ctx, file, l.try, l.timeout)
 	if err != nil {
 		return err
 	}
+	defer f.Close()
 	// The mount may have gone between the check and the open: then the
 	// open made a plain file in the bare directory. Never run CMD on it.
 	var sfs syscall.Statfs_t
 	if err := syscall.Fstatfs(int(f.Fd()), &sfs); err != nil || sfs.Type != fuseSuperMagic {
-		f.Close()
 		return codef(exitNotMounted, "%s is no longer on a dlockfs mount (unmounted meanwhile?): CMD not run", file)
 	}
 	token, err := readToken(f)
 	if err != nil {
-		f.Close()
+		if errors.Is(err, syscall.EIO) {
+			return codef(exitRevoked, "%s: the hold was revoked before CMD ran (this node lost its lease): CMD not run", file)
+		}
 		return codef(exitError, "%s is not a dlockfs lock file (%w): CMD not run", file, err)
 	}
-	fd := int(f.Fd()) // also puts the descriptor back in blocking mode
-	if err := inheritable(fd); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", file, err)
+	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
+		return fmt.Errorf("%s: clearing O_NONBLOCK: %w", file, err)
 	}
+	// The child gets the descriptor as fd 3 (ExtraFiles[0]).
+	const childFD = 3
 	env := append(withoutDlockfsEnv(os.Environ()),
 		"DLOCKFS_TOKEN="+strconv.FormatUint(token, 10),
-		"DLOCKFS_FD="+strconv.Itoa(fd),
+		"DLOCKFS_FD="+strconv.Itoa(childFD),
 		"DLOCKFS_LOCK="+file,
 	)
-	err = syscall.Exec(bin, l.argv, env)
-	// Only on failure are we still here.
-	f.Close()
-	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOEXEC) || errors.Is(err, syscall.EISDIR) {
-		return codef(exitCannotExec, "%s: %w", l.argv[0], err)
+	cmd := &exec.Cmd{Path: bin, Args: l.argv, Env: env, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+		ExtraFiles: []*os.File{f}}
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOEXEC) || errors.Is(err, syscall.EISDIR) {
+			return codef(exitCannotExec, "%s: %w", l.argv[0], err)
+		}
+		return codef(exitNotFound, "%s: %w", l.argv[0], err)
 	}
-	return codef(exitNotFound, "%s: %w", l.argv[0], err)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	lost := watchRevoked(f, stopWatch)
+
+	var revokedErr error
+	var kill <-chan time.Time
+	for {
+		select {
+		case s := <-sigs:
+			_ = cmd.Process.Signal(s)
+		case err := <-lost:
+			lost = nil
+			revokedErr = err
+			fmt.Fprintf(e.stderr, "dlockfs lock: %s: %v: sending SIGTERM to CMD (PID %d), SIGKILL after --revoke-grace %v\n",
+				file, err, cmd.Process.Pid, l.revokeGrace)
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			t := time.NewTimer(l.revokeGrace)
+			defer t.Stop()
+			kill = t.C
+		case <-kill:
+			kill = nil
+			fmt.Fprintf(e.stderr, "dlockfs lock: CMD (PID %d) still runs %v after SIGTERM: SIGKILL\n", cmd.Process.Pid, l.revokeGrace)
+			_ = cmd.Process.Kill()
+		case err := <-exited:
+			if revokedErr != nil {
+				return codef(exitRevoked, "%s: %w: CMD ended", file, revokedErr)
+			}
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					return withCode(128+int(ws.Signal()), errSilent)
+				}
+				return withCode(ee.ExitCode(), errSilent)
+			}
+			if err != nil {
+				return err
+			}
+			return nil
+		}
+	}
+}
+
+// errLockLost tells why a held lock was lost under CMD.
+var errLockLost = errors.New("lock revoked: this node lost its lease (cut off from a majority of the voters, or its daemon starved)")
+
+// watchRevoked reads f at offset 0 every revokePoll until done has a value
+// or a read fails: EIO (the peer revoked the hold) or the daemon gone
+// (ENOTCONN, ECONNABORTED: the others grant the lock once they evict this
+// node). It reports that on the returned channel. A read stuck in a
+// paused daemon delays the next one: the hold is noticed lost when the
+// daemon runs again (fencing tokens cover the pause itself).
+func watchRevoked(f *os.File, stop <-chan struct{}) <-chan error {
+	lost := make(chan error, 1)
+	go func() {
+		t := time.NewTicker(revokePoll)
+		defer t.Stop()
+		buf := make([]byte, 64)
+		for {
+			select {
+			case <-t.C:
+			case <-stop:
+				return
+			}
+			if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+				switch {
+				case errors.Is(err, syscall.EIO):
+					lost <- errLockLost
+				case errors.Is(err, syscall.ENOTCONN), errors.Is(err, syscall.ECONNABORTED):
+					lost <- fmt.Errorf("the dlockfs daemon went away, and with it the lock (%w)", err)
+				default:
+					lost <- fmt.Errorf("reading the held lock file: %w", err)
+				}
+				return
+			}
+		}
+	}()
+	return lost
 }
 
 // openLock opens the lock file: blocking until granted; with try, failing
@@ -171,18 +273,6 @@ func readToken(f *os.File) (uint64, error) {
 		return 0, fmt.Errorf("first line %q is not a token", line)
 	}
 	return tok, nil
-}
-
-// inheritable clears close-on-exec and O_NONBLOCK on fd, so that CMD gets
-// it as an ordinary blocking descriptor.
-func inheritable(fd int) error {
-	if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_SETFD, 0); errno != 0 {
-		return fmt.Errorf("clearing close-on-exec: %w", errno)
-	}
-	if err := syscall.SetNonblock(fd, false); err != nil {
-		return fmt.Errorf("clearing O_NONBLOCK: %w", err)
-	}
-	return nil
 }
 
 // withoutDlockfsEnv drops inherited DLOCKFS_* variables (a nested lock must

@@ -45,6 +45,8 @@ func commands() []command {
 			help: helpUninstall, parse: parseInstall, run: runUninstall},
 		{name: "keys", summary: "list, install, use or remove cluster keys on every member (rotation)",
 			help: helpKeys, parse: parseKeys, run: runKeys},
+		{name: "forget", summary: "remove a dead node from the voters (majority mode)",
+			help: helpForget, parse: parseForget, run: runForget},
 		{name: "help", summary: "show help for dlockfs or a command",
 			help: helpHelp, parse: parseHelp, run: runHelp},
 		// Reserved for the lead: a self-contained multi-node demo and

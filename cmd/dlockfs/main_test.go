@@ -297,7 +297,8 @@ func startNode(t *testing.T, name string, extra ...string) *node {
 func startNodeAt(t *testing.T, name, dir string, extra ...string) *node {
 	t.Helper()
 	bind, lock := freeAddr(t), freeAddr(t)
-	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast", dir}, extra...)
+	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast",
+		"--state-dir", filepath.Join(t.TempDir(), "state-"+name), dir}, extra...)
 	n := &node{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
 	t.Cleanup(func() { n.stop(t) })
 	select {
@@ -459,7 +460,7 @@ func TestHelpAndUsage(t *testing.T) {
 
 func TestMountRefusesMissingDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "nope")
-	r := dlockfs(t, "mount", "--bind", freeAddr(t), dir)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), dir)
 	wantCode(t, r, exitMountpoint, "mount on a missing dir")
 	if !strings.Contains(r.stderr, "mkdir -p "+dir) {
 		t.Fatalf("stderr lacks the fix: %s", r.stderr)
@@ -468,7 +469,7 @@ func TestMountRefusesMissingDir(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	wantCode(t, dlockfs(t, "mount", "--bind", freeAddr(t), file), exitMountpoint, "mount on a file")
+	wantCode(t, dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), file), exitMountpoint, "mount on a file")
 }
 
 func TestMountRefusesMountedDir(t *testing.T) {
@@ -477,7 +478,7 @@ func TestMountRefusesMountedDir(t *testing.T) {
 		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	r := dlockfs(t, "mount", "--bind", freeAddr(t), dir)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), dir)
 	wantCode(t, r, exitMountpoint, "mount on a tmpfs mount point")
 	if !strings.Contains(r.stderr, "already a mount point (tmpfs") || !strings.Contains(r.stderr, "umount "+dir) {
 		t.Fatalf("stderr: %s", r.stderr)
@@ -524,7 +525,7 @@ func TestMountNonRootSaysWhatIsMissing(t *testing.T) {
 	if err := os.Mkdir(mnt, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	r := runAsNobody(t, bin, "mount", "--bind", freeAddr(t), mnt)
+	r := runAsNobody(t, bin, "mount", "--state-dir", filepath.Join(dir, "state"), "--bind", freeAddr(t), mnt)
 	wantCode(t, r, exitFUSE, "non-root mount without fusermount3")
 	if !strings.Contains(r.stderr, "fusermount3 is not installed") {
 		t.Fatalf("stderr does not say what is missing: %s", r.stderr)
@@ -590,7 +591,7 @@ func TestStatusAndCheck(t *testing.T) {
 	wantCode(t, dlockfs(t, "lock", a.dir, "--", "no-such-command-dlockfs"), exitNotFound, "lock with a missing CMD")
 
 	// The same directory again: refused, the first mount unharmed.
-	r = dlockfs(t, "mount", "--bind", freeAddr(t), a.dir)
+	r = dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), a.dir)
 	wantCode(t, r, exitMountpoint, "second mount on a live mount")
 	if !strings.Contains(r.stderr, "already a mount point (fuse.dlockfs") || !strings.Contains(r.stderr, "dlockfs status "+a.dir) {
 		t.Fatalf("stderr: %s", r.stderr)
@@ -607,7 +608,7 @@ func TestDeadMountRefused(t *testing.T) {
 		t.Fatalf("stat of the killed mount: %v, want ENOTCONN", err)
 	}
 
-	r := dlockfs(t, "mount", "--bind", freeAddr(t), a.dir)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), a.dir)
 	wantCode(t, r, exitMountpoint, "mount on a dead mount")
 	if !strings.Contains(r.stderr, "umount -l "+a.dir) {
 		t.Fatalf("stderr lacks the fix: %s", r.stderr)
@@ -724,9 +725,12 @@ rmdir inside`, work)
 	}
 }
 
+// TestSIGTERMLeavesAndUnmounts is about plain mode (--quorum none): a
+// 2-peer cluster goes on after one leaves. TestSIGTERMLeavesMajority is
+// the majority-mode counterpart, with 3 peers.
 func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
-	a := startNode(t, "a")
-	b := startNode(t, "b", "--join", a.bind)
+	a := startNode(t, "a", "--quorum", "none")
+	b := startNode(t, "b", "--join", a.bind, "--quorum", "none")
 	waitFor(t, startTimeout, "a sees b", func() bool {
 		return aliveMembers(t, a.dir) == 2
 	})
@@ -761,10 +765,31 @@ func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 	}
 }
 
+// TestSIGTERMLeavesMajority: in majority mode, of 3 peers one leaves at
+// SIGTERM (exit 0, unmounted) and the other two go on granting.
+func TestSIGTERMLeavesMajority(t *testing.T) {
+	a := startNode(t, "a")
+	b := startNode(t, "b", "--join", a.bind)
+	c := startNode(t, "c", "--join", a.bind)
+	waitFor(t, startTimeout, "a sees b and c", func() bool {
+		return aliveMembers(t, a.dir) == 3
+	})
+	c.signal(t, syscall.SIGTERM)
+	c.wait(t)
+	if code := c.exitCode(); code != exitOK {
+		t.Fatalf("c exited %d after SIGTERM, want 0\nstderr: %s", code, c.out.String())
+	}
+	if isMountpoint(t, c.dir) {
+		t.Fatal("c's directory is still a mount point after SIGTERM")
+	}
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", a.dir, "--", "true"), exitOK, "lock on a after c left")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", b.dir, "--", "true"), exitOK, "lock on b after c left")
+}
+
 func TestJoinTimeout(t *testing.T) {
 	dir := t.TempDir()
 	nobody := freeAddr(t) // nothing listens there
-	r := dlockfs(t, "mount", "--bind", freeAddr(t), "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
 	wantCode(t, r, exitJoin, "join to nobody")
 	if !strings.Contains(r.stderr, "--join-timeout") {
 		t.Fatalf("stderr: %s", r.stderr)
@@ -807,7 +832,7 @@ func TestEncryptedCluster(t *testing.T) {
 	} {
 		mnt := t.TempDir()
 		args := append([]string{"mount", "--name", "c", "--bind", freeAddr(t), "--lock-bind", freeAddr(t),
-			"--gossip", "fast", "--join", a.bind, "--join-timeout", "20s", mnt}, tt.args...)
+			"--gossip", "fast", "--join", a.bind, "--join-timeout", "20s", "--state-dir", t.TempDir(), mnt}, tt.args...)
 		r := dlockfs(t, args...)
 		wantCode(t, r, exitJoin, tt.name)
 		if !strings.Contains(r.stderr, "same --key-file") || strings.Count(r.stderr, "dlockfs mount:") != 1 {
@@ -979,7 +1004,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// A taken port fails the start.
-	r := dlockfs(t, "mount", "--bind", freeAddr(t), "--metrics", addr, t.TempDir())
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--metrics", addr, t.TempDir())
 	if r.code == exitOK || !strings.Contains(r.stderr, "--metrics "+addr) {
 		t.Errorf("mount on a taken --metrics port: exit %d, stderr %s", r.code, r.stderr)
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -58,6 +59,14 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	pc.Profile = m.gossip
 	pc.Key = key
 	pc.KeepPermissions = m.fastPath
+	pc.Quorum = m.quorum
+	if pc.Quorum == "" {
+		pc.Quorum = defaultQuorum
+	}
+	pc.StateDir = m.stateDir
+	if pc.StateDir == "" {
+		pc.StateDir = filepath.Join(defaultStateDirBase, pc.Name)
+	}
 	pc.Logger = log.With("component", "peer")
 	return pc
 }
@@ -91,6 +100,11 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	pc := peerConfig(m, key, log)
 	if err := pc.Validate(); err != nil {
 		return &usageError{err: err}
+	}
+	if pc.Quorum == peer.QuorumMajority {
+		if err := checkStateDir(pc.StateDir); err != nil {
+			return err
+		}
 	}
 
 	// Signals: the first starts a graceful shutdown; another one, a
@@ -303,6 +317,24 @@ func warnHeld(log *slog.Logger, st peer.Status) {
 				"lock", l.Name, "state", l.State, "token", l.Token, "waiting", l.Waiting)
 		}
 	}
+}
+
+// checkStateDir makes the --state-dir if need be and checks that the peer
+// can write its state there, before anything is joined: a majority-mode
+// peer that cannot keep its voter set and token floor must not start.
+func checkStateDir(dir string) error {
+	hint := "(choose another with --state-dir DIR, or run as a user who may write it)"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("--state-dir %s: cannot create it: %w %s", dir, err, hint)
+	}
+	f, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("--state-dir %s: not writable: %w %s", dir, err, hint)
+	}
+	name := f.Name()
+	f.Close()
+	os.Remove(name)
+	return nil
 }
 
 // mountError gives an error of fs.CheckMountpoint, fs.CheckFUSE or

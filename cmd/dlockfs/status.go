@@ -41,8 +41,76 @@ type statusDoc struct {
 		Queued      []string `json:"queued"`
 		Awaiting    []string `json:"awaiting"`
 		Permissions []string `json:"permissions"`
+		Revoked     int      `json:"revoked"`
 	} `json:"locks"`
 	Counters map[string]json.RawMessage `json:"counters"`
+	Quorum   *quorumDoc                 `json:"quorum"`
+}
+
+// quorumDoc is the majority-mode part of .status.
+type quorumDoc struct {
+	Mode    string `json:"mode"`
+	Version uint64 `json:"version"`
+	Voters  []struct {
+		Name  string `json:"name"`
+		State string `json:"state"`
+	} `json:"voters"`
+	Majority    int    `json:"majority"`
+	HasMajority bool   `json:"has_majority"`
+	LeaseValid  bool   `json:"lease_valid"`
+	LeaseLeftMS int64  `json:"lease_left_ms"`
+	Lease       string `json:"lease"`
+	LockDelay   string `json:"lock_delay"`
+	Lapses      uint64 `json:"lapses"`
+	Revoked     uint64 `json:"revoked"`
+}
+
+// forgetHint is the command that unblocks a 2-voter cluster that lost
+// node, or "" when there is none to give: with 2 voters, one down, the
+// survivor can never have a majority again until the other is forgotten.
+func forgetHint(root string, q *quorumDoc) (node, cmd string) {
+	if q == nil || q.HasMajority || len(q.Voters) != 2 {
+		return "", ""
+	}
+	for _, v := range q.Voters {
+		if v.State != "self" && v.State != "alive" {
+			node = v.Name
+		}
+	}
+	if node == "" {
+		return "", ""
+	}
+	cmd = "dlockfs forget --force " + node
+	if c := defaultControlPath(root); c != defaultControl {
+		cmd = "dlockfs forget --control " + c + " --force " + node
+	}
+	return node, cmd
+}
+
+// printQuorum renders the majority-mode lines of status.
+func printQuorum(w io.Writer, root string, q *quorumDoc) {
+	if q == nil {
+		fmt.Fprintln(w, "quorum: none (availability over safety: a failed member counts as having answered)")
+		return
+	}
+	voters := make([]string, 0, len(q.Voters))
+	for _, v := range q.Voters {
+		voters = append(voters, v.Name+" "+v.State)
+	}
+	lease := "no lease"
+	if q.LeaseValid {
+		lease = fmt.Sprintf("lease valid, %v left", (time.Duration(q.LeaseLeftMS) * time.Millisecond).Round(10*time.Millisecond))
+	}
+	fmt.Fprintf(w, "quorum: majority, voter set v%d, %d voters, majority %d: %s\n", q.Version, len(q.Voters), q.Majority,
+		strings.Join(voters, ", "))
+	fmt.Fprintf(w, "lease: %s (lease %s, lock-delay %s), %d lapses, %d holds revoked\n", lease, q.Lease, q.LockDelay,
+		q.Lapses, q.Revoked)
+	if !q.HasMajority || !q.LeaseValid {
+		fmt.Fprintln(w, "NO MAJORITY: this node reaches fewer than a majority of the voters: it grants no lock until it does")
+		if node, cmd := forgetHint(root, q); node != "" {
+			fmt.Fprintf(w, "2 voters and %s is not answering: if %s is gone for good, unblock this node with:\n  %s\n", node, node, cmd)
+		}
+	}
 }
 
 // runStatus prints MOUNTPOINT/.status as tables, or as it is with --json.
@@ -148,6 +216,7 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 	}
 	fmt.Fprintf(w, "node %s at %s: %d of %d members alive, %s gossip, %s, lamport %d, incarnation %s\n",
 		d.Node, root, alive, len(d.Members), orDash(d.Profile), enc, d.Lamport, orDash(inc))
+	printQuorum(w, root, d.Quorum)
 
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -170,7 +239,11 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "LOCK\tSTATE\tHOLDER\tTOKEN\tWAITING\tQUEUED\tAWAITING\tPERMISSIONS")
 		for _, l := range d.Locks {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", l.Name, orDash(l.State), orDash(l.Holder),
+			state := orDash(l.State)
+			if l.Revoked > 0 {
+				state += fmt.Sprintf(" (%d revoked)", l.Revoked)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", l.Name, state, orDash(l.Holder),
 				l.Token, l.Waiting, list(l.Queued), list(l.Awaiting), list(l.Permissions))
 		}
 		if err := tw.Flush(); err != nil {

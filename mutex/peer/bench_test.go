@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -28,6 +29,9 @@ func BenchmarkLockUnlock(b *testing.B) {
 			tcp := tcpFanout(b, 2, 2000)
 			c := newCluster(b, listenTCP)
 			c.keep = keep
+			// DLOCKFS_BENCH_QUORUM=none measures plain mode, for the
+			// cost of majority mode (the default).
+			c.quorum = os.Getenv("DLOCKFS_BENCH_QUORUM")
 			if keep {
 				c.quorum = QuorumNone // the fast path is plain mode only
 			}

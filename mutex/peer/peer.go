@@ -80,7 +80,7 @@ type Peer struct {
 	statePath  string    // HardState file ("" keeps none)
 	epoch      time.Time // the core's clock is the monotonic time since
 	leftAck    chan<- struct{}
-	revoked    sync.Map // mutex.OpenerID -> struct{}: holds a lapse ended
+	revoked    sync.Map // mutex.OpenerID -> lock name (string): holds a lapse ended
 	waiters    map[mutex.OpenerID]waiter
 	held       map[mutex.OpenerID]string
 	members    map[string]memberInfo

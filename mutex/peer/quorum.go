@@ -97,7 +97,7 @@ func (p *Peer) performHardState(hs *mutex.HardState) {
 func (p *Peer) performRevocations(rs []mutex.Revocation) {
 	for _, r := range rs {
 		delete(p.held, r.Opener)
-		p.revoked.Store(r.Opener, struct{}{})
+		p.revoked.Store(r.Opener, r.Lock)
 		p.log.Warn("lock revoked: this peer lost its lease (cut off from a majority of the voters, or starved); "+
 			"the holder must stop: reads of its lock file fail with EIO", "lock", r.Lock, "token", r.Token)
 	}

@@ -26,6 +26,50 @@ type Status struct {
 	Locks     []LockStatus   `json:"locks"`
 	Counters  mutex.Counters `json:"counters"`
 	Transport transportStats `json:"transport"`
+	// Quorum is majority mode's state; nil (absent) with Quorum "none".
+	Quorum *QuorumStatus `json:"quorum,omitempty"`
+}
+
+// QuorumStatus is majority mode's state on this peer.
+type QuorumStatus struct {
+	// Mode is "majority".
+	Mode string `json:"mode"`
+	// Version is the voter set's version (it rises with every change).
+	Version uint64 `json:"version"`
+	// Voters lists every voter with its state as seen here.
+	Voters []VoterStatus `json:"voters"`
+	// Majority is how many voters make a majority.
+	Majority int `json:"majority"`
+	// HasMajority reports that this peer hears from a majority of the
+	// voters (itself included; evicted voters do not count).
+	HasMajority bool `json:"has_majority"`
+	// Voter reports that this peer is one of the voters.
+	Voter bool `json:"voter"`
+	// LeaseValid: this peer holds a lease now, so it may be granted locks;
+	// LeaseLeftMS is how long it has left, in milliseconds.
+	LeaseValid  bool  `json:"lease_valid"`
+	LeaseLeftMS int64 `json:"lease_left_ms"`
+	// Lease and LockDelay are the profile's, as Go durations ("1s").
+	Lease     string `json:"lease"`
+	LockDelay string `json:"lock_delay"`
+	// Lapses counts leases lost; Revoked counts holds they revoked;
+	// Evictions counts voters evicted, as counted here.
+	Lapses    uint64 `json:"lapses"`
+	Revoked   uint64 `json:"revoked"`
+	Evictions uint64 `json:"evictions"`
+	// Pending lists voter set changes under way ("add b", "remove c").
+	Pending []string `json:"pending"`
+}
+
+// VoterStatus is one voter.
+type VoterStatus struct {
+	Name string `json:"name"`
+	// State is "self", "alive", "silent" (nothing heard for a lease),
+	// "down" (Serf reports it failed) or "evicted" (a majority declared
+	// it: it counts as having answered every request).
+	State string `json:"state"`
+	// Declared: this peer declared it evicted.
+	Declared bool `json:"declared"`
 }
 
 // MemberStatus is one member as Serf knows it.
@@ -63,6 +107,10 @@ type LockStatus struct {
 	Awaiting []string `json:"awaiting"`
 	// Permissions lists the peers whose permission this peer keeps.
 	Permissions []string `json:"permissions"`
+	// Revoked counts local holds of this lock that a lapse of the lease
+	// revoked and whose openers have not closed yet (their reads fail
+	// with EIO).
+	Revoked int `json:"revoked"`
 }
 
 // Status returns a snapshot of the peer. After the peer stopped it shows
@@ -114,6 +162,39 @@ func (p *Peer) Status() Status {
 			ls.Holder = p.name
 		}
 		st.Locks = append(st.Locks, ls)
+	}
+	revoked := map[string]int{}
+	p.revoked.Range(func(_, v any) bool {
+		if name, ok := v.(string); ok {
+			revoked[name]++
+		}
+		return true
+	})
+	for i := range st.Locks {
+		if n, ok := revoked[st.Locks[i].Name]; ok {
+			st.Locks[i].Revoked = n
+			delete(revoked, st.Locks[i].Name)
+		}
+	}
+	for name, n := range revoked { // the core forgot the lock already
+		st.Locks = append(st.Locks, LockStatus{Name: name, State: "idle", Queued: []string{}, Awaiting: []string{},
+			Permissions: []string{}, Revoked: n})
+	}
+	slices.SortStableFunc(st.Locks, func(a, b LockStatus) int { return strings.Compare(a.Name, b.Name) })
+	if q := cs.Quorum; q != nil {
+		qs := &QuorumStatus{Mode: QuorumMajority, Version: q.Version, Voters: []VoterStatus{}, Majority: q.Majority,
+			Voter: q.Voter, LeaseValid: q.Lease, LeaseLeftMS: q.LeaseLeft.Milliseconds(),
+			Lease: q.LeaseLen.String(), LockDelay: q.LockDelay.String(),
+			Lapses: q.Lapses, Revoked: q.Revoked, Evictions: q.Evictions, Pending: nonNil(q.Pending)}
+		reach := 0
+		for _, v := range q.Voters {
+			qs.Voters = append(qs.Voters, VoterStatus{Name: v.Name, State: v.State, Declared: v.Declared})
+			if v.State == "self" || v.State == "alive" {
+				reach++
+			}
+		}
+		qs.HasMajority = reach >= q.Majority
+		st.Quorum = qs
 	}
 	return st
 }

@@ -339,6 +339,8 @@ type nodeOpts struct {
 	keyFile  string
 	netns    string   // run under nsenter --net=/run/netns/NETNS
 	fastPath bool     // --fast-path (Roucairol–Carvalho: keep permissions)
+	quorum   string   // --quorum; default the mount's (majority)
+	stateDir string   // --state-dir; default a temp dir kept across restarts
 	extra    []string // more mount flags
 }
 
@@ -357,7 +359,10 @@ type node struct {
 // argv is the command line of the node.
 func (o nodeOpts) argv() []string {
 	args := []string{suite.binary, "mount", "--name", o.name, "--bind", o.bind, "--lock-bind", o.lockBind,
-		"--gossip", o.profile, "--join-timeout", "20s"}
+		"--gossip", o.profile, "--join-timeout", "20s", "--state-dir", o.stateDir}
+	if o.quorum != "" {
+		args = append(args, "--quorum", o.quorum)
+	}
 	if len(o.join) > 0 {
 		args = append(args, "--join", strings.Join(o.join, ","))
 	}
@@ -392,6 +397,9 @@ func (o nodeOpts) filled(t *testing.T) nodeOpts {
 	}
 	if o.profile == "" {
 		o.profile = "fast"
+	}
+	if o.stateDir == "" {
+		o.stateDir = filepath.Join(t.TempDir(), "state-"+o.name)
 	}
 	return o
 }
@@ -482,8 +490,9 @@ type statusDoc struct {
 		LockAddr string `json:"lock_addr"`
 		Status   string `json:"status"`
 	} `json:"members"`
-	Locks    []lockDoc `json:"locks"`
-	Draining bool      `json:"draining"`
+	Locks    []lockDoc  `json:"locks"`
+	Draining bool       `json:"draining"`
+	Quorum   *quorumDoc `json:"quorum"`
 	Counters struct {
 		Sent      uint64            `json:"sent"`
 		Received  uint64            `json:"received"`
@@ -492,6 +501,35 @@ type statusDoc struct {
 		Refusals  uint64            `json:"refusals"`
 		DroppedBy map[string]uint64 `json:"dropped_by"`
 	} `json:"counters"`
+}
+
+// quorumDoc is the majority-mode part of .status.
+type quorumDoc struct {
+	Mode    string `json:"mode"`
+	Version uint64 `json:"version"`
+	Voters  []struct {
+		Name  string `json:"name"`
+		State string `json:"state"`
+	} `json:"voters"`
+	Majority    int    `json:"majority"`
+	HasMajority bool   `json:"has_majority"`
+	LeaseValid  bool   `json:"lease_valid"`
+	Lease       string `json:"lease"`
+	LockDelay   string `json:"lock_delay"`
+	Lapses      uint64 `json:"lapses"`
+	Revoked     uint64 `json:"revoked"`
+}
+
+// voters lists the voters' names (nil outside majority mode).
+func (d statusDoc) voters() []string {
+	if d.Quorum == nil {
+		return nil
+	}
+	var vs []string
+	for _, v := range d.Quorum.Voters {
+		vs = append(vs, v.Name)
+	}
+	return vs
 }
 
 // lockDoc is one lock in .status.
@@ -504,6 +542,7 @@ type lockDoc struct {
 	Queued      []string `json:"queued"`
 	Awaiting    []string `json:"awaiting"`
 	Permissions []string `json:"permissions"`
+	Revoked     int      `json:"revoked"`
 }
 
 // status reads and parses MOUNT/.status, bounded by statusTimeout (a

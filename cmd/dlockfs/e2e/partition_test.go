@@ -123,7 +123,10 @@ func partition(t *testing.T, profile string, cutFor time.Duration) {
 	var nodes []*node
 	for i, br := range []string{"br1", "br1", "br1", "br2", "br2"} {
 		ns, ip := lab.addHost(br)
-		o := nodeOpts{name: string(rune('a' + i)), bind: ip + ":7946", lockBind: ip + ":7947", profile: profile, netns: ns}
+		// Plain mode: this test documents the split brain of
+		// --quorum none (TestPartitionMajority is majority mode's).
+		o := nodeOpts{name: string(rune('a' + i)), bind: ip + ":7946", lockBind: ip + ":7947", profile: profile, netns: ns,
+			quorum: "none"}
 		if i > 0 {
 			o.join = []string{nodes[0].bind}
 		}
@@ -236,5 +239,57 @@ func partition(t *testing.T, profile string, cutFor time.Duration) {
 		t.Errorf("after healing: counter %d, %d holds recorded, want 50", got, len(hs))
 	}
 	checkExclusive(t, hs)
+	waitIdle(t, startTimeout, nodes, "lock")
+}
+
+// TestPartitionMajority is the partition scenario in majority mode (fast
+// profile): 5 peers, a holds, d on the 2-peer side waits; after the cut the
+// 3-peer side grants b once a releases, the minority side grants nothing
+// (d still waits, a try-lock on e is refused with exit 12), and after the
+// heal d is granted with a token above b's.
+func TestPartitionMajority(t *testing.T) {
+	needEnv(t)
+	lab := newNetLab(t)
+	var nodes []*node
+	for i, br := range []string{"br1", "br1", "br1", "br2", "br2"} {
+		ns, ip := lab.addHost(br)
+		o := nodeOpts{name: string(rune('a' + i)), bind: ip + ":7946", lockBind: ip + ":7947", netns: ns}
+		if i > 0 {
+			o.join = []string{nodes[0].bind}
+		}
+		nodes = append(nodes, startNode(t, o))
+	}
+	waitConverged(t, startTimeout, nodes)
+	a, b, d, e := nodes[0], nodes[1], nodes[3], nodes[4]
+
+	ha := shellHold(t, a, "lock")
+	ha.waitLine(t, startTimeout, "held ")
+	wd := shellHold(t, d, "lock")
+	waitWaiting(t, d, "lock", 1)
+	cut := nowMicros()
+	lab.cut()
+	wb := shellHold(t, b, "lock")
+	// The minority side loses its majority (lease + lock-delay = 3 s
+	// bounds it; startTimeout only turns a hang into a failure).
+	waitNoMajority(t, d)
+	if code, _, errs := dlockfs(t, 30*time.Second, "lock", "--try", e.dir, "--", "true"); code != 12 {
+		t.Errorf("try-lock on the minority side: exit %d, want 12\n%s", code, errs)
+	}
+	release(t, ha)
+	tokB, bEnter := held(t, wb.waitLine(t, startTimeout, "held "))
+	t.Logf("majority side granted b %s after the cut", ms(bEnter-cut))
+	release(t, wb)
+	if wd.hasLine("held ") {
+		t.Fatalf("d on the minority side was granted the lock during the cut: %q", wd.output())
+	}
+	healAt := nowMicros()
+	lab.heal()
+	tokD, dEnter := held(t, wd.waitLine(t, 90*time.Second, "held "))
+	t.Logf("after the heal d was granted %s later", ms(dEnter-healAt))
+	if tokD <= tokB {
+		t.Errorf("d's token %d after the heal not above b's %d", tokD, tokB)
+	}
+	release(t, wd)
+	waitConverged(t, 90*time.Second, nodes)
 	waitIdle(t, startTimeout, nodes, "lock")
 }
