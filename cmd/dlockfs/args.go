@@ -186,6 +186,10 @@ func parseMount(cfg *config, args []string) error {
 	default:
 		return usagef("--quorum %q: want majority or none", m.quorum)
 	}
+	if m.fastPath && m.quorum != "none" {
+		return usagef("--fast-path needs --quorum none: in majority mode the fast path is not yet " +
+			"proven to keep fencing tokens rising (the simulation found them falling)")
+	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if set["state-dir"] && m.stateDir == "" {

@@ -147,8 +147,9 @@ Flags:
                          socket). The default only warns if it cannot be made.
   --allow-other          let other users open the locks (non-root needs
                          user_allow_other in /etc/fuse.conf)
-  --fast-path            keep permissions between acquisitions (Roucairol-
-                         Carvalho): a node that takes the same lock again,
+  --fast-path            (needs --quorum none) keep permissions between
+                         acquisitions (Roucairol-Carvalho): a node that takes
+                         the same lock again,
                          with no other node asking meanwhile, enters with no
                          messages at all. Default off: every grant is then
                          confirmed by every live member on the spot, so a node

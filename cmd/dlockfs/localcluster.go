@@ -112,6 +112,9 @@ func startLocalCluster(ctx context.Context, opt clusterOptions) (_ *localCluster
 		pc.Key = opt.key
 		pc.KeepPermissions = opt.fastPath
 		pc.Quorum = opt.quorum
+		if opt.fastPath {
+			pc.Quorum = peer.QuorumNone // the fast path is plain mode only
+		}
 		// Majority mode's state, removed with the cluster's directory.
 		pc.StateDir = filepath.Join(dir, "state-"+name)
 		pc.Logger = opt.log.With("component", "peer")

@@ -370,7 +370,7 @@ func (o nodeOpts) argv() []string {
 		args = append(args, "--key-file", o.keyFile)
 	}
 	if o.fastPath {
-		args = append(args, "--fast-path")
+		args = append(args, "--fast-path", "--quorum", "none") // the fast path is plain mode only
 	}
 	args = append(args, o.extra...)
 	args = append(args, o.dir)
