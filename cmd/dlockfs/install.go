@@ -55,9 +55,9 @@ the same fstab line work; mount(8) looks for helpers in /sbin only, so use
 ("dlockfs" or "none": the hostname). OPTIONS are mount's flags without the
 dashes: join=IP (repeat for more members), key-file=FILE, gossip=PROFILE,
 bind=, lock-bind=, advertise=, lock-advertise=, join-timeout=,
-drain-timeout=, metrics=, allow_other, fast-path, debug, and log=FILE (the
-peer's log, default /var/log/dlockfs.log); generic options (defaults,
-_netdev, nofail, noauto, x-systemd.*) are ignored. The helper starts the peer
+drain-timeout=, metrics=, quorum=, state-dir=, allow_other, fast-path, debug,
+and log=FILE (the peer's log, default /var/log/dlockfs.log); generic options
+(defaults, _netdev, nofail, noauto, x-systemd.*) are ignored. The helper starts the peer
 in the background and returns once it has joined and mounted; "umount
 MOUNTPOINT" stops it (it leaves the cluster):
 

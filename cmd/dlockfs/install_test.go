@@ -104,7 +104,7 @@ func TestInstallUninstall(t *testing.T) {
 	}
 	logFile := filepath.Join(t.TempDir(), "peer.log")
 	hr := runCmd(t, exec.Command(filepath.Join(prefix, "sbin", helperName), "helped", mnt, "-o",
-		"bind="+freeAddr(t)+",lock-bind="+freeAddr(t)+",gossip=fast,_netdev,log="+logFile))
+		"bind="+freeAddr(t)+",lock-bind="+freeAddr(t)+",gossip=fast,_netdev,state_dir="+t.TempDir()+",log="+logFile))
 	wantCode(t, hr, exitOK, "mount helper")
 	t.Cleanup(func() { killByCmdline(t, mnt) })
 	sr := dlockfs(t, "status", mnt)
@@ -260,6 +260,7 @@ func TestHelperArgs(t *testing.T) {
 		{[]string{"a", "/run/d", "-o", "join=10.0.0.1,join=10.0.0.2,key_file=/k,gossip=lan,allow_other,_netdev,x-systemd.after=x"},
 			"--name a --join 10.0.0.1 --join 10.0.0.2 --key-file /k --gossip lan --allow-other /run/d", defaultHelperLog, false},
 		{[]string{"dlockfs", "/run/d", "-n", "-ofast-path,log=/l,defaults"}, "--fast-path /run/d", "/l", false},
+		{[]string{"a", "/run/d", "-o", "quorum=none,state_dir=/var/lib/x"}, "--name a --quorum none --state-dir /var/lib/x /run/d", defaultHelperLog, false},
 		{[]string{"a", "/run/d", "-o", "join"}, "", "", true},
 		{[]string{"a", "/run/d", "-o", "debug=1"}, "", "", true},
 		{[]string{"a"}, "", "", true},

@@ -25,7 +25,7 @@ const defaultHelperLog = "/var/log/dlockfs.log"
 // (OPTION=VALUE -> --OPTION VALUE; "_" may stand for "-").
 var helperFlagOpts = map[string]bool{"name": true, "bind": true, "advertise": true, "lock-bind": true,
 	"lock-advertise": true, "join": true, "join-timeout": true, "gossip": true, "key-file": true,
-	"drain-timeout": true, "metrics": true}
+	"drain-timeout": true, "metrics": true, "quorum": true, "state-dir": true}
 
 // helperBoolOpts are the -o options that become boolean flags.
 var helperBoolOpts = map[string]bool{"allow-other": true, "fast-path": true, "debug": true}
