@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/hashicorp/serf/serf"
 )
@@ -60,6 +61,12 @@ type lockState struct {
 	awaiting map[string]bool // peers asked and not yet answered
 	perm     map[string]bool // peers whose permission we hold (only true entries)
 	in       map[string]*inbound
+	// revoked: majority mode revoked the hold (our lease lapsed), but
+	// the holder process may still be running: the lock stays held here,
+	// its deferred requests unanswered, until the holder releases or
+	// revokedAt + Lease/4 (see quorum.go).
+	revoked   bool
+	revokedAt time.Duration
 }
 
 // New returns a core for the peer cfg describes, with no members yet.
@@ -285,6 +292,10 @@ func (c *Core) withdraw(l *lockState) {
 // endTurn removes the head opener, answers every deferred request, then
 // starts the next local opener's request.
 func (c *Core) endTurn(l *lockState) {
+	if l.revoked {
+		l.revoked = false
+		c.q.revokedHeld--
+	}
 	delete(c.openers, l.queue[0].op)
 	l.queue = l.queue[1:]
 	l.phase = Idle

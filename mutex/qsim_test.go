@@ -221,10 +221,18 @@ func (s *qsim) drain(p *qsimPeer) {
 		s.hard[p.name] = *rd.HardState
 	}
 	for _, r := range rd.Revocations {
+		// The holder is told; until it releases (or the core's grace
+		// ends) it still counts as holding.
 		s.logf("revoke %s op%d %s token %d", p.name, r.Opener, r.Lock, r.Token)
 		s.stats.revocations++
-		p.removeOpener(r.Opener)
 	}
+	p.openers = slices.DeleteFunc(p.openers, func(o *simOpener) bool {
+		if o.granted && p.core.openers[o.id] == nil {
+			s.logf("grace over %s op%d %s", p.name, o.id, o.lock)
+			return true
+		}
+		return false
+	})
 	for _, m := range rd.Messages {
 		s.stats.msgs++
 		d := time.Duration(s.rng.Int63n(int64(2 * time.Millisecond)))

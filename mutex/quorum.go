@@ -153,6 +153,7 @@ type quorum struct {
 	left    bool // our own removal was committed
 
 	lapses, revocations, evictions uint64
+	revokedHeld                    int // locks held by a revoked holder, in their grace
 
 	hsFloor uint64 // the ClockFloor last output in a HardState
 	hsDirty bool
@@ -261,6 +262,13 @@ func (c *Core) check() {
 	q.nextCheck = q.now + q.lease/8
 	if q.leased && q.now >= q.leaseUntil {
 		c.lapse()
+	}
+	if q.revokedHeld > 0 {
+		for _, l := range c.sortedLocks() {
+			if l.revoked && q.now >= l.revokedAt+q.lease/4 {
+				c.endTurn(l) // the grace is over: the opener is forgotten
+			}
+		}
 	}
 	switch {
 	case q.voter && q.now >= q.nextRenew:
@@ -408,12 +416,23 @@ func (c *Core) reset() {
 		switch l.phase {
 		case Holding:
 			op := l.queue[0].op
-			if l.name == cfgLock {
-				q.op = nil
-			} else {
-				q.revocations++
-				c.out.Revocations = append(c.out.Revocations, Revocation{Opener: op, Lock: l.name, Token: l.token})
+			if l.name != cfgLock {
+				// The holder is told, but its process may run on for a
+				// moment: the lock stays held here, its deferred
+				// requests unanswered, until it releases or a grace
+				// passes (Chubby's lock-delay). A peer cut off gives
+				// its holder as long: the others evict it only a
+				// lock-delay after their last grant.
+				clear(l.perm)
+				if !l.revoked {
+					l.revoked, l.revokedAt = true, q.now
+					q.revokedHeld++
+					q.revocations++
+					c.out.Revocations = append(c.out.Revocations, Revocation{Opener: op, Lock: l.name, Token: l.token})
+				}
+				continue
 			}
+			q.op = nil
 			delete(c.openers, op)
 			l.queue = l.queue[1:]
 		case Requesting:
@@ -518,7 +537,11 @@ func parseEvicted(e string) (uint64, string, bool) {
 // evicted: it lapses, and starts afresh in a later session.
 func (c *Core) declaredSelf(sess uint64) {
 	q := c.q
-	if sess < q.session {
+	if sess < q.session || c.leaseValid() {
+		// A valid lease came from a majority that did not declare
+		// us: if a majority does, our renewals fail and the lease
+		// lapses on its own. Revoking now would only revoke holds
+		// the cluster still protects (as every heal would).
 		return
 	}
 	if q.leased {
@@ -652,11 +675,11 @@ func (c *Core) onLeaseGrant(m Message) error {
 		}
 		if m.Target != "" && q.isVoter(m.Target) {
 			p := q.peer(m.Target)
-			if m.Reserve > p.session {
-				p.session = m.Reserve
-				if p.evicted {
-					c.unevict(m.Target, p)
-				}
+			p.session = max(p.session, m.Reserve)
+			if p.evicted && m.Reserve >= p.evictedAt {
+				// Counting it as answered cannot be confirmed:
+				// wait for its answers again (always safe).
+				c.unevict(m.Target, p)
 			}
 		}
 		return nil
