@@ -609,6 +609,8 @@ func checkNemesis(t *testing.T, res *fencedResource, faults []*fault, pauses []w
 	t.Logf("nemesis summary: holds %d (revoked %d), faults %d (%s), overlaps outside pauses %d (%d with a revoked hold), overlaps in pauses %d (holds exempt %d), stale writes rejected %d, safety failures %d; stall %s",
 		len(hs), len(revoked), len(faults), strings.Join(fk, " "), overlaps, overlapsRevoked, overlapsExempt, exemptHolds, stale, len(failures), strings.Join(st, "; "))
 	if len(failures) > 0 {
-		t.Errorf("SAFETY FAILURE: %d violation(s); the timeline, .status files and peer logs are above", len(failures))
+		t.Errorf("SAFETY FAILURE: %d violation(s), %d of %d overlaps outside pauses with a hold its own daemon revoked "+
+			"(lease lost) while the holder went on (holder told by EIO: see [REVOKED ...]); the timeline, .status files "+
+			"and peer logs are above", len(failures), overlapsRevoked, overlaps)
 	}
 }
