@@ -337,11 +337,12 @@ type nodeOpts struct {
 	join     []string // gossip addresses to join
 	profile  string   // default "fast"
 	keyFile  string
-	netns    string   // run under nsenter --net=/run/netns/NETNS
-	fastPath bool     // --fast-path (Roucairol–Carvalho: keep permissions)
-	quorum   string   // --quorum; default the mount's (majority)
-	stateDir string   // --state-dir; default a temp dir kept across restarts
-	extra    []string // more mount flags
+	netns    string        // run under nsenter --net=/run/netns/NETNS
+	fastPath bool          // --fast-path (Roucairol–Carvalho: keep permissions)
+	quorum   string        // --quorum; default the mount's (majority)
+	stateDir string        // --state-dir; default a temp dir kept across restarts
+	extra    []string      // more mount flags
+	limit    time.Duration // the daemon's time limit; default 10 minutes
 }
 
 // node is a running "dlockfs mount" child.
@@ -410,6 +411,9 @@ func startMount(t *testing.T, o nodeOpts) *node {
 	t.Helper()
 	o = o.filled(t)
 	n := &node{t: t, opts: o, name: o.name, dir: o.dir, bind: o.bind, limit: 10 * time.Minute}
+	if o.limit > 0 {
+		n.limit = o.limit
+	}
 	n.p = startProc(t, "dlockfs mount "+o.name, n.limit, o.argv()...)
 	t.Cleanup(n.stop)
 	return n
