@@ -259,19 +259,3 @@ func TestStartWaitsForAbandonedJoin(t *testing.T) {
 		t.Fatal("Start did not return after its join attempt ended")
 	}
 }
-
-// A conflict line from Serf counts only while this peer joins.
-func TestSerfLogConflictOnlyWhileJoining(t *testing.T) {
-	var joining, conflict atomic.Bool
-	l := newSerfLogger(testLogger(), &joining, &conflict)
-	line := "[ERR] serf: Node name conflicts with another node at 127.0.0.1:7946. Names must be unique! (Resolution enabled: false)"
-	l.Print(line)
-	if conflict.Load() {
-		t.Error("a conflict noticed while not joining")
-	}
-	joining.Store(true)
-	l.Print(line)
-	if !conflict.Load() {
-		t.Error("a conflict missed while joining")
-	}
-}

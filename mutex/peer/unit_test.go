@@ -75,7 +75,7 @@ func memPeer(t *testing.T, net *memNet, name string, inc uint64) (*Peer, *memTra
 	if err != nil {
 		t.Fatal(err)
 	}
-	go p.run(nil)
+	p.begin(nil)
 	t.Cleanup(p.kill)
 	return p, tr.(*memTransport)
 }
