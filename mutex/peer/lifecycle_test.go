@@ -3,9 +3,13 @@ package peer
 import (
 	"context"
 	"errors"
+	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/serf/serf"
 )
 
 // Leave and kill are safe from every state of the lifecycle and idempotent:
@@ -162,4 +166,56 @@ func TestLifecycleSerfDown(t *testing.T) {
 		t.Errorf("Leave() = %v, want ErrSerfDown", err)
 	}
 	ps[1].kill()
+}
+
+// conflictWatch against two real Serf instances with one name: the
+// newcomer's watch receives the claim of the node that has the name, at
+// that node's address, by the time its Join returns; a member under
+// another name raises nothing.
+func TestConflictWatchRealSerf(t *testing.T) {
+	newSerf := func(name, nonce string) (*serf.Serf, chan serf.Member) {
+		t.Helper()
+		claims := make(chan serf.Member, 16)
+		mc, _ := profile(ProfileFast)
+		mc.BindAddr, mc.BindPort = "127.0.0.1", 0
+		mc.Logger = newSerfLogger(testLogger())
+		sc := serf.DefaultConfig()
+		sc.NodeName = name
+		sc.Tags = map[string]string{tagNonce: nonce}
+		sc.LogOutput = nil
+		sc.Logger = mc.Logger
+		sc.MemberlistConfig = mc
+		sc.EnableNameConflictResolution = false
+		sc.Merge = conflictWatch{name: name, nonce: nonce, claims: claims}
+		s, err := serf.Create(sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Shutdown() })
+		return s, claims
+	}
+	addr := func(s *serf.Serf) string {
+		m := s.LocalMember()
+		return net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port)))
+	}
+	a, _ := newSerf("x", "1")
+	other, otherClaims := newSerf("y", "3")
+	if _, err := other.Join([]string{addr(a)}, true); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-otherClaims:
+		t.Fatalf("a claim to %q by %s under another name", m.Name, m.Addr)
+	default:
+	}
+	b, claims := newSerf("x", "2")
+	_, _ = b.Join([]string{addr(a)}, true)
+	select {
+	case m := <-claims:
+		if got, want := net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))), addr(a); got != want {
+			t.Errorf("claim from %s, want %s", got, want)
+		}
+	default:
+		t.Fatal("no claim seen by the time Join returned")
+	}
 }

@@ -432,9 +432,10 @@ func TestNameConflict(t *testing.T) {
 			}
 			c.waitConverged()
 			contend(t, ps, []string{"x"}, 1, 5)
-			// Serf logged the conflict on the member with the name
-			// too: not a reason for it to report one when its Serf
-			// stops later for another reason.
+			// The member with the name saw the newcomer's claim too
+			// (its conflictWatch passed it on): not a reason for it to
+			// report a conflict when its Serf stops later for another
+			// reason.
 			p := ps[n-1]
 			if err := p.serf.Shutdown(); err != nil {
 				t.Fatal(err)
@@ -539,7 +540,9 @@ func TestConnectionBreaks(t *testing.T) {
 // Leave with a context that has ended still leaves cleanly and the survivor
 // goes on. (The bug this guards, Serf shut down while its Leave runs, which
 // memberlist answers with a panic "leave after shutdown" seconds later, needs
-// a slow Leave that this test does not reliably produce: see peer.leave.)
+// a slow Leave that this test does not reliably produce: the lifecycle never
+// runs terminate while leaveSteps runs, and TestLifecycleEveryState kills
+// peers in the middle of a Leave held on purpose.)
 //
 // In plain mode: in majority mode a 2-peer cluster whose peer left without
 // the voters' agreement blocks, by design (TestTwoPeersLoseOne).
