@@ -202,7 +202,7 @@ func testMount(t testing.TB, fk *fakeLocker) (string, *rootNode) {
 		testutil.WaitFor(t, deadline, "mount idle (no grant, no waiter)", func() bool {
 			root.fs.mu.Lock()
 			defer root.fs.mu.Unlock()
-			return len(root.fs.open) == 0 && len(root.fs.use) == 0
+			return len(root.fs.open) == 0 && root.fs.names.idle()
 		})
 		if _, _, bad, _ := fk.counts(); bad != 0 {
 			t.Errorf("%d unlocks of grants not held", bad)
