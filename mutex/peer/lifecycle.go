@@ -13,30 +13,34 @@ import (
 
 // lifeState is where a peer is in its life. One goroutine, the lifecycle
 // goroutine ([Peer.lifecycle]), reads and changes it; everybody else asks it
-// through Peer.life and learns the end from Peer.stopped.
+// through Peer.life and learns the end from Peer.stopped. The transitions,
+// and no others:
 //
-//	starting ──joined──▶ joined ──Leave──▶ leaving ──steps over──▶ stopped
-//	    │                  │  ▲               │                     ▲
-//	    │                  │  └─ Serf down ───┤ kill: cut the       │
-//	    │                  │    (on its own)  │ steps short         │
-//	    └── Leave, Serf ───┼──────────────────┘                     │
-//	    │   down           │                                        │
-//	    └──────────────────┴──────── kill (or a failed Start) ───────┘
+//	from               on                                  to
+//	starting           Start's join is over (or none)      joined
+//	starting, joined   Leave, or Serf down on its own      leaving
+//	starting, joined   kill (a crash, or a failed Start)   stopped
+//	leaving            the leave's steps are over          stopped
+//	leaving            kill: the steps are cut short       (leaving)
+//	stopped            anything                            (stopped)
 //
-// The transitions, and nothing else:
-//   - starting → joined: Start's join is over (or there was none).
-//   - starting, joined → leaving: Leave, or Serf shut down on its own (the
-//     cause, [ErrSerfDown], is kept). The leave's steps (leaveSteps) run on
-//     a goroutine of their own while the lifecycle goroutine stays ready
-//     for a kill; the driver keeps answering peers until the steps are over.
-//   - starting, joined → stopped: kill, as a crash would: no core shutdown,
-//     no flush, no Serf leave.
-//   - leaving → stopped: the leave's steps are over. A kill while they run
-//     cancels their waits and skips Serf's Leave if it has not begun; the
-//     peer stops when the step under way returns. Serf is never shut down
-//     while its Leave runs (memberlist panics: "leave after shutdown").
-//   - stopped is final: every request is answered from what the peer left
-//     behind (Peer.end).
+// What each does:
+//   - Into leaving, the leave's steps (leaveSteps: withdraw everyone,
+//     leave the voters, flush the lock channel, leave Serf) start on a
+//     goroutine of their own, so that the lifecycle goroutine stays ready
+//     for a kill; the driver keeps answering peers until they are over.
+//     When Serf shut down on its own, the cause ([ErrSerfDown]) is kept,
+//     and the steps announce nothing: only the core's shutdown and a flush
+//     of a second at most.
+//   - A kill from starting or joined stops at once, as a crash would: no
+//     core shutdown, no flush, no Serf leave.
+//   - A kill while leaving cancels the steps' waits and skips Serf's Leave
+//     if it has not begun; the peer stops when the step under way returns.
+//     So Serf is never shut down while its Leave runs (memberlist panics:
+//     "leave after shutdown").
+//   - Into stopped (terminate, then publish): Serf shut down, the driver
+//     ended, the lock channel closed, and what the peer leaves behind
+//     recorded in Peer.end before Peer.stopped is closed.
 //
 // Leave and kill are safe from every state and idempotent: a second Leave
 // returns the first one's result, a Leave after a kill the cause (nil).
@@ -149,7 +153,7 @@ func (p *Peer) lifecycle(serfDown <-chan struct{}) {
 		case <-serfDown:
 			serfDown = nil
 			if state != stateStarting && state != stateJoined {
-				break // ours: leaving ends with Serf's shutdown
+				break // leaving: the steps go on, skipping Serf's Leave
 			}
 			cause = ErrSerfDown
 			p.setCause(cause)
