@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 )
 
 // cluster is a hand-driven set of cores for the rule tests: messages wait in
@@ -650,6 +651,31 @@ func TestDropCounters(t *testing.T) {
 	}
 	if got["other"] != 0 {
 		t.Errorf("a drop counted as other: %v", got)
+	}
+
+	// Majority mode's filters: a request from a member that is not a
+	// voter, and one sent under another voter set version.
+	q, err := New(Config{Name: "a", Incarnation: 1, Quorum: QuorumMajority, Lease: time.Second, LockDelay: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Bootstrap()
+	q.AddMember("b", 2)
+	q.Ready()
+	req := ok
+	req.Config = q.q.ver
+	if err := q.Step(req); !errors.Is(err, ErrNotVoter) {
+		t.Errorf("a request from a non-voter: %v", err)
+	}
+	req.Config++
+	if err := q.Step(req); !errors.Is(err, ErrConfig) {
+		t.Errorf("a request under another voter set: %v", err)
+	}
+	got = q.Status().Counters.DroppedBy
+	for _, k := range []string{"not a voter", "voter set version"} {
+		if got[k] != 1 {
+			t.Errorf("majority: dropped_by[%q] = %d, want 1 (all: %v)", k, got[k], got)
+		}
 	}
 }
 
