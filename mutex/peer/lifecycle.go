@@ -13,7 +13,7 @@ import (
 
 // lifeState is where a peer is in its life. One goroutine, the lifecycle
 // goroutine ([Peer.lifecycle]), reads and changes it; everybody else asks it
-// through Peer.life and learns the end from Peer.stopped. The transitions,
+// through Peer.life and learns the end from Peer.done. The transitions,
 // and no others:
 //
 //	from               on                                  to
@@ -40,7 +40,7 @@ import (
 //     "leave after shutdown").
 //   - Into stopped (terminate, then publish): Serf shut down, the driver
 //     ended, the lock channel closed, and what the peer leaves behind
-//     recorded in Peer.end before Peer.stopped is closed.
+//     recorded in Peer.end before Peer.done is closed.
 //
 // Leave and kill are safe from every state and idempotent: a second Leave
 // returns the first one's result, a Leave after a kill the cause (nil).
@@ -174,7 +174,7 @@ func (p *Peer) ask(r lifeReq) bool {
 	select {
 	case p.life <- r:
 		return true
-	case <-p.stopped:
+	case <-p.done:
 		return false
 	}
 }
@@ -208,7 +208,7 @@ func (p *Peer) lifeStateNow() lifeState {
 
 // Done is closed when the peer has stopped: after Leave, or on its own
 // (see [Peer.Err]).
-func (p *Peer) Done() <-chan struct{} { return p.stopped }
+func (p *Peer) Done() <-chan struct{} { return p.done }
 
 // Err returns why the peer stopped on its own ([ErrSerfDown]), or nil.
 func (p *Peer) Err() error {
@@ -238,7 +238,7 @@ func (p *Peer) ended() ending {
 // or a stop on its own it returns [Peer.Err].
 func (p *Peer) Leave(ctx context.Context) error {
 	p.ask(lifeReq{kind: lifeLeave, ctx: ctx})
-	<-p.stopped
+	<-p.done
 	return p.ended().result
 }
 
@@ -248,7 +248,7 @@ func (p *Peer) Leave(ctx context.Context) error {
 // tests and failed starts.
 func (p *Peer) kill() {
 	p.ask(lifeReq{kind: lifeKill})
-	<-p.stopped
+	<-p.done
 }
 
 // leaveSteps are the leave's steps, in order; it runs on a goroutine of its
@@ -308,11 +308,11 @@ func (p *Peer) terminate() (mutex.Status, error) {
 	return st, errors.Join(errs...)
 }
 
-// publish records what the stopped peer leaves behind and closes stopped.
+// publish records what the stopped peer leaves behind and closes done.
 func (p *Peer) publish(end ending) {
 	p.endMu.Lock()
 	end.cause = p.end.cause
 	p.end = end
 	p.endMu.Unlock()
-	close(p.stopped)
+	close(p.done)
 }

@@ -146,7 +146,7 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("peer: join %v: %w (last error: %v)", addrs, ctx.Err(), err)
-		case <-p.stopped:
+		case <-p.done:
 			t.Stop()
 			return fmt.Errorf("peer: join %v: %w", addrs, p.stoppedErr(p.Err()))
 		}
@@ -266,13 +266,13 @@ func (p *Peer) syncMembers(ctx context.Context) error {
 	case p.calls <- call{kind: callMembers, mems: p.serf.Members(), ack: ack}:
 	case <-ctx.Done():
 		return fmt.Errorf("peer: join: %w", ctx.Err())
-	case <-p.stopped:
+	case <-p.done:
 		return fmt.Errorf("peer: join: %w", ErrClosed)
 	}
 	select {
 	case <-ack:
 		return nil
-	case <-p.stopped:
+	case <-p.done:
 		return fmt.Errorf("peer: join: %w", ErrClosed)
 	}
 }
@@ -292,7 +292,7 @@ func (p *Peer) awaitVoter(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("peer: join: %w: the voters did not admit this peer (is a majority of them reachable?)", ctx.Err())
-		case <-p.stopped:
+		case <-p.done:
 			return fmt.Errorf("peer: join: %w", ErrClosed)
 		case <-time.After(10 * time.Millisecond):
 		}

@@ -58,12 +58,13 @@ type Peer struct {
 	nextOp atomic.Uint64
 
 	// The lifecycle (lifecycle.go): requests to the lifecycle goroutine,
-	// which closes stopped once the peer has stopped, after it recorded
-	// end (under endMu: Err reads the cause at any time).
-	life    chan lifeReq
-	stopped chan struct{}
-	endMu   sync.Mutex
-	end     ending
+	// which closes done once the peer has stopped (Serf, driver and lock
+	// channel all ended), after it recorded end (under endMu: Err reads
+	// the cause at any time).
+	life  chan lifeReq
+	done  chan struct{}
+	endMu sync.Mutex
+	end   ending
 
 	// Owned by the driver goroutine.
 	core       *mutex.Core
@@ -287,7 +288,7 @@ func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) (*Peer,
 		conflicts: make(chan serf.Member, 16),
 		calls:     make(chan call),
 		life:      make(chan lifeReq),
-		stopped:   make(chan struct{}),
+		done:      make(chan struct{}),
 		core:      core,
 		waiters:   make(map[mutex.OpenerID]waiter),
 		held:      make(map[mutex.OpenerID]string),
@@ -370,7 +371,7 @@ func (p *Peer) acquire(ctx context.Context, name string, try bool) (mutex.Grant,
 	case p.calls <- call{kind: callAcquire, op: op, lock: name, try: try, res: res}:
 	case <-ctx.Done():
 		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
-	case <-p.stopped:
+	case <-p.done:
 		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ErrClosed)
 	}
 	select {
@@ -383,10 +384,10 @@ func (p *Peer) acquire(ctx context.Context, name string, try bool) (mutex.Grant,
 		// Withdraw; if the grant came meanwhile, the driver releases it.
 		select {
 		case p.calls <- call{kind: callCancel, op: op}:
-		case <-p.stopped:
+		case <-p.done:
 		}
 		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
-	case <-p.stopped:
+	case <-p.done:
 		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ErrClosed)
 	}
 }
@@ -397,7 +398,7 @@ func (p *Peer) Unlock(g mutex.Grant) error {
 	errc := make(chan error, 1)
 	select {
 	case p.calls <- call{kind: callRelease, op: g.Opener, lock: g.Lock, errc: errc}:
-	case <-p.stopped:
+	case <-p.done:
 		return fmt.Errorf("peer: unlock %q: %w", g.Lock, ErrClosed)
 	}
 	select {
@@ -406,7 +407,7 @@ func (p *Peer) Unlock(g mutex.Grant) error {
 			return fmt.Errorf("peer: unlock %q: %w", g.Lock, err)
 		}
 		return nil
-	case <-p.stopped:
+	case <-p.done:
 		return fmt.Errorf("peer: unlock %q: %w", g.Lock, ErrClosed)
 	}
 }
@@ -418,13 +419,13 @@ func (p *Peer) Names() []string {
 	res := make(chan []string, 1)
 	select {
 	case p.calls <- call{kind: callNames, names: res}:
-	case <-p.stopped:
+	case <-p.done:
 		return p.finalNames()
 	}
 	select {
 	case n := <-res:
 		return n
-	case <-p.stopped:
+	case <-p.done:
 		return p.finalNames()
 	}
 }
@@ -445,13 +446,13 @@ func (p *Peer) coreStatus() mutex.Status {
 	res := make(chan mutex.Status, 1)
 	select {
 	case p.calls <- call{kind: callStatus, status: res}:
-	case <-p.stopped:
+	case <-p.done:
 		return p.ended().final
 	}
 	select {
 	case s := <-res:
 		return s
-	case <-p.stopped:
+	case <-p.done:
 		return p.ended().final
 	}
 }

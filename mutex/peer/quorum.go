@@ -119,7 +119,7 @@ func (p *Peer) leaveVoters(ctx context.Context) error {
 	ack := make(chan struct{})
 	select {
 	case p.calls <- call{kind: callLeaveVoters, ack: ack}:
-	case <-p.stopped:
+	case <-p.done:
 		return nil
 	}
 	_, delay := leaseTimes(p.profile)
@@ -128,7 +128,7 @@ func (p *Peer) leaveVoters(ctx context.Context) error {
 	select {
 	case <-ack:
 		return nil
-	case <-p.stopped:
+	case <-p.done:
 		return nil
 	case <-t.C:
 	case <-ctx.Done():
@@ -154,7 +154,7 @@ func (p *Peer) Forget(ctx context.Context, node string, force bool) error {
 		errc := make(chan error, 1)
 		select {
 		case p.calls <- call{kind: callForget, lock: node, try: force, errc: errc}:
-		case <-p.stopped:
+		case <-p.done:
 			return fmt.Errorf("peer: forget %q: %w", node, ErrClosed)
 		case <-ctx.Done():
 			return fmt.Errorf("peer: forget %q: %w", node, ctx.Err())
@@ -162,7 +162,7 @@ func (p *Peer) Forget(ctx context.Context, node string, force bool) error {
 		var err error
 		select {
 		case err = <-errc:
-		case <-p.stopped:
+		case <-p.done:
 			return fmt.Errorf("peer: forget %q: %w", node, ErrClosed)
 		}
 		// Not yet declared or not yet leased: wait and try again.
