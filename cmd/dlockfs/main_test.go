@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dlockfs/dlockfs/fs"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // binary is the dlockfs binary built once by TestMain for the black-box tests.
@@ -52,7 +53,6 @@ func TestMain(m *testing.M) {
 const (
 	startTimeout = 30 * time.Second // a mount prints its line
 	stopTimeout  = 30 * time.Second // a child exits after a signal
-	pollEvery    = 20 * time.Millisecond
 )
 
 // result is a finished child process.
@@ -104,38 +104,15 @@ func wantCode(t *testing.T, r result, code int, what string) {
 	}
 }
 
-// waitFor polls cond until it holds or d passes.
+// waitFor polls cond until it holds or d passes (testutil.WaitFor).
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(pollEvery)
-	}
+	testutil.WaitFor(t, d, what, cond)
 }
 
 // freeAddr returns 127.0.0.1:PORT with PORT free for TCP and UDP (Serf
 // needs both) at the time of the call.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free TCP+UDP port on 127.0.0.1 in 50 tries")
-	return ""
-}
+func freeAddr(t *testing.T) string { t.Helper(); return testutil.FreeAddr(t) }
 
 // isMountpoint reports whether dir is a mount point now.
 func isMountpoint(t *testing.T, dir string) bool {

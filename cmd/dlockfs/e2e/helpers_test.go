@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +19,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // Bounds of the waits. None of them is a timing assertion: each only turns
@@ -33,19 +33,11 @@ const (
 	pollEvery     = 5 * time.Millisecond
 )
 
-// waitFor polls cond until it holds or d passes, and returns how long it
-// took.
+// waitFor polls cond until it holds or d passes (testutil.WaitFor), and
+// returns how long it took.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(pollEvery)
-	}
-	return time.Since(start)
+	return testutil.WaitFor(t, d, what, cond)
 }
 
 // nowMicros is the wall clock in microseconds, the clock of bash's
@@ -72,23 +64,8 @@ func parseMicros(s string) (int64, error) {
 // ms formats a duration in microseconds as milliseconds.
 func ms(us int64) string { return fmt.Sprintf("%.1f ms", float64(us)/1000) }
 
-// syncBuffer is a bytes.Buffer safe for one writer and many readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer = testutil.SyncBuffer
 
 // proc is a child process in its own process group, its stdout collected
 // line by line. It is killed (its group, by PGID) when its time limit
@@ -294,24 +271,7 @@ func run(t *testing.T, limit time.Duration, argv ...string) (int, string, string
 
 // freeAddr returns 127.0.0.1:PORT with PORT free for TCP and UDP (Serf
 // needs both) at the time of the call.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free TCP+UDP port on 127.0.0.1 in 50 tries")
-	return ""
-}
+func freeAddr(t *testing.T) string { t.Helper(); return testutil.FreeAddr(t) }
 
 // mounted reports whether dir is a mount point (per /proc/self/mountinfo).
 func mounted(dir string) bool {
