@@ -180,6 +180,9 @@ type frameReader struct {
 	timeout time.Duration // from a frame's first byte to its last
 	hdr     [headerLen]byte
 	buf     []byte
+	// send is the other direction's cipher, set by serverHandshake (a
+	// query connection writes its answer with it).
+	send *frameCipher
 }
 
 // read returns the next payload, valid until the next call. Unless the

@@ -76,6 +76,10 @@ func (t *Transport) serveInbound(conn net.Conn) {
 		}
 		return
 	}
+	if h.query != 0 {
+		t.serveQuery(conn, fr.send, h, remote) // not a lock connection
+		return
+	}
 	t.st.accepts.Add(1)
 	ic := &inConn{conn: conn, remote: remote, key: key}
 	t.registerInbound(h.Name, ic)
@@ -244,7 +248,8 @@ func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameRead
 		}
 	}
 	fr.c = recv
-	h, err := decodeHello(payload, kindHello)
+	h, what, err := decodeClientOpen(payload)
+	h.query = what
 	if err != nil {
 		return fail(fmt.Errorf("%w: hello: %w", errHandshake, err))
 	}
@@ -258,6 +263,7 @@ func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameRead
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		return fail(fmt.Errorf("transport: clear deadline: %w", err))
 	}
+	fr.send = send
 	return fr, h, key, nil
 }
 

@@ -102,6 +102,7 @@ type Transport struct {
 	progress     chan struct{} // closed and replaced when a send queue progresses
 	flushWaiters atomic.Int32
 
+	status    statusHandler // answers status queries (query.go)
 	st        counters
 	warns     warnLimiter
 	closeOnce sync.Once
