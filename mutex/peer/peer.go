@@ -240,6 +240,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		}
 	}
 	go p.run(s.ShutdownCh())
+	p.serveStatusQueries() // cluster.go
 
 	if !p.encrypted {
 		log.Warn("no cluster key: gossip and lock messages are plaintext")
