@@ -200,6 +200,7 @@ Exit codes: 0 clean shutdown, 2 usage, 10 mountpoint problem, 11 join failed,
 
 const helpStatus = `Usage: dlockfs status [--json] MOUNTPOINT
        dlockfs status --watch [--interval D] [--count N] MOUNTPOINT
+       dlockfs status --cluster [--json] [--timeout D] [--control PATH] MOUNTPOINT
 
 Show what the peer behind MOUNTPOINT knows: itself, the members (name, Serf
 address, lock-channel address, alive/failed/left), every lock it has state
@@ -217,7 +218,21 @@ unblocks it (run it only if that node is gone for good).
 
 "holder" is this node's name when it holds the lock, else empty: in
 Ricart-Agrawala no node knows who else holds a lock, only that it was not
-yet granted permission.
+yet granted permission. To see who holds a lock anywhere, use --cluster.
+
+With --cluster the mount asks every alive member, over the lock channel, for
+its view of the locks, waits up to --timeout (default 2s) for the answers and
+prints them merged: for each lock the holder (the member that says it holds
+it; SEVERAL if more than one does), its fencing token, the queue of members
+requesting it in request order (NODE@LAMPORT-TIMESTAMP, the order
+Ricart-Agrawala grants in), and each member's own view. A member that does
+not answer in time (paused, overloaded, cut off) is listed as NO ANSWER and
+named on a NOT ANSWERING line: its holds and requests are missing, so a lock
+without a holder is known to be free only when every member answered
+("complete": true in --json). Failed and left members are listed, not asked.
+The request goes to the mount's control socket (MOUNTPOINT.sock, or
+--control PATH), as for 'dlockfs keys'; MOUNTPOINT/.status stays this node's
+own view. Exit 0 even when some member did not answer.
 
 With --watch the tables are shown again every --interval until Ctrl-C
 (SIGINT or SIGTERM, exit 0). On a terminal each snapshot replaces the last
@@ -231,12 +246,17 @@ Flags:
   --watch         refresh the tables every --interval
   --interval D    time between snapshots with --watch (default 2s)
   --count N       stop after N snapshots (default 0: until interrupted)
+  --cluster       ask every member and merge their views (see above)
+  --timeout D     with --cluster: how long the members have to answer (default 2s)
+  --control PATH  with --cluster: the mount's control socket (default MOUNTPOINT.sock)
 
 Examples:
   dlockfs status /run/dlockfs
   dlockfs status --watch --interval 1s /run/dlockfs
   dlockfs status --watch --interval 10s /run/dlockfs >>/var/log/dlockfs-status.log
   dlockfs status --json /run/dlockfs | jq '.locks[] | select(.state=="holding")'
+  dlockfs status --cluster /run/dlockfs
+  dlockfs status --cluster --json /run/dlockfs | jq -r '.locks[] | select(.name=="deploy") | .holder'
 
 Exit codes: 0 ok, 16 not a live dlockfs mount, 1 other.
 `

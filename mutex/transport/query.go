@@ -128,7 +128,7 @@ func (t *Transport) QueryStatus(ctx context.Context, name string) (StatusAnswer,
 	ans, err := t.queryConn(conn, name, inc)
 	if err != nil {
 		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
+			err = ctx.Err() // the connection's error only says it was closed
 		}
 		return StatusAnswer{}, fmt.Errorf("transport: query %q at %s: %w", name, addr, err)
 	}
