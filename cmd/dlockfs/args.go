@@ -58,7 +58,7 @@ type mountConfig struct {
 	lockBind      string // "" = bind IP, Serf port + 1 (the peer's default)
 	lockAdvertise string
 	join          []string
-	joinTimeout   time.Duration // 0 = retry forever
+	joinTimeout   time.Duration // 0 = one attempt (jointimeout.go)
 	gossip        string
 	keyFile       string
 	control       string // control socket; "" = MOUNTPOINT.sock, "none" = no socket
@@ -202,7 +202,7 @@ func parseMount(cfg *config, args []string) error {
 		return usagef("--drain-timeout %v: must not be negative (0 = do not wait for holders)", m.drainTimeout)
 	}
 	if m.joinTimeout < 0 {
-		return usagef("--join-timeout %v: must not be negative (0 = retry forever)", m.joinTimeout)
+		return usagef("--join-timeout %v: must not be negative (0 = one attempt)", m.joinTimeout)
 	}
 	return nil
 }

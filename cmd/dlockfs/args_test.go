@@ -44,7 +44,7 @@ func TestParseArgs(t *testing.T) {
 			withMount(func(m *mountConfig) { m.join = []string{"10.0.0.2:7000", "10.0.0.3:7946", "[::1]:7001", "[::1]:7946"} }), ""},
 		{"mount control socket", []string{"mount", "--control", "/run/x.sock", "/mnt/x"},
 			withMount(func(m *mountConfig) { m.control = "/run/x.sock" }), ""},
-		{"mount join forever", []string{"mount", "--join-timeout", "0", "/mnt/x"},
+		{"mount join once", []string{"mount", "--join-timeout", "0", "/mnt/x"},
 			withMount(func(m *mountConfig) { m.joinTimeout = 0 }), ""},
 		{"mount -- before a dash mountpoint", []string{"mount", "--debug", "--", "-odd"},
 			config{cmd: "mount", mount: func() mountConfig { m := mountDefaults("-odd"); m.debug = true; return m }()}, ""},

@@ -101,7 +101,8 @@ Flags:
                          or separate by commas. Tried with backoff until one
                          answers. Without --join this node starts a new cluster.
   --join-timeout DUR     give up joining after DUR, exit 11 (default 1m;
-                         0 = retry forever)
+                         0 = try each address once and exit 11 at once if
+                         none answers; for no limit give a long DUR: 8760h)
   --gossip PROFILE       failure-detection profile, the same on every node
                          (default lan):
                            lan   detects a dead node in ~5 s (Serf LAN defaults)

@@ -56,6 +56,7 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	pc.LockAddr = m.lockBind
 	pc.LockAdvertise = m.lockAdvertise
 	pc.Join = m.join
+	pc.JoinAttempts = joinAttempts(m)
 	pc.Profile = m.gossip
 	pc.Key = key
 	pc.KeepPermissions = m.fastPath
@@ -129,10 +130,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	}()
 
 	// Join.
-	joinCtx, cancelJoin := stopCtx, context.CancelFunc(func() {})
-	if m.joinTimeout > 0 && len(m.join) > 0 {
-		joinCtx, cancelJoin = context.WithTimeout(stopCtx, m.joinTimeout)
-	}
+	joinCtx, cancelJoin, joinBound := joinContext(stopCtx, m)
 	p, err := peer.Start(joinCtx, pc)
 	joinTimedOut := joinCtx.Err() != nil && stopCtx.Err() == nil
 	cancelJoin()
@@ -141,8 +139,10 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		fmt.Fprintf(e.stderr, "dlockfs mount: stopped by signal before joining the cluster\n")
 		return nil
 	case err != nil && joinTimedOut:
-		return codef(exitJoin, "no member answered at %s within --join-timeout %v: %w",
-			strings.Join(m.join, ", "), m.joinTimeout, err)
+		return codef(exitJoin, "no member answered at %s %s: %w",
+			strings.Join(m.join, ", "), joinBound, err)
+	case errors.Is(err, peer.ErrNoJoin):
+		return codef(exitJoin, "%w (--join-timeout 0 tries each address once; give a duration to retry)", err)
 	case errors.Is(err, peer.ErrNotGossipPort):
 		return codef(exitJoin, "%w", err)
 	case errors.Is(err, peer.ErrKeyMismatch):

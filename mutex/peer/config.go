@@ -125,6 +125,10 @@ type Config struct {
 	// retries them with backoff until one answers or its ctx ends. Empty
 	// starts a new cluster.
 	Join []string
+	// JoinAttempts bounds the attempts to join (each tries every Join
+	// address once); when they all fail Start returns [ErrNoJoin]. 0
+	// retries until Start's ctx ends.
+	JoinAttempts int
 	// Profile selects Serf's timers: [ProfileLAN] (default),
 	// [ProfileWAN] or [ProfileFast].
 	Profile string
@@ -202,6 +206,9 @@ func (c Config) Validate() error {
 	check("AdvertiseAddr", c.AdvertiseAddr, false)
 	check("LockAddr", c.LockAddr, false)
 	check("LockAdvertise", c.LockAdvertise, false)
+	if c.JoinAttempts < 0 {
+		errs = append(errs, fmt.Errorf("peer: config: JoinAttempts %d is negative (0 = until ctx ends)", c.JoinAttempts))
+	}
 	for i, j := range c.Join {
 		if j == "" {
 			errs = append(errs, fmt.Errorf("peer: config: Join[%d] is empty", i))

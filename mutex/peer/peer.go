@@ -54,7 +54,8 @@ type Peer struct {
 	joining  atomic.Bool // join runs: a name conflict Serf logs is ours
 	conflict atomic.Bool // Serf logged a name conflict while joining
 
-	tcpTimeout time.Duration // memberlist's TCPTimeout: bounds one join exchange
+	tcpTimeout   time.Duration // memberlist's TCPTimeout: bounds one join exchange
+	joinAttempts int           // Config.JoinAttempts
 
 	calls    chan call
 	stop     chan struct{} // closed to end the driver
@@ -176,6 +177,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		return nil, err
 	}
 	p.encrypted = keyring != nil
+	p.joinAttempts = cfg.JoinAttempts
 	p.keyring = keyring
 	if len(cfg.Join) == 0 {
 		p.core.Bootstrap() // a new cluster, or our own voter set from StateDir
