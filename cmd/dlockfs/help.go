@@ -204,7 +204,8 @@ const helpStatus = `Usage: dlockfs status [--json] MOUNTPOINT
        dlockfs status --cluster [--json] [--timeout D] [--control PATH] MOUNTPOINT
 
 Show what the peer behind MOUNTPOINT knows: itself, the members (name, Serf
-address, lock-channel address, alive/failed/left), every lock it has state
+address, lock-channel address, alive/failed/left; a member that left is
+dropped 5 minutes later, a failed one after 24 h), every lock it has state
 for (state idle/requesting/holding, holder, fencing token, local waiters,
 peers whose requests it defers; a lock with nothing left to do is forgotten)
 and message counters. Reads MOUNTPOINT/.status.

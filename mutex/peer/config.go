@@ -129,6 +129,10 @@ type Config struct {
 	// address once); when they all fail Start returns [ErrNoJoin]. 0
 	// retries until Start's ctx ends.
 	JoinAttempts int
+	// LeftMemberTimeout is how long a member that left stays listed (as
+	// left) before it is forgotten; 0 means [LeftMemberTimeout]. Failed
+	// members stay for Serf's reconnect window (24 h).
+	LeftMemberTimeout time.Duration
 	// Profile selects Serf's timers: [ProfileLAN] (default),
 	// [ProfileWAN] or [ProfileFast].
 	Profile string
@@ -206,6 +210,9 @@ func (c Config) Validate() error {
 	check("AdvertiseAddr", c.AdvertiseAddr, false)
 	check("LockAddr", c.LockAddr, false)
 	check("LockAdvertise", c.LockAdvertise, false)
+	if c.LeftMemberTimeout < 0 {
+		errs = append(errs, errors.New("peer: config: LeftMemberTimeout is negative (0 = the default)"))
+	}
 	if c.JoinAttempts < 0 {
 		errs = append(errs, fmt.Errorf("peer: config: JoinAttempts %d is negative (0 = until ctx ends)", c.JoinAttempts))
 	}

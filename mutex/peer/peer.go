@@ -217,6 +217,11 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// Serf's 24 h, so status stops listing it. Failed members keep Serf's
 	// ReconnectTimeout (24 h): they may come back, and may be voters.
 	sc.TombstoneTimeout = LeftMemberTimeout
+	if cfg.LeftMemberTimeout > 0 {
+		sc.TombstoneTimeout = cfg.LeftMemberTimeout
+		// Serf reaps every 15 s: a shorter timeout is checked oftener.
+		sc.ReapInterval = min(sc.ReapInterval, max(cfg.LeftMemberTimeout/4, 10*time.Millisecond))
+	}
 	// Serf's queries (only its KeyManager's: key rotation) time out after
 	// GossipInterval × QueryTimeoutMult × log10(N+1): 160 ms with the fast
 	// profile's 10 ms gossip, short enough for a loaded host to miss an
