@@ -65,8 +65,16 @@
 // opens it with each installed key in turn, primary first, and answers
 // under the key that opened it. So once a new key is installed everywhere,
 // any peer may make it primary; established connections keep their session
-// keys through install and use, and new connections use the primary key.
-// When a key is removed, the connections whose handshake used it are closed
+// keys through install, and new connections use the primary key. When the
+// primary key changes (use), each established outgoing connection switches
+// to it in band, without being dropped ([Transport.Rekey], within 20 ms of
+// the change): the client sends a rekey frame naming the new key (by
+// [KeyID]) with a fresh nonce, and both ends derive the next session key
+// from the new key, the server's challenge and that nonce, the frame
+// counters starting again (see rekey.go). A server without the named key
+// closes the connection. So a rotation moves every lock connection to the
+// new key with no reconnection and no lock message waiting for one. When a
+// key is removed, any connection still on it is closed
 // ([Transport.CheckKeys], run every [Config.KeyCheckInterval]), outgoing
 // ones redialled at once with the primary key: after a rotation no channel
 // is left on the old key, and a peer that only has it cannot connect.

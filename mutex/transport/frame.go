@@ -116,6 +116,9 @@ type frameCipher struct {
 	aead  cipher.AEAD
 	nonce [12]byte
 	ctr   uint64
+	// challenge is the server's random bytes of the connection, from
+	// which an in-band rekey derives the next session key (rekey.go).
+	challenge [nonceLen]byte
 }
 
 func newFrameCipher(sessKey []byte, dir uint32) (*frameCipher, error) {

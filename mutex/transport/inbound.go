@@ -112,6 +112,14 @@ func (t *Transport) serveInbound(conn net.Conn) {
 			t.inboundError(err, remote, h.Name)
 			return
 		}
+		if len(payload) > 0 && payload[0]&0x0f == kindQuery {
+			// A control frame: an in-band rekey (rekey.go).
+			if err := t.serverRekey(fr, ic, payload); err != nil {
+				t.inboundError(err, remote, h.Name)
+				return
+			}
+			continue
+		}
 		m, err := decodeMessage(payload, intern)
 		if err == nil && (m.From != h.Name || m.FromIncarnation != h.Incarnation || m.To != self) {
 			err = fmt.Errorf("%w: %v (hello %s/%d)", errIdentity, m, h.Name, h.Incarnation)
@@ -240,6 +248,7 @@ func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameRead
 			if send, err = newFrameCipher(sk, dirServerToClient); err != nil {
 				return fail(err)
 			}
+			r.challenge = mine.nonce
 			key, recv, payload = k, r, p
 			break
 		}

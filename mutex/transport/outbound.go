@@ -32,6 +32,7 @@ type peer struct {
 	name   string
 	q      chan mutex.Message
 	kick   chan struct{} // retarget: drop the connection and redial now
+	rekey  chan struct{} // the primary key changed: switch to it in band (rekey.go)
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -54,9 +55,10 @@ func newPeer(parent context.Context, name string, inc uint64, addr string, queue
 	ctx, cancel := context.WithCancel(parent)
 	return &peer{
 		name: name, inc: inc, addr: addr,
-		q:    make(chan mutex.Message, queueLen),
-		kick: make(chan struct{}, 1),
-		ctx:  ctx, cancel: cancel,
+		q:     make(chan mutex.Message, queueLen),
+		kick:  make(chan struct{}, 1),
+		rekey: make(chan struct{}, 1),
+		ctx:   ctx, cancel: cancel,
 	}
 }
 
@@ -268,6 +270,18 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 			return errBroken
 		case <-p.kick:
 			return errRetarget
+		case <-p.rekey:
+			if err := conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
+				return fmt.Errorf("transport: set write deadline: %w", err)
+			}
+			var err error
+			if send, err = t.rekeyIfNeeded(p, bw, send); err == nil {
+				err = bw.Flush()
+			}
+			if err != nil {
+				return fmt.Errorf("transport: rekey: %w", err)
+			}
+			continue
 		case <-p.ctx.Done():
 			return p.ctx.Err()
 		}
@@ -279,6 +293,15 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 		}
 		n, bytes := 1, 0
 		types = append(types[:0], m.Type)
+		// A batch goes out on the primary key: a busy connection
+		// switches at once, before the poll of watchPrimary.
+		var err error
+		if send, err = t.rekeyIfNeeded(p, bw, send); err != nil {
+			t.st.droppedUnsent.Add(1)
+			p.settled.Add(1)
+			t.notifyProgress()
+			return fmt.Errorf("transport: rekey: %w", err)
+		}
 		w, err := writeMessage(bw, scratch, send, m)
 		bytes += w
 	batch:
@@ -383,6 +406,7 @@ func (t *Transport) clientOpen(conn net.Conn, br *bufio.Reader, bw *bufio.Writer
 	if err != nil {
 		return nil, nil, err
 	}
+	send.challenge, recv.challenge = theirs.nonce, theirs.nonce
 	buf := open([]byte{0, 0, 0, 0})
 	if _, err := bw.Write(send.seal(buf)); err != nil {
 		return nil, nil, err
