@@ -137,12 +137,19 @@ Flags:
                          keep rising and the voters are not forgotten across
                          restarts (default /var/lib/dlockfs/NODENAME; made
                          if missing, mode 0700; checked to be writable at
-                         start, else exit 1). Unused with --quorum none.
+                         start, else exit 1). With --key-file it also keeps
+                         the keyring, DIR/keyring.json (so also with
+                         --quorum none); otherwise unused with --quorum none.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A
                          file readable by group or others gives a warning.
-                         Rotate keys while running with 'dlockfs keys'.
+                         Rotate keys while running with 'dlockfs keys'. The
+                         keyring is kept in --state-dir/keyring.json (mode
+                         0600, rewritten at every 'dlockfs keys' change); at
+                         start, when that file exists, it is the keyring and
+                         FILE only created it, so a restart after a rotation
+                         keeps the rotated keys.
   --control PATH         unix socket for 'dlockfs keys' (mode 0600; default
                          MOUNTPOINT.sock, e.g. /run/dlockfs.sock; "none": no
                          socket). The default only warns if it cannot be made.
@@ -356,9 +363,9 @@ Operations:
                 new lock connections), not yet used to send
   use KEY       make an installed KEY the primary key on every member: new
                 gossip and new lock connections use it; established lock
-                connections carry on with the session keys they have
-  remove KEY    remove KEY from every member; lock connections made with it
-                are closed and redialled with the primary key (within 1 s on
+                connections switch to it in band, without a reconnection
+  remove KEY    remove KEY from every member; a lock connection still on it
+                is closed and redialled with the primary key (within 1 s on
                 each member). Removing the primary key is refused.
 
 KEY is base64 of 16, 24 or 32 bytes ('dlockfs keygen'), or - to read it from
@@ -368,9 +375,14 @@ A rotation, run on any one member:
   new=$(dlockfs keygen)
   dlockfs keys install "$new" && dlockfs keys use "$new" && dlockfs keys remove "$old"
 
-Then write the new key into every member's --key-file: a member started
-later with the old key is refused (exit 11). A member that is down during
-the rotation misses it, and cannot rejoin with the old key once removed.
+Each member keeps its keyring in --state-dir/keyring.json, written before
+it answers each operation, and a restart uses that file over --key-file: a
+member restarted after the rotation keeps the new key. A new member (no
+keyring file yet) needs the new key in its --key-file, else it is refused
+(exit 11); so does a member whose --state-dir was lost. Write the new key
+into every --key-file too. A member that is down during the rotation misses
+it, and cannot rejoin with the old key once removed: give it the new key
+file and remove its keyring.json.
 
 Flags:
   --control PATH  the mount's control socket (default /run/dlockfs.sock)

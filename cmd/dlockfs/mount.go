@@ -68,6 +68,11 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	if pc.StateDir == "" {
 		pc.StateDir = filepath.Join(defaultStateDirBase, pc.Name)
 	}
+	if len(key) > 0 {
+		// The keyring survives restarts (a rotation is not undone by
+		// the --key-file at the next start).
+		pc.KeyringFile = filepath.Join(pc.StateDir, keyringFileName)
+	}
 	pc.Logger = log.With("component", "peer")
 	return pc
 }
@@ -102,7 +107,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	if err := pc.Validate(); err != nil {
 		return &usageError{err: err}
 	}
-	if pc.Quorum == peer.QuorumMajority {
+	if pc.Quorum == peer.QuorumMajority || pc.KeyringFile != "" {
 		if err := checkStateDir(pc.StateDir); err != nil {
 			return err
 		}

@@ -143,6 +143,11 @@ type Config struct {
 	// once (key rotation without a restart); a peer started later needs
 	// the key the cluster uses by then.
 	Key []byte
+	// KeyringFile, if set with a Key, keeps the keyring across restarts:
+	// Serf rewrites it at every key operation, and at start it is the
+	// keyring when it exists (Key then only creates it). See
+	// keyringfile.go.
+	KeyringFile string
 	// KeepPermissions enables the Roucairol–Carvalho optimisation: a
 	// permission received is kept until another peer asks for it, so
 	// repeated uncontended locking sends no message.

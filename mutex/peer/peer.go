@@ -150,11 +150,9 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// One keyring for gossip and the lock channel: Serf's KeyManager
 	// changes it on every member, and the lock channel reads it at each
 	// handshake (see keys.go).
-	var keyring *memberlist.Keyring
-	if len(cfg.Key) > 0 {
-		if keyring, err = memberlist.NewKeyring(nil, append([]byte(nil), cfg.Key...)); err != nil {
-			return nil, fmt.Errorf("peer: keyring: %w", err)
-		}
+	keyring, err := loadKeyring(cfg, log) // keyringfile.go
+	if err != nil {
+		return nil, err
 	}
 	tc := transportConfig{
 		Name:          cfg.Name,
@@ -206,6 +204,9 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	sc.LogOutput = nil
 	sc.Logger = serfLog
 	sc.MemberlistConfig = mc
+	if keyring != nil {
+		sc.KeyringFile = cfg.KeyringFile // Serf rewrites it at each key operation (keyringfile.go)
+	}
 	sc.LeavePropagateDelay = leaveDelay
 	// Serf's own resolution is a vote that, in a cluster of two, shuts
 	// down both nodes (neither gets a majority of zero answers). We keep

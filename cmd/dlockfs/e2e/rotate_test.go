@@ -76,7 +76,8 @@ func (n *node) control() string { return n.dir + ".sock" }
 // rotation stalls no lock round: no lock connection is lost, made or
 // accepted and no lock message lost while it runs (each connection moves
 // to the new key in band). The longest time with no holder, during the
-// rotation and before it, is logged. Afterwards a peer with only the old key cannot join (exit 11),
+// rotation and before it, is logged. Afterwards a peer restarted with its
+// old --key-file comes back with the keyring kept in its --state-dir. Afterwards a peer with only the old key cannot join (exit 11),
 // and the old key no longer opens a lock channel while the new one does.
 func TestKeyRotation(t *testing.T) {
 	needEnv(t)
@@ -277,5 +278,24 @@ func TestKeyRotation(t *testing.T) {
 		}
 		t.Logf("lock channel of a with the %s key: %d connects, %d handshake failures", tc.name, s.Connects, s.HandshakeFailures)
 		tr.Close()
+	}
+
+	// c restarts with its old --key-file: the keyring kept in its
+	// --state-dir has the new key, so it rejoins and locks.
+	nodes[2].term(t)
+	c := nodes[2].restart(t)
+	if !strings.Contains(c.line, ", encrypted") {
+		t.Fatalf("restarted c's line %q does not say encrypted", c.line)
+	}
+	if !strings.Contains(c.p.stderr.String(), "rotated away") {
+		t.Errorf("restarted c does not say it uses its keyring file over the rotated-away --key-file:\n%s", c.p.stderr.String())
+	}
+	waitConverged(t, startTimeout, []*node{nodes[0], nodes[1], c})
+	if code, _, errOut := dlockfs(t, 30*time.Second, "lock", "--timeout", "20s", c.dir, "--", "true"); code != 0 {
+		t.Fatalf("lock on c restarted after the rotation: exit %d\n%s", code, errOut)
+	}
+	code, out, errOut = run(t, 30*time.Second, suite.binary, "keys", "--control", c.control(), "list")
+	if code != 0 || strings.Contains(out, oldKey) || !strings.Contains(out, newKey) {
+		t.Errorf("keys list on restarted c: exit %d, want only the new key:\n%s\n%s", code, out, errOut)
 	}
 }
