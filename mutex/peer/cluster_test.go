@@ -31,9 +31,19 @@ func TestClusterStatus(t *testing.T) {
 		waited <- err
 	}()
 	var cs ClusterStatus
+	// The members' snapshots are not taken at one instant: wait until
+	// b's request has reached a (a defers it) as well.
 	waitFor(t, 5*time.Second, "c to see b queued behind a", func() bool {
 		cs = cc.ClusterStatus(context.Background(), 2*time.Second)
-		return len(cs.Locks) == 1 && len(cs.Locks[0].Queue) == 1
+		if len(cs.Locks) != 1 || len(cs.Locks[0].Queue) != 1 {
+			return false
+		}
+		for _, v := range cs.Locks[0].Views {
+			if v.Node == a.Node() && len(v.Queued) == 1 {
+				return true
+			}
+		}
+		return false
 	})
 	if !cs.Complete || cs.Node != cc.Node() || len(cs.Peers) != 3 {
 		t.Fatalf("cluster status: %+v", cs)
