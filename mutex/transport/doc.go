@@ -79,6 +79,21 @@
 // ones redialled at once with the primary key: after a rotation no channel
 // is left on the old key, and a peer that only has it cannot connect.
 //
+// # Status queries
+//
+// [Transport.QueryStatus] asks a peer for its view of the locks (the
+// cluster status of dlockfs status --cluster) on a short-lived connection
+// of its own to the peer's lock port: the same preamble, keys and session
+// key derivation, but a query open (kind 13, with its own version byte)
+// instead of a hello, answered by the welcome and one or more answer
+// frames, after which the server closes it. It is not a lock connection:
+// the client's lock connection stays as it is, and nothing reaches
+// Incoming. The server answers with the function set by
+// [Transport.HandleStatus], on the connection's goroutine; the client
+// waits until its context ends, so a paused peer (whose kernel still
+// accepts the TCP connection) costs the caller its deadline and no more.
+// See query.go for the layout.
+//
 // # Bad input
 //
 // A connection that sends garbage, a frame over the size limit, a frame that

@@ -183,3 +183,49 @@ func TestQueryStatusSilentPeer(t *testing.T) {
 		t.Fatalf("err = %v, want the deadline", err)
 	}
 }
+
+// TestRekeyMalformed: a rekey frame that is truncated, too long, of
+// another version or on a plaintext connection is refused (the caller
+// closes the connection); one naming an unknown key is refused as
+// unauthenticated.
+func TestRekeyMalformed(t *testing.T) {
+	tr := newT(t, "a", nil, withKeyring(newKeyring(t, key1)))
+	sess, err := newFrameCipher(sessionKey(key1, [nonceLen]byte{1}, [nonceLen]byte{2}), dirClientToServer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := func() []byte {
+		b := []byte{wireVersion<<4 | kindQuery, queryRekey, queryVersion}
+		b = append(b, make([]byte, nonceLen)...)
+		id := keyIDBytes(key1)
+		return append(b, id[:]...)
+	}
+	unknown := good()
+	id2 := keyIDBytes(key2)
+	copy(unknown[len(unknown)-keyIDLen:], id2[:])
+	for name, tc := range map[string]struct {
+		payload []byte
+		plain   bool
+		want    error
+	}{
+		"truncated": {payload: good()[:10], want: errMalformed},
+		"trailing":  {payload: append(good(), 0), want: errMalformed},
+		"version":   {payload: append([]byte{wireVersion<<4 | kindQuery, queryRekey, 9}, good()[3:]...), want: errMalformed},
+		"query op":  {payload: append([]byte{wireVersion<<4 | kindQuery, queryAnswer}, good()[2:]...), want: errMalformed},
+		"plaintext": {payload: good(), plain: true, want: errMalformed},
+		"unknown":   {payload: unknown, want: errAuth},
+	} {
+		fr := &frameReader{c: sess}
+		if tc.plain {
+			fr.c = &frameCipher{}
+		}
+		ic := &inConn{key: key1}
+		if err := tr.serverRekey(fr, ic, tc.payload); !errors.Is(err, tc.want) {
+			t.Errorf("%s: err = %v, want %v", name, err, tc.want)
+		}
+	}
+	fr, ic := &frameReader{c: sess}, &inConn{key: key1}
+	if err := tr.serverRekey(fr, ic, good()); err != nil || fr.c == sess {
+		t.Fatalf("a good rekey: err %v, cipher switched %v", err, fr.c != sess)
+	}
+}
