@@ -26,7 +26,11 @@ import (
 // key closes nothing: no lock message waits for a reconnection, and no
 // hand-over takes more than its own round. A server that predates
 // rekeying closes the connection on the unknown frame; the client redials
-// with the primary key, as it did before rekeying existed.
+// with the primary key, as it did before rekeying existed. A "use" of a
+// key that some member lacks (its install failed there) therefore breaks
+// the lock connections to that member at once, as it breaks Serf's gossip
+// to it: install on every member first ('dlockfs keys' says when one
+// failed).
 const (
 	queryRekey = 4
 
