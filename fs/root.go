@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,6 +42,9 @@ type lockFS struct {
 	uid    uint32
 	gid    uint32
 	mtime  time.Time // reported as every file's times
+	// statusLen is the size of the last .status rendered (status.go),
+	// which a lookup of .status reports.
+	statusLen atomic.Uint64
 
 	// names decides which lock names are listed, and holds their
 	// inodes (see nameTable; its lock is a leaf).
@@ -320,6 +324,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	switch name {
 	case StatusFile:
 		r.fs.setAttr(&out.Attr, statusMode)
+		out.Attr.Size = r.fs.lookupStatusSize()
 		return r.status, 0
 	case FlockDir:
 		out.Mode = syscall.S_IFDIR | rootMode

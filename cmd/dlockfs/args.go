@@ -58,7 +58,7 @@ type mountConfig struct {
 	lockBind      string // "" = bind IP, Serf port + 1 (the peer's default)
 	lockAdvertise string
 	join          []string
-	joinTimeout   time.Duration // 0 = retry forever
+	joinTimeout   time.Duration // 0 = one attempt (jointimeout.go)
 	gossip        string
 	keyFile       string
 	control       string // control socket; "" = MOUNTPOINT.sock, "none" = no socket
@@ -78,6 +78,9 @@ type statusConfig struct {
 	watch      bool
 	interval   time.Duration // between snapshots with --watch
 	count      int           // snapshots with --watch; 0 = until interrupted
+	cluster    bool          // ask every member (clusterstatus.go)
+	timeout    time.Duration // with --cluster: the members' bound
+	control    string        // with --cluster: control socket; "" = MOUNTPOINT.sock
 }
 
 // defaultWatchInterval is status --watch's refresh interval.
@@ -199,7 +202,7 @@ func parseMount(cfg *config, args []string) error {
 		return usagef("--drain-timeout %v: must not be negative (0 = do not wait for holders)", m.drainTimeout)
 	}
 	if m.joinTimeout < 0 {
-		return usagef("--join-timeout %v: must not be negative (0 = retry forever)", m.joinTimeout)
+		return usagef("--join-timeout %v: must not be negative (0 = one attempt)", m.joinTimeout)
 	}
 	return nil
 }
@@ -213,6 +216,7 @@ func parseStatus(cfg *config, args []string) error {
 	fs.BoolVar(&s.watch, "watch", false, "")
 	fs.DurationVar(&s.interval, "interval", defaultWatchInterval, "")
 	fs.IntVar(&s.count, "count", 0, "")
+	clusterFlags(fs, s)
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -233,7 +237,7 @@ func parseStatus(cfg *config, args []string) error {
 	case s.count < 0:
 		return usagef("--count %d: must not be negative (0 = until interrupted)", s.count)
 	}
-	return nil
+	return checkClusterFlags(s, set)
 }
 
 // parseKeygen parses "keygen" (no arguments).

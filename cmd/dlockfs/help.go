@@ -101,7 +101,8 @@ Flags:
                          or separate by commas. Tried with backoff until one
                          answers. Without --join this node starts a new cluster.
   --join-timeout DUR     give up joining after DUR, exit 11 (default 1m;
-                         0 = retry forever)
+                         0 = try each address once and exit 11 at once if
+                         none answers; for no limit give a long DUR: 8760h)
   --gossip PROFILE       failure-detection profile, the same on every node
                          (default lan):
                            lan   detects a dead node in ~5 s (Serf LAN defaults)
@@ -136,12 +137,19 @@ Flags:
                          keep rising and the voters are not forgotten across
                          restarts (default /var/lib/dlockfs/NODENAME; made
                          if missing, mode 0700; checked to be writable at
-                         start, else exit 1). Unused with --quorum none.
+                         start, else exit 1). With --key-file it also keeps
+                         the keyring, DIR/keyring.json (so also with
+                         --quorum none); otherwise unused with --quorum none.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A
                          file readable by group or others gives a warning.
-                         Rotate keys while running with 'dlockfs keys'.
+                         Rotate keys while running with 'dlockfs keys'. The
+                         keyring is kept in --state-dir/keyring.json (mode
+                         0600, rewritten at every 'dlockfs keys' change); at
+                         start, when that file exists, it is the keyring and
+                         FILE only created it, so a restart after a rotation
+                         keeps the rotated keys.
   --control PATH         unix socket for 'dlockfs keys' (mode 0600; default
                          MOUNTPOINT.sock, e.g. /run/dlockfs.sock; "none": no
                          socket). The default only warns if it cannot be made.
@@ -200,9 +208,11 @@ Exit codes: 0 clean shutdown, 2 usage, 10 mountpoint problem, 11 join failed,
 
 const helpStatus = `Usage: dlockfs status [--json] MOUNTPOINT
        dlockfs status --watch [--interval D] [--count N] MOUNTPOINT
+       dlockfs status --cluster [--json] [--timeout D] [--control PATH] MOUNTPOINT
 
 Show what the peer behind MOUNTPOINT knows: itself, the members (name, Serf
-address, lock-channel address, alive/failed/left), every lock it has state
+address, lock-channel address, alive/failed/left; a member that left is
+dropped 5 minutes later, a failed one after 24 h), every lock it has state
 for (state idle/requesting/holding, holder, fencing token, local waiters,
 peers whose requests it defers; a lock with nothing left to do is forgotten)
 and message counters. Reads MOUNTPOINT/.status.
@@ -217,7 +227,21 @@ unblocks it (run it only if that node is gone for good).
 
 "holder" is this node's name when it holds the lock, else empty: in
 Ricart-Agrawala no node knows who else holds a lock, only that it was not
-yet granted permission.
+yet granted permission. To see who holds a lock anywhere, use --cluster.
+
+With --cluster the mount asks every alive member, over the lock channel, for
+its view of the locks, waits up to --timeout (default 2s) for the answers and
+prints them merged: for each lock the holder (the member that says it holds
+it; SEVERAL if more than one does), its fencing token, the queue of members
+requesting it in request order (NODE@LAMPORT-TIMESTAMP, the order
+Ricart-Agrawala grants in), and each member's own view. A member that does
+not answer in time (paused, overloaded, cut off) is listed as NO ANSWER and
+named on a NOT ANSWERING line: its holds and requests are missing, so a lock
+without a holder is known to be free only when every member answered
+("complete": true in --json). Failed and left members are listed, not asked.
+The request goes to the mount's control socket (MOUNTPOINT.sock, or
+--control PATH), as for 'dlockfs keys'; MOUNTPOINT/.status stays this node's
+own view. Exit 0 even when some member did not answer.
 
 With --watch the tables are shown again every --interval until Ctrl-C
 (SIGINT or SIGTERM, exit 0). On a terminal each snapshot replaces the last
@@ -231,12 +255,17 @@ Flags:
   --watch         refresh the tables every --interval
   --interval D    time between snapshots with --watch (default 2s)
   --count N       stop after N snapshots (default 0: until interrupted)
+  --cluster       ask every member and merge their views (see above)
+  --timeout D     with --cluster: how long the members have to answer (default 2s)
+  --control PATH  with --cluster: the mount's control socket (default MOUNTPOINT.sock)
 
 Examples:
   dlockfs status /run/dlockfs
   dlockfs status --watch --interval 1s /run/dlockfs
   dlockfs status --watch --interval 10s /run/dlockfs >>/var/log/dlockfs-status.log
   dlockfs status --json /run/dlockfs | jq '.locks[] | select(.state=="holding")'
+  dlockfs status --cluster /run/dlockfs
+  dlockfs status --cluster --json /run/dlockfs | jq -r '.locks[] | select(.name=="deploy") | .holder'
 
 Exit codes: 0 ok, 16 not a live dlockfs mount, 1 other.
 `
@@ -334,9 +363,9 @@ Operations:
                 new lock connections), not yet used to send
   use KEY       make an installed KEY the primary key on every member: new
                 gossip and new lock connections use it; established lock
-                connections carry on with the session keys they have
-  remove KEY    remove KEY from every member; lock connections made with it
-                are closed and redialled with the primary key (within 1 s on
+                connections switch to it in band, without a reconnection
+  remove KEY    remove KEY from every member; a lock connection still on it
+                is closed and redialled with the primary key (within 1 s on
                 each member). Removing the primary key is refused.
 
 KEY is base64 of 16, 24 or 32 bytes ('dlockfs keygen'), or - to read it from
@@ -346,9 +375,14 @@ A rotation, run on any one member:
   new=$(dlockfs keygen)
   dlockfs keys install "$new" && dlockfs keys use "$new" && dlockfs keys remove "$old"
 
-Then write the new key into every member's --key-file: a member started
-later with the old key is refused (exit 11). A member that is down during
-the rotation misses it, and cannot rejoin with the old key once removed.
+Each member keeps its keyring in --state-dir/keyring.json, written before
+it answers each operation, and a restart uses that file over --key-file: a
+member restarted after the rotation keeps the new key. A new member (no
+keyring file yet) needs the new key in its --key-file, else it is refused
+(exit 11); so does a member whose --state-dir was lost. Write the new key
+into every --key-file too. A member that is down during the rotation misses
+it, and cannot rejoin with the old key once removed: give it the new key
+file and remove its keyring.json.
 
 Flags:
   --control PATH  the mount's control socket (default /run/dlockfs.sock)

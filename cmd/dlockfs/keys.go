@@ -74,6 +74,8 @@ type controlReply struct {
 	Kind   string         `json:"kind,omitempty"`
 	// Voters is the voter set after a forget.
 	Voters []string `json:"voters,omitempty"`
+	// Cluster answers a cluster-status (clusterstatus.go).
+	Cluster *peer.ClusterStatus `json:"cluster,omitempty"`
 }
 
 // defaultControlPath is the control socket of a mount at dir.
@@ -381,6 +383,10 @@ func (s *controlServer) serve(c *net.UnixConn) {
 	var req controlRequest
 	if err := json.Unmarshal(line, &req); err != nil {
 		reply(controlReply{Error: "bad request: " + err.Error(), Kind: "usage"})
+		return
+	}
+	if req.Op == opClusterStatus { // no keyring lock: it changes nothing
+		reply(s.serveClusterStatus(req))
 		return
 	}
 	if req.Op == opForget {

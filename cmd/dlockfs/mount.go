@@ -56,6 +56,7 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	pc.LockAddr = m.lockBind
 	pc.LockAdvertise = m.lockAdvertise
 	pc.Join = m.join
+	pc.JoinAttempts = joinAttempts(m)
 	pc.Profile = m.gossip
 	pc.Key = key
 	pc.KeepPermissions = m.fastPath
@@ -66,6 +67,11 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	pc.StateDir = m.stateDir
 	if pc.StateDir == "" {
 		pc.StateDir = filepath.Join(defaultStateDirBase, pc.Name)
+	}
+	if len(key) > 0 {
+		// The keyring survives restarts (a rotation is not undone by
+		// the --key-file at the next start).
+		pc.KeyringFile = filepath.Join(pc.StateDir, keyringFileName)
 	}
 	pc.Logger = log.With("component", "peer")
 	return pc
@@ -101,7 +107,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	if err := pc.Validate(); err != nil {
 		return &usageError{err: err}
 	}
-	if pc.Quorum == peer.QuorumMajority {
+	if pc.Quorum == peer.QuorumMajority || pc.KeyringFile != "" {
 		if err := checkStateDir(pc.StateDir); err != nil {
 			return err
 		}
@@ -129,10 +135,7 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 	}()
 
 	// Join.
-	joinCtx, cancelJoin := stopCtx, context.CancelFunc(func() {})
-	if m.joinTimeout > 0 && len(m.join) > 0 {
-		joinCtx, cancelJoin = context.WithTimeout(stopCtx, m.joinTimeout)
-	}
+	joinCtx, cancelJoin, joinBound := joinContext(stopCtx, m)
 	p, err := peer.Start(joinCtx, pc)
 	joinTimedOut := joinCtx.Err() != nil && stopCtx.Err() == nil
 	cancelJoin()
@@ -141,8 +144,10 @@ func runMount(ctx context.Context, e *env, cfg config) error {
 		fmt.Fprintf(e.stderr, "dlockfs mount: stopped by signal before joining the cluster\n")
 		return nil
 	case err != nil && joinTimedOut:
-		return codef(exitJoin, "no member answered at %s within --join-timeout %v: %w",
-			strings.Join(m.join, ", "), m.joinTimeout, err)
+		return codef(exitJoin, "no member answered at %s %s: %w",
+			strings.Join(m.join, ", "), joinBound, err)
+	case errors.Is(err, peer.ErrNoJoin):
+		return codef(exitJoin, "%w (--join-timeout 0 tries each address once; give a duration to retry)", err)
 	case errors.Is(err, peer.ErrNotGossipPort):
 		return codef(exitJoin, "%w", err)
 	case errors.Is(err, peer.ErrKeyMismatch):

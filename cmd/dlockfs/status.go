@@ -115,6 +115,9 @@ func printQuorum(w io.Writer, root string, q *quorumDoc) {
 
 // runStatus prints MOUNTPOINT/.status as tables, or as it is with --json.
 func runStatus(ctx context.Context, e *env, cfg config) error {
+	if cfg.status.cluster {
+		return runClusterStatus(ctx, e, cfg.status)
+	}
 	live, err := checkLive(ctx, cfg.status.mountpoint)
 	if err != nil {
 		return err

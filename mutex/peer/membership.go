@@ -134,6 +134,9 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		if isKeyError(err) {
 			return fmt.Errorf("peer: join %v: %w: %w", addrs, ErrKeyMismatch, err)
 		}
+		if p.joinAttempts > 0 && attempt >= p.joinAttempts {
+			return fmt.Errorf("peer: join %v: %w after %d attempt(s): %w", addrs, ErrNoJoin, attempt, err)
+		}
 		p.log.Debug("join failed; retrying", "addrs", addrs, "attempt", attempt, "in", backoff, "err", err)
 		if time.Since(lastProgress) >= joinProgressEvery {
 			lastProgress = time.Now()
@@ -156,6 +159,9 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 
 // joinProgressEvery is how often a join that keeps failing says so.
 const joinProgressEvery = 5 * time.Second
+
+// ErrNoJoin: no Join address answered within [Config.JoinAttempts].
+var ErrNoJoin = errors.New("no member answered")
 
 // ErrNotGossipPort: a join address answers, but not as a Serf gossip port.
 var ErrNotGossipPort = errors.New("not a Serf gossip port")

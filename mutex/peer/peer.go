@@ -54,6 +54,8 @@ type Peer struct {
 	conflicts  chan serf.Member // alive claims to our name by other lives (see conflictWatch)
 	tcpTimeout time.Duration    // memberlist's TCPTimeout: bounds one join exchange
 
+	joinAttempts int // Config.JoinAttempts
+
 	calls  chan call // local calls into the driver
 	nextOp atomic.Uint64
 
@@ -142,11 +144,9 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// One keyring for gossip and the lock channel: Serf's KeyManager
 	// changes it on every member, and the lock channel reads it at each
 	// handshake (see keys.go).
-	var keyring *memberlist.Keyring
-	if len(cfg.Key) > 0 {
-		if keyring, err = memberlist.NewKeyring(nil, append([]byte(nil), cfg.Key...)); err != nil {
-			return nil, fmt.Errorf("peer: keyring: %w", err)
-		}
+	keyring, err := loadKeyring(cfg, log) // keyringfile.go
+	if err != nil {
+		return nil, err
 	}
 	tc := transportConfig{
 		Name:          cfg.Name,
@@ -169,6 +169,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		return nil, err
 	}
 	p.encrypted = keyring != nil
+	p.joinAttempts = cfg.JoinAttempts
 	p.keyring = keyring
 	if len(cfg.Join) == 0 {
 		p.core.Bootstrap() // a new cluster, or our own voter set from StateDir
@@ -197,6 +198,9 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	sc.LogOutput = nil
 	sc.Logger = serfLog
 	sc.MemberlistConfig = mc
+	if keyring != nil {
+		sc.KeyringFile = cfg.KeyringFile // Serf rewrites it at each key operation (keyringfile.go)
+	}
 	sc.LeavePropagateDelay = leaveDelay
 	// Serf's own resolution is a vote that, in a cluster of two, shuts
 	// down both nodes (neither gets a majority of zero answers). We keep
@@ -209,6 +213,11 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// Serf's 24 h, so status stops listing it. Failed members keep Serf's
 	// ReconnectTimeout (24 h): they may come back, and may be voters.
 	sc.TombstoneTimeout = LeftMemberTimeout
+	if cfg.LeftMemberTimeout > 0 {
+		sc.TombstoneTimeout = cfg.LeftMemberTimeout
+		// Serf reaps every 15 s: a shorter timeout is checked oftener.
+		sc.ReapInterval = min(sc.ReapInterval, max(cfg.LeftMemberTimeout/4, 10*time.Millisecond))
+	}
 	// Serf's queries (only its KeyManager's: key rotation) time out after
 	// GossipInterval × QueryTimeoutMult × log10(N+1): 160 ms with the fast
 	// profile's 10 ms gossip, short enough for a loaded host to miss an
@@ -234,6 +243,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		}
 	}
 	p.begin(s.ShutdownCh())
+	p.serveStatusQueries() // cluster.go
 
 	if !p.encrypted {
 		log.Warn("no cluster key: gossip and lock messages are plaintext")
