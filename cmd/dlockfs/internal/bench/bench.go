@@ -264,8 +264,9 @@ func runBench(ctx context.Context, e *cli.Env, o benchOptions) (err error) {
 	if err := fs.CheckFUSE(false); err != nil {
 		return cli.MountError(err)
 	}
-	ctx, stop, sigs := localcluster.WithSignals(ctx)
-	defer stop()
+	sigs := cli.NotifySignals(ctx)
+	defer sigs.Stop()
+	ctx = sigs.Context()
 	progress := e.Stderr
 	if !o.json {
 		progress = e.Stdout
@@ -351,7 +352,7 @@ func runBench(ctx context.Context, e *cli.Env, o benchOptions) (err error) {
 
 // benchCluster starts a cluster and measures (a) to (e) on it.
 func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, fast bool, step func(string),
-	sigs <-chan os.Signal) (benchRun, error) {
+	sigs *cli.Signals) (benchRun, error) {
 	run := benchRun{FastPath: fast}
 	label := "plain Ricart-Agrawala"
 	if fast {
@@ -359,11 +360,15 @@ func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, f
 	}
 	step(fmt.Sprintf("cluster of %d, %s: starting", o.peers, label))
 	c, err := localcluster.Start(ctx, localcluster.Options{Peers: o.peers, FastPath: fast, Key: key, Quorum: o.quorum,
-		Prefix: "dlockfs-bench-", Log: cli.NewLogger(e, o.debug), Signals: sigs, Stderr: e.Stderr})
+		Prefix: "dlockfs-bench-", Log: cli.NewLogger(e, o.debug), Signals: sigs})
 	if err != nil {
 		return run, err
 	}
-	defer c.Close()
+	defer func() {
+		if cerr := c.Close(); cerr != nil {
+			fmt.Fprintf(e.Stderr, "dlockfs bench: cleanup: %s\n", cli.OneLine(cerr.Error()))
+		}
+	}()
 	run.Dir = c.Dir
 	locks := make([]string, len(c.Mounts))
 	for i, m := range c.Mounts {

@@ -3,6 +3,9 @@ package cli
 import (
 	"errors"
 	"fmt"
+
+	"github.com/dlockfs/dlockfs/fs"
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
 // codedError is an error that decides the process's exit code.
@@ -57,4 +60,32 @@ func ExitCode(err error) int {
 		return ce.code
 	}
 	return ExitError
+}
+
+// MountError gives an error of fs.CheckMountpoint, fs.CheckFUSE or
+// fs.Mount its exit code: ExitMountpoint for the mountpoint, ExitFUSE when
+// FUSE is unavailable or the mount failed otherwise.
+func MountError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrMountpoint):
+		return WithCode(ExitMountpoint, err)
+	default: // fs.ErrNoFUSE, or the mount itself failed
+		return WithCode(ExitFUSE, err)
+	}
+}
+
+// JoinError gives an error of peer.Start its exit code, ExitJoin, with a
+// hint where one helps.
+func JoinError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, peer.ErrNotGossipPort):
+		return Codef(ExitJoin, "%w", err)
+	case errors.Is(err, peer.ErrKeyMismatch):
+		return Codef(ExitJoin, "%w (every member needs the same --key-file)", err)
+	}
+	return Codef(ExitJoin, "starting the peer: %w", err)
 }

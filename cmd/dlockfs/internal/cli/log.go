@@ -1,11 +1,6 @@
 package cli
 
-import (
-	"errors"
-	"log/slog"
-
-	"github.com/dlockfs/dlockfs/fs"
-)
+import "log/slog"
 
 // NewLogger returns the command's logger: warnings and errors on stderr, or
 // everything with --debug. Without --debug the time is left out (it is
@@ -23,18 +18,4 @@ func NewLogger(e *Env, debug bool) *slog.Logger {
 		}
 	}
 	return slog.New(slog.NewTextHandler(e.Stderr, opts))
-}
-
-// MountError gives an error of fs.CheckMountpoint, fs.CheckFUSE or
-// fs.Mount its exit code: exitMountpoint for the mountpoint, exitFUSE when
-// FUSE is unavailable or the mount failed otherwise.
-func MountError(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, fs.ErrMountpoint):
-		return WithCode(ExitMountpoint, err)
-	default: // fs.ErrNoFUSE, or the mount itself failed
-		return WithCode(ExitFUSE, err)
-	}
 }

@@ -187,8 +187,9 @@ func runDemo(ctx context.Context, e *cli.Env, o demoOptions) error {
 	if err != nil {
 		return cli.Codef(cli.ExitError, "the demo's workers need bash: %w", err)
 	}
-	ctx, stop, sigs := localcluster.WithSignals(ctx)
-	defer stop()
+	sigs := cli.NotifySignals(ctx)
+	defer sigs.Stop()
+	ctx = sigs.Context()
 	log := cli.NewLogger(e, o.debug)
 	key, err := localcluster.NewKey()
 	if err != nil {
@@ -200,7 +201,7 @@ func runDemo(ctx context.Context, e *cli.Env, o demoOptions) error {
 	}
 	fmt.Fprintf(e.Stdout, "Starting %d peers on 127.0.0.1 (fast gossip, encrypted) and mounting them...\n", o.peers)
 	c, err := localcluster.Start(ctx, localcluster.Options{Peers: o.peers, Key: key, Prefix: "dlockfs-demo-", Log: log,
-		Signals: sigs, Stderr: e.Stderr})
+		Signals: sigs})
 	if err != nil {
 		if ctx.Err() != nil {
 			return cli.Codef(cli.ExitError, "interrupted while starting the cluster")

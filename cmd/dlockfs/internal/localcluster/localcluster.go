@@ -5,11 +5,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -48,8 +46,7 @@ type Cluster struct {
 	Peers   []*peer.Peer // the peers
 	servers []*fuse.Server
 	log     *slog.Logger
-	signals <-chan os.Signal
-	stderr  io.Writer
+	signals *cli.Signals
 
 	closeOnce sync.Once
 	closeErr  error
@@ -63,11 +60,10 @@ type Options struct {
 	Key      []byte // nil: plaintext
 	Prefix   string // of the temporary directory's name
 	Log      *slog.Logger
-	// Signals, if not nil, delivers the signals that come after the
-	// first (WithSignals): one arriving while Close runs detaches every
-	// mount and exits the process at once.
-	Signals <-chan os.Signal
-	Stderr  io.Writer
+	// Signals, if not nil, is the command's shutdown policy: a later
+	// signal (Signals.Again) while Close runs detaches every mount and
+	// ends Close at once.
+	Signals *cli.Signals
 }
 
 // NewKey returns a fresh random 32-byte cluster key.
@@ -97,7 +93,7 @@ func Start(ctx context.Context, opt Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
-	c := &Cluster{Dir: dir, log: opt.Log, signals: opt.Signals, stderr: opt.Stderr}
+	c := &Cluster{Dir: dir, log: opt.Log, signals: opt.Signals}
 	defer func() {
 		if err != nil {
 			if cerr := c.Close(); cerr != nil {
@@ -129,7 +125,7 @@ func Start(ctx context.Context, opt Options) (_ *Cluster, err error) {
 		p, err := peer.Start(jctx, pc)
 		cancel()
 		if err != nil {
-			return nil, cli.Codef(cli.ExitJoin, "starting peer %s: %w", name, err)
+			return nil, cli.JoinError(fmt.Errorf("local peer %s: %w", name, err))
 		}
 		c.Names = append(c.Names, name)
 		c.Peers = append(c.Peers, p)
@@ -217,35 +213,28 @@ func (c *Cluster) Counters() (sent, grants uint64) {
 
 // Close unmounts every mount (lazily if busy), makes every peer leave
 // gracefully, and removes the temporary directory, skipping anything still
-// mounted. Child processes using the mounts should be gone first. Later
+// mounted. Child processes using the mounts should be gone first. A later
+// signal (Options.Signals) cuts it short: the mounts are detached and Close
+// returns at once, with an error that says what may be left behind. Later
 // calls return the first call's result.
 func (c *Cluster) Close() error {
 	c.closeOnce.Do(func() {
-		done := make(chan struct{})
+		done := make(chan error, 1)
+		go func() { done <- c.close() }()
+		var again <-chan os.Signal
 		if c.signals != nil {
-			go c.exitOnSignal(done)
+			again = c.signals.Again()
 		}
-		c.closeErr = c.close()
-		close(done)
+		select {
+		case c.closeErr = <-done:
+		case s := <-again:
+			for _, m := range c.Mounts {
+				_ = fs.Detach(m)
+			}
+			c.closeErr = fmt.Errorf("%v again: mounts detached, not waiting for the peers to leave (%s may be left behind)", s, c.Dir)
+		}
 	})
 	return c.closeErr
-}
-
-// exitOnSignal detaches every mount and exits if a signal comes before
-// done is closed: a second Ctrl-C cuts the graceful shutdown short. The
-// children die with this process (PR_SET_PDEATHSIG).
-func (c *Cluster) exitOnSignal(done <-chan struct{}) {
-	select {
-	case s := <-c.signals:
-		for _, m := range c.Mounts {
-			_ = fs.Detach(m)
-		}
-		if c.stderr != nil {
-			fmt.Fprintf(c.stderr, "dlockfs: %v again: mounts detached, exiting now (%s may be left behind)\n", s, c.Dir)
-		}
-		os.Exit(cli.ExitError)
-	case <-done:
-	}
 }
 
 func (c *Cluster) close() error {
@@ -380,29 +369,6 @@ func (ch *Child) Wait(ctx context.Context) error {
 		ch.Kill()
 		return fmt.Errorf("%s: %w", ch.cmd.Path, ctx.Err())
 	}
-}
-
-// WithSignals returns a context cancelled by the first SIGINT or SIGTERM,
-// a stop function that ends the notification, and the channel on which
-// later signals arrive (see Options.signals).
-func WithSignals(ctx context.Context) (context.Context, func(), <-chan os.Signal) {
-	ctx, cancel := context.WithCancel(ctx)
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	first := make(chan struct{})
-	go func() {
-		defer close(first)
-		select {
-		case <-sigs:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, func() {
-		cancel()
-		<-first
-		signal.Stop(sigs)
-	}, sigs
 }
 
 // SelfExe is the path of the running binary, for re-executing it.

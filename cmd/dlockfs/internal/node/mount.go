@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
 	"github.com/dlockfs/dlockfs/fs"
@@ -44,129 +44,166 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	return pc
 }
 
-// runMount is "dlockfs mount": check, join, mount, serve until a signal,
-// leave, unmount. The cluster is joined before the mount appears, so a node
-// that is not yet a member never grants a lock on its own.
+// runMount is "dlockfs mount": the steps of a mount. The cluster is joined
+// before the mount appears, so a node that is not yet a member never grants
+// a lock on its own.
 func runMount(ctx context.Context, e *cli.Env, cfg config) error {
 	m := cfg.mount
 	log := cli.NewLogger(e, m.debug)
+	pc, dir, err := checkMount(m, log)
+	if err != nil {
+		return err
+	}
+	sigs := cli.NotifySignals(ctx)
+	defer sigs.Stop()
+	p, err := join(sigs.Context(), m, pc)
+	if errors.Is(err, errStoppedBeforeJoin) {
+		fmt.Fprintf(e.Stderr, "dlockfs mount: %v\n", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	mt, err := startServing(m, dir, p, log)
+	if err != nil {
+		leave(log, p)
+		return err
+	}
+	announce(e, log, mt)
+	result := serve(log, m, mt, sigs)
+	if err := shutdown(log, mt, sigs); err != nil {
+		return err
+	}
+	return result
+}
 
-	// Cheap checks first, each with its own exit code, before any
-	// network activity.
+// checkMount makes the cheap checks, each with its own exit code, before
+// any network activity: the key file, the mountpoint (checked again by
+// fs.Mount after the join, but a typo fails at once), FUSE, the peer's
+// configuration and the state directory. It returns the peer's
+// configuration and the mountpoint's absolute path.
+func checkMount(m mountConfig, log *slog.Logger) (peer.Config, string, error) {
 	var key []byte
 	if m.keyFile != "" {
 		k, err := readKeyFile(m.keyFile, log)
 		if err != nil {
-			return err
+			return peer.Config{}, "", err
 		}
 		key = k
 	}
-	// The mountpoint is checked before joining, so that a typo fails at
-	// once; fs.Mount checks it again after the join.
 	dir, err := fs.CheckMountpoint(m.mountpoint)
 	if err != nil {
-		return cli.MountError(err)
+		return peer.Config{}, "", cli.MountError(err)
 	}
 	if err := fs.CheckFUSE(m.allowOther); err != nil {
-		return cli.MountError(err)
+		return peer.Config{}, "", cli.MountError(err)
 	}
 	pc := peerConfig(m, key, log)
 	if err := pc.Validate(); err != nil {
-		return cli.Usage(err)
+		return peer.Config{}, "", cli.Usage(err)
 	}
 	if pc.Quorum == peer.QuorumMajority {
 		if err := checkStateDir(pc.StateDir); err != nil {
-			return err
+			return peer.Config{}, "", err
 		}
 	}
+	return pc, dir, nil
+}
 
-	// Signals: the first starts a graceful shutdown; another one, a
-	// second or more later, cuts it short. (Repeats within cli.ForceAfter are
-	// the same request: timeout(1) and group kills deliver SIGTERM twice.)
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	stopCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	var firstSignal atomic.Int64 // UnixNano of the first signal, 0 = none yet
-	var whichSignal atomic.Value // the first signal, an os.Signal
-	go func() {
-		select {
-		case s := <-sigs:
-			log.Debug("signal: shutting down", "signal", s)
-			whichSignal.Store(s)
-			firstSignal.Store(time.Now().UnixNano())
-			stop()
-		case <-stopCtx.Done():
+// errStoppedBeforeJoin: a signal came while joining; mount exits 0.
+var errStoppedBeforeJoin = errors.New("stopped by signal before joining the cluster")
+
+// join starts the peer and joins the cluster, giving up after
+// --join-timeout (if there is anything to join) or when ctx ends (then
+// errStoppedBeforeJoin). Its other errors exit with code 11.
+func join(ctx context.Context, m mountConfig, pc peer.Config) (*peer.Peer, error) {
+	jctx, cancel := ctx, context.CancelFunc(func() {})
+	if m.joinTimeout > 0 && len(m.join) > 0 {
+		jctx, cancel = context.WithTimeout(ctx, m.joinTimeout)
+	}
+	defer cancel()
+	p, err := peer.Start(jctx, pc)
+	switch {
+	case err == nil:
+		return p, nil
+	case ctx.Err() != nil:
+		return nil, errStoppedBeforeJoin
+	case jctx.Err() != nil:
+		return nil, cli.Codef(cli.ExitJoin, "no member answered at %s within --join-timeout %v: %w",
+			strings.Join(m.join, ", "), m.joinTimeout, err)
+	}
+	return nil, cli.JoinError(err)
+}
+
+// leave makes the peer leave the cluster gracefully, bounded by
+// cli.LeaveTimeout, after warning about the locks still held here.
+func leave(log *slog.Logger, p *peer.Peer) {
+	lctx, cancel := context.WithTimeout(context.Background(), cli.LeaveTimeout)
+	defer cancel()
+	warnHeld(log, p.Status())
+	if err := p.Leave(lctx); err != nil && (p.Err() == nil || !errors.Is(err, p.Err())) {
+		log.Warn("leave", "err", err)
+	}
+}
+
+// mounted is a joined peer being served: its mount, its control socket and
+// its metrics.
+type mounted struct {
+	p            *peer.Peer
+	dl           *drainLocker
+	dir          string
+	server       *fuse.Server
+	served       chan struct{} // closed once the mount is gone
+	ctl          *controlServer
+	closeMetrics func()
+}
+
+// startServing serves the joined peer p: the control socket for 'dlockfs
+// keys', the metrics (before the mount: a taken port fails the start) and
+// the mount itself. On error it closes what it started; the caller makes
+// the peer leave.
+func startServing(m mountConfig, dir string, p *peer.Peer, log *slog.Logger) (_ *mounted, err error) {
+	mt := &mounted{p: p, dl: newDrainLocker(p), dir: dir, served: make(chan struct{}), closeMetrics: func() {}}
+	defer func() {
+		if err != nil {
+			mt.closeServices()
 		}
 	}()
-
-	// Join.
-	joinCtx, cancelJoin := stopCtx, context.CancelFunc(func() {})
-	if m.joinTimeout > 0 && len(m.join) > 0 {
-		joinCtx, cancelJoin = context.WithTimeout(stopCtx, m.joinTimeout)
+	if mt.ctl, err = startControl(m, dir, p, log.With("component", "control")); err != nil {
+		return nil, err
 	}
-	p, err := peer.Start(joinCtx, pc)
-	joinTimedOut := joinCtx.Err() != nil && stopCtx.Err() == nil
-	cancelJoin()
-	switch {
-	case err != nil && stopCtx.Err() != nil:
-		fmt.Fprintf(e.Stderr, "dlockfs mount: stopped by signal before joining the cluster\n")
-		return nil
-	case err != nil && joinTimedOut:
-		return cli.Codef(cli.ExitJoin, "no member answered at %s within --join-timeout %v: %w",
-			strings.Join(m.join, ", "), m.joinTimeout, err)
-	case errors.Is(err, peer.ErrNotGossipPort):
-		return cli.Codef(cli.ExitJoin, "%w", err)
-	case errors.Is(err, peer.ErrKeyMismatch):
-		return cli.Codef(cli.ExitJoin, "%w (every member needs the same --key-file)", err)
-	case err != nil:
-		return cli.Codef(cli.ExitJoin, "starting the peer: %w", err)
-	}
-	leave := func() {
-		lctx, cancel := context.WithTimeout(context.Background(), cli.LeaveTimeout)
-		defer cancel()
-		warnHeld(log, p.Status())
-		if err := p.Leave(lctx); err != nil && (p.Err() == nil || !errors.Is(err, p.Err())) {
-			log.Warn("leave", "err", err)
-		}
-	}
-
-	// The control socket for 'dlockfs keys'.
-	ctl, err := startControl(m, dir, p, log.With("component", "control"))
-	if err != nil {
-		leave()
-		return err
-	}
-	if ctl != nil {
-		defer ctl.close()
-	}
-	// Metrics, before the mount: a taken port fails the start.
-	dl := newDrainLocker(p)
 	if m.metrics != "" {
-		dl.metrics = newLockMetrics()
-		closeMetrics, err := serveMetrics(m.metrics, dl, dl.metrics, log)
+		mt.dl.metrics = newLockMetrics()
+		closeMetrics, err := serveMetrics(m.metrics, mt.dl, mt.dl.metrics, log)
 		if err != nil {
-			leave()
-			return err
+			return nil, err
 		}
-		defer closeMetrics()
+		mt.closeMetrics = closeMetrics
 	}
-
-	// Mount.
-	server, err := fs.Mount(dir, fs.Options{Locker: dl, AllowOther: m.allowOther, Debug: m.debug,
+	mt.server, err = fs.Mount(dir, fs.Options{Locker: mt.dl, AllowOther: m.allowOther, Debug: m.debug,
 		Logger: log.With("component", "fs")})
 	if err != nil {
-		leave()
-		return cli.MountError(err)
+		return nil, cli.MountError(err)
 	}
-	served := make(chan struct{})
 	go func() {
-		server.Wait()
-		close(served)
+		mt.server.Wait()
+		close(mt.served)
 	}()
+	return mt, nil
+}
 
-	st := p.Status()
+// closeServices stops the control socket and the metrics.
+func (mt *mounted) closeServices() {
+	if mt.ctl != nil {
+		mt.ctl.close()
+	}
+	mt.closeMetrics()
+}
+
+// announce prints the mounted line and tells systemd (Type=notify) that
+// the node is ready: joined and mounted.
+func announce(e *cli.Env, log *slog.Logger, mt *mounted) {
+	st := mt.p.Status()
 	alive := 0
 	for _, mem := range st.Members {
 		if mem.Status == "alive" {
@@ -178,59 +215,76 @@ func runMount(ctx context.Context, e *cli.Env, cfg config) error {
 		enc = "encrypted"
 	}
 	fmt.Fprintf(e.Stdout, "dlockfs: node %s mounted at %s, cluster of %d, %s gossip, %s\n",
-		p.Node(), dir, alive, st.Profile, enc)
-	// Joined and mounted: ready for systemd's Type=notify.
-	if err := sdNotify(fmt.Sprintf("READY=1\nSTATUS=node %s mounted at %s, cluster of %d", p.Node(), dir, alive)); err != nil {
+		mt.p.Node(), mt.dir, alive, st.Profile, enc)
+	if err := sdNotify(fmt.Sprintf("READY=1\nSTATUS=node %s mounted at %s, cluster of %d", mt.p.Node(), mt.dir, alive)); err != nil {
 		log.Warn("telling systemd we are ready (NOTIFY_SOCKET)", "err", err)
 	}
+}
 
-	// Serve.
-	var result error
+// serve waits until the first signal (after a SIGTERM, drained: see
+// drainStop), the mount's end (unmounted from outside) or the peer's. It
+// returns the command's result: nil, or why the peer stopped.
+func serve(log *slog.Logger, m mountConfig, mt *mounted, sigs *cli.Signals) error {
 	select {
-	case <-stopCtx.Done():
+	case <-sigs.Context().Done():
 		_ = sdNotify("STOPPING=1")
-		if s, _ := whichSignal.Load().(os.Signal); s == syscall.SIGTERM && m.drainTimeout > 0 {
-			drainStop(log, dl, m.drainTimeout, sigs, &firstSignal, served)
+		if sigs.First() == syscall.SIGTERM && m.drainTimeout > 0 {
+			drainStop(log, mt.dl, m.drainTimeout, sigs.Again(), mt.served)
 		}
-	case <-served:
-		log.Warn("unmounted from outside; leaving the cluster", "dir", dir)
-		leave()
 		return nil
-	case <-p.Done():
-		result = p.Err()
-		if errors.Is(result, peer.ErrNameConflict) {
-			result = cli.Codef(cli.ExitJoin, "%w: choose another --name", result)
-		} else {
-			result = fmt.Errorf("the peer stopped: %w", result)
-		}
+	case <-mt.served:
+		log.Warn("unmounted from outside; leaving the cluster", "dir", mt.dir)
+		return nil
+	case <-mt.p.Done():
+		return peerStopped(mt.p.Err())
 	}
+}
 
-	// Shut down: leave first (waiting openers are withdrawn, holds are
-	// released, peers stop waiting for us), then unmount.
+// peerStopped gives the reason the peer stopped on its own its exit code:
+// 11 for a name conflict (another member took our name), else 1.
+func peerStopped(err error) error {
+	if errors.Is(err, peer.ErrNameConflict) {
+		return cli.Codef(cli.ExitJoin, "%w: choose another --name", err)
+	}
+	return fmt.Errorf("the peer stopped: %w", err)
+}
+
+// shutdown leaves first (waiting openers are withdrawn, holds are released,
+// peers stop waiting for us), then unmounts (unless the mount is gone
+// already) and stops the control socket and the metrics. A later signal
+// (sigs.Again) cuts it short: the mount is detached and shutdown returns
+// at once with exit code 1, leaving the rest to the process's exit.
+func shutdown(log *slog.Logger, mt *mounted, sigs *cli.Signals) error {
+	done := make(chan struct{})
 	go func() {
-		for {
-			select {
-			case s := <-sigs:
-				if first := firstSignal.Load(); first == 0 || time.Since(time.Unix(0, first)) < cli.ForceAfter {
-					firstSignal.CompareAndSwap(0, time.Now().UnixNano())
-					continue
-				}
-				log.Warn("second signal: detaching the mount and exiting now", "signal", s)
-				_ = fs.Detach(dir)
-				os.Exit(cli.ExitError)
-			case <-served:
-				return
-			}
+		defer close(done)
+		leave(log, mt.p)
+		select {
+		case <-mt.served:
+		default:
+			unmount(log, mt.server, mt.dir)
 		}
+		mt.closeServices()
 	}()
-	leave()
+	select {
+	case <-done:
+		return nil
+	case s := <-sigs.Again():
+		log.Warn("second signal: detaching the mount and exiting now", "signal", s)
+		_ = fs.Detach(mt.dir)
+		return cli.WithCode(cli.ExitError, cli.ErrSilent)
+	}
+}
+
+// unmount unmounts dir, or detaches it if it is busy (open lock files keep
+// it until closed).
+func unmount(log *slog.Logger, server *fuse.Server, dir string) {
 	if err := server.Unmount(); err != nil {
 		log.Debug("unmount busy; detaching instead (open lock files keep it until closed)", "err", err)
 		if err := fs.Detach(dir); err != nil {
 			log.Warn("unmount failed: run 'umount -l "+dir+"'", "err", err)
 		}
 	}
-	return result
 }
 
 // drainReminder is how often a drain logs whom it still waits for.
@@ -238,10 +292,9 @@ const drainReminder = 10 * time.Second
 
 // drainStop is the draining stop at SIGTERM: no new local opens, the
 // local waiters withdrawn, the peer still answering the others, until
-// every local holder released, timeout passed, a second signal came (a
-// second or more after the first), or the mount or the peer ended.
-func drainStop(log *slog.Logger, d *drainLocker, timeout time.Duration, sigs <-chan os.Signal,
-	firstSignal *atomic.Int64, served <-chan struct{}) {
+// every local holder released, timeout passed, a later signal came (on
+// again), or the mount or the peer ended.
+func drainStop(log *slog.Logger, d *drainLocker, timeout time.Duration, again <-chan os.Signal, served <-chan struct{}) {
 	holds, idle := d.drain()
 	if len(holds) == 0 {
 		return
@@ -265,11 +318,7 @@ func drainStop(log *slog.Logger, d *drainLocker, timeout time.Duration, sigs <-c
 		case <-remind.C:
 			log.Warn("draining: still waiting", "holding", describeHolds(d.held()),
 				"left", (timeout - time.Since(start)).Round(time.Second))
-		case s := <-sigs:
-			if time.Since(time.Unix(0, firstSignal.Load())) < cli.ForceAfter {
-				continue // the same request, delivered twice
-			}
-			firstSignal.Store(time.Now().UnixNano()) // a third signal forces the exit
+		case s := <-again:
 			log.Warn("second signal: leaving now; the locks still held are taken from their holders",
 				"signal", s, "holding", describeHolds(d.held()))
 			return
