@@ -213,7 +213,7 @@ func aliveMembers(t *testing.T, dir string) int {
 	}
 	n := 0
 	for _, m := range d.Members {
-		if m.Status == "alive" {
+		if m.Status == peer.MemberAlive {
 			n++
 		}
 	}
@@ -526,7 +526,7 @@ func TestKeyFile(t *testing.T) {
 		stderr     string
 	}{
 		{"not base64", write("bad", "not base64!\n", 0o600), cli.ExitKey, "not base64"},
-		{"wrong length", write("short", "AAAA\n", 0o600), cli.ExitKey, "3-byte key"},
+		{"wrong length", write("short", "AAAA\n", 0o600), cli.ExitKey, "is 3 bytes"},
 		{"missing file", filepath.Join(dir, "none"), cli.ExitKey, "no such file"},
 		{"empty", write("empty", "\n", 0o600), cli.ExitKey, "empty"},
 		// A good key gets past the key check to the mountpoint check.
@@ -681,7 +681,7 @@ func TestClusterContention(t *testing.T) {
 		d := status(t, c.dir)
 		for _, l := range d.Locks {
 			if l.Name == "lock" {
-				return l.Waiting == 0 && l.State == "idle"
+				return l.Waiting == 0 && l.State == peer.LockIdle
 			}
 		}
 		return true

@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
-	"slices"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
+	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/localcluster"
 )
 
 // The bench's child clients: "dlockfs bench __client MODE ARGS..." (hidden;
@@ -48,19 +47,17 @@ func summarize(ns []int64, elapsed time.Duration) LatencyStats {
 	if len(ns) == 0 {
 		return s
 	}
-	sorted := slices.Clone(ns)
-	slices.Sort(sorted)
-	rank := func(p float64) float64 {
-		i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
-		return float64(sorted[min(max(i, 0), len(sorted)-1)]) / 1e3
-	}
+	us := make([]float64, len(ns))
 	var sum int64
-	for _, v := range sorted {
+	for i, v := range ns {
+		us[i] = float64(v) / 1e3
 		sum += v
 	}
-	s.P50us, s.P90us, s.P99us = rank(50), rank(90), rank(99)
-	s.MaxUs = float64(sorted[len(sorted)-1]) / 1e3
-	s.MeanUs = float64(sum) / float64(len(sorted)) / 1e3
+	s.P50us = localcluster.Percentile(us, 50) // sorts us
+	s.P90us = localcluster.Percentile(us, 90)
+	s.P99us = localcluster.Percentile(us, 99)
+	s.MaxUs = us[len(us)-1]
+	s.MeanUs = float64(sum) / float64(len(ns)) / 1e3
 	return s
 }
 

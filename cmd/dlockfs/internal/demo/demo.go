@@ -19,6 +19,7 @@ import (
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/localcluster"
 	"github.com/dlockfs/dlockfs/fs"
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
 // Demo defaults and bounds.
@@ -410,7 +411,7 @@ func (t *timeline) tick() {
 	holder, token := "-", "-"
 	for i, p := range t.c.Peers {
 		for _, l := range p.Status().Locks {
-			if l.Name == localcluster.LockName && l.State == "holding" {
+			if l.Name == localcluster.LockName && l.State == peer.LockHolding {
 				holder, token = t.c.Names[i], strconv.FormatUint(l.Token, 10)
 			}
 		}
@@ -566,15 +567,15 @@ func demoSummary(w io.Writer, c *localcluster.Cluster, o demoOptions, r *demoRes
 	}
 	if len(held) > 0 {
 		fmt.Fprintf(w, "  hold (enter to leave: counter read and written): p50 %.0f µs, p99 %.0f µs\n",
-			percentile(held, 50), percentile(held, 99))
+			localcluster.Percentile(held, 50), localcluster.Percentile(held, 99))
 	}
 	if len(moved) > 0 {
 		fmt.Fprintf(w, "  handover to another peer: %d times, p50 %.0f µs, p99 %.0f µs (close, release, "+
-			"messages, grant, open returns)\n", len(moved), percentile(moved, 50), percentile(moved, 99))
+			"messages, grant, open returns)\n", len(moved), localcluster.Percentile(moved, 50), localcluster.Percentile(moved, 99))
 	}
 	if len(stayed) > 0 {
 		fmt.Fprintf(w, "  handover within a peer:   %d times, p50 %.0f µs, p99 %.0f µs\n",
-			len(stayed), percentile(stayed, 50), percentile(stayed, 99))
+			len(stayed), localcluster.Percentile(stayed, 50), localcluster.Percentile(stayed, 99))
 	}
 	if len(fails) > 0 {
 		fmt.Fprintln(w, "RESULT: FAILED")
@@ -623,14 +624,4 @@ func anyPeerDone(c *localcluster.Cluster) <-chan struct{} {
 		}()
 	}
 	return ch
-}
-
-// percentile returns the p-th percentile (nearest rank) of xs, sorting xs.
-func percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	slices.Sort(xs)
-	i := int(p/100*float64(len(xs))+0.5) - 1
-	return xs[min(max(i, 0), len(xs)-1)]
 }

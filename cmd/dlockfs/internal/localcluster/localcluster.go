@@ -81,13 +81,11 @@ func peerName(i int) string { return string(rune('a' + i)) }
 // Start starts opt.Peers peers, joins them into one cluster,
 // waits until each sees every other alive with its lock channel connected,
 // and mounts each on a directory of a new temporary directory. On error
-// everything started is stopped again.
+// everything started is stopped again. The caller checks FUSE first
+// (fs.CheckFUSE), once, before anything else it does.
 func Start(ctx context.Context, opt Options) (_ *Cluster, err error) {
 	if opt.Peers < 1 || opt.Peers > MaxPeers {
 		return nil, fmt.Errorf("want 1 to %d peers, got %d", MaxPeers, opt.Peers)
-	}
-	if err := fs.CheckFUSE(false); err != nil {
-		return nil, cli.MountError(err)
 	}
 	dir, err := os.MkdirTemp("", opt.Prefix)
 	if err != nil {
@@ -176,7 +174,7 @@ func (c *Cluster) waitFormed(ctx context.Context) error {
 			st := p.Status()
 			alive := 0
 			for _, m := range st.Members {
-				if m.Status == "alive" {
+				if m.Status == peer.MemberAlive {
 					alive++
 				}
 			}
@@ -273,7 +271,7 @@ func (c *Cluster) waitSeenLeft(i int) {
 		for time.Now().Before(deadline) {
 			seen := false
 			for _, m := range p.Status().Members {
-				if m.Name == c.Names[i] && m.Status != "alive" {
+				if m.Name == c.Names[i] && m.Status != peer.MemberAlive {
 					seen = true
 				}
 			}

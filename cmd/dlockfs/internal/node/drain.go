@@ -216,14 +216,6 @@ func (d *drainLocker) isDraining() bool {
 	return d.draining
 }
 
-// drainStatus is the peer's status plus "draining".
-type drainStatus struct {
-	peer.Status
-	// Draining: the peer is stopping and grants no new local open; it
-	// waits for the local holders (--drain-timeout) before it leaves.
-	Draining bool `json:"draining"`
-}
-
 // Revoked passes the peer's answer through: a hold that a lapse of the
 // lease revoked stays in holds until its opener closes (a drain waits for
 // it like any other), but its reads fail with EIO.
@@ -231,7 +223,9 @@ func (d *drainLocker) Revoked(g mutex.Grant) bool { return d.Peer.Revoked(g) }
 
 // StatusJSON is the peer's status with "draining", as indented JSON.
 func (d *drainLocker) StatusJSON() ([]byte, error) {
-	b, err := json.MarshalIndent(drainStatus{Status: d.Peer.Status(), Draining: d.isDraining()}, "", "  ")
+	st := d.Peer.Status()
+	st.Draining = d.isDraining()
+	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -37,25 +36,36 @@ func readKeyFile(path string, log *slog.Logger) ([]byte, error) {
 	return parseKey(string(data))
 }
 
-// parseKey decodes a base64 key (standard alphabet, padding optional,
-// surrounding white space ignored) and checks its length.
+// parseKey decodes the key of a --key-file; its errors exit with code 15.
 func parseKey(s string) ([]byte, error) {
+	key, err := decodeKeyText("--key-file", s)
+	if err != nil {
+		return nil, cli.WithCode(cli.ExitKey, err)
+	}
+	return key, nil
+}
+
+// decodeKeyText decodes a base64 cluster key (standard alphabet, padding
+// optional, surrounding white space ignored) and checks its length: the one
+// check of a key on the command line, for --key-file and for keys. what
+// names the key in the errors.
+func decodeKeyText(what, s string) ([]byte, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
-		return nil, cli.WithCode(cli.ExitKey, errors.New("--key-file is empty (make a key with 'dlockfs keygen')"))
+		return nil, fmt.Errorf("%s is empty (make a key with 'dlockfs keygen')", what)
 	}
 	key, err := base64.StdEncoding.DecodeString(s)
 	if err != nil {
 		var err2 error
 		if key, err2 = base64.RawStdEncoding.DecodeString(s); err2 != nil {
-			return nil, cli.Codef(cli.ExitKey, "--key-file is not base64 (make a key with 'dlockfs keygen'): %w", err)
+			return nil, fmt.Errorf("%s is not base64 (make a key with 'dlockfs keygen'): %w", what, err)
 		}
 	}
 	switch len(key) {
 	case 16, 24, 32:
 		return key, nil
 	}
-	return nil, cli.Codef(cli.ExitKey, "--key-file holds a %d-byte key: want 16, 24 or 32 bytes (AES-128/192/256) in base64", len(key))
+	return nil, fmt.Errorf("%s is %d bytes: want 16, 24 or 32 bytes (AES-128/192/256) in base64", what, len(key))
 }
 
 // runKeygen prints a new random base64 key of keyLen bytes.

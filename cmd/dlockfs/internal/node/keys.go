@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"text/tabwriter"
@@ -82,25 +81,14 @@ func defaultControlPath(dir string) string {
 	return filepath.Clean(dir) + controlSuffix
 }
 
-// decodeKey decodes a base64 cluster key given to keys; its errors are
-// usage errors (exit 2).
+// decodeKey decodes a KEY given to keys; its errors are usage errors
+// (exit 2).
 func decodeKey(s string) ([]byte, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return nil, cli.Usagef("empty KEY (make one with 'dlockfs keygen')")
-	}
-	key, err := base64.StdEncoding.DecodeString(s)
+	key, err := decodeKeyText("KEY", s)
 	if err != nil {
-		var err2 error
-		if key, err2 = base64.RawStdEncoding.DecodeString(s); err2 != nil {
-			return nil, cli.Usagef("KEY is not base64 (make one with 'dlockfs keygen'): %v", err)
-		}
+		return nil, cli.Usage(err)
 	}
-	switch len(key) {
-	case 16, 24, 32:
-		return key, nil
-	}
-	return nil, cli.Usagef("KEY is %d bytes: want 16, 24 or 32 bytes (AES-128/192/256) in base64", len(key))
+	return key, nil
 }
 
 // parseKeys parses "keys [--control PATH] [--json] list|install KEY|use

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
+	"github.com/dlockfs/dlockfs/fs"
 )
 
 // runCheck exits 0 iff the path is the root of a live dlockfs mount.
@@ -60,8 +61,8 @@ func lockTarget(ctx context.Context, path string) (live liveMount, file string, 
 		}
 		return liveMount{}, "", err
 	}
-	if strings.HasPrefix(name, ".") {
-		return liveMount{}, "", cli.Usagef("%s: lock names starting with '.' are reserved (%s is the status file)", path, statusFile)
+	if err := fs.ValidName(name); err != nil {
+		return liveMount{}, "", cli.Usagef("%s: %w", path, err)
 	}
 	return live, filepath.Join(live.root, name), nil
 }

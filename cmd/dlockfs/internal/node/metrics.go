@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
 // maxLockLabels bounds the lock names that get a label of their own in the
@@ -143,7 +145,7 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	holders, waiters, deferred := 0, 0, 0
 	for _, l := range st.Locks {
-		if l.State == "holding" {
+		if l.State == peer.LockHolding {
 			holders++
 		}
 		waiters += l.Waiting
@@ -157,11 +159,11 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 		draining = 1
 	}
 	gauge(descDraining, draining)
-	members := map[string]int{"alive": 0, "failed": 0, "left": 0}
+	members := map[string]int{peer.MemberAlive: 0, peer.MemberFailed: 0, peer.MemberLeft: 0}
 	conn := map[string]int{"connected": 0, "disconnected": 0}
 	for _, m := range st.Members {
 		members[m.Status]++
-		if m.Status == "alive" && m.Name != st.Node {
+		if m.Status == peer.MemberAlive && m.Name != st.Node {
 			if m.LockConnected {
 				conn["connected"]++
 			} else {

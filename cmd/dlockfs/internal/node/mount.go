@@ -206,7 +206,7 @@ func announce(e *cli.Env, log *slog.Logger, mt *mounted) {
 	st := mt.p.Status()
 	alive := 0
 	for _, mem := range st.Members {
-		if mem.Status == "alive" {
+		if mem.Status == peer.MemberAlive {
 			alive++
 		}
 	}
@@ -334,7 +334,7 @@ func drainStop(log *slog.Logger, d *drainLocker, timeout time.Duration, again <-
 // the cluster stops counting on them as this node leaves.
 func warnHeld(log *slog.Logger, st peer.Status) {
 	for _, l := range st.Locks {
-		if l.State == "holding" || l.Waiting > 0 {
+		if l.State == peer.LockHolding || l.Waiting > 0 {
 			log.Warn("shutting down while a local process holds or awaits the lock: it is released for the cluster",
 				"lock", l.Name, "state", l.State, "token", l.Token, "waiting", l.Waiting)
 		}

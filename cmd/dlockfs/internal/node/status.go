@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -16,56 +17,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dlockfs/dlockfs/mutex/peer"
+
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
 )
 
-// statusDoc is the part of MOUNTPOINT/.status that status prints (the
-// contract's field names; unknown fields are ignored).
-type statusDoc struct {
-	Node        string          `json:"node"`
-	Incarnation json.RawMessage `json:"incarnation"`
-	Lamport     uint64          `json:"lamport"`
-	Encrypted   bool            `json:"encrypted"`
-	Profile     string          `json:"profile"`
-	Draining    bool            `json:"draining"`
-	Members     []struct {
-		Name     string `json:"name"`
-		Addr     string `json:"addr"`
-		LockAddr string `json:"lock_addr"`
-		Status   string `json:"status"`
-	} `json:"members"`
-	Locks []struct {
-		Name        string   `json:"name"`
-		State       string   `json:"state"`
-		Holder      string   `json:"holder"`
-		Token       uint64   `json:"token"`
-		Waiting     int      `json:"waiting"`
-		Queued      []string `json:"queued"`
-		Awaiting    []string `json:"awaiting"`
-		Permissions []string `json:"permissions"`
-		Revoked     int      `json:"revoked"`
-	} `json:"locks"`
-	Counters map[string]json.RawMessage `json:"counters"`
-	Quorum   *quorumDoc                 `json:"quorum"`
-}
+// statusDoc is MOUNTPOINT/.status, the peer's Status (unknown fields are
+// ignored).
+type statusDoc = peer.Status
 
 // quorumDoc is the majority-mode part of .status.
-type quorumDoc struct {
-	Mode    string `json:"mode"`
-	Version uint64 `json:"version"`
-	Voters  []struct {
-		Name  string `json:"name"`
-		State string `json:"state"`
-	} `json:"voters"`
-	Majority    int    `json:"majority"`
-	HasMajority bool   `json:"has_majority"`
-	LeaseValid  bool   `json:"lease_valid"`
-	LeaseLeftMS int64  `json:"lease_left_ms"`
-	Lease       string `json:"lease"`
-	LockDelay   string `json:"lock_delay"`
-	Lapses      uint64 `json:"lapses"`
-	Revoked     uint64 `json:"revoked"`
-}
+type quorumDoc = peer.QuorumStatus
 
 // forgetHint is the command that unblocks a 2-voter cluster that lost
 // node, or "" when there is none to give: with 2 voters, one down, the
@@ -75,7 +37,7 @@ func forgetHint(root string, q *quorumDoc) (node, cmd string) {
 		return "", ""
 	}
 	for _, v := range q.Voters {
-		if v.State != "self" && v.State != "alive" {
+		if v.State != peer.VoterSelf && v.State != peer.VoterAlive {
 			node = v.Name
 		}
 	}
@@ -208,11 +170,14 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 	}
 	alive := 0
 	for _, m := range d.Members {
-		if m.Status == "alive" {
+		if m.Status == peer.MemberAlive {
 			alive++
 		}
 	}
-	inc := strings.Trim(string(d.Incarnation), `"`)
+	inc := ""
+	if d.Incarnation != 0 {
+		inc = strconv.FormatUint(d.Incarnation, 10)
+	}
 	if d.Draining {
 		enc += ", DRAINING (stopping: no new local opens)"
 	}
@@ -253,12 +218,18 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		}
 	}
 
-	if len(d.Counters) > 0 {
+	// The counters, by their JSON names, so that a counter added to the
+	// schema is shown without a change here.
+	var counters map[string]json.RawMessage
+	if b, err := json.Marshal(d.Counters); err == nil {
+		_ = json.Unmarshal(b, &counters)
+	}
+	if len(counters) > 0 {
 		fmt.Fprintln(w)
 		// The contract's order first, then anything newer by name.
 		keys := []string{"sent", "received", "dropped", "grants", "refusals"}
 		var extra []string
-		for k := range d.Counters {
+		for k := range counters {
 			if !slices.Contains(keys, k) {
 				extra = append(extra, k)
 			}
@@ -267,7 +238,7 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		keys = append(keys, extra...)
 		parts := make([]string, 0, len(keys))
 		for _, k := range keys {
-			raw, ok := d.Counters[k]
+			raw, ok := counters[k]
 			v := strings.TrimSpace(string(raw))
 			if !ok || v == "{}" || v == "null" {
 				continue
