@@ -4,6 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -94,18 +101,76 @@ func TestRun(t *testing.T) {
 	}
 }
 
+// TestExitCodesDocumented: every Exit constant of exitcodes.go (read from
+// the source, not from a copy here) has one row in ExitCodeTable, every row
+// is such a constant, and the README's EXIT CODES section is the table as
+// ExitCodesMarkdown renders it. (The help and the man page render the same
+// table.)
 func TestExitCodesDocumented(t *testing.T) {
-	seen := map[int]bool{}
+	consts := exitConstants(t)
+	rows := map[int]bool{}
 	for _, r := range ExitCodeTable() {
-		if seen[r.Code] {
+		if rows[r.Code] {
 			t.Errorf("exit code %d documented twice", r.Code)
 		}
-		seen[r.Code] = true
-	}
-	for _, c := range []int{ExitOK, ExitError, ExitUsage, ExitMountpoint, ExitJoin, ExitBusy, ExitTimeout,
-		ExitFUSE, ExitKey, ExitNotMounted, ExitCannotExec, ExitNotFound} {
-		if !seen[c] {
-			t.Errorf("exit code %d not in ExitCodeTable", c)
+		rows[r.Code] = true
+		if !slices.Contains(slices.Collect(maps.Values(consts)), r.Code) {
+			t.Errorf("exit code %d is in ExitCodeTable but no Exit constant has it", r.Code)
 		}
 	}
+	for name, code := range consts {
+		if !rows[code] {
+			t.Errorf("%s (%d) is not in ExitCodeTable", name, code)
+		}
+	}
+	readme, err := os.ReadFile("../../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(readme), "\n### EXIT CODES\n\n")
+	if !ok {
+		t.Fatal("README has no ### EXIT CODES section")
+	}
+	sec, _, _ = strings.Cut(sec, "\n###")
+	if got, want := strings.TrimSpace(sec), strings.TrimSpace(ExitCodesMarkdown()); got != want {
+		t.Errorf("README's EXIT CODES differ from ExitCodeTable; the section should read:\n%s\ngot:\n%s", want, got)
+	}
+}
+
+// exitConstants reads the Exit constants and their values from
+// exitcodes.go.
+func exitConstants(t *testing.T) map[string]int {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), "exitcodes.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range g.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i, n := range vs.Names {
+				if !strings.HasPrefix(n.Name, "Exit") || i >= len(vs.Values) {
+					continue
+				}
+				lit, ok := vs.Values[i].(*ast.BasicLit)
+				if !ok {
+					t.Fatalf("%s: want a literal code", n.Name)
+				}
+				v, err := strconv.Atoi(lit.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out[n.Name] = v
+			}
+		}
+	}
+	if len(out) < 10 {
+		t.Fatalf("found only %d Exit constants in exitcodes.go: %v", len(out), out)
+	}
+	return out
 }

@@ -1,8 +1,13 @@
 package cli
 
+import (
+	"fmt"
+	"strings"
+)
+
 // Exit codes, in one place. They are part of the command-line interface:
-// scripts may test them, so never renumber one. The EXIT CODES section of the
-// help text (see help.go) lists the same table.
+// scripts may test them, so never renumber one. ExitCodeTable documents
+// them.
 const (
 	// ExitOK: success (mount: clean shutdown after SIGINT/SIGTERM).
 	ExitOK = 0
@@ -44,27 +49,49 @@ const (
 	ExitNotFound = 127
 )
 
-// ExitCodeDoc is one row of the EXIT CODES table in the help text.
+// ExitCodeDoc is one row of the EXIT CODES table.
 type ExitCodeDoc struct {
-	Code    int
+	Code int
+	// Meaning may hold `code spans`: the README shows them as code, the
+	// help and the man page as plain text (Text).
 	Meaning string
 }
 
-// ExitCodeTable documents the exit codes above, for the help text.
+// Text is the meaning as plain text, for the help and the man page.
+func (d ExitCodeDoc) Text() string { return strings.ReplaceAll(d.Meaning, "`", "") }
+
+// ExitCodeTable documents the exit codes above: the one table that the
+// help (exitCodesText), the man page (ManPage) and the README
+// (ExitCodesMarkdown; TestExitCodesDocumented compares) show.
 func ExitCodeTable() []ExitCodeDoc {
 	return []ExitCodeDoc{
-		{ExitOK, "success; mount: clean shutdown after SIGINT/SIGTERM"},
+		{ExitOK, "success; `mount`: clean shutdown after SIGINT/SIGTERM"},
 		{ExitError, "other error"},
 		{ExitUsage, "usage error (bad command, flag or argument)"},
-		{ExitMountpoint, "mount: mountpoint missing, not a directory, already mounted, or dead"},
-		{ExitJoin, "mount: could not join the cluster (or start the peer)"},
-		{ExitBusy, "lock --try: the lock is busy (CMD not run)"},
-		{ExitTimeout, "lock --timeout: not granted in time (CMD not run)"},
-		{ExitFUSE, "mount: FUSE unavailable or mount failed (/dev/fuse, fusermount3)"},
-		{ExitKey, "mount: bad --key-file (unreadable, not base64, wrong length)"},
-		{ExitNotMounted, "status/lock/check/keys: not a live dlockfs mount (CMD not run)"},
-		{ExitRevoked, "lock: the hold was revoked under CMD (lease lost or daemon gone); CMD was terminated"},
-		{ExitCannotExec, "lock: CMD cannot be executed"},
-		{ExitNotFound, "lock: CMD not found (lock not taken)"},
+		{ExitMountpoint, "`mount`: mountpoint missing, not a directory, already mounted, or a dead mount (`umount -l DIR` clears it)"},
+		{ExitJoin, "`mount`: could not join the cluster (no answer, wrong key, name taken) or start the peer"},
+		{ExitBusy, "`lock --try`: the lock is busy (CMD not run)"},
+		{ExitTimeout, "`lock --timeout`: not granted in time (CMD not run); `--timeout 0` is `--try` (12)"},
+		{ExitFUSE, "`mount`: FUSE unavailable or the mount failed (`/dev/fuse`, `fusermount3`)"},
+		{ExitKey, "`mount`: bad `--key-file` (unreadable, not base64, wrong length)"},
+		{ExitNotMounted, "`status`/`lock`/`check`: not a live dlockfs mount (CMD not run); `keys`/`forget`: no mount serves the control socket"},
+		{ExitRevoked, "`lock`: the hold was revoked under CMD (lease lost or daemon gone); CMD was terminated"},
+		{ExitCannotExec, "`lock`: CMD cannot be executed"},
+		{ExitNotFound, "`lock`: CMD not found (lock not taken)"},
 	}
+}
+
+// exitCodesNote follows the table everywhere it is shown.
+const exitCodesNote = "`lock` exits with CMD's status once CMD has run (128+N if a signal N killed it)."
+
+// ExitCodesMarkdown renders the table for the README's EXIT CODES
+// section.
+func ExitCodesMarkdown() string {
+	var b strings.Builder
+	b.WriteString("| code | meaning |\n|---|---|\n")
+	for _, r := range ExitCodeTable() {
+		fmt.Fprintf(&b, "| %d | %s |\n", r.Code, r.Meaning)
+	}
+	b.WriteString("\n" + exitCodesNote + "\n")
+	return b.String()
 }

@@ -45,8 +45,8 @@ func exitCodesText() string {
 	var b strings.Builder
 	b.WriteString("Exit codes:\n")
 	for _, r := range ExitCodeTable() {
-		fmt.Fprintf(&b, "  %3d  %s\n", r.Code, r.Meaning)
+		fmt.Fprintf(&b, "  %3d  %s\n", r.Code, r.Text())
 	}
-	b.WriteString("  lock exits with CMD's status once CMD has run (128+N if a signal N killed it).\n")
+	b.WriteString("  " + strings.ReplaceAll(exitCodesNote, "`", "") + "\n")
 	return b.String()
 }

@@ -52,9 +52,9 @@ func ManPage(cmds []Command) string {
 
 	b.WriteString(".SH EXIT CODES\n")
 	for _, r := range ExitCodeTable() {
-		fmt.Fprintf(&b, ".TP\n.B %d\n%s\n", r.Code, roffLine(r.Meaning))
+		fmt.Fprintf(&b, ".TP\n.B %d\n%s\n", r.Code, roffLine(r.Text()))
 	}
-	b.WriteString(".PP\nlock exits with CMD's status once CMD has run (128+N if a signal N killed it).\n")
+	b.WriteString(".PP\n" + roffLine(strings.ReplaceAll(exitCodesNote, "`", "")) + "\n")
 
 	b.WriteString(".SH EXAMPLES\n.nf\n")
 	_, quick, _ := strings.Cut(Overview(cmds), "Quick start")
