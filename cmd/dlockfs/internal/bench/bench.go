@@ -36,7 +36,7 @@ const (
 	benchChildGrace     = 60 * time.Second       // a child's time beyond its planned run
 )
 
-// Targets from the issue (2-core machine, 3 peers).
+// Targets: what dlockfs aims for with 3 peers on a 2-core machine.
 const (
 	targetUncontendedP50us = 150.0
 	targetContendedPerSec  = 3000.0
@@ -65,9 +65,10 @@ processes (this binary re-executed; they call open(2)/close(2) directly):
       encryption, goroutine hand-offs)
   (g) flock(2) LOCK_EX+LOCK_UN on a /dev/shm file, for scale
 
-Latencies are p50/p99 over --ops operations after a warm-up. The issue's
-targets (2 cores, 3 peers) are checked at the end: uncontended p50 <= 150 us,
-contended >= 3000 acquisitions/s, no peer below 25% of its fair share.
+Latencies are p50/p99 over --ops operations after a warm-up. dlockfs's
+targets, for 3 peers on 2 cores, are checked at the end: uncontended p50
+<= 150 us, contended >= 3000 acquisitions/s, no peer below 25% of its fair
+share.
 
 Flags:
   --peers N         peers in the cluster (default 3, 1 to 26)
@@ -230,7 +231,7 @@ type peerShare struct {
 	Latency      LatencyStats `json:"latency"`
 }
 
-// benchTarget is one target of the issue and whether it was met.
+// benchTarget is one target (targetUncontendedP50us...) and whether it was met.
 type benchTarget struct {
 	Name string  `json:"name"`
 	Want string  `json:"want"`
@@ -546,7 +547,7 @@ func benchChild(ctx context.Context, plan time.Duration, args ...string) (Latenc
 	return s, nil
 }
 
-// benchTargets checks the issue's targets on the plain run (and the
+// benchTargets checks the targets on the plain run (and the
 // fast-path run, if any).
 func benchTargets(rep *Report) []benchTarget {
 	var ts []benchTarget
@@ -645,7 +646,7 @@ func printBench(w io.Writer, rep *Report) {
 	}
 	net("(g) flock(2) LOCK_EX+LOCK_UN on "+filepath.Dir(rep.FlockPath), rep.Flock)
 
-	fmt.Fprintf(w, "\nTargets (issue, 2-core machine):\n")
+	fmt.Fprintf(w, "\nTargets (for 3 peers on a 2-core machine):\n")
 	for _, t := range rep.Targets {
 		met := "MISSED"
 		if t.Met {
