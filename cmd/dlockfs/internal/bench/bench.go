@@ -116,14 +116,7 @@ type benchOptions struct {
 // Command is "dlockfs bench", and its hidden child-client mode
 // "bench __client MODE ARGS...".
 func Command() cli.Command {
-	return cli.Command{Name: "bench", Summary: "measure lock throughput and latency", Help: helpBench,
-		Parse: func(args []string) (cli.Runner, error) {
-			o, err := benchFlags(args)
-			if err != nil {
-				return nil, err
-			}
-			return func(ctx context.Context, e *cli.Env) error { return runBench(ctx, e, o) }, nil
-		}}
+	return cli.NewCommand("bench", "measure lock throughput and latency", helpBench, benchFlags, runBench)
 }
 
 // benchFlags parses and checks bench's flags.

@@ -22,6 +22,21 @@ type Command struct {
 // Runner runs a parsed command.
 type Runner func(ctx context.Context, e *Env) error
 
+// NewCommand makes a Command of a parse function, which turns the
+// arguments into the command's options O, and a run function, which runs
+// the command with them.
+func NewCommand[O any](name, summary, help string, parse func(args []string) (O, error),
+	run func(context.Context, *Env, O) error) Command {
+	return Command{Name: name, Summary: summary, Help: help,
+		Parse: func(args []string) (Runner, error) {
+			o, err := parse(args)
+			if err != nil {
+				return nil, err
+			}
+			return func(ctx context.Context, e *Env) error { return run(ctx, e, o) }, nil
+		}}
+}
+
 // Env is what a command may touch besides its options: the standard streams.
 type Env struct {
 	Stdout, Stderr io.Writer

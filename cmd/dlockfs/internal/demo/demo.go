@@ -89,14 +89,7 @@ type demoOptions struct {
 
 // Command is "dlockfs demo [--keep] [--seconds N] [--workers N] [--peers N]".
 func Command() cli.Command {
-	return cli.Command{Name: "demo", Summary: "run a local demo cluster", Help: helpDemo,
-		Parse: func(args []string) (cli.Runner, error) {
-			o, err := demoFlags(args)
-			if err != nil {
-				return nil, err
-			}
-			return func(ctx context.Context, e *cli.Env) error { return runDemo(ctx, e, o) }, nil
-		}}
+	return cli.NewCommand("demo", "run a local demo cluster", helpDemo, demoFlags, runDemo)
 }
 
 // demoFlags parses and checks demo's flags.

@@ -94,26 +94,17 @@ Exit codes: 0 ok, 2 usage, 1 other (no manifest under that prefix).
 
 // Install is "dlockfs install"; manPage renders the man page it writes.
 func Install(manPage func() string) cli.Command {
-	return cli.Command{Name: "install", Summary: "install the binary, man page and systemd unit", Help: helpInstall,
-		Parse: func(args []string) (cli.Runner, error) {
-			cfg, err := parseInstall("install", args)
-			if err != nil {
-				return nil, err
-			}
-			return func(ctx context.Context, e *cli.Env) error { return runInstall(ctx, e, cfg, manPage) }, nil
-		}}
+	return cli.NewCommand("install", "install the binary, man page and systemd unit", helpInstall,
+		func(args []string) (installConfig, error) { return parseInstall("install", args) },
+		func(ctx context.Context, e *cli.Env, cfg installConfig) error {
+			return runInstall(ctx, e, cfg, manPage)
+		})
 }
 
 // Uninstall is "dlockfs uninstall".
 func Uninstall() cli.Command {
-	return cli.Command{Name: "uninstall", Summary: "remove what install wrote", Help: helpUninstall,
-		Parse: func(args []string) (cli.Runner, error) {
-			cfg, err := parseInstall("uninstall", args)
-			if err != nil {
-				return nil, err
-			}
-			return func(ctx context.Context, e *cli.Env) error { return runUninstall(ctx, e, cfg) }, nil
-		}}
+	return cli.NewCommand("uninstall", "remove what install wrote", helpUninstall,
+		func(args []string) (installConfig, error) { return parseInstall("uninstall", args) }, runUninstall)
 }
 
 // parseInstall parses "install|uninstall [--prefix DIR]".

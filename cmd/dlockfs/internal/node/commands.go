@@ -10,14 +10,11 @@ import (
 // fills the command's part of a config, run runs it.
 func command(name, summary, help string, parse func(*config, []string) error,
 	run func(context.Context, *cli.Env, config) error) cli.Command {
-	return cli.Command{Name: name, Summary: summary, Help: help,
-		Parse: func(args []string) (cli.Runner, error) {
-			cfg := config{cmd: name}
-			if err := parse(&cfg, args); err != nil {
-				return nil, err
-			}
-			return func(ctx context.Context, e *cli.Env) error { return run(ctx, e, cfg) }, nil
-		}}
+	return cli.NewCommand(name, summary, help, func(args []string) (config, error) {
+		cfg := config{cmd: name}
+		err := parse(&cfg, args)
+		return cfg, err
+	}, run)
 }
 
 // Mount is "dlockfs mount".
