@@ -81,7 +81,13 @@ const (
 	flushENOSYS                  // answered ENOSYS: FLUSH stops for the whole mount (breaks POSIX locks in flock/)
 )
 
-// validName reports why name cannot be a lock name, or nil.
+// ValidName reports why name cannot be the name of a lock in a mount, or
+// nil: mutex.ValidLockName's rules, and neither a name starting with '.'
+// (.status) nor FlockDir, which a mount reserves. It is the one check of a
+// lock name, for the mount and for the programs that open one.
+func ValidName(name string) error { return validName(name) }
+
+// validName is ValidName.
 func validName(name string) error {
 	if len(name) > mutex.MaxNameLen {
 		return fmt.Errorf("%w: %.20q...", errNameTooLong, name)

@@ -3,6 +3,8 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
 )
 
 // TestJoinTimeoutZero: --join-timeout 0 tries each address once. With
@@ -13,7 +15,7 @@ func TestJoinTimeoutZero(t *testing.T) {
 	nobody := freeAddr(t)
 	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--gossip", "fast",
 		"--join", nobody, "--join-timeout", "0", dir)
-	wantCode(t, r, exitJoin, "one join attempt to nobody")
+	wantCode(t, r, cli.ExitJoin, "one join attempt to nobody")
 	for _, want := range []string{"after 1 attempt(s)", "--join-timeout 0 tries each address once"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, r.stderr)

@@ -236,7 +236,7 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("%s keys %v, want %v", what, k, want)
 		}
 	}
-	check("status", st, "node", "incarnation", "lamport", "encrypted", "profile", "members", "locks", "counters", "transport", "quorum")
+	check("status", st, "node", "incarnation", "lamport", "encrypted", "profile", "members", "locks", "counters", "transport", "quorum", "draining")
 	if st["node"] != "p0" || st["encrypted"] != true || st["profile"] != "fast" {
 		t.Errorf("node/encrypted/profile: %v %v %v", st["node"], st["encrypted"], st["profile"])
 	}

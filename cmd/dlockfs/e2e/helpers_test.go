@@ -20,6 +20,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/dlockfs/dlockfs/mutex/peer"
 	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
@@ -444,45 +445,8 @@ func (n *node) stop() {
 	}
 }
 
-// statusDoc is the .status JSON.
-type statusDoc struct {
-	Node    string `json:"node"`
-	Profile string `json:"profile"`
-	Members []struct {
-		Name     string `json:"name"`
-		Addr     string `json:"addr"`
-		LockAddr string `json:"lock_addr"`
-		Status   string `json:"status"`
-	} `json:"members"`
-	Locks    []lockDoc  `json:"locks"`
-	Draining bool       `json:"draining"`
-	Quorum   *quorumDoc `json:"quorum"`
-	Counters struct {
-		Sent      uint64            `json:"sent"`
-		Received  uint64            `json:"received"`
-		Dropped   uint64            `json:"dropped"`
-		Grants    uint64            `json:"grants"`
-		Refusals  uint64            `json:"refusals"`
-		DroppedBy map[string]uint64 `json:"dropped_by"`
-	} `json:"counters"`
-}
-
-// quorumDoc is the majority-mode part of .status.
-type quorumDoc struct {
-	Mode    string `json:"mode"`
-	Version uint64 `json:"version"`
-	Voters  []struct {
-		Name  string `json:"name"`
-		State string `json:"state"`
-	} `json:"voters"`
-	Majority    int    `json:"majority"`
-	HasMajority bool   `json:"has_majority"`
-	LeaseValid  bool   `json:"lease_valid"`
-	Lease       string `json:"lease"`
-	LockDelay   string `json:"lock_delay"`
-	Lapses      uint64 `json:"lapses"`
-	Revoked     uint64 `json:"revoked"`
-}
+// statusDoc is the .status JSON (peer.Status), with the tests' look-ups.
+type statusDoc struct{ peer.Status }
 
 // voters lists the voters' names (nil outside majority mode).
 func (d statusDoc) voters() []string {
@@ -497,17 +461,7 @@ func (d statusDoc) voters() []string {
 }
 
 // lockDoc is one lock in .status.
-type lockDoc struct {
-	Name        string   `json:"name"`
-	State       string   `json:"state"`
-	Holder      string   `json:"holder"`
-	Token       uint64   `json:"token"`
-	Waiting     int      `json:"waiting"`
-	Queued      []string `json:"queued"`
-	Awaiting    []string `json:"awaiting"`
-	Permissions []string `json:"permissions"`
-	Revoked     int      `json:"revoked"`
-}
+type lockDoc = peer.LockStatus
 
 // status reads and parses MOUNT/.status, bounded by statusTimeout (a
 // hanging daemon cannot hang the test: the read runs in a goroutine).
@@ -553,7 +507,7 @@ func (d statusDoc) lock(name string) lockDoc {
 			return l
 		}
 	}
-	return lockDoc{Name: name, State: "idle"}
+	return lockDoc{Name: name, State: peer.LockIdle}
 }
 
 // memberStatus returns a member's status ("" if unknown).
@@ -575,7 +529,7 @@ func (n *node) seesAlive(names ...string) bool {
 	}
 	var alive []string
 	for _, m := range d.Members {
-		if m.Status == "alive" {
+		if m.Status == peer.MemberAlive {
 			alive = append(alive, m.Name)
 		}
 	}
@@ -629,7 +583,7 @@ func startCluster(t *testing.T, n int, o nodeOpts) []*node {
 // lockIdle reports whether a node's lock is idle with nothing waiting,
 // queued or awaited: no request of any kind is left on it.
 func lockIdle(l lockDoc) bool {
-	return l.State == "idle" && l.Waiting == 0 && len(l.Queued) == 0 && len(l.Awaiting) == 0
+	return l.State == peer.LockIdle && l.Waiting == 0 && len(l.Queued) == 0 && len(l.Awaiting) == 0
 }
 
 // waitIdle waits until the lock is idle on every node.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dlockfs/dlockfs/mutex/peer"
 	"github.com/dlockfs/dlockfs/mutex/transport"
 )
 
@@ -241,7 +242,7 @@ func TestKeyRotation(t *testing.T) {
 		t.Errorf("a peer with the old key: mount exited %d, want 11\nstderr: %s", code, x.p.stderr.String())
 	}
 	for _, n := range nodes {
-		if n0(n.status()).memberStatus("x") == "alive" {
+		if n0(n.status()).memberStatus("x") == peer.MemberAlive {
 			t.Errorf("%s lists the peer with the old key as alive", n.name)
 		}
 	}
