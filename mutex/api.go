@@ -258,11 +258,8 @@ func (q QuorumMode) String() string {
 
 // Validate reports the first problem with the configuration.
 func (c Config) Validate() error {
-	if c.Name == "" {
-		return errors.New("mutex: config: Name is empty")
-	}
-	if len(c.Name) > MaxNameLen {
-		return fmt.Errorf("mutex: config: Name is longer than %d bytes", MaxNameLen)
+	if err := ValidNodeName(c.Name); err != nil {
+		return fmt.Errorf("mutex: config: Name: %w", err)
 	}
 	switch c.Quorum {
 	case QuorumNone:
@@ -320,6 +317,23 @@ func ValidLockName(name string) error {
 	if name == "" || name == "." || name == ".." || len(name) > MaxNameLen ||
 		strings.ContainsAny(name, "/\x00") {
 		return fmt.Errorf("%w: %q", ErrInvalidName, name)
+	}
+	return nil
+}
+
+// ValidNodeName reports why name cannot be a node's name, or nil: 1 to
+// MaxNameLen bytes, with no '/', white space or NUL (a node name is a path
+// element of the default state directory and one word in logs and status).
+// It is the one check of a node name, for the core, the peer, the transport
+// and the command line.
+func ValidNodeName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("node name is empty")
+	case len(name) > MaxNameLen:
+		return fmt.Errorf("node name is longer than %d bytes", MaxNameLen)
+	case strings.ContainsAny(name, "/\x00 \t\n\r\v\f"):
+		return fmt.Errorf("node name %q holds '/', white space or NUL", name)
 	}
 	return nil
 }

@@ -429,7 +429,7 @@ func TestHelpAndUsage(t *testing.T) {
 		{[]string{"check", "--help"}, cli.ExitOK, "exec 9<"},
 		{[]string{"keygen", "--help"}, cli.ExitOK, "umask 077"},
 		{[]string{"keys", "--help"}, cli.ExitOK, "control socket"},
-		{[]string{"keys", "install", "xyz"}, cli.ExitUsage, "KEY is 2 bytes"},
+		{[]string{"keys", "install", "xyz"}, cli.ExitUsage, "KEY: the key is 2 bytes, want 16, 24 or 32"},
 		{[]string{"help", "--help"}, cli.ExitOK, "Commands:"},
 		{nil, cli.ExitUsage, "no command"},
 		{[]string{"frob"}, cli.ExitUsage, `unknown command "frob"`},

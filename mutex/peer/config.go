@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/transport"
 )
 
 // The membership profiles: Serf timer settings, chosen by [Config.Profile].
@@ -191,10 +192,8 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	var errs []error
-	if c.Name == "" {
-		errs = append(errs, errors.New("peer: config: Name is empty"))
-	} else if len(c.Name) > mutex.MaxNameLen {
-		errs = append(errs, fmt.Errorf("peer: config: Name is longer than %d bytes", mutex.MaxNameLen))
+	if err := mutex.ValidNodeName(c.Name); err != nil {
+		errs = append(errs, fmt.Errorf("peer: config: Name: %w", err))
 	}
 	check := func(field, addr string, required bool) {
 		if addr == "" {
@@ -242,10 +241,10 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("peer: config: unknown Quorum %q (want %q or %q)", c.Quorum, QuorumMajority, QuorumNone))
 	}
-	switch len(c.Key) {
-	case 0, 16, 24, 32:
-	default:
-		errs = append(errs, fmt.Errorf("peer: config: Key is %d bytes (want 16, 24 or 32)", len(c.Key)))
+	if len(c.Key) != 0 {
+		if err := transport.CheckKey(c.Key); err != nil {
+			errs = append(errs, fmt.Errorf("peer: config: Key: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

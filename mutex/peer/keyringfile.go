@@ -98,10 +98,8 @@ func readKeyringFile(path string) ([][]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("peer: keyring file %s: key %d: %w %s", path, i, err, hint)
 		}
-		switch len(k) {
-		case 16, 24, 32:
-		default:
-			return nil, fmt.Errorf("peer: keyring file %s: key %d is %d bytes, want 16, 24 or 32 %s", path, i, len(k), hint)
+		if err := transport.CheckKey(k); err != nil {
+			return nil, fmt.Errorf("peer: keyring file %s: key %d: %w %s", path, i, err, hint)
 		}
 		keys = append(keys, k)
 	}

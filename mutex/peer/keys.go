@@ -8,6 +8,8 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/serf/serf"
+
+	"github.com/dlockfs/dlockfs/mutex/transport"
 )
 
 // Key rotation. A peer has one keyring (a *memberlist.Keyring) that Serf
@@ -82,10 +84,8 @@ func (p *Peer) Keys(ctx context.Context, op KeyOp, key []byte) (KeyReport, error
 		return rep, ErrNotEncrypted
 	}
 	if op != KeyList {
-		switch len(key) {
-		case 16, 24, 32:
-		default:
-			return rep, fmt.Errorf("peer: keys %s: the key is %d bytes, want 16, 24 or 32", op, len(key))
+		if err := transport.CheckKey(key); err != nil {
+			return rep, fmt.Errorf("peer: keys %s: %w", op, err)
 		}
 	}
 	if op == KeyRemove && bytes.Equal(key, p.keyring.GetPrimaryKey()) {

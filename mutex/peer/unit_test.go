@@ -29,7 +29,9 @@ func TestConfigValidate(t *testing.T) {
 		{"wan", func(c *Config) { c.Profile = ProfileWAN }, ""},
 		{"16-byte key", func(c *Config) { c.Key = make([]byte, 16) }, ""},
 		{"32-byte key", func(c *Config) { c.Key = make([]byte, 32) }, ""},
-		{"long name", func(c *Config) { c.Name = strings.Repeat("n", 256) }, "Name is longer"},
+		{"long name", func(c *Config) { c.Name = strings.Repeat("n", 256) }, "Name: node name is longer"},
+		{"name with a slash", func(c *Config) { c.Name = "a/b" }, "Name: node name \"a/b\" holds '/'"},
+		{"name with a space", func(c *Config) { c.Name = "a b" }, "white space"},
 		{"bad bind", func(c *Config) { c.BindAddr = "localhost:7946" }, "BindAddr"},
 		{"bind without port", func(c *Config) { c.BindAddr = "127.0.0.1" }, "BindAddr"},
 		{"bad port", func(c *Config) { c.BindAddr = "127.0.0.1:99999" }, "BindAddr"},
@@ -38,7 +40,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad lock advertise", func(c *Config) { c.LockAdvertise = ":" }, "LockAdvertise"},
 		{"empty join", func(c *Config) { c.Join = []string{"127.0.0.1:1", ""} }, "Join[1]"},
 		{"profile", func(c *Config) { c.Profile = "turbo" }, "unknown Profile"},
-		{"key size", func(c *Config) { c.Key = make([]byte, 20) }, "Key is 20 bytes"},
+		{"key size", func(c *Config) { c.Key = make([]byte, 20) }, "Key: the key is 20 bytes"},
 		{"no port left for the lock channel", func(c *Config) { c.BindAddr = "127.0.0.1:65535" }, "set LockAddr"},
 		{"bind port 65535 with a lock address", func(c *Config) {
 			c.BindAddr, c.LockAddr = "127.0.0.1:65535", "127.0.0.1:7000"

@@ -141,18 +141,16 @@ func (c Config) withDefaults() Config {
 // Validate reports the first problem with the configuration.
 func (c Config) Validate() error {
 	switch {
-	case c.Name == "":
-		return errors.New("transport: config: Name is empty")
-	case len(c.Name) > mutex.MaxNameLen:
-		return fmt.Errorf("transport: config: Name is longer than %d bytes", mutex.MaxNameLen)
+	case mutex.ValidNodeName(c.Name) != nil:
+		return fmt.Errorf("transport: config: Name: %w", mutex.ValidNodeName(c.Name))
 	case c.ListenAddr == "":
 		return errors.New("transport: config: ListenAddr is empty")
-	case c.Key != nil && !validKeyLen(len(c.Key)):
-		return fmt.Errorf("transport: config: Key is %d bytes, want 16, 24 or 32", len(c.Key))
+	case c.Key != nil && CheckKey(c.Key) != nil:
+		return fmt.Errorf("transport: config: Key: %w", CheckKey(c.Key))
 	case c.Key != nil && c.Keyring != nil:
 		return errors.New("transport: config: set Key or Keyring, not both")
-	case c.Keyring != nil && !validKeyLen(len(c.Keyring.GetPrimaryKey())):
-		return fmt.Errorf("transport: config: Keyring's primary key is %d bytes, want 16, 24 or 32", len(c.Keyring.GetPrimaryKey()))
+	case c.Keyring != nil && CheckKey(c.Keyring.GetPrimaryKey()) != nil:
+		return fmt.Errorf("transport: config: Keyring's primary key: %w", CheckKey(c.Keyring.GetPrimaryKey()))
 	case c.KeyCheckInterval < 0:
 		return errors.New("transport: config: KeyCheckInterval must not be negative")
 	case c.MaxFrameSize != 0 && c.MaxFrameSize < minFrameSize:
@@ -165,5 +163,3 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
-
-func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"slices"
 )
 
@@ -23,6 +24,17 @@ type staticKeyring struct{ key []byte }
 
 func (s staticKeyring) GetPrimaryKey() []byte { return s.key }
 func (s staticKeyring) GetKeys() [][]byte     { return [][]byte{s.key} }
+
+// CheckKey reports why key cannot be a cluster key, or nil: a cluster key
+// is 16, 24 or 32 bytes (AES-128, -192 or -256). It is the one check of a
+// key's length, for the transport, the peer and the command line.
+func CheckKey(key []byte) error {
+	switch len(key) {
+	case 16, 24, 32:
+		return nil
+	}
+	return fmt.Errorf("the key is %d bytes, want 16, 24 or 32 (AES-128/192/256)", len(key))
+}
 
 // KeyID names a key in logs and listings without revealing it: the first
 // 8 hex digits of its SHA-256.

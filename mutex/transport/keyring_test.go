@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/memberlist"
@@ -146,6 +148,20 @@ func TestKeyringAnyInstalledKey(t *testing.T) {
 	}
 	if _, err := rawHandshake(t, b.Addr(), make([]byte, 32), "a", 1, "b"); err == nil {
 		t.Error("hello sealed with a key not installed was accepted")
+	}
+}
+
+func TestCheckKey(t *testing.T) {
+	for _, n := range []int{16, 24, 32} {
+		if err := CheckKey(make([]byte, n)); err != nil {
+			t.Errorf("CheckKey(%d bytes) = %v, want nil", n, err)
+		}
+	}
+	for _, n := range []int{0, 1, 15, 20, 33, 64} {
+		err := CheckKey(make([]byte, n))
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%d bytes, want 16, 24 or 32", n)) {
+			t.Errorf("CheckKey(%d bytes) = %v, want the length and the lengths allowed", n, err)
+		}
 	}
 }
 

@@ -204,7 +204,7 @@ func (t *Transport) Connected() <-chan string { return t.connected }
 // address or incarnation, the connection is re-targeted (closed and
 // redialled); the queued messages stay. Adding ourselves is ignored.
 func (t *Transport) AddPeer(name string, inc uint64, addr string) {
-	if name == t.cfg.Name || name == "" || len(name) > mutex.MaxNameLen {
+	if name == t.cfg.Name || mutex.ValidNodeName(name) != nil {
 		return
 	}
 	t.mu.Lock()

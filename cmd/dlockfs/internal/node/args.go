@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
+	"github.com/dlockfs/dlockfs/mutex"
 )
 
 // Defaults of the mount command.
@@ -122,8 +123,8 @@ func parseMount(cfg *config, args []string) error {
 		return err
 	}
 	m.mountpoint = pos[0]
-	if m.name != "" && strings.ContainsAny(m.name, "\x00/ \t\n") {
-		return cli.Usagef("--name %q: a node name cannot hold '/', spaces or NUL", m.name)
+	if m.name != "" && mutex.ValidNodeName(m.name) != nil {
+		return cli.Usagef("--name: %v", mutex.ValidNodeName(m.name))
 	}
 	for _, f := range []struct{ flag, val string }{
 		{"bind", m.bind}, {"advertise", m.advertise},

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
+	"github.com/dlockfs/dlockfs/mutex/transport"
 )
 
 // keyLen is the length of keys keygen makes (AES-256).
@@ -61,11 +62,10 @@ func decodeKeyText(what, s string) ([]byte, error) {
 			return nil, fmt.Errorf("%s is not base64 (make a key with 'dlockfs keygen'): %w", what, err)
 		}
 	}
-	switch len(key) {
-	case 16, 24, 32:
-		return key, nil
+	if err := transport.CheckKey(key); err != nil {
+		return nil, fmt.Errorf("%s: %w, in base64 (make a key with 'dlockfs keygen')", what, err)
 	}
-	return nil, fmt.Errorf("%s is %d bytes: want 16, 24 or 32 bytes (AES-128/192/256) in base64", what, len(key))
+	return key, nil
 }
 
 // runKeygen prints a new random base64 key of keyLen bytes.

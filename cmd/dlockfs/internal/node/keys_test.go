@@ -96,7 +96,7 @@ func TestKeysControl(t *testing.T) {
 		{[]string{"use", nb}, cli.ExitOK, "made primary on all 2 members"},
 		{[]string{"remove", nb}, cli.ExitError, "refusing to remove the primary key"},
 		{[]string{"remove", ob}, cli.ExitOK, "removed on all 2 members"},
-		{[]string{"install", "AAAA"}, cli.ExitUsage, "KEY is 3 bytes"},
+		{[]string{"install", "AAAA"}, cli.ExitUsage, "KEY: the key is 3 bytes, want 16, 24 or 32"},
 		{[]string{"install", "@@@@"}, cli.ExitUsage, "not base64"},
 		{[]string{"list"}, cli.ExitOK, nb},
 	} {
