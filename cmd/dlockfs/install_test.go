@@ -15,6 +15,7 @@ import (
 
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/install"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // helpFlags returns the --flags of a command's Flags block.
@@ -107,7 +108,7 @@ func TestInstallUninstall(t *testing.T) {
 	}
 	logFile := filepath.Join(t.TempDir(), "peer.log")
 	hr := runCmd(t, exec.Command(filepath.Join(prefix, "sbin", install.HelperName), "helped", mnt, "-o",
-		"bind="+freeAddr(t)+",lock-bind="+freeAddr(t)+",gossip=fast,_netdev,state_dir="+t.TempDir()+",log="+logFile))
+		"bind="+testutil.FreeAddr(t)+",lock-bind="+testutil.FreeAddr(t)+",gossip=fast,_netdev,state_dir="+t.TempDir()+",log="+logFile))
 	wantCode(t, hr, cli.ExitOK, "mount helper")
 	t.Cleanup(func() { killByCmdline(t, mnt) })
 	sr := dlockfs(t, "status", mnt)
@@ -118,7 +119,7 @@ func TestInstallUninstall(t *testing.T) {
 	if err := syscall.Unmount(mnt, 0); err != nil {
 		t.Fatalf("umount: %v", err)
 	}
-	waitFor(t, startTimeout, "the helper's peer to leave after umount", func() bool {
+	testutil.WaitFor(t, startTimeout, "the helper's peer to leave after umount", func() bool {
 		b, _ := os.ReadFile(logFile)
 		return strings.Contains(string(b), "unmounted from outside; leaving the cluster") && !peerRunning(mnt)
 	})

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // TestJoinTimeoutZero: --join-timeout 0 tries each address once. With
@@ -12,8 +13,8 @@ import (
 // mounts nothing; with a live member the one attempt joins.
 func TestJoinTimeoutZero(t *testing.T) {
 	dir := t.TempDir()
-	nobody := freeAddr(t)
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--gossip", "fast",
+	nobody := testutil.FreeAddr(t)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), "--gossip", "fast",
 		"--join", nobody, "--join-timeout", "0", dir)
 	wantCode(t, r, cli.ExitJoin, "one join attempt to nobody")
 	for _, want := range []string{"after 1 attempt(s)", "--join-timeout 0 tries each address once"} {

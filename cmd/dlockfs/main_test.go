@@ -107,16 +107,6 @@ func wantCode(t *testing.T, r result, code int, what string) {
 	}
 }
 
-// waitFor polls cond until it holds or d passes (testutil.WaitFor).
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	testutil.WaitFor(t, d, what, cond)
-}
-
-// freeAddr returns 127.0.0.1:PORT with PORT free for TCP and UDP (Serf
-// needs both) at the time of the call.
-func freeAddr(t *testing.T) string { t.Helper(); return testutil.FreeAddr(t) }
-
 // isMountpoint reports whether dir is a mount point now.
 func isMountpoint(t *testing.T, dir string) bool {
 	t.Helper()
@@ -197,24 +187,6 @@ func aliveMembers(t *testing.T, dir string) int {
 	return n
 }
 
-// lockedBuffer is a bytes.Buffer for one writer and concurrent readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // bgChild is a child process running in the background. Its stdout lines
 // arrive on lines (dropped when nobody reads them); out collects its stderr
 // (and, if asked, its stdout too); done is closed, and err set to Wait's
@@ -222,7 +194,7 @@ func (l *lockedBuffer) String() string {
 type bgChild struct {
 	cmd   *exec.Cmd
 	lines chan string
-	out   *lockedBuffer
+	out   *testutil.SyncBuffer
 	done  chan struct{}
 	err   error
 }
@@ -232,7 +204,7 @@ type bgChild struct {
 // registers how to end it at cleanup.
 func startBackground(t *testing.T, cmd *exec.Cmd, buffered int, teeStdout bool) *bgChild {
 	t.Helper()
-	c := &bgChild{cmd: cmd, lines: make(chan string, buffered), out: &lockedBuffer{}, done: make(chan struct{})}
+	c := &bgChild{cmd: cmd, lines: make(chan string, buffered), out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = c.out
 	pipe, err := cmd.StdoutPipe()
 	if err != nil {
@@ -294,7 +266,7 @@ func startNode(t *testing.T, name string, extra ...string) *mountNode {
 // startNodeAt is startNode on a given directory.
 func startNodeAt(t *testing.T, name, dir string, extra ...string) *mountNode {
 	t.Helper()
-	bind, lock := freeAddr(t), freeAddr(t)
+	bind, lock := testutil.FreeAddr(t), testutil.FreeAddr(t)
 	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast",
 		"--state-dir", filepath.Join(t.TempDir(), "state-"+name), dir}, extra...)
 	n := &mountNode{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
@@ -462,7 +434,7 @@ func TestHelpAndUsage(t *testing.T) {
 
 func TestMountRefusesMissingDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "nope")
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), dir)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), dir)
 	wantCode(t, r, cli.ExitMountpoint, "mount on a missing dir")
 	if !strings.Contains(r.stderr, "mkdir -p "+dir) {
 		t.Fatalf("stderr lacks the fix: %s", r.stderr)
@@ -471,7 +443,7 @@ func TestMountRefusesMissingDir(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	wantCode(t, dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), file), cli.ExitMountpoint, "mount on a file")
+	wantCode(t, dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), file), cli.ExitMountpoint, "mount on a file")
 }
 
 func TestMountRefusesMountedDir(t *testing.T) {
@@ -480,7 +452,7 @@ func TestMountRefusesMountedDir(t *testing.T) {
 		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), dir)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), dir)
 	wantCode(t, r, cli.ExitMountpoint, "mount on a tmpfs mount point")
 	if !strings.Contains(r.stderr, "already a mount point (tmpfs") || !strings.Contains(r.stderr, "umount "+dir) {
 		t.Fatalf("stderr: %s", r.stderr)
@@ -527,7 +499,7 @@ func TestMountNonRootSaysWhatIsMissing(t *testing.T) {
 	if err := os.Mkdir(mnt, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	r := runAsNobody(t, bin, "mount", "--state-dir", filepath.Join(dir, "state"), "--bind", freeAddr(t), mnt)
+	r := runAsNobody(t, bin, "mount", "--state-dir", filepath.Join(dir, "state"), "--bind", testutil.FreeAddr(t), mnt)
 	wantCode(t, r, cli.ExitFUSE, "non-root mount without fusermount3")
 	if !strings.Contains(r.stderr, "fusermount3 is not installed") {
 		t.Fatalf("stderr does not say what is missing: %s", r.stderr)
@@ -565,7 +537,7 @@ func TestStatusAndCheck(t *testing.T) {
 	// while the lock CMD holds it.
 	r = dlockfs(t, "status", a.dir)
 	wantCode(t, r, cli.ExitOK, "status")
-	for _, want := range []string{"node solo", "MEMBER", "solo (self)", "alive", "no locks in use", "counters:", "grants 3"} {
+	for _, want := range []string{"node solo", "MEMBER", "solo (self)", peer.MemberAlive, "no locks in use", "counters:", "grants 3"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status lacks %q:\n%s", want, r.stdout)
 		}
@@ -593,7 +565,7 @@ func TestStatusAndCheck(t *testing.T) {
 	wantCode(t, dlockfs(t, "lock", a.dir, "--", "no-such-command-dlockfs"), cli.ExitNotFound, "lock with a missing CMD")
 
 	// The same directory again: refused, the first mount unharmed.
-	r = dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), a.dir)
+	r = dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), a.dir)
 	wantCode(t, r, cli.ExitMountpoint, "second mount on a live mount")
 	if !strings.Contains(r.stderr, "already a mount point (fuse.dlockfs") || !strings.Contains(r.stderr, "dlockfs status "+a.dir) {
 		t.Fatalf("stderr: %s", r.stderr)
@@ -610,7 +582,7 @@ func TestDeadMountRefused(t *testing.T) {
 		t.Fatalf("stat of the killed mount: %v, want ENOTCONN", err)
 	}
 
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), a.dir)
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), a.dir)
 	wantCode(t, r, cli.ExitMountpoint, "mount on a dead mount")
 	if !strings.Contains(r.stderr, "umount -l "+a.dir) {
 		t.Fatalf("stderr lacks the fix: %s", r.stderr)
@@ -639,7 +611,7 @@ func TestClusterContention(t *testing.T) {
 	}
 	// b may have printed before c joined; wait until everyone sees 3.
 	for _, n := range []*mountNode{a, b, c} {
-		waitFor(t, startTimeout, n.name+" sees 3 alive members", func() bool {
+		testutil.WaitFor(t, startTimeout, n.name+" sees 3 alive members", func() bool {
 			return aliveMembers(t, n.dir) == 3
 		})
 	}
@@ -654,7 +626,7 @@ func TestClusterContention(t *testing.T) {
 	r = dlockfs(t, "lock", "--timeout", "200ms", c.dir+"/lock", "--", "true")
 	wantCode(t, r, cli.ExitTimeout, "lock --timeout while a holds")
 	// The abandoned open was withdrawn: c waits for nothing.
-	waitFor(t, stopTimeout, "c to withdraw the timed-out request", func() bool {
+	testutil.WaitFor(t, stopTimeout, "c to withdraw the timed-out request", func() bool {
 		d := status(t, c.dir)
 		for _, l := range d.Locks {
 			if l.Name == "lock" {
@@ -733,7 +705,7 @@ rmdir inside`, work)
 func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 	a := startNode(t, "a", "--quorum", "none")
 	b := startNode(t, "b", "--join", a.bind, "--quorum", "none")
-	waitFor(t, startTimeout, "a sees b", func() bool {
+	testutil.WaitFor(t, startTimeout, "a sees b", func() bool {
 		return aliveMembers(t, a.dir) == 2
 	})
 	// Twice at once, as timeout(1) and process-group kills deliver it:
@@ -747,9 +719,9 @@ func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 	if isMountpoint(t, b.dir) {
 		t.Fatal("b's directory is still a mount point after SIGTERM")
 	}
-	waitFor(t, startTimeout, "a sees b leave", func() bool {
+	testutil.WaitFor(t, startTimeout, "a sees b leave", func() bool {
 		r := dlockfs(t, "status", "--json", a.dir)
-		return r.code == 0 && strings.Contains(r.stdout, `"left"`)
+		return r.code == 0 && strings.Contains(r.stdout, strconv.Quote(peer.MemberLeft))
 	})
 	// The cluster goes on without b: a takes the lock alone.
 	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", a.dir, "--", "true"), cli.ExitOK, "lock after b left")
@@ -773,7 +745,7 @@ func TestSIGTERMLeavesMajority(t *testing.T) {
 	a := startNode(t, "a")
 	b := startNode(t, "b", "--join", a.bind)
 	c := startNode(t, "c", "--join", a.bind)
-	waitFor(t, startTimeout, "a sees b and c", func() bool {
+	testutil.WaitFor(t, startTimeout, "a sees b and c", func() bool {
 		return aliveMembers(t, a.dir) == 3
 	})
 	c.signal(t, syscall.SIGTERM)
@@ -790,8 +762,8 @@ func TestSIGTERMLeavesMajority(t *testing.T) {
 
 func TestJoinTimeout(t *testing.T) {
 	dir := t.TempDir()
-	nobody := freeAddr(t) // nothing listens there
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
+	nobody := testutil.FreeAddr(t) // nothing listens there
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
 	wantCode(t, r, cli.ExitJoin, "join to nobody")
 	if !strings.Contains(r.stderr, "--join-timeout") {
 		t.Fatalf("stderr: %s", r.stderr)
@@ -833,7 +805,7 @@ func TestEncryptedCluster(t *testing.T) {
 		{"no key", nil},
 	} {
 		mnt := t.TempDir()
-		args := append([]string{"mount", "--name", "c", "--bind", freeAddr(t), "--lock-bind", freeAddr(t),
+		args := append([]string{"mount", "--name", "c", "--bind", testutil.FreeAddr(t), "--lock-bind", testutil.FreeAddr(t),
 			"--gossip", "fast", "--join", a.bind, "--join-timeout", "20s", "--state-dir", t.TempDir(), mnt}, tt.args...)
 		r := dlockfs(t, args...)
 		wantCode(t, r, cli.ExitJoin, tt.name)
@@ -916,11 +888,11 @@ func openPTY(t *testing.T) (ptm, pts *os.File) {
 }
 
 func TestMetrics(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	a := startNode(t, "metered", "--metrics", addr)
 	// A second member, so that lock messages cross the lock channel.
 	startNode(t, "other", "--join", a.bind)
-	waitFor(t, startTimeout, "a sees b", func() bool { return aliveMembers(t, a.dir) == 2 })
+	testutil.WaitFor(t, startTimeout, "a sees b", func() bool { return aliveMembers(t, a.dir) == 2 })
 	for range 2 {
 		wantCode(t, dlockfs(t, "lock", a.dir+"/jobs", "--", "true"), cli.ExitOK, "lock jobs")
 	}
@@ -982,8 +954,8 @@ func TestMetrics(t *testing.T) {
 		{"dlockfs_holders", nil, 1},
 		{"dlockfs_waiters", nil, 0},
 		{"dlockfs_draining", nil, 0},
-		{"dlockfs_members", []string{"state", "alive"}, 2},
-		{"dlockfs_members", []string{"state", "failed"}, 0},
+		{"dlockfs_members", []string{"state", peer.MemberAlive}, 2},
+		{"dlockfs_members", []string{"state", peer.MemberFailed}, 0},
 		{"dlockfs_lock_peers", []string{"state", "disconnected"}, 0},
 		{"dlockfs_grants_total", nil, 3},
 	} {
@@ -1006,7 +978,7 @@ func TestMetrics(t *testing.T) {
 	}
 
 	// A taken port fails the start.
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--metrics", addr, t.TempDir())
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), "--metrics", addr, t.TempDir())
 	if r.code == cli.ExitOK || !strings.Contains(r.stderr, "--metrics "+addr) {
 		t.Errorf("mount on a taken --metrics port: exit %d, stderr %s", r.code, r.stderr)
 	}
@@ -1015,7 +987,7 @@ func TestMetrics(t *testing.T) {
 // TestBindErrorNamesPort: a taken gossip port is reported as the gossip
 // port, a taken lock port as the lock port (the lock channel binds first).
 func TestBindErrorNamesPort(t *testing.T) {
-	gossip := freeAddr(t)
+	gossip := testutil.FreeAddr(t)
 	l, err := net.Listen("tcp", gossip)
 	if err != nil {
 		t.Fatal(err)
@@ -1027,13 +999,13 @@ func TestBindErrorNamesPort(t *testing.T) {
 		t.Fatalf("a taken gossip port %s is not named as such:\n%s", gossip, r.stderr)
 	}
 
-	lockAddr := freeAddr(t)
+	lockAddr := testutil.FreeAddr(t)
 	ll, err := net.Listen("tcp", lockAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ll.Close()
-	r = dlockfs(t, "mount", "--bind", freeAddr(t), "--lock-bind", lockAddr, t.TempDir())
+	r = dlockfs(t, "mount", "--bind", testutil.FreeAddr(t), "--lock-bind", lockAddr, t.TempDir())
 	wantCode(t, r, cli.ExitJoin, "mount on a taken lock port")
 	if !strings.Contains(r.stderr, "lock channel port (TCP) "+lockAddr) {
 		t.Fatalf("a taken lock port %s is not named:\n%s", lockAddr, r.stderr)
@@ -1057,7 +1029,7 @@ func TestJoinLockPortSaysSo(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := startNode(t, "a", tc.extra...)
 			lockPort := a.lock
-			args := append([]string{"mount", "--name", "b", "--bind", freeAddr(t), "--join", lockPort, "--join-timeout", "0"}, tc.extra...)
+			args := append([]string{"mount", "--name", "b", "--bind", testutil.FreeAddr(t), "--join", lockPort, "--join-timeout", "0"}, tc.extra...)
 			r := dlockfs(t, append(args, t.TempDir())...)
 			wantCode(t, r, cli.ExitJoin, "join to the lock port")
 			if !strings.Contains(r.stderr, lockPort+": not a Serf gossip port") {
@@ -1074,8 +1046,8 @@ func TestJoinLockPortSaysSo(t *testing.T) {
 // failure, then every few seconds) with what to check, and a mount that
 // gives up has no Serf shutdown noise.
 func TestJoinProgress(t *testing.T) {
-	nobody := freeAddr(t)
-	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--join", nobody, "--join-timeout", "1s", t.TempDir())
+	nobody := testutil.FreeAddr(t)
+	r := dlockfs(t, "mount", "--name", "b", "--bind", testutil.FreeAddr(t), "--join", nobody, "--join-timeout", "1s", t.TempDir())
 	wantCode(t, r, cli.ExitJoin, "join to nobody")
 	for _, want := range []string{"still trying", "gossip port", "within --join-timeout 1s"} {
 		if !strings.Contains(r.stderr, want) {
@@ -1103,9 +1075,9 @@ func TestOutsiderKeyIsAWarning(t *testing.T) {
 		}
 	}
 	a := startNode(t, "a", "--key-file", keys[0])
-	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--key-file", keys[1], "--join", a.bind, t.TempDir())
+	r := dlockfs(t, "mount", "--name", "b", "--bind", testutil.FreeAddr(t), "--key-file", keys[1], "--join", a.bind, t.TempDir())
 	wantCode(t, r, cli.ExitJoin, "join with another key")
-	waitFor(t, startTimeout, "a to warn about the outsider", func() bool {
+	testutil.WaitFor(t, startTimeout, "a to warn about the outsider", func() bool {
 		return strings.Contains(a.out.String(), "cluster keys cannot read")
 	})
 	out := a.out.String()

@@ -227,7 +227,7 @@ func (p *Peer) ClusterStatus(ctx context.Context, bound time.Duration) ClusterSt
 	cs.Complete = true
 	for i := range cs.Peers {
 		pa := &cs.Peers[i]
-		if pa.Status == "alive" && !pa.Answered {
+		if pa.Status == MemberAlive && !pa.Answered {
 			cs.Complete = false
 		}
 		if pa.Answered {

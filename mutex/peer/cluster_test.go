@@ -66,7 +66,7 @@ func TestClusterStatus(t *testing.T) {
 	if v := views[a.Node()]; v.State != "holding" || len(v.Queued) != 1 || v.Queued[0] != b.Node() {
 		t.Errorf("a's view: %+v", v)
 	}
-	if v := views[b.Node()]; v.State != "requesting" || len(v.Awaiting) != 1 || v.Awaiting[0] != a.Node() {
+	if v := views[b.Node()]; v.State != LockRequesting || len(v.Awaiting) != 1 || v.Awaiting[0] != a.Node() {
 		t.Errorf("b's view: %+v", v)
 	}
 

@@ -272,7 +272,7 @@ func TestStatusJSON(t *testing.T) {
 	if tr := st["transport"].(map[string]any); tr["encrypted"] != true {
 		t.Errorf("transport %v", tr)
 	}
-	if st1 := ps[1].Status(); len(st1.Locks) != 1 || st1.Locks[0].State != "requesting" || st1.Locks[0].Holder != "" ||
+	if st1 := ps[1].Status(); len(st1.Locks) != 1 || st1.Locks[0].State != LockRequesting || st1.Locks[0].Holder != "" ||
 		!slices.Equal(st1.Locks[0].Awaiting, []string{"p0"}) {
 		t.Errorf("p1's lock: %+v", st1.Locks)
 	}

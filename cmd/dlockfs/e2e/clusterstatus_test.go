@@ -6,46 +6,18 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
-// clusterDoc is the part of "dlockfs status --cluster --json" the tests
-// check.
-type clusterDoc struct {
-	Node     string `json:"node"`
-	BoundMS  int64  `json:"bound_ms"`
-	Complete bool   `json:"complete"`
-	Peers    []struct {
-		Name      string `json:"name"`
-		Status    string `json:"status"`
-		Answered  bool   `json:"answered"`
-		Error     string `json:"error"`
-		ElapsedMS int64  `json:"elapsed_ms"`
-	} `json:"peers"`
-	Locks []struct {
-		Name    string   `json:"name"`
-		Holder  string   `json:"holder"`
-		Holders []string `json:"holders"`
-		Token   uint64   `json:"token"`
-		Queue   []struct {
-			Node    string `json:"node"`
-			ReqTime uint64 `json:"req_time"`
-			Waiting int    `json:"waiting"`
-		} `json:"queue"`
-		Views []struct {
-			Node  string `json:"node"`
-			State string `json:"state"`
-		} `json:"views"`
-	} `json:"locks"`
-}
-
 // clusterStatus runs "dlockfs status --cluster --json" on n.
-func clusterStatus(t *testing.T, n *node, timeout string) clusterDoc {
+func clusterStatus(t *testing.T, n *node, timeout string) peer.ClusterStatus {
 	t.Helper()
 	code, out, errOut := dlockfs(t, time.Minute, "status", "--cluster", "--json", "--timeout", timeout, n.dir)
 	if code != 0 {
 		t.Fatalf("status --cluster on %s: exit %d\n%s", n.name, code, errOut)
 	}
-	var d clusterDoc
+	var d peer.ClusterStatus
 	if err := json.Unmarshal([]byte(out), &d); err != nil {
 		t.Fatalf("status --cluster --json on %s: %v\n%s", n.name, err, out)
 	}
@@ -72,7 +44,7 @@ func TestClusterStatus(t *testing.T) {
 		t.Fatalf("cluster status from c: %+v", d)
 	}
 	for _, p := range d.Peers {
-		if !p.Answered || p.Status != "alive" {
+		if !p.Answered || p.Status != peer.MemberAlive {
 			t.Errorf("peer %+v did not answer", p)
 		}
 	}
@@ -90,7 +62,7 @@ func TestClusterStatus(t *testing.T) {
 	for _, v := range l.Views {
 		views[v.Node] = v.State
 	}
-	if views["a"] != "holding" || views["b"] != "requesting" {
+	if views["a"] != peer.LockHolding || views["b"] != peer.LockRequesting {
 		t.Errorf("views: %v", views)
 	}
 
@@ -120,9 +92,9 @@ func TestClusterStatus(t *testing.T) {
 		switch {
 		case p.Name == "b" && p.Answered:
 			t.Errorf("paused b answered: %+v", p)
-		case p.Name == "b" && p.Status == "alive" && !strings.Contains(p.Error, "not answering within 1s"):
+		case p.Name == "b" && p.Status == peer.MemberAlive && !strings.Contains(p.Error, "not answering within 1s"):
 			t.Errorf("b's error %q does not say it is not answering within the bound", p.Error)
-		case p.Name == "b" && p.Status == "alive" && d.Complete:
+		case p.Name == "b" && p.Status == peer.MemberAlive && d.Complete:
 			t.Errorf("complete although alive b did not answer")
 		case p.Name != "b" && !p.Answered:
 			t.Errorf("%s did not answer: %+v", p.Name, p)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/mutex/peer"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // TestDrainingStop stops a peer with SIGTERM while its shell holds the
@@ -26,7 +27,7 @@ func TestDrainingStop(t *testing.T) {
 	waitWaiting(t, a, "lock", 1)
 
 	a.p.signal(t, syscall.SIGTERM)
-	waitFor(t, startTimeout, "a's .status to show draining", func() bool {
+	testutil.WaitFor(t, startTimeout, "a's .status to show draining", func() bool {
 		d, err := a.status()
 		return err == nil && d.Draining
 	})
@@ -96,7 +97,7 @@ func TestDrainingStopCutShort(t *testing.T) {
 			waitQueued(t, a, "lock", b.name)
 			term := time.Now()
 			a.p.signal(t, syscall.SIGTERM)
-			waitFor(t, startTimeout, "a's .status to show draining", func() bool {
+			testutil.WaitFor(t, startTimeout, "a's .status to show draining", func() bool {
 				d, err := a.status()
 				return err == nil && d.Draining
 			})

@@ -6,12 +6,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // waitQueued waits until node n defers (queues) a request of peer from.
 func waitQueued(t *testing.T, n *node, lock, from string) {
 	t.Helper()
-	waitFor(t, startTimeout, fmt.Sprintf("%s to queue %s's request", n.name, from), func() bool {
+	testutil.WaitFor(t, startTimeout, fmt.Sprintf("%s to queue %s's request", n.name, from), func() bool {
 		d, err := n.status()
 		return err == nil && slices.Contains(d.lock(lock).Queued, from)
 	})
@@ -20,7 +23,7 @@ func waitQueued(t *testing.T, n *node, lock, from string) {
 // waitAwaiting waits until node n's request awaits a reply from peer.
 func waitAwaiting(t *testing.T, n *node, lock, from string) {
 	t.Helper()
-	waitFor(t, startTimeout, fmt.Sprintf("%s to await %s's reply", n.name, from), func() bool {
+	testutil.WaitFor(t, startTimeout, fmt.Sprintf("%s to await %s's reply", n.name, from), func() bool {
 		d, err := n.status()
 		return err == nil && slices.Contains(d.lock(lock).Awaiting, from)
 	})
@@ -105,7 +108,7 @@ func TestPeerKilled(t *testing.T) {
 		a, b, c, hb, wa, wc := waitersBehindHolder(t)
 		kill := nowMicros()
 		a.kill(t)
-		seen := watchMember(c, a.name, "failed", startTimeout)
+		seen := watchMember(c, a.name, peer.MemberFailed, startTimeout)
 		rel := nowMicros()
 		release(t, hb)
 		_, enter := held(t, wc.waitLine(t, startTimeout, "held "))
@@ -152,7 +155,7 @@ func TestPeerSIGTERM(t *testing.T) {
 			waitWaiting(t, n, "lock", perNode)
 			waitQueued(t, a, "lock", n.name)
 		}
-		seen := watchMember(survivors[0], a.name, "left", startTimeout)
+		seen := watchMember(survivors[0], a.name, peer.MemberLeft, startTimeout)
 		term := nowMicros()
 		a.term(t)
 		exited := nowMicros()
@@ -233,7 +236,7 @@ func TestRestartSameName(t *testing.T) {
 			ws := startWorkers(t, []*node{a, b}, perNode, iters, counter)
 			oldCounter := counterFile(t)
 			old := startWorkers(t, []*node{c}, perNode, cIters, oldCounter)
-			waitFor(t, workerTimeout, "40 critical sections", func() bool {
+			testutil.WaitFor(t, workerTimeout, "40 critical sections", func() bool {
 				n := 0
 				for _, w := range append(ws, old...) {
 					n += len(w.output())
@@ -331,7 +334,7 @@ func killHolding(t *testing.T, fastPath bool) {
 	}
 	kill := nowMicros()
 	a.kill(t)
-	seen := watchMember(survivors[0], a.name, "failed", startTimeout)
+	seen := watchMember(survivors[0], a.name, peer.MemberFailed, startTimeout)
 	waitWorkers(t, ws)
 	hs := holds(t, ws)
 	want := len(survivors) * perNode * iters

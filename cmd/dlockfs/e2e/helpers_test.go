@@ -34,13 +34,6 @@ const (
 	pollEvery     = 5 * time.Millisecond
 )
 
-// waitFor polls cond until it holds or d passes (testutil.WaitFor), and
-// returns how long it took.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	return testutil.WaitFor(t, d, what, cond)
-}
-
 // nowMicros is the wall clock in microseconds, the clock of bash's
 // $EPOCHREALTIME.
 func nowMicros() int64 { return time.Now().UnixMicro() }
@@ -65,9 +58,6 @@ func parseMicros(s string) (int64, error) {
 // ms formats a duration in microseconds as milliseconds.
 func ms(us int64) string { return fmt.Sprintf("%.1f ms", float64(us)/1000) }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer = testutil.SyncBuffer
-
 // proc is a child process in its own process group, its stdout collected
 // line by line. It is killed (its group, by PGID) when its time limit
 // passes and in the test's cleanup. The group is never signalled once the
@@ -76,7 +66,7 @@ type proc struct {
 	name   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stderr syncBuffer
+	stderr testutil.SyncBuffer
 	done   chan struct{} // closed once it has exited, stdout drained, reaped
 	err    error         // Wait's result, once done is closed
 
@@ -270,10 +260,6 @@ func run(t *testing.T, limit time.Duration, argv ...string) (int, string, string
 	return code, strings.Join(p.output(), "\n"), p.stderr.String()
 }
 
-// freeAddr returns 127.0.0.1:PORT with PORT free for TCP and UDP (Serf
-// needs both) at the time of the call.
-func freeAddr(t *testing.T) string { t.Helper(); return testutil.FreeAddr(t) }
-
 // mounted reports whether dir is a mount point (per /proc/self/mountinfo).
 func mounted(dir string) bool {
 	data, err := os.ReadFile("/proc/self/mountinfo")
@@ -352,10 +338,10 @@ func (o nodeOpts) filled(t *testing.T) nodeOpts {
 		}
 	}
 	if o.bind == "" {
-		o.bind = freeAddr(t)
+		o.bind = testutil.FreeAddr(t)
 	}
 	if o.lockBind == "" {
-		o.lockBind = freeAddr(t)
+		o.lockBind = testutil.FreeAddr(t)
 	}
 	if o.profile == "" {
 		o.profile = "fast"
@@ -553,7 +539,7 @@ func names(nodes []*node) []string {
 func waitConverged(t *testing.T, d time.Duration, nodes []*node) time.Duration {
 	t.Helper()
 	all := names(nodes)
-	return waitFor(t, d, fmt.Sprintf("every node to see %v alive", all), func() bool {
+	return testutil.WaitFor(t, d, fmt.Sprintf("every node to see %v alive", all), func() bool {
 		for _, n := range nodes {
 			if !n.seesAlive(all...) {
 				return false
@@ -679,7 +665,7 @@ func release(t *testing.T, h *proc) {
 // waiting.
 func waitWaiting(t *testing.T, n *node, lock string, k int) {
 	t.Helper()
-	waitFor(t, startTimeout, fmt.Sprintf("%d opener(s) waiting on %s", k, n.name), func() bool {
+	testutil.WaitFor(t, startTimeout, fmt.Sprintf("%d opener(s) waiting on %s", k, n.name), func() bool {
 		d, err := n.status()
 		return err == nil && d.lock(lock).Waiting >= k
 	})

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // The nemesis suite: 5 peers in network namespaces, 2 workers per peer
@@ -332,7 +334,7 @@ func TestNemesis(t *testing.T) {
 			_ = n.p.cmd.Process.Signal(syscall.SIGCONT)
 		}
 	})
-	waitFor(t, startTimeout, "a first hold", func() bool { _, ok := res.firstBegin(time.Time{}, nil); return ok })
+	testutil.WaitFor(t, startTimeout, "a first hold", func() bool { _, ok := res.firstBegin(time.Time{}, nil); return ok })
 
 	const (
 		faultFor    = 5 * time.Second         // partitions and the kill last this long

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // netLab is a set of network namespaces made for one test: one namespace
@@ -144,8 +147,8 @@ func partition(t *testing.T, profile string, cutFor time.Duration) {
 	waitQueued(t, a, "lock", d.name)
 
 	detectTimeout := startTimeout
-	bSeesD := watchMember(b, d.name, "failed", detectTimeout)
-	dSeesA := watchMember(d, a.name, "failed", detectTimeout)
+	bSeesD := watchMember(b, d.name, peer.MemberFailed, detectTimeout)
+	dSeesA := watchMember(d, a.name, peer.MemberFailed, detectTimeout)
 	cut := nowMicros()
 	lab.cut()
 	// b (a's side) asks right after the cut: it waits for a's release
@@ -181,13 +184,13 @@ func partition(t *testing.T, profile string, cutFor time.Duration) {
 	// Each side sees exactly itself alive.
 	for _, side := range [][]*node{sideA, sideB} {
 		for _, n := range side {
-			waitFor(t, detectTimeout, n.name+" to see only its own side alive", func() bool {
+			testutil.WaitFor(t, detectTimeout, n.name+" to see only its own side alive", func() bool {
 				return n.seesAlive(names(side)...)
 			})
 		}
 	}
 	if wait := cutFor - time.Duration(nowMicros()-cut)*time.Microsecond; wait > 0 {
-		waitFor(t, wait+time.Second, fmt.Sprintf("the cut to last %v", cutFor), func() bool {
+		testutil.WaitFor(t, wait+time.Second, fmt.Sprintf("the cut to last %v", cutFor), func() bool {
 			return time.Duration(nowMicros()-cut)*time.Microsecond >= cutFor
 		})
 	}

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // leaseFast and delayFast are the fast profile's lease and lock-delay
@@ -28,7 +30,7 @@ func dlockfs(t *testing.T, limit time.Duration, args ...string) (int, string, st
 func waitNoMajority(t *testing.T, n *node) statusDoc {
 	t.Helper()
 	var d statusDoc
-	waitFor(t, startTimeout, n.name+" to report no majority", func() bool {
+	testutil.WaitFor(t, startTimeout, n.name+" to report no majority", func() bool {
 		var err error
 		d, err = n.status()
 		return err == nil && d.Quorum != nil && !d.Quorum.HasMajority && !d.Quorum.LeaseValid
@@ -39,7 +41,7 @@ func waitNoMajority(t *testing.T, n *node) statusDoc {
 // waitVoters waits until every node's voter set is want.
 func waitVoters(t *testing.T, nodes []*node, want ...string) {
 	t.Helper()
-	waitFor(t, startTimeout, "voters "+strings.Join(want, ","), func() bool {
+	testutil.WaitFor(t, startTimeout, "voters "+strings.Join(want, ","), func() bool {
 		for _, n := range nodes {
 			d, err := n.status()
 			if err != nil || !slices.Equal(d.voters(), want) {

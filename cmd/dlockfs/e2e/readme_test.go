@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // The README walk: the shell blocks of README.md are extracted at test
@@ -737,7 +739,7 @@ func (w *walker) probe(name string) (int, string) {
 type walkShell struct {
 	ctl    chan string // lines on its fd 3; closed at EOF
 	ack    io.WriteCloser
-	stderr syncBuffer
+	stderr testutil.SyncBuffer
 	done   chan struct{} // closed once reaped
 	stop   chan struct{} // closed in the cleanup: the reader gives up
 	err    error

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/mutex/peer"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 	"github.com/dlockfs/dlockfs/mutex/transport"
 )
 
@@ -116,7 +117,7 @@ func TestKeyRotation(t *testing.T) {
 		for i, w := range ws {
 			base[i] = len(w.output())
 		}
-		waitFor(t, startTimeout, "every worker to progress "+what, func() bool {
+		testutil.WaitFor(t, startTimeout, "every worker to progress "+what, func() bool {
 			for i, w := range ws {
 				if w.exited() {
 					t.Fatalf("%s exited: %s", w.name, w.stderr.String())
@@ -153,7 +154,7 @@ func TestKeyRotation(t *testing.T) {
 	}
 	// The members close their lock connections on the old key within
 	// a second; wait for that, under contention.
-	waitFor(t, startTimeout, "no lock connection on the old key", func() bool {
+	testutil.WaitFor(t, startTimeout, "no lock connection on the old key", func() bool {
 		for _, n := range nodes {
 			if n.keyStatus(t).Transport.OldKeyConns != 0 {
 				return false
@@ -269,7 +270,7 @@ func TestKeyRotation(t *testing.T) {
 			t.Fatal(err)
 		}
 		tr.AddPeer("a", st.Incarnation, lockAddr)
-		waitFor(t, startTimeout, "the "+tc.name+"-key probe to connect or be refused", func() bool {
+		testutil.WaitFor(t, startTimeout, "the "+tc.name+"-key probe to connect or be refused", func() bool {
 			s := tr.Stats()
 			return s.Connects > 0 || s.HandshakeFailures >= 2
 		})

@@ -103,12 +103,12 @@ func printClusterStatus(w io.Writer, cs peer.ClusterStatus) error {
 	answered, alive := 0, 0
 	var silent []string
 	for _, p := range cs.Peers {
-		if p.Status == "alive" {
+		if p.Status == peer.MemberAlive {
 			alive++
 		}
 		if p.Answered {
 			answered++
-		} else if p.Status == "alive" {
+		} else if p.Status == peer.MemberAlive {
 			silent = append(silent, p.Name)
 		}
 	}
