@@ -958,6 +958,11 @@ func TestMetrics(t *testing.T) {
 		{"dlockfs_members", []string{"state", peer.MemberFailed}, 0},
 		{"dlockfs_lock_peers", []string{"state", "disconnected"}, 0},
 		{"dlockfs_grants_total", nil, 3},
+		// Majority mode (the default): no lease lapsed, nothing revoked.
+		{"dlockfs_revocations_total", nil, 0},
+		{"dlockfs_lease_lapses_total", nil, 0},
+		{"dlockfs_evictions_total", nil, 0},
+		{"dlockfs_lease_valid", nil, 1},
 	} {
 		if got := value(c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -975,6 +980,19 @@ func TestMetrics(t *testing.T) {
 	for _, name := range []string{"dlockfs_messages_sent_total", "dlockfs_messages_received_total",
 		"dlockfs_lock_connections", "go_goroutines", "process_cpu_seconds_total"} {
 		value(name)
+	}
+
+	// The README's metrics paragraph names every dlockfs_ family served.
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, para, _ := strings.Cut(string(readme), "**Metrics.**")
+	para, _, _ = strings.Cut(para, "```")
+	for name := range mfs {
+		if strings.HasPrefix(name, "dlockfs_") && !strings.Contains(para, "`"+name) {
+			t.Errorf("README's Metrics paragraph does not name %s", name)
+		}
 	}
 
 	// A taken port fails the start.

@@ -124,13 +124,17 @@ var (
 		"Lock messages written to or delivered from the lock channel, by direction (sent, received) and type (request, reply, busy, cancel, hello, ...).",
 		[]string{"direction", "type"}, nil)
 	descDials = prometheus.NewDesc("dlockfs_lock_channel_dials_total", "Lock-channel dials, by result (attempted, failed).", []string{"result"}, nil)
-	// Revocations (quorum mode, not merged yet) will be a
-	// dlockfs_revocations_total counter here, fed from Status.
+	// Majority mode's (absent with --quorum none).
+	descRevoked   = prometheus.NewDesc("dlockfs_revocations_total", "Local holds revoked because this peer's lease lapsed (majority mode).", nil, nil)
+	descLapses    = prometheus.NewDesc("dlockfs_lease_lapses_total", "Leases this peer lost (majority mode).", nil, nil)
+	descEvictions = prometheus.NewDesc("dlockfs_evictions_total", "Voters evicted, as counted by this peer (majority mode).", nil, nil)
+	descLease     = prometheus.NewDesc("dlockfs_lease_valid", "1 while this peer holds a lease, so it may be granted locks (majority mode).", nil, nil)
 )
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descHolders, descWaiters, descDeferred, descDraining, descMembers, descConns,
-		descPeerConn, descQueued, descSent, descReceived, descDropped, descGrants, descLamport, descFrames, descByType, descDials} {
+		descPeerConn, descQueued, descSent, descReceived, descDropped, descGrants, descLamport, descFrames, descByType, descDials,
+		descRevoked, descLapses, descEvictions, descLease} {
 		ch <- d
 	}
 }
@@ -197,6 +201,16 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descDials, st.Transport.Dials, "attempted")
 	counter(descDials, st.Transport.DialFailures, "failed")
+	if q := st.Quorum; q != nil {
+		counter(descRevoked, q.Revoked)
+		counter(descLapses, q.Lapses)
+		counter(descEvictions, q.Evictions)
+		valid := 0.0
+		if q.LeaseValid {
+			valid = 1
+		}
+		gauge(descLease, valid)
+	}
 }
 
 // serveMetrics listens on addr and serves /metrics until the returned
