@@ -161,6 +161,22 @@ func TestInstallUninstall(t *testing.T) {
 	}
 }
 
+// TestHelpSaysWhatItWrites: every command's --help has a "Writes" sentence
+// (what it writes and where). bench is left out while its help is another
+// branch's; it names its files (--cpuprofile, --trace, the temporary
+// directory) in its own words.
+func TestHelpSaysWhatItWrites(t *testing.T) {
+	writes := regexp.MustCompile(`(?m)(^|[.] )Writes[,:]`)
+	for _, c := range commands() {
+		if c.Name == "bench" {
+			continue
+		}
+		if !writes.MatchString(c.Help) {
+			t.Errorf("dlockfs %s --help does not say what it writes (no \"Writes:\" sentence)", c.Name)
+		}
+	}
+}
+
 // TestReadmeReference: the README's SYNOPSIS names every command and every
 // flag that --help documents (the man page is generated from --help).
 func TestReadmeReference(t *testing.T) {

@@ -154,5 +154,5 @@ func Help(cmds func() []Command) Command {
 const helpHelp = `Usage: dlockfs help [COMMAND]
 
 Show the overview of dlockfs, or the help of COMMAND (same as
-'dlockfs COMMAND --help').
+'dlockfs COMMAND --help'). Writes: the help on stdout, nothing else.
 `

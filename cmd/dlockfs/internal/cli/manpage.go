@@ -40,14 +40,8 @@ func ManPage(cmds []Command) string {
 	}
 
 	b.WriteString(".SH FILES\n")
-	for _, f := range [][2]string{
-		{"MOUNTPOINT/lock", "the default lock; any other name is made by creating the file"},
-		{"MOUNTPOINT/NAME", "lock NAME, the same lock on every peer; open blocks until granted, the last close releases"},
-		{"MOUNTPOINT/.status", "JSON status of the peer (read-only, never blocks)"},
-		{"/etc/dlockfs/cluster.key", "the cluster key, by convention (--key-file); mode 600"},
-		{"/etc/dlockfs/INSTANCE.env", "DLOCKFS_OPTS for the systemd unit dlockfs@INSTANCE.service"},
-	} {
-		fmt.Fprintf(&b, ".TP\n.I %s\n%s\n", roffLine(f[0]), roffLine(f[1]))
+	for _, f := range FilesTable() {
+		fmt.Fprintf(&b, ".TP\n.I %s\n%s\n", roffLine(f.Path), roffLine(f.Text()))
 	}
 
 	b.WriteString(".SH EXIT CODES\n")

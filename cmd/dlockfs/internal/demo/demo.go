@@ -57,6 +57,12 @@ Everything is cleaned up at the end or on Ctrl-C: workers killed, mounts
 unmounted, peers gone, the temporary directory removed. The demo process never
 touches its own mounts (only its child processes do).
 
+Writes: the timeline and summary on stdout, and two temporary directories,
+both removed at the end (with --keep, once Ctrl-C ends it): the cluster's
+under $TMPDIR (default /tmp: the mounts and the peers' state), and the
+workers' on /dev/shm when there is one, else under $TMPDIR (the counter and
+the hold logs).
+
 Flags:
   --seconds N   how long the workers run (default 5; fractions allowed)
   --workers N   bash workers per mount (default 2, at most 16)

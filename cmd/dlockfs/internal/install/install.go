@@ -84,7 +84,8 @@ Remove what "dlockfs install --prefix DIR" wrote, as listed in
 $DESTDIR/PREFIX/share/dlockfs/install-manifest, then the manifest and the
 directories install created that are now empty. Files not in the manifest are
 left alone; a listed file already gone is skipped. Stop and disable the
-dlockfs@ units first.
+dlockfs@ units first. Writes: nothing (it removes), and a line per file
+removed on stdout.
 
 Flags:
   --prefix DIR    the prefix given to install (default /usr/local)

@@ -37,6 +37,9 @@ the majority is counted among the nodes that remain. The command talks to one
 running 'dlockfs mount' through its control socket (as 'dlockfs keys' does:
 by default /run/dlockfs.sock, the socket of a mount at /run/dlockfs).
 
+Writes: one line on stdout; the new voter set is written by every member to
+its --state-dir/hardstate.json. The command writes no file itself.
+
 Without --force the change needs a majority of the voters, and NODE must have
 been declared evicted by them: silent for a lease and not granted one for the
 lock-delay (lease + lock-delay after it went silent: about 3 s with --gossip

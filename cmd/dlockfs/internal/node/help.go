@@ -23,8 +23,13 @@ Start a peer, join the cluster, and mount its lock directory on MOUNTPOINT (an
 existing empty directory). Runs in the foreground until SIGINT or SIGTERM,
 then leaves the cluster gracefully (waiters elsewhere stop waiting for us),
 unmounts and exits 0. Prints one line when mounted and joined; otherwise quiet
-unless --debug. Flags may come before or after MOUNTPOINT. Writes nothing
-but the mount (and its log on stderr).
+unless --debug. Flags may come before or after MOUNTPOINT.
+
+Writes: the mount on MOUNTPOINT; its control socket (--control, default
+MOUNTPOINT.sock), removed at exit; in majority mode, or with --key-file, the
+state directory (--state-dir, default /var/lib/dlockfs/NODENAME, mode 0700)
+with hardstate.json (majority mode) and keyring.json (with a key); its log on
+stderr; and, with --metrics, an HTTP listener. Nothing else.
 
 Draining stop: on SIGTERM while local processes hold locks, the peer first
 drains: it grants no new local open (they fail with ESHUTDOWN, "Cannot send
@@ -179,6 +184,8 @@ unblocks it (run it only if that node is gone for good).
 "holder" is this node's name when it holds the lock, else empty: in
 Ricart-Agrawala no node knows who else holds a lock, only that it was not
 yet granted permission. To see who holds a lock anywhere, use --cluster.
+MOUNTPOINT/.status stays this peer's own view: the merged one needs a round
+trip to every member (up to --timeout), and a read of .status never blocks.
 
 With --cluster the mount asks every alive member, over the lock channel, for
 its view of the locks, waits up to --timeout (default 2s) for the answers and
@@ -199,7 +206,10 @@ With --watch the tables are shown again every --interval until Ctrl-C
 (no watch(1) needed); when stdout is not a terminal the snapshots follow one
 another as plain text, each under a line "--- YYYY-MM-DD HH:MM:SS", with no
 escape codes. A mount that stops answering shows as an error line and the
-watch goes on. status writes only to stdout.
+watch goes on.
+
+Writes: only to stdout (and errors to stderr); it reads MOUNTPOINT/.status,
+or with --cluster asks the mount over its control socket.
 
 Flags:
   --json          print the raw JSON from MOUNTPOINT/.status
@@ -232,6 +242,8 @@ inherits the open descriptor (and so do its children), and the lock is
 released when the last of them and dlockfs lock have exited. lock exits with
 CMD's status; SIGINT, SIGTERM and SIGHUP are forwarded to CMD. Flags may come
 before or after the path; everything after the path is CMD and its arguments.
+
+Writes: nothing itself (errors to stderr); CMD writes what it writes.
 
 Revocation: in majority mode a node that loses its lease (cut off from a
 majority of the voters, or its daemon starved or paused) revokes its holds,
@@ -270,7 +282,7 @@ const helpCheck = `Usage: dlockfs check [-q] MOUNTPOINT
 
 Exit 0 if MOUNTPOINT is a live dlockfs mount, else 16 with the reason on stderr
 (not mounted, another filesystem, or a dead mount whose daemon is gone).
-For scripts that take a lock with a redirection instead of 'dlockfs lock':
+Writes: nothing but that reason on stderr. For scripts that take a lock with a redirection instead of 'dlockfs lock':
 
   dlockfs check /run/dlockfs || exit 1
   exec 9</run/dlockfs/deploy      # blocks until granted
@@ -285,7 +297,8 @@ const helpKeygen = `Usage: dlockfs keygen
 
 Print a new random cluster key: 32 bytes (AES-256) in base64, from the
 operating system's cryptographic random source. Give every member the same
-key with --key-file. Keep it private:
+key with --key-file. Writes: the key on stdout, nothing else. Keep it
+private:
 
   (umask 077; dlockfs keygen > /etc/dlockfs.key)
 `
@@ -300,6 +313,10 @@ MOUNTPOINT.sock next to the mountpoint, so /run/dlockfs.sock for a mount at
 Serf's KeyManager (a cluster-wide Serf query); each member changes its one
 keyring, which encrypts gossip and authenticates the lock channel. The
 command reports how many members applied it and exits 1 unless all did.
+
+Writes: the report on stdout. install, use and remove change the keyring of
+every member, which each member writes to its --state-dir/keyring.json; the
+command writes no file itself (and no --key-file: see below).
 
 Operations:
   list          every key installed in the cluster, how many members hold

@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestFilesDocumented: the README's FILES section is FilesTable rendered by
+// FilesMarkdown (the man page renders the same table), and the table names
+// the files mount writes.
+func TestFilesDocumented(t *testing.T) {
+	readme, err := os.ReadFile("../../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(readme), "\n### FILES\n\n")
+	if !ok {
+		t.Fatal("README has no ### FILES section")
+	}
+	sec, _, _ = strings.Cut(sec, "\n\n")
+	if got, want := strings.TrimSpace(sec), strings.TrimSpace(FilesMarkdown()); got != want {
+		t.Errorf("README's FILES differ from FilesTable; the table should read:\n%s\ngot:\n%s", want, got)
+	}
+	man := ManPage(nil)
+	for _, f := range FilesTable() {
+		if !strings.Contains(man, roffLine(f.Path)) {
+			t.Errorf("the man page's FILES lack %s", f.Path)
+		}
+	}
+	for _, p := range []string{"MOUNTPOINT.sock", "hardstate.json", "keyring.json", "MOUNTPOINT/.status"} {
+		if !strings.Contains(FilesMarkdown(), p) {
+			t.Errorf("FilesTable lacks %s", p)
+		}
+	}
+}
