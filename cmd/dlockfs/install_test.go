@@ -161,6 +161,83 @@ func TestInstallUninstall(t *testing.T) {
 	}
 }
 
+// TestMountHelperByMount8: the installed helper works through mount(8)
+// itself, both as "mount -t fuse.dlockfs NAME DIR -o OPTIONS" and as an
+// fstab line ("mount -T FSTAB DIR"), and umount stops the peer cleanly.
+// mount(8) looks for helpers in /sbin only, so the test runs mount in a
+// private mount namespace (unshare -m) where an overlay adds a link to the
+// helper installed in a temporary prefix to /usr/sbin; the host's /sbin is
+// untouched, and the namespace goes with the last of its processes.
+func TestMountHelperByMount8(t *testing.T) {
+	for _, tool := range []string{"unshare", "mount", "umount"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed: %v", tool, err)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a mount namespace and an overlay)")
+	}
+	tmp := t.TempDir()
+	prefix := filepath.Join(tmp, "prefix")
+	wantCode(t, dlockfs(t, "install", "--prefix", prefix), cli.ExitOK, "install")
+	links := filepath.Join(tmp, "sbin")
+	if err := os.Mkdir(links, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(prefix, "sbin", install.HelperName), filepath.Join(links, install.HelperName)); err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(tmp, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(tmp, "cluster.key")
+	kr := dlockfs(t, "keygen")
+	if err := os.WriteFile(key, []byte(kr.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killByCmdline(t, mnt) })
+	opts := func(log string) string {
+		return "bind=" + testutil.FreeAddr(t) + ",lock-bind=" + testutil.FreeAddr(t) + ",gossip=fast,key-file=" + key +
+			",state-dir=" + t.TempDir() + ",log=" + log + ",_netdev"
+	}
+	logCmd, logFstab := filepath.Join(tmp, "cmd.log"), filepath.Join(tmp, "fstab.log")
+	fstab := filepath.Join(tmp, "fstab")
+	if err := os.WriteFile(fstab, []byte("fromfstab "+mnt+" fuse.dlockfs "+opts(logFstab)+" 0 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dl := filepath.Join(prefix, "bin", "dlockfs")
+	script := `set -eu
+mount -t overlay overlay -o lowerdir="$LINKS":/usr/sbin /usr/sbin
+mount -t fuse.dlockfs fromcmd "$MNT" -o "$OPTS"
+findmnt -n -o FSTYPE "$MNT"
+"$DL" status "$MNT" | head -1
+umount "$MNT"
+mount -T "$FSTAB" "$MNT"
+findmnt -n -o FSTYPE "$MNT"
+"$DL" status "$MNT" | head -1
+umount "$MNT"
+`
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "bash", "-c", script)
+	cmd.Env = append(os.Environ(), "LINKS="+links, "MNT="+mnt, "OPTS="+opts(logCmd), "FSTAB="+fstab, "DL="+dl)
+	r := runCmd(t, cmd)
+	wantCode(t, r, cli.ExitOK, "mount(8) with the helper, then umount")
+	for _, want := range []string{"fuse.dlockfs\nnode fromcmd at " + mnt, "fuse.dlockfs\nnode fromfstab at " + mnt} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("mount(8) output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	for _, log := range []string{logCmd, logFstab} {
+		testutil.WaitFor(t, startTimeout, "the peer of "+filepath.Base(log)+" to leave after umount", func() bool {
+			b, _ := os.ReadFile(log)
+			return strings.Contains(string(b), "unmounted from outside; leaving the cluster") && !peerRunning(mnt)
+		})
+		if b, _ := os.ReadFile(log); strings.Contains(string(b), "level=ERROR") {
+			t.Errorf("%s has errors:\n%s", log, b)
+		}
+	}
+}
+
 // TestHelpSaysWhatItWrites: every command's --help has a "Writes" sentence
 // (what it writes and where). bench is left out while its help is another
 // branch's; it names its files (--cpuprofile, --trace, the temporary
