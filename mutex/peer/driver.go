@@ -15,7 +15,7 @@ import (
 type callKind uint8
 
 const (
-	callAcquire     callKind = iota // Lock or TryLock (try)
+	callAcquire     callKind = iota // Lock or TryLock (try), shared or not
 	callCancel                      // a Lock's ctx ended: withdraw or release op
 	callRelease                     // Unlock
 	callStatus                      // Status
@@ -32,6 +32,7 @@ type call struct {
 	op     mutex.OpenerID
 	lock   string
 	try    bool
+	shared bool                // callAcquire: a shared hold
 	res    chan<- result       // callAcquire, buffered
 	errc   chan<- error        // callRelease, buffered
 	status chan<- mutex.Status // callStatus, buffered
@@ -152,9 +153,14 @@ func (p *Peer) handleCall(c call) {
 			return
 		}
 		var err error
-		if c.try {
+		switch {
+		case c.try && c.shared:
+			err = p.core.TryAcquireShared(c.op, c.lock)
+		case c.try:
 			err = p.core.TryAcquire(c.op, c.lock)
-		} else {
+		case c.shared:
+			err = p.core.AcquireShared(c.op, c.lock)
+		default:
 			err = p.core.Acquire(c.op, c.lock)
 		}
 		if err != nil {
