@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -77,7 +79,7 @@ func TestLegacyFileLocks(t *testing.T) {
 		{"flock(1) -x fd", `exec 9>"$1/flock/$2"; flock -x 9; echo held; read -r _`},
 		{"flock(1) -o", `flock -o "$1/flock/$2" -c 'echo held; read -r _'`},
 		{"flock(1) -F", `flock -F "$1/flock/$2" bash -c 'echo held; read -r _'`},
-		{"flock(1) -s (excl.)", `flock -s "$1/flock/$2" -c 'echo held; read -r _'`},
+		{"flock(1) -s", `flock -s "$1/flock/$2" -c 'echo held; read -r _'`}, // a reader: the writers' tries fail
 		{"python3 fcntl.flock", `python3 -c 'import fcntl,sys; f=open(sys.argv[1],"w"); fcntl.flock(f, fcntl.LOCK_EX); print("held", flush=True); sys.stdin.readline()' "$1/flock/$2"`},
 		{"python3 fcntl.lockf", `python3 -c 'import fcntl,sys; f=open(sys.argv[1],"w"); fcntl.lockf(f, fcntl.LOCK_EX); print("held", flush=True); sys.stdin.readline()' "$1/flock/$2"`},
 		{"perl flock", `perl -e 'use Fcntl qw(:flock); open(my $f, ">", $ARGV[0]) or die; flock($f, LOCK_EX) or die; $|=1; print "held\n"; <STDIN>' "$1/flock/$2"`},
@@ -197,4 +199,195 @@ func TestLegacyNamesAndDirs(t *testing.T) {
 		}
 	}
 	waitIdle(t, startTimeout, nodes, "made-on-a")
+}
+
+// sharedScript returns a script that takes MOUNT/NAME ($1/$2) shared with
+// the program kind names, prints "held TIME" once it holds, and holds until
+// a line arrives on stdin.
+func sharedScript(kind string) (string, bool) {
+	s, ok := map[string]string{
+		"flock -s":        `flock -s "$1/flock/$2" -c 'echo "held $EPOCHREALTIME"; read -r _'`,
+		"python3 lockf":   `python3 -c 'import fcntl,sys,time; f=open(sys.argv[1],"r"); fcntl.lockf(f, fcntl.LOCK_SH); print("held %.6f" % time.time(), flush=True); sys.stdin.readline()' "$1/flock/$2"`,
+		"perl LOCK_SH":    `perl -MTime::HiRes=time -e 'use Fcntl qw(:flock); open(my $f, "<", $ARGV[0]) or die; flock($f, LOCK_SH) or die; $|=1; printf "held %.6f\n", time; <STDIN>' "$1/flock/$2"`,
+		"dlockfs lock -s": suite.binary + ` lock --shared "$1/$2" -- bash -c 'echo "held $EPOCHREALTIME"; read -r _'`,
+	}[kind]
+	return s, ok
+}
+
+func startShared(t *testing.T, kind string, n *node, lock string) *proc {
+	t.Helper()
+	script, ok := sharedScript(kind)
+	if !ok {
+		t.Fatalf("no shared holder %q", kind)
+	}
+	return startProc(t, kind+" on "+n.name, workerTimeout, "bash", "-c", script, "reader", n.dir, lock)
+}
+
+// waitShared waits until each node in ns holds lock shared with k local
+// holders.
+func waitShared(t *testing.T, lock string, k int, ns ...*node) {
+	t.Helper()
+	waitLock(t, startTimeout, ns, lock, fmt.Sprintf("held shared by %d here", k), func(l lockDoc) bool {
+		return l.State == "holding" && l.Mode == "shared" && l.Holders == k
+	})
+}
+
+// TestLegacySharedLocks: readers hold together across two peers, whatever
+// program takes the shared lock (flock -s, Python fcntl.lockf with
+// LOCK_SH (F_RDLCK), Perl flock LOCK_SH, dlockfs lock --shared); a writer
+// (flock -x) waits for the readers, and readers that come after a waiting
+// writer wait behind it, on its peer and on the other; then they hold
+// together again. Shared tries succeed beside readers, exclusive ones fail
+// at once.
+func TestLegacySharedLocks(t *testing.T) {
+	needEnv(t)
+	for _, prog := range []string{"flock", "python3", "perl"} {
+		if _, err := exec.LookPath(prog); err != nil {
+			t.Skipf("%s is not installed", prog)
+		}
+	}
+	nodes := startCluster(t, 2, nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	for i, pair := range [][2]string{
+		{"flock -s", "flock -s"},
+		{"python3 lockf", "perl LOCK_SH"},
+		{"perl LOCK_SH", "dlockfs lock -s"},
+		{"dlockfs lock -s", "python3 lockf"},
+	} {
+		lock := "shared" + string(rune('a'+i))
+		t.Run(pair[0]+" and "+pair[1], func(t *testing.T) {
+			r1 := startShared(t, pair[0], a, lock)
+			r1.waitLine(t, startTimeout, "held")
+			r2 := startShared(t, pair[1], b, lock)
+			r2.waitLine(t, startTimeout, "held") // while r1 holds
+			waitShared(t, lock, 1, a, b)
+			code, out, errOut := run(t, 10*time.Second, "bash", "-c",
+				`flock -n -s "$1/flock/$2" true; echo "s=$?"; flock -n -x "$1/flock/$2" true; echo "x=$?"`, "try", b.dir, lock)
+			if code != 0 || out != "s=0\nx=1" {
+				t.Errorf("tries on b beside readers: %q (exit %d, %q), want shared granted, exclusive busy", out, code, errOut)
+			}
+			// A writer on a queues behind a's reader; once that one
+			// is done, the writer's request waits for b's reader.
+			w := startProc(t, "writer on a", workerTimeout, "bash", "-c",
+				`flock -x "$1/flock/$2" -c 'echo got; read -r _'`, "writer", a.dir, lock)
+			waitWaiting(t, a, lock, 1)
+			release(t, r1)
+			waitLock(t, startTimeout, []*node{b}, lock, "deferring a's writer", func(l lockDoc) bool {
+				return len(l.Queued) == 1 && l.Queued[0] == a.name
+			})
+			// Readers after the writer wait behind it: on a (behind
+			// the local writer) and on b (though only a reader holds
+			// there, it defers the writer's earlier request).
+			r3 := startShared(t, pair[0], a, lock)
+			r4 := startShared(t, pair[1], b, lock)
+			waitWaiting(t, a, lock, 1)
+			waitWaiting(t, b, lock, 1)
+			if r3.hasLine("held") || r4.hasLine("held") || w.hasLine("got") {
+				t.Fatalf("a reader or the writer entered early: r3 %q r4 %q w %q", r3.output(), r4.output(), w.output())
+			}
+			release(t, r2)
+			w.waitLine(t, startTimeout, "got")
+			waitLock(t, startTimeout, []*node{a}, lock, "held exclusively", func(l lockDoc) bool {
+				return l.State == "holding" && l.Mode == "exclusive"
+			})
+			if r3.hasLine("held") || r4.hasLine("held") {
+				t.Fatalf("a reader entered beside the writer: r3 %q r4 %q", r3.output(), r4.output())
+			}
+			release(t, w)
+			// Both later readers now hold together.
+			r3.waitLine(t, startTimeout, "held")
+			r4.waitLine(t, startTimeout, "held")
+			waitShared(t, lock, 1, a, b)
+			release(t, r3)
+			release(t, r4)
+			waitIdle(t, startTimeout, nodes, lock)
+		})
+	}
+}
+
+// TestSharedThreeReaders: three readers, one per peer, started at once, all
+// hold together (each holds until every one has printed "held"), and none
+// waits for another: the log gives each one's time from start to grant.
+// Run with -v for the figures.
+func TestSharedThreeReaders(t *testing.T) {
+	needEnv(t)
+	nodes := startCluster(t, 3, nodeOpts{})
+	const rounds = 10
+	var waits []int64
+	for r := range rounds {
+		lock := fmt.Sprintf("three%d", r)
+		start := nowMicros()
+		var rs []*proc
+		for _, n := range nodes {
+			rs = append(rs, startShared(t, "flock -s", n, lock))
+		}
+		for _, p := range rs {
+			line := p.waitLine(t, startTimeout, "held")
+			f := strings.Fields(line)
+			at, err := parseMicros(f[len(f)-1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			waits = append(waits, at-start)
+		}
+		// All three print "held" before any is told to release: they
+		// hold at the same time, and each peer's status says so.
+		waitShared(t, lock, 1, nodes...)
+		for _, p := range rs {
+			release(t, p)
+		}
+		waitIdle(t, startTimeout, nodes, lock)
+	}
+	p50, maxv := stats(waits)
+	t.Logf("3 readers on 3 peers, %d rounds: start to grant (incl. bash+flock start) p50 %s, max %s", rounds, ms(p50), ms(maxv))
+}
+
+// TestFlockTryRoundTrip measures the try-lock round trip through flock(1):
+// "flock -n" on peer b against a lock held on peer a, 200 times; every one
+// must fail (exit 1). The log gives p50 and p90 of one flock -n process
+// (fork, exec, open, flock(LOCK_EX|LOCK_NB) answered busy by a, exit).
+// Run with -v for the figures:
+//
+//	go test -count=1 -v -run TestFlockTryRoundTrip ./cmd/dlockfs/e2e
+func TestFlockTryRoundTrip(t *testing.T) {
+	needEnv(t)
+	if _, err := exec.LookPath("flock"); err != nil {
+		t.Skip("flock is not installed")
+	}
+	nodes := startCluster(t, 2, nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	for _, c := range []struct{ hold, try string }{{"-x", "-x"}, {"-x", "-s"}, {"-s", "-x"}} {
+		h := startProc(t, "holder on a", workerTimeout, "bash", "-c",
+			`flock `+c.hold+` "$1/flock/busy" -c 'echo held; read -r _'`, "holder", a.dir)
+		h.waitLine(t, startTimeout, "held")
+		const runs = 200
+		code, out, errOut := run(t, 60*time.Second, "bash", "-c", `for ((i = 0; i < $3; i++)); do
+	t0=$EPOCHREALTIME; flock -n $2 "$1/flock/busy" true; rc=$?; t1=$EPOCHREALTIME
+	echo "$rc $t0 $t1"
+done`, "tries", b.dir, c.try, fmt.Sprint(runs))
+		if code != 0 {
+			t.Fatalf("try loop: exit %d, %s", code, errOut)
+		}
+		var us []int64
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) != 3 || f[0] != "1" {
+				t.Fatalf("flock -n %s against a %s hold: %q, want exit 1", c.try, c.hold, line)
+			}
+			t0, err0 := parseMicros(f[1])
+			t1, err1 := parseMicros(f[2])
+			if err0 != nil || err1 != nil {
+				t.Fatalf("bad line %q", line)
+			}
+			us = append(us, t1-t0)
+		}
+		if len(us) != runs {
+			t.Fatalf("%d results, want %d", len(us), runs)
+		}
+		slices.Sort(us)
+		t.Logf("flock -n %s on b against flock %s held on a: %d runs, p50 %s, p90 %s, max %s",
+			c.try, c.hold, runs, ms(us[len(us)/2]), ms(us[len(us)*9/10]), ms(us[len(us)-1]))
+		release(t, h)
+		waitIdle(t, startTimeout, nodes, "busy")
+	}
 }

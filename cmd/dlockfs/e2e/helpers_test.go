@@ -541,6 +541,8 @@ type lockDoc struct {
 	Name        string   `json:"name"`
 	State       string   `json:"state"`
 	Holder      string   `json:"holder"`
+	Mode        string   `json:"mode"`
+	Holders     int      `json:"holders"`
 	Token       uint64   `json:"token"`
 	Waiting     int      `json:"waiting"`
 	Queued      []string `json:"queued"`
