@@ -36,6 +36,8 @@ type statusDoc struct {
 		Name        string   `json:"name"`
 		State       string   `json:"state"`
 		Holder      string   `json:"holder"`
+		Mode        string   `json:"mode"`
+		Holders     int      `json:"holders"`
 		Token       uint64   `json:"token"`
 		Waiting     int      `json:"waiting"`
 		Queued      []string `json:"queued"`
@@ -240,6 +242,12 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		fmt.Fprintln(tw, "LOCK\tSTATE\tHOLDER\tTOKEN\tWAITING\tQUEUED\tAWAITING\tPERMISSIONS")
 		for _, l := range d.Locks {
 			state := orDash(l.State)
+			switch {
+			case l.Mode == "shared" && l.Holders > 0:
+				state += fmt.Sprintf(" (shared, %d here)", l.Holders)
+			case l.Mode == "shared":
+				state += " (shared)"
+			}
 			if l.Revoked > 0 {
 				state += fmt.Sprintf(" (%d revoked)", l.Revoked)
 			}

@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -306,40 +308,137 @@ func TestLegacySharedLocks(t *testing.T) {
 }
 
 // TestSharedThreeReaders: three readers, one per peer, started at once, all
-// hold together (each holds until every one has printed "held"), and none
-// waits for another: the log gives each one's time from start to grant.
-// Run with -v for the figures.
+// hold together (each holds until every one has printed "held", and every
+// peer's .status and dlockfs status say shared), and none waits for
+// another. The log compares each one's time from start to grant with a
+// reader's alone, and gives the spread of the three grants. Run with -v
+// for the figures:
+//
+//	go test -count=1 -v -run TestSharedThreeReaders ./cmd/dlockfs/e2e
 func TestSharedThreeReaders(t *testing.T) {
 	needEnv(t)
 	nodes := startCluster(t, 3, nodeOpts{})
-	const rounds = 10
-	var waits []int64
+	const rounds = 20
+	var alone, three, spread []int64
+	grantAt := func(p *proc) int64 {
+		line := p.waitLine(t, startTimeout, "held")
+		f := strings.Fields(line)
+		at, err := parseMicros(f[len(f)-1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
 	for r := range rounds {
 		lock := fmt.Sprintf("three%d", r)
 		start := nowMicros()
+		solo := startShared(t, "flock -s", nodes[r%3], lock+"-solo")
+		alone = append(alone, grantAt(solo)-start)
+		release(t, solo)
+
+		start = nowMicros()
 		var rs []*proc
 		for _, n := range nodes {
 			rs = append(rs, startShared(t, "flock -s", n, lock))
 		}
+		first, last := int64(1<<62), int64(0)
 		for _, p := range rs {
-			line := p.waitLine(t, startTimeout, "held")
-			f := strings.Fields(line)
-			at, err := parseMicros(f[len(f)-1])
-			if err != nil {
-				t.Fatal(err)
-			}
-			waits = append(waits, at-start)
+			at := grantAt(p)
+			three = append(three, at-start)
+			first, last = min(first, at), max(last, at)
 		}
-		// All three print "held" before any is told to release: they
+		spread = append(spread, last-first)
+		// All three printed "held" before any is told to release: they
 		// hold at the same time, and each peer's status says so.
 		waitShared(t, lock, 1, nodes...)
+		if r == 0 {
+			code, out, errOut := run(t, 10*time.Second, suite.binary, "status", nodes[1].dir)
+			if code != 0 || !regexp.MustCompile(`(?m)^`+lock+`\s+holding \(shared, 1 here\)\s`).MatchString(out) {
+				t.Errorf("dlockfs status: exit %d\n%s\n%s", code, out, errOut)
+			}
+		}
 		for _, p := range rs {
 			release(t, p)
 		}
 		waitIdle(t, startTimeout, nodes, lock)
 	}
-	p50, maxv := stats(waits)
-	t.Logf("3 readers on 3 peers, %d rounds: start to grant (incl. bash+flock start) p50 %s, max %s", rounds, ms(p50), ms(maxv))
+	a50, amax := stats(alone)
+	t50, tmax := stats(three)
+	s50, smax := stats(spread)
+	t.Logf("flock(1) processes, start to grant (bash + flock start included), %d rounds: one reader alone p50 %s max %s; "+
+		"3 readers on 3 peers at once p50 %s max %s; spread of the 3 grants p50 %s max %s",
+		rounds, ms(a50), ms(amax), ms(t50), ms(tmax), ms(s50), ms(smax))
+
+	// The same without process start-up: flock(2) from this process on
+	// each peer's mount at once, timed around the call. Readers all hold
+	// before any unlocks; writers, for contrast, hold writerHold each (a
+	// stand-in for work, not a synchronisation), so they queue.
+	const writerHold = 10 * time.Millisecond
+	for _, how := range []int{syscall.LOCK_SH, syscall.LOCK_EX} {
+		var solo, each, lastOf []int64
+		for r := range rounds {
+			lock := fmt.Sprintf("sys%d-%d", how, r)
+			var fs []*os.File
+			for _, n := range nodes {
+				f, err := os.OpenFile(filepath.Join(n.dir, "flock", lock), os.O_RDONLY|os.O_CREATE, 0o644)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fs = append(fs, f)
+			}
+			t0 := nowMicros()
+			if err := syscall.Flock(int(fs[r%3].Fd()), how); err != nil {
+				t.Fatal(err)
+			}
+			solo = append(solo, nowMicros()-t0)
+			if err := syscall.Flock(int(fs[r%3].Fd()), syscall.LOCK_UN); err != nil {
+				t.Fatal(err)
+			}
+			waitIdle(t, startTimeout, nodes, lock)
+			got := make(chan int64, len(fs))
+			go0 := make(chan struct{})
+			for _, f := range fs {
+				go func() {
+					<-go0
+					t0 := nowMicros()
+					err := syscall.Flock(int(f.Fd()), how)
+					d := nowMicros() - t0
+					if err != nil {
+						t.Errorf("flock: %v", err)
+					}
+					if how == syscall.LOCK_EX {
+						time.Sleep(writerHold)
+						_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+					}
+					got <- d
+				}()
+			}
+			close(go0)
+			var last int64
+			for range fs {
+				d := <-got
+				each = append(each, d)
+				last = max(last, d)
+			}
+			lastOf = append(lastOf, last)
+			if how == syscall.LOCK_SH {
+				waitShared(t, lock, 1, nodes...) // all three hold now
+			}
+			for _, f := range fs {
+				f.Close()
+			}
+			waitIdle(t, startTimeout, nodes, lock)
+		}
+		o50, omax := stats(solo)
+		e50, emax := stats(each)
+		l50, lmax := stats(lastOf)
+		what := "readers (LOCK_SH)"
+		if how == syscall.LOCK_EX {
+			what = fmt.Sprintf("writers (LOCK_EX, each holding %v)", writerHold)
+		}
+		t.Logf("flock(2) calls, %d rounds, %s: one alone p50 %s max %s; 3 on 3 peers at once: each p50 %s max %s, "+
+			"the last of the 3 p50 %s max %s", rounds, what, ms(o50), ms(omax), ms(e50), ms(emax), ms(l50), ms(lmax))
+	}
 }
 
 // TestFlockTryRoundTrip measures the try-lock round trip through flock(1):
@@ -354,17 +453,14 @@ func TestFlockTryRoundTrip(t *testing.T) {
 	if _, err := exec.LookPath("flock"); err != nil {
 		t.Skip("flock is not installed")
 	}
-	nodes := startCluster(t, 2, nodeOpts{})
-	a, b := nodes[0], nodes[1]
-	for _, c := range []struct{ hold, try string }{{"-x", "-x"}, {"-x", "-s"}, {"-s", "-x"}} {
-		h := startProc(t, "holder on a", workerTimeout, "bash", "-c",
-			`flock `+c.hold+` "$1/flock/busy" -c 'echo held; read -r _'`, "holder", a.dir)
-		h.waitLine(t, startTimeout, "held")
-		const runs = 200
+	const runs = 200
+	// tries runs flock -n TRY FILE runs times in one bash; every one must
+	// exit 1. It returns the sorted durations, in µs.
+	tries := func(file, try, what string) []int64 {
 		code, out, errOut := run(t, 60*time.Second, "bash", "-c", `for ((i = 0; i < $3; i++)); do
-	t0=$EPOCHREALTIME; flock -n $2 "$1/flock/busy" true; rc=$?; t1=$EPOCHREALTIME
+	t0=$EPOCHREALTIME; flock -n $2 "$1" true; rc=$?; t1=$EPOCHREALTIME
 	echo "$rc $t0 $t1"
-done`, "tries", b.dir, c.try, fmt.Sprint(runs))
+done`, "tries", file, try, fmt.Sprint(runs))
 		if code != 0 {
 			t.Fatalf("try loop: exit %d, %s", code, errOut)
 		}
@@ -372,7 +468,7 @@ done`, "tries", b.dir, c.try, fmt.Sprint(runs))
 		for _, line := range strings.Split(out, "\n") {
 			f := strings.Fields(line)
 			if len(f) != 3 || f[0] != "1" {
-				t.Fatalf("flock -n %s against a %s hold: %q, want exit 1", c.try, c.hold, line)
+				t.Fatalf("flock -n %s against %s: %q, want exit 1", try, what, line)
 			}
 			t0, err0 := parseMicros(f[1])
 			t1, err1 := parseMicros(f[2])
@@ -385,8 +481,44 @@ done`, "tries", b.dir, c.try, fmt.Sprint(runs))
 			t.Fatalf("%d results, want %d", len(us), runs)
 		}
 		slices.Sort(us)
-		t.Logf("flock -n %s on b against flock %s held on a: %d runs, p50 %s, p90 %s, max %s",
-			c.try, c.hold, runs, ms(us[len(us)/2]), ms(us[len(us)*9/10]), ms(us[len(us)-1]))
+		t.Logf("flock -n %s against %s: %d runs, p50 %s, p90 %s, max %s",
+			try, what, runs, ms(us[len(us)/2]), ms(us[len(us)*9/10]), ms(us[len(us)-1]))
+		return us
+	}
+	// Baseline: the same processes against a local file (no dlockfs).
+	local := filepath.Join(t.TempDir(), "busy")
+	h := startProc(t, "local holder", workerTimeout, "flock", "-x", local, "-c", "echo held; read -r _")
+	h.waitLine(t, startTimeout, "held")
+	tries(local, "-x", "a local file held by flock -x (baseline: process start-up)")
+	release(t, h)
+
+	nodes := startCluster(t, 2, nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	for _, c := range []struct{ hold, try string }{{"-x", "-x"}, {"-x", "-s"}, {"-s", "-x"}} {
+		h := startProc(t, "holder on a", workerTimeout, "bash", "-c",
+			`flock `+c.hold+` "$1/flock/busy" -c 'echo held; read -r _'`, "holder", a.dir)
+		h.waitLine(t, startTimeout, "held")
+		tries(b.dir+"/flock/busy", c.try, "flock "+c.hold+" held on the other peer")
+		if c.hold == "-x" && c.try == "-x" {
+			// The round trip alone: flock(2) from this process.
+			f, err := os.Open(b.dir + "/flock/busy")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var us []int64
+			for range runs {
+				t0 := nowMicros()
+				err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+				us = append(us, nowMicros()-t0)
+				if !errors.Is(err, syscall.EWOULDBLOCK) {
+					t.Fatalf("flock(LOCK_EX|LOCK_NB) against a held lock: %v, want EWOULDBLOCK", err)
+				}
+			}
+			f.Close()
+			slices.Sort(us)
+			t.Logf("flock(2) LOCK_EX|LOCK_NB on b against flock -x on a: %d calls, p50 %s, p90 %s, max %s",
+				runs, ms(us[len(us)/2]), ms(us[len(us)*9/10]), ms(us[len(us)-1]))
+		}
 		release(t, h)
 		waitIdle(t, startTimeout, nodes, "busy")
 	}
