@@ -884,7 +884,7 @@ func TestSimulationMajoritySoak(t *testing.T) {
 		first, only = seeds(t, 1)[0], true
 	}
 	for seed := first; st.steps < total; seed++ {
-		s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true}))
+		s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true, shared: seed%2 == 0}))
 		s.run()
 		if s.failed != "" {
 			t.Fatal(s.report())

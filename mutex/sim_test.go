@@ -320,6 +320,14 @@ func (p *simPeer) opener(id OpenerID) *simOpener {
 	return nil
 }
 
+// forgetWriter drops, from what p's readers wait behind, the requests of
+// member name, which p forgets when it removes name.
+func (p *simPeer) forgetWriter(name string) {
+	for _, o := range p.openers {
+		delete(o.writers, name)
+	}
+}
+
 func (p *simPeer) removeOpener(id OpenerID) {
 	p.openers = slices.DeleteFunc(p.openers, func(o *simOpener) bool { return o.id == id })
 }
@@ -404,12 +412,16 @@ func (s *sim) deliver() {
 			return // it died meanwhile: Serf would not report the join
 		}
 		s.logf("add at %s: %s/%d", p.name, ev.name, ev.inc)
+		if inc, ok := p.core.members[ev.name]; ok && inc != ev.inc {
+			p.forgetWriter(ev.name) // a restart: the old life's requests go
+		}
 		p.core.AddMember(ev.name, ev.inc)
 	case evRemove:
 		if p.core.members[ev.name] != ev.inc {
 			return // already replaced by a newer incarnation
 		}
 		s.logf("remove at %s: %s/%d", p.name, ev.name, ev.inc)
+		p.forgetWriter(ev.name)
 		p.core.RemoveMember(ev.name)
 	case evReconnect:
 		s.logf("reconnected at %s: %s", p.name, ev.name)
@@ -538,6 +550,7 @@ func (s *sim) suspect() {
 	s.stats.suspicions++
 	s.suspicions++
 	s.logf("suspect at %s: %s/%d", a.name, b.name, b.inc)
+	a.forgetWriter(b.name) // a wrongly drops b's requests: documented unsafe
 	a.core.RemoveMember(b.name)
 	s.drain(a)
 	s.pending = append(s.pending, simEvent{kind: evUnsuspect, at: a.name, atInc: a.inc, name: b.name, inc: b.inc})
