@@ -307,6 +307,39 @@ func TestLegacySharedLocks(t *testing.T) {
 	}
 }
 
+// TestLockSharedTryTimeout: dlockfs lock --shared beside a writer on the
+// other peer: --try exits 12 and --timeout exits 13 without running CMD,
+// leaving no request behind; beside a reader it runs CMD at once with a
+// token, even with --try.
+func TestLockSharedTryTimeout(t *testing.T) {
+	needEnv(t)
+	nodes := startCluster(t, 2, nodeOpts{})
+	a, b := nodes[0], nodes[1]
+	h := shellHold(t, a, "db") // a writer: the root view's open
+	h.waitLine(t, startTimeout, "held ")
+	for _, c := range []struct {
+		flags []string
+		want  int
+	}{{[]string{"--try"}, 12}, {[]string{"--timeout", "300ms"}, 13}} {
+		args := append(append([]string{"lock", "--shared"}, c.flags...), b.dir+"/db", "--", "echo", "ran")
+		code, out, errOut := dlockfs(t, 20*time.Second, args...)
+		if code != c.want || out != "" {
+			t.Errorf("%v beside a writer: exit %d, stdout %q, stderr %q; want exit %d, CMD not run", c.flags, code, out, errOut, c.want)
+		}
+		waitLock(t, startTimeout, nodes, "db", "left with no request", noRequests)
+	}
+	release(t, h)
+	r := startShared(t, "flock -s", a, "db")
+	r.waitLine(t, startTimeout, "held")
+	code, out, errOut := dlockfs(t, 20*time.Second, "lock", "--shared", "--try", b.dir+"/db", "--",
+		"bash", "-c", `echo "token $DLOCKFS_TOKEN"`)
+	if code != 0 || !regexp.MustCompile(`^token [0-9]+$`).MatchString(out) {
+		t.Errorf("--shared --try beside a reader: exit %d, %q, %q", code, out, errOut)
+	}
+	release(t, r)
+	waitIdle(t, startTimeout, nodes, "db")
+}
+
 // TestSharedThreeReaders: three readers, one per peer, started at once, all
 // hold together (each holds until every one has printed "held", and every
 // peer's .status and dlockfs status say shared), and none waits for
