@@ -8,6 +8,7 @@
 //	MOUNT/flock/NAME  the same lock NAME, taken by flock(2)/fcntl(2)/lockf(3)
 //	                  instead of by open (open never blocks there)
 //	MOUNT/.status     the peer's status as JSON ([Locker.StatusJSON])
+//	                  (its size, in a stat, is that of the status then)
 //
 // A listing shows ., .., .status, flock/, lock, the names used (opened or
 // created) here and the names the [Locker] knows ([Locker.Names]).

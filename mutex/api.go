@@ -415,6 +415,8 @@ type Counters struct {
 	Dropped  uint64 `json:"dropped"`  // messages rejected (Received includes them)
 	Grants   uint64 `json:"grants"`
 	Refusals uint64 `json:"refusals"`
-	// DroppedBy counts drops by the sentinel error's text.
+	// DroppedBy counts drops by reason: "unknown peer", "stale",
+	// "unexpected", "duplicate", "malformed", "voter set version",
+	// "not a voter", "other" (a reason appears once it has been counted).
 	DroppedBy map[string]uint64 `json:"dropped_by"`
 }

@@ -509,32 +509,72 @@ func (c *Core) Step(m Message) error {
 	err := c.step(m)
 	if err != nil {
 		c.ctr.Dropped++
-		c.ctr.DroppedBy[dropReason(err)]++
+		c.ctr.DroppedBy[dropReasonOf(err).String()]++
 	}
 	return err
 }
 
-// dropReason names the reason for a drop by its sentinel, never by an
-// error's text, so that a new error cannot break the counters (or panic).
-// The names are the status file's dropped_by keys.
-func dropReason(err error) string {
-	switch {
-	case errors.Is(err, ErrUnknownPeer):
+// dropReason is why Step rejected a message: the key it is counted under.
+// It is found from the error's sentinel with errors.Is, never from an
+// error's text, so that a new or unwrapped error cannot break the counters
+// (or panic): what matches no sentinel counts as dropOther.
+type dropReason uint8
+
+// The drop reasons. Their String values are the status file's dropped_by
+// keys: append new ones, never rename one (TestDropReasonKeys pins them).
+const (
+	dropOther dropReason = iota
+	dropUnknownPeer
+	dropStale
+	dropUnexpected
+	dropDuplicate
+	dropMalformed
+	dropConfig
+	dropNotVoter
+	numDropReasons
+)
+
+// dropSentinels maps each reason but dropOther to its sentinel, in the
+// order they are tried.
+var dropSentinels = [numDropReasons]error{
+	dropUnknownPeer: ErrUnknownPeer,
+	dropStale:       ErrStale,
+	dropUnexpected:  ErrUnexpected,
+	dropDuplicate:   ErrDuplicate,
+	dropMalformed:   ErrMalformed,
+	dropConfig:      ErrConfig,
+	dropNotVoter:    ErrNotVoter,
+}
+
+// String returns the reason's dropped_by key.
+func (r dropReason) String() string {
+	switch r {
+	case dropUnknownPeer:
 		return "unknown peer"
-	case errors.Is(err, ErrStale):
+	case dropStale:
 		return "stale"
-	case errors.Is(err, ErrUnexpected):
+	case dropUnexpected:
 		return "unexpected"
-	case errors.Is(err, ErrDuplicate):
+	case dropDuplicate:
 		return "duplicate"
-	case errors.Is(err, ErrMalformed):
+	case dropMalformed:
 		return "malformed"
-	case errors.Is(err, ErrConfig):
+	case dropConfig:
 		return "voter set version"
-	case errors.Is(err, ErrNotVoter):
+	case dropNotVoter:
 		return "not a voter"
 	}
 	return "other"
+}
+
+// dropReasonOf classifies a Step error.
+func dropReasonOf(err error) dropReason {
+	for r, sentinel := range dropSentinels {
+		if sentinel != nil && errors.Is(err, sentinel) {
+			return dropReason(r)
+		}
+	}
+	return dropOther
 }
 
 func (c *Core) step(m Message) error {

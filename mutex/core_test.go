@@ -2,8 +2,10 @@ package mutex
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
+	"time"
 )
 
 // cluster is a hand-driven set of cores for the rule tests: messages wait in
@@ -650,8 +652,73 @@ func TestDropCounters(t *testing.T) {
 	if got["other"] != 0 {
 		t.Errorf("a drop counted as other: %v", got)
 	}
-	if dropReason(errors.New("new")) != "other" || dropReason(ErrConfig) != "voter set version" {
-		t.Error("dropReason")
+
+	// Majority mode's filters: a request from a member that is not a
+	// voter, and one sent under another voter set version.
+	q, err := New(Config{Name: "a", Incarnation: 1, Quorum: QuorumMajority, Lease: time.Second, LockDelay: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Bootstrap()
+	q.AddMember("b", 2)
+	q.Ready()
+	req := ok
+	req.Config = q.q.ver
+	if err := q.Step(req); !errors.Is(err, ErrNotVoter) {
+		t.Errorf("a request from a non-voter: %v", err)
+	}
+	req.Config++
+	if err := q.Step(req); !errors.Is(err, ErrConfig) {
+		t.Errorf("a request under another voter set: %v", err)
+	}
+	got = q.Status().Counters.DroppedBy
+	for _, k := range []string{"not a voter", "voter set version"} {
+		if got[k] != 1 {
+			t.Errorf("majority: dropped_by[%q] = %d, want 1 (all: %v)", k, got[k], got)
+		}
+	}
+}
+
+// TestDropReasonKeys pins the dropped_by keys of the status file (they
+// must not change) and checks that every sentinel, wrapped or returned
+// bare, is counted under its own key and anything else under "other".
+func TestDropReasonKeys(t *testing.T) {
+	want := []string{"other", "unknown peer", "stale", "unexpected", "duplicate", "malformed", "voter set version", "not a voter"}
+	if int(numDropReasons) != len(want) {
+		t.Fatalf("%d drop reasons, %d pinned keys: pin the new key here", numDropReasons, len(want))
+	}
+	for r := range numDropReasons {
+		if got := r.String(); got != want[r] {
+			t.Errorf("reason %d is %q, want %q", r, got, want[r])
+		}
+		sentinel := dropSentinels[r]
+		if r == dropOther {
+			if sentinel != nil {
+				t.Errorf("other has a sentinel %v", sentinel)
+			}
+			continue
+		}
+		for _, err := range []error{sentinel, fmt.Errorf("ctx: %w", sentinel), fmt.Errorf("a: %w", fmt.Errorf("b: %w", sentinel))} {
+			if got := dropReasonOf(err); got != r {
+				t.Errorf("%v counted as %q, want %q", err, got, r)
+			}
+		}
+	}
+	for _, err := range []error{nil, errors.New("new"), fmt.Errorf("%v", ErrStale), errors.Join(errors.New("x"))} {
+		if got := dropReasonOf(err); got != dropOther {
+			t.Errorf("%v counted as %q, want other", err, got)
+		}
+	}
+	// Counting never panics, whatever Step's error is.
+	c, err := New(Config{Name: "a", Incarnation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range []error{nil, ErrStale, errors.New("new")} {
+		c.ctr.DroppedBy[dropReasonOf(err).String()]++
+	}
+	if got := c.Status().Counters.DroppedBy; got["other"] != 2 || got["stale"] != 1 {
+		t.Errorf("counters %v", got)
 	}
 }
 

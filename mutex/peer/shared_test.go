@@ -9,6 +9,7 @@ import (
 
 	"github.com/dlockfs/dlockfs/fs"
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // The peer is the fs layer's SharedLocker: flock(LOCK_SH) on a mount is a
@@ -60,13 +61,13 @@ func TestShared(t *testing.T) {
 			}()
 			// The writer queues behind its own peer's reader; once that
 			// one is done, its request is deferred by the other readers.
-			waitFor(t, 10*time.Second, "the writer queued", func() bool {
+			testutil.WaitFor(t, 10*time.Second, "the writer queued", func() bool {
 				return lockStatus(t, ps[1], "x").Waiting == 1
 			})
 			if err := ps[1].Unlock(readers[1]); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 10*time.Second, "the writer deferred by a reader", func() bool {
+			testutil.WaitFor(t, 10*time.Second, "the writer deferred by a reader", func() bool {
 				st := lockStatus(t, ps[2], "x")
 				return len(st.Queued) == 1 && st.Queued[0] == ps[1].Node()
 			})
@@ -78,7 +79,7 @@ func TestShared(t *testing.T) {
 				_, err := ps[2].LockShared(rctx, "x")
 				late <- err
 			}()
-			waitFor(t, 10*time.Second, "the late reader queued", func() bool {
+			testutil.WaitFor(t, 10*time.Second, "the late reader queued", func() bool {
 				return lockStatus(t, ps[2], "x").Waiting == 1
 			})
 			if st := lockStatus(t, ps[2], "x"); st.Holders != 1 {

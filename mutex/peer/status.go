@@ -13,7 +13,29 @@ import (
 	"github.com/dlockfs/dlockfs/mutex"
 )
 
-// Status is a snapshot of a peer, as served by the .status file.
+// The state words of a Status, for the programs that read it (and the
+// tests): compare with these, not with string literals.
+const (
+	// LockIdle, LockRequesting and LockHolding are LockStatus.State (the
+	// core's Phase).
+	LockIdle       = "idle"
+	LockRequesting = "requesting"
+	LockHolding    = "holding"
+	// MemberAlive, MemberFailed and MemberLeft are MemberStatus.Status.
+	MemberAlive  = "alive"
+	MemberFailed = "failed"
+	MemberLeft   = "left"
+	// VoterSelf, VoterAlive, VoterSilent, VoterDown and VoterEvicted are
+	// VoterStatus.State (the core's quorum view).
+	VoterSelf    = "self"
+	VoterAlive   = "alive"
+	VoterSilent  = "silent"
+	VoterDown    = "down"
+	VoterEvicted = "evicted"
+)
+
+// Status is a snapshot of a peer, as served by the .status file: the
+// schema of that file, which the command line and the tests decode into.
 type Status struct {
 	Node        string `json:"node"`
 	Incarnation uint64 `json:"incarnation,string"`
@@ -28,6 +50,10 @@ type Status struct {
 	Transport transportStats `json:"transport"`
 	// Quorum is majority mode's state; nil (absent) with Quorum "none".
 	Quorum *QuorumStatus `json:"quorum,omitempty"`
+	// Draining: the mount is stopping (a SIGTERM drain): it grants no new
+	// local open and waits for its local holders before it leaves. The
+	// peer itself never sets it; the mount that serves it does.
+	Draining bool `json:"draining"`
 }
 
 // QuorumStatus is majority mode's state on this peer.
@@ -64,9 +90,9 @@ type QuorumStatus struct {
 // VoterStatus is one voter.
 type VoterStatus struct {
 	Name string `json:"name"`
-	// State is "self", "alive", "silent" (nothing heard for a lease),
-	// "down" (Serf reports it failed) or "evicted" (a majority declared
-	// it: it counts as having answered every request).
+	// State is VoterSelf, VoterAlive, VoterSilent (nothing heard for a
+	// lease), VoterDown (Serf reports it failed) or VoterEvicted (a
+	// majority declared it: it counts as having answered every request).
 	State string `json:"state"`
 	// Declared: this peer declared it evicted.
 	Declared bool `json:"declared"`
@@ -79,8 +105,8 @@ type MemberStatus struct {
 	Addr string `json:"addr"`
 	// LockAddr is the lock channel's address from the member's tags.
 	LockAddr string `json:"lock_addr"`
-	// Status is "alive", "failed" or "left" (a member leaving counts as
-	// left).
+	// Status is MemberAlive, MemberFailed or MemberLeft (a member leaving
+	// counts as left).
 	Status string `json:"status"`
 	// LockConnected reports that this peer's outgoing lock connection to
 	// the member is established (always true for this peer itself). An
@@ -92,7 +118,7 @@ type MemberStatus struct {
 // LockStatus is one lock's state on this peer.
 type LockStatus struct {
 	Name string `json:"name"`
-	// State is "idle", "requesting" or "holding".
+	// State is LockIdle, LockRequesting or LockHolding.
 	State string `json:"state"`
 	// Holder is this node's name while it holds the lock, else "": a
 	// Ricart–Agrawala peer cannot know a remote holder.
@@ -191,7 +217,7 @@ func (p *Peer) Status() Status {
 		}
 	}
 	for name, n := range revoked { // the core forgot the lock already
-		st.Locks = append(st.Locks, LockStatus{Name: name, State: "idle", Queued: []string{}, Awaiting: []string{},
+		st.Locks = append(st.Locks, LockStatus{Name: name, State: LockIdle, Queued: []string{}, Awaiting: []string{},
 			Permissions: []string{}, Revoked: n})
 	}
 	slices.SortStableFunc(st.Locks, func(a, b LockStatus) int { return strings.Compare(a.Name, b.Name) })
@@ -203,7 +229,7 @@ func (p *Peer) Status() Status {
 		reach := 0
 		for _, v := range q.Voters {
 			qs.Voters = append(qs.Voters, VoterStatus{Name: v.Name, State: v.State, Declared: v.Declared})
-			if v.State == "self" || v.State == "alive" {
+			if v.State == VoterSelf || v.State == VoterAlive {
 				reach++
 			}
 		}
@@ -225,13 +251,13 @@ func (p *Peer) StatusJSON() ([]byte, error) {
 func memberStatus(s serf.MemberStatus) string {
 	switch s {
 	case serf.StatusAlive:
-		return "alive"
+		return MemberAlive
 	case serf.StatusFailed:
-		return "failed"
+		return MemberFailed
 	case serf.StatusLeaving, serf.StatusLeft:
-		return "left"
+		return MemberLeft
 	}
-	return "failed"
+	return MemberFailed
 }
 
 func nonNil(s []string) []string {

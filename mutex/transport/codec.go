@@ -11,6 +11,7 @@ import (
 // Payload layout (the plaintext inside a frame):
 //
 //	byte 0    version<<4 | kind   (version 2; kind 1..10 = mutex.MsgType,
+//	                               13 = query, see query.go,
 //	                               14 = hello, 15 = welcome)
 //	message:  flags byte (bit 0 = Try, bit 1 = Shared; other bits must be 0)
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
@@ -30,6 +31,7 @@ import (
 // request waiting rather than granted wrongly.
 const (
 	wireVersion = 2
+	kindQuery   = 13 // status queries and answers (query.go), versioned by their own byte
 	kindHello   = 14
 	kindWelcome = 15
 
@@ -217,6 +219,7 @@ type hello struct {
 	Name        string
 	Incarnation uint64
 	ToName      string // empty in a welcome
+	query       byte   // a query open's what byte; 0 for a hello
 }
 
 func appendHello(dst []byte, kind byte, h hello) []byte {
