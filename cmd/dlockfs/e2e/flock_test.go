@@ -389,6 +389,18 @@ func TestSharedThreeReaders(t *testing.T) {
 			if code != 0 || !regexp.MustCompile(`(?m)^`+lock+`\s+holding \(shared, 1 here\)\s`).MatchString(out) {
 				t.Errorf("dlockfs status: exit %d\n%s\n%s", code, out, errOut)
 			}
+			// The cluster view lists the three readers as holders of a
+			// shared hold, not as a violation.
+			d := clusterStatus(t, nodes[0], "5s")
+			for _, l := range d.Locks {
+				if l.Name == lock && (l.Mode != "shared" || len(l.Holders) != 3) {
+					t.Errorf("status --cluster: %+v, want 3 shared holders", l)
+				}
+			}
+			code, out, errOut = dlockfs(t, time.Minute, "status", "--cluster", nodes[0].dir)
+			if code != 0 || !regexp.MustCompile(`(?m)^`+lock+`\s+a,b,c \(shared\)\s`).MatchString(out) {
+				t.Errorf("dlockfs status --cluster: exit %d\n%s\n%s", code, out, errOut)
+			}
 		}
 		for _, p := range rs {
 			release(t, p)

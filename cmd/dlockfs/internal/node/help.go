@@ -183,7 +183,8 @@ yet granted permission. To see who holds a lock anywhere, use --cluster.
 With --cluster the mount asks every alive member, over the lock channel, for
 its view of the locks, waits up to --timeout (default 2s) for the answers and
 prints them merged: for each lock the holder (the member that says it holds
-it; SEVERAL if more than one does), its fencing token, the queue of members
+it; readers of a shared hold all listed, marked (shared); SEVERAL if more
+than one holds it and one of them exclusively), its fencing token, the queue of members
 requesting it in request order (NODE@LAMPORT-TIMESTAMP, the order
 Ricart-Agrawala grants in), and each member's own view. A member that does
 not answer in time (paused, overloaded, cut off) is listed as NO ANSWER and
