@@ -369,8 +369,9 @@ func (p *Peer) LockShared(ctx context.Context, name string) (mutex.Grant, error)
 }
 
 // TryLockShared is LockShared that does not wait: it fails with
-// [mutex.ErrLocked] (wrapped) when a writer holds or wants the lock, here or
-// by another peer.
+// [mutex.ErrLocked] (wrapped) when a writer holds the lock or asked for it
+// first, here or on another peer. Beside readers only, it is granted (at
+// once if this peer already holds the lock shared).
 func (p *Peer) TryLockShared(ctx context.Context, name string) (mutex.Grant, error) {
 	return p.acquire(ctx, name, true, true)
 }

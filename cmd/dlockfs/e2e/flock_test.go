@@ -240,7 +240,7 @@ func waitShared(t *testing.T, lock string, k int, ns ...*node) {
 // (flock -x) waits for the readers, and readers that come after a waiting
 // writer wait behind it, on its peer and on the other; then they hold
 // together again. Shared tries succeed beside readers, exclusive ones fail
-// at once.
+// at once. In majority mode and with --fast-path (kept permissions).
 func TestLegacySharedLocks(t *testing.T) {
 	needEnv(t)
 	for _, prog := range []string{"flock", "python3", "perl"} {
@@ -248,7 +248,17 @@ func TestLegacySharedLocks(t *testing.T) {
 			t.Skipf("%s is not installed", prog)
 		}
 	}
-	nodes := startCluster(t, 2, nodeOpts{})
+	for _, fast := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fast-path=%v", fast), func(t *testing.T) { legacyShared(t, fast) })
+	}
+}
+
+func legacyShared(t *testing.T, fast bool) {
+	o := nodeOpts{}
+	if fast {
+		o = nodeOpts{fastPath: true, quorum: "none"} // the fast path is plain mode only
+	}
+	nodes := startCluster(t, 2, o)
 	a, b := nodes[0], nodes[1]
 	for i, pair := range [][2]string{
 		{"flock -s", "flock -s"},
