@@ -269,9 +269,9 @@ func mergeLocks(peers []PeerAnswer, answers []transport.StatusAnswer) []ClusterL
 			switch {
 			case l.Phase == mutex.Idle:
 			case l.Shared:
-				mode = "shared"
+				mode = ModeShared
 			default:
-				mode = "exclusive"
+				mode = ModeExclusive
 			}
 			cl.Views = append(cl.Views, LockView{
 				Node: pa.Name, State: l.Phase.String(), Mode: mode, Token: l.Token, ReqTime: l.ReqTime, Try: l.Try,
@@ -283,7 +283,7 @@ func mergeLocks(peers []PeerAnswer, answers []transport.StatusAnswer) []ClusterL
 				if cl.Token < l.Token {
 					cl.Token = l.Token
 				}
-				if cl.Mode != "exclusive" {
+				if cl.Mode != ModeExclusive {
 					cl.Mode = mode
 				}
 			case mutex.Requesting:

@@ -50,7 +50,7 @@ func TestClusterStatus(t *testing.T) {
 		t.Fatalf("cluster status: %+v", cs)
 	}
 	for _, pa := range cs.Peers {
-		if !pa.Answered || pa.Status != "alive" || pa.Lamport == 0 {
+		if !pa.Answered || pa.Status != MemberAlive || pa.Lamport == 0 {
 			t.Errorf("peer %+v", pa)
 		}
 	}
@@ -63,7 +63,7 @@ func TestClusterStatus(t *testing.T) {
 	for _, v := range l.Views {
 		views[v.Node] = v
 	}
-	if v := views[a.Node()]; v.State != "holding" || len(v.Queued) != 1 || v.Queued[0] != b.Node() {
+	if v := views[a.Node()]; v.State != LockHolding || len(v.Queued) != 1 || v.Queued[0] != b.Node() {
 		t.Errorf("a's view: %+v", v)
 	}
 	if v := views[b.Node()]; v.State != LockRequesting || len(v.Awaiting) != 1 || v.Awaiting[0] != a.Node() {
@@ -98,7 +98,7 @@ func TestClusterStatus(t *testing.T) {
 	if pa := got[a.Node()]; pa.Answered || pa.Error == "" {
 		t.Errorf("a, crashed: %+v", pa)
 	}
-	if cs.Complete && got[a.Node()].Status == "alive" {
+	if cs.Complete && got[a.Node()].Status == MemberAlive {
 		t.Error("complete although a did not answer")
 	}
 }
@@ -147,11 +147,11 @@ func TestMergeLocksShared(t *testing.T) {
 		t.Fatalf("locks: %+v", got)
 	}
 	x, y := got[0], got[1]
-	if x.Mode != "shared" || len(x.Holders) != 2 || x.Token != 5 || len(x.Queue) != 1 || x.Queue[0].Shared ||
-		x.Views[0].Mode != "shared" || x.Views[2].Mode != "exclusive" {
+	if x.Mode != ModeShared || len(x.Holders) != 2 || x.Token != 5 || len(x.Queue) != 1 || x.Queue[0].Shared ||
+		x.Views[0].Mode != ModeShared || x.Views[2].Mode != ModeExclusive {
 		t.Errorf("x: %+v", x)
 	}
-	if y.Mode != "exclusive" || len(y.Holders) != 2 {
+	if y.Mode != ModeExclusive || len(y.Holders) != 2 {
 		t.Errorf("y: %+v", y)
 	}
 }

@@ -44,7 +44,7 @@ func TestShared(t *testing.T) {
 			// All three hold now, each on its own peer.
 			for _, p := range ps {
 				st := lockStatus(t, p, "x")
-				if st.State != "holding" || st.Mode != "shared" || st.Holders != 1 {
+				if st.State != LockHolding || st.Mode != ModeShared || st.Holders != 1 {
 					t.Fatalf("%s status %+v, want a shared hold", p.Node(), st)
 				}
 			}
@@ -100,7 +100,7 @@ func TestShared(t *testing.T) {
 					t.Fatalf("writer's token %d not above reader's %d", w.Token, g.Token)
 				}
 			}
-			if st := lockStatus(t, ps[1], "x"); st.Mode != "exclusive" || st.Holders != 1 {
+			if st := lockStatus(t, ps[1], "x"); st.Mode != ModeExclusive || st.Holders != 1 {
 				t.Fatalf("writer's status %+v", st)
 			}
 			rgot := make(chan mutex.Grant, 1)

@@ -32,6 +32,10 @@ const (
 	VoterSilent  = "silent"
 	VoterDown    = "down"
 	VoterEvicted = "evicted"
+	// ModeExclusive and ModeShared are LockStatus.Mode, ClusterLock.Mode
+	// and LockView.Mode.
+	ModeExclusive = "exclusive"
+	ModeShared    = "shared"
 )
 
 // Status is a snapshot of a peer, as served by the .status file: the
@@ -197,9 +201,9 @@ func (p *Peer) Status() Status {
 		switch {
 		case l.Phase == mutex.Idle:
 		case l.Shared:
-			ls.Mode = "shared"
+			ls.Mode = ModeShared
 		default:
-			ls.Mode = "exclusive"
+			ls.Mode = ModeExclusive
 		}
 		st.Locks = append(st.Locks, ls)
 	}

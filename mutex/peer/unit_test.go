@@ -263,7 +263,7 @@ func TestStatusJSON(t *testing.T) {
 	l := locks[0].(map[string]any)
 	check("lock", l, "name", "state", "holder", "mode", "holders", "token", "waiting", "queued", "awaiting", "permissions", "revoked")
 	if l["name"] != "held" || l["state"] != "holding" || l["holder"] != "p0" || l["token"].(float64) != float64(g.Token) ||
-		l["mode"] != "exclusive" || l["holders"].(float64) != 1 {
+		l["mode"] != ModeExclusive || l["holders"].(float64) != 1 {
 		t.Errorf("lock %v (grant %+v)", l, g)
 	}
 	if q := l["queued"].([]any); len(q) != 1 || q[0] != "p1" {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
 // setlkC is a C program using fcntl(2) locks: PROG FILE wait|try [SECS]
@@ -230,7 +232,7 @@ func startShared(t *testing.T, kind string, n *node, lock string) *proc {
 func waitShared(t *testing.T, lock string, k int, ns ...*node) {
 	t.Helper()
 	waitLock(t, startTimeout, ns, lock, fmt.Sprintf("held shared by %d here", k), func(l lockDoc) bool {
-		return l.State == "holding" && l.Mode == "shared" && l.Holders == k
+		return l.State == peer.LockHolding && l.Mode == peer.ModeShared && l.Holders == k
 	})
 }
 
@@ -300,7 +302,7 @@ func legacyShared(t *testing.T, fast bool) {
 			release(t, r2)
 			w.waitLine(t, startTimeout, "got")
 			waitLock(t, startTimeout, []*node{a}, lock, "held exclusively", func(l lockDoc) bool {
-				return l.State == "holding" && l.Mode == "exclusive"
+				return l.State == peer.LockHolding && l.Mode == peer.ModeExclusive
 			})
 			if r3.hasLine("held") || r4.hasLine("held") {
 				t.Fatalf("a reader entered beside the writer: r3 %q r4 %q", r3.output(), r4.output())
@@ -403,7 +405,7 @@ func TestSharedThreeReaders(t *testing.T) {
 			// shared hold, not as a violation.
 			d := clusterStatus(t, nodes[0], "5s")
 			for _, l := range d.Locks {
-				if l.Name == lock && (l.Mode != "shared" || len(l.Holders) != 3) {
+				if l.Name == lock && (l.Mode != peer.ModeShared || len(l.Holders) != 3) {
 					t.Errorf("status --cluster: %+v, want 3 shared holders", l)
 				}
 			}

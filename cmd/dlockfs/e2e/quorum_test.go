@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dlockfs/dlockfs/mutex/peer"
 	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
@@ -171,7 +172,7 @@ func lockRevoked(t *testing.T, shared bool) {
 	}
 	if shared {
 		waitLock(t, startTimeout, []*node{a}, "lock", "held by two readers", func(l lockDoc) bool {
-			return l.State == "holding" && l.Mode == "shared" && l.Holders == 2
+			return l.State == peer.LockHolding && l.Mode == peer.ModeShared && l.Holders == 2
 		})
 	}
 	w := shellHold(t, b, "lock")

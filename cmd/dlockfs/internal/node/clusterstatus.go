@@ -150,7 +150,7 @@ func printClusterStatus(w io.Writer, cs peer.ClusterStatus) error {
 	for _, l := range cs.Locks {
 		holder := orDash(l.Holder)
 		switch {
-		case l.Mode == "shared":
+		case l.Mode == peer.ModeShared:
 			holder = strings.Join(l.Holders, ",") + " (shared)"
 		case len(l.Holders) > 1:
 			holder = "SEVERAL: " + strings.Join(l.Holders, ",")
@@ -180,7 +180,7 @@ func printClusterStatus(w io.Writer, cs peer.ClusterStatus) error {
 	for _, l := range cs.Locks {
 		for _, v := range l.Views {
 			state := v.State
-			if v.Mode == "shared" {
+			if v.Mode == peer.ModeShared {
 				state += " (shared)"
 			}
 			fmt.Fprintf(w, "  %s on %s: %s token %d at %d, %d waiting, deferring %s, awaiting %s\n", l.Name, v.Node,

@@ -211,9 +211,9 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		for _, l := range d.Locks {
 			state := orDash(l.State)
 			switch {
-			case l.Mode == "shared" && l.Holders > 0:
+			case l.Mode == peer.ModeShared && l.Holders > 0:
 				state += fmt.Sprintf(" (shared, %d here)", l.Holders)
-			case l.Mode == "shared":
+			case l.Mode == peer.ModeShared:
 				state += " (shared)"
 			}
 			if l.Revoked > 0 {
