@@ -123,18 +123,26 @@ func TestExitCodesDocumented(t *testing.T) {
 			t.Errorf("%s (%d) is not in ExitCodeTable", name, code)
 		}
 	}
+	sec := readmeSection(t, "EXIT CODES")
+	if got, want := strings.TrimSpace(sec), strings.TrimSpace(ExitCodesMarkdown()); got != want {
+		t.Errorf("README's EXIT CODES differ from ExitCodeTable; the section should read:\n%s\ngot:\n%s", want, got)
+	}
+}
+
+// readmeSection returns the README's "### heading" section, up to the next
+// heading.
+func readmeSection(t *testing.T, heading string) string {
+	t.Helper()
 	readme, err := os.ReadFile("../../../../README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sec, ok := strings.Cut(string(readme), "\n### EXIT CODES\n\n")
+	_, sec, ok := strings.Cut(string(readme), "\n### "+heading+"\n\n")
 	if !ok {
-		t.Fatal("README has no ### EXIT CODES section")
+		t.Fatalf("README has no ### %s section", heading)
 	}
 	sec, _, _ = strings.Cut(sec, "\n###")
-	if got, want := strings.TrimSpace(sec), strings.TrimSpace(ExitCodesMarkdown()); got != want {
-		t.Errorf("README's EXIT CODES differ from ExitCodeTable; the section should read:\n%s\ngot:\n%s", want, got)
-	}
+	return sec
 }
 
 // exitConstants reads the Exit constants and their values from

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"os"
 	"strings"
 	"testing"
 )
@@ -10,15 +9,7 @@ import (
 // FilesMarkdown (the man page renders the same table), and the table names
 // the files mount writes.
 func TestFilesDocumented(t *testing.T) {
-	readme, err := os.ReadFile("../../../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, sec, ok := strings.Cut(string(readme), "\n### FILES\n\n")
-	if !ok {
-		t.Fatal("README has no ### FILES section")
-	}
-	sec, _, _ = strings.Cut(sec, "\n\n")
+	sec, _, _ := strings.Cut(readmeSection(t, "FILES"), "\n\n") // the table, not the text after it
 	if got, want := strings.TrimSpace(sec), strings.TrimSpace(FilesMarkdown()); got != want {
 		t.Errorf("README's FILES differ from FilesTable; the table should read:\n%s\ngot:\n%s", want, got)
 	}
