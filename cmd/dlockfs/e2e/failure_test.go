@@ -144,28 +144,13 @@ func TestPeerSIGTERM(t *testing.T) {
 	t.Run("holding", func(t *testing.T) {
 		// --drain-timeout 0: leave at once, taking the lock from the
 		// holder (TestDrainingStop has the default).
-		nodes := startCluster(t, 3, nodeOpts{extra: []string{"--drain-timeout", "0"}})
-		a, survivors := nodes[0], nodes[1:]
-		h := shellHold(t, a, "lock")
-		h.waitLine(t, startTimeout, "held ")
-		counter := counterFile(t)
-		const perNode, iters = 2, 10
-		ws := startWorkers(t, survivors, perNode, iters, counter)
-		for _, n := range survivors {
-			waitWaiting(t, n, "lock", perNode)
-			waitQueued(t, a, "lock", n.name)
-		}
+		b := holdWithWorkers(t, nodeOpts{extra: []string{"--drain-timeout", "0"}})
+		a, survivors := b.a, b.survivors
 		seen := watchMember(survivors[0], a.name, peer.MemberLeft, startTimeout)
 		term := nowMicros()
 		a.term(t)
 		exited := nowMicros()
-		waitWorkers(t, ws)
-		hs := holds(t, ws)
-		want := len(survivors) * perNode * iters
-		if got := readCounter(t, counter); got != want || len(hs) != want {
-			t.Errorf("counter %d, %d holds recorded, want %d", got, len(hs), want)
-		}
-		checkExclusive(t, hs)
+		hs := b.finish(t)
 		left := seen()
 		if left == 0 {
 			t.Errorf("%s never listed %s as left", survivors[0].name, a.name)
@@ -318,30 +303,56 @@ func TestRestartSameName(t *testing.T) {
 	}
 }
 
+// heldWithWorkers is 3 peers where a's shell holds the lock and the
+// workers on the other two (the survivors) wait behind it.
+type heldWithWorkers struct {
+	a         *node
+	survivors []*node
+	ws        []*proc
+	counter   string
+	want      int // holds the workers make in all
+}
+
+// holdWithWorkers starts 3 peers with opts, a's shell holding the lock and
+// 2 workers of 10 holds on each other peer, every one of them queued.
+func holdWithWorkers(t *testing.T, opts nodeOpts) heldWithWorkers {
+	t.Helper()
+	nodes := startCluster(t, 3, opts)
+	b := heldWithWorkers{a: nodes[0], survivors: nodes[1:], counter: counterFile(t)}
+	h := shellHold(t, b.a, "lock")
+	h.waitLine(t, startTimeout, "held ")
+	const perNode, iters = 2, 10
+	b.ws = startWorkers(t, b.survivors, perNode, iters, b.counter)
+	b.want = len(b.survivors) * perNode * iters
+	for _, n := range b.survivors {
+		waitWaiting(t, n, "lock", perNode)
+		waitQueued(t, b.a, "lock", n.name)
+	}
+	return b
+}
+
+// finish waits for the workers and checks their holds: every one counted,
+// none overlapping. It returns the holds in order.
+func (b heldWithWorkers) finish(t *testing.T) []hold {
+	t.Helper()
+	waitWorkers(t, b.ws)
+	hs := holds(t, b.ws)
+	if got := readCounter(t, b.counter); got != b.want || len(hs) != b.want {
+		t.Errorf("counter %d, %d holds recorded, want %d", got, len(hs), b.want)
+	}
+	checkExclusive(t, hs)
+	return hs
+}
+
 // killHolding SIGKILLs a's daemon while a's shell holds the lock and the
 // other peers' workers wait.
 func killHolding(t *testing.T, fastPath bool) {
-	nodes := startCluster(t, 3, nodeOpts{fastPath: fastPath})
-	a, survivors := nodes[0], nodes[1:]
-	h := shellHold(t, a, "lock")
-	h.waitLine(t, startTimeout, "held ")
-	counter := counterFile(t)
-	const perNode, iters = 2, 10
-	ws := startWorkers(t, survivors, perNode, iters, counter)
-	for _, n := range survivors {
-		waitWaiting(t, n, "lock", perNode)
-		waitQueued(t, a, "lock", n.name)
-	}
+	b := holdWithWorkers(t, nodeOpts{fastPath: fastPath})
+	a, survivors := b.a, b.survivors
 	kill := nowMicros()
 	a.kill(t)
 	seen := watchMember(survivors[0], a.name, peer.MemberFailed, startTimeout)
-	waitWorkers(t, ws)
-	hs := holds(t, ws)
-	want := len(survivors) * perNode * iters
-	if got := readCounter(t, counter); got != want || len(hs) != want {
-		t.Errorf("counter %d, %d holds recorded, want %d", got, len(hs), want)
-	}
-	checkExclusive(t, hs)
+	hs := b.finish(t)
 	if len(hs) > 0 && hs[0].enter < kill {
 		t.Errorf("%s entered at %d, before the holder's daemon was killed at %d", hs[0].worker, hs[0].enter, kill)
 	}
