@@ -671,11 +671,13 @@ func waitWaiting(t *testing.T, n *node, lock string, k int) {
 	})
 }
 
-// workerScript does N critical sections on MOUNT/lock: take the lock, read
-// the token, increment the counter file, release; after each it prints
-// "ID TOKEN ENTER LEAVE" ($EPOCHREALTIME, taken inside the hold).
-const workerScript = `M=$1 C=$2 N=$3 ID=$4
-for ((i = 0; i < N; i++)); do
+// workerScript does N critical sections on MOUNT/lock (N 0: until the
+// file STOP exists): take the lock, read the token, increment the counter
+// file, release; after each it prints "ID TOKEN ENTER LEAVE"
+// ($EPOCHREALTIME, taken inside the hold).
+const workerScript = `M=$1 C=$2 N=$3 ID=$4 STOP=${5:-}
+for ((i = 0; N == 0 || i < N; i++)); do
+	[[ -n $STOP && -e $STOP ]] && break
 	exec 9<"$M/lock" || { echo "$ID: open failed at iteration $i" >&2; exit 3; }
 	t0=$EPOCHREALTIME
 	read -r token <&9 || { echo "$ID: reading the token failed at iteration $i" >&2; exit 4; }

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,53 +15,11 @@ import (
 	"github.com/dlockfs/dlockfs/mutex/transport"
 )
 
-// loopWorkerScript is workerScript until the file STOP exists: the
-// workers contend for MOUNT/lock from before the rotation until after it.
-const loopWorkerScript = `M=$1 C=$2 STOP=$3 ID=$4
-i=0
-while [[ ! -e $STOP ]]; do
-	exec 9<"$M/lock" || { echo "$ID: open failed at iteration $i" >&2; exit 3; }
-	t0=$EPOCHREALTIME
-	read -r token <&9 || { echo "$ID: reading the token failed at iteration $i" >&2; exit 4; }
-	read -r v <"$C" || { echo "$ID: reading the counter failed" >&2; exit 5; }
-	echo $((v + 1)) >"$C"
-	t1=$EPOCHREALTIME
-	exec 9<&-
-	echo "$ID $token $t0 $t1"
-	((i++))
-done
-`
-
-// keyDoc is the part of .status about the lock channel's keys.
-type keyDoc struct {
-	Incarnation uint64 `json:"incarnation,string"`
-	Transport   struct {
-		OldKeyConns int `json:"old_key_conns"`
-		// Connects and Disconnects count the outgoing lock connections
-		// made and lost; Accepts the inbound ones; DroppedUnsent the
-		// messages lost with a broken connection.
-		Connects      uint64 `json:"connects"`
-		Disconnects   uint64 `json:"disconnects"`
-		Accepts       uint64 `json:"accepts"`
-		DroppedUnsent uint64 `json:"dropped_unsent"`
-		// Rekeys counts connections switched to the primary key in
-		// band.
-		Rekeys uint64 `json:"rekeys"`
-	} `json:"transport"`
-	Members []struct {
-		Name     string `json:"name"`
-		LockAddr string `json:"lock_addr"`
-	} `json:"members"`
-}
-
-func (n *node) keyStatus(t *testing.T) keyDoc {
+// keyStatus reads n's .status for the lock channel's key counters.
+func (n *node) keyStatus(t *testing.T) statusDoc {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(n.dir, ".status"))
+	d, err := n.status()
 	if err != nil {
-		t.Fatal(err)
-	}
-	var d keyDoc
-	if err := json.Unmarshal(data, &d); err != nil {
 		t.Fatal(err)
 	}
 	return d
@@ -105,8 +62,8 @@ func TestKeyRotation(t *testing.T) {
 	for _, n := range nodes {
 		for i := range 2 {
 			id := fmt.Sprintf("%s%d", n.name, i)
-			ws = append(ws, startProc(t, "worker "+id, workerTimeout, "bash", "-c", loopWorkerScript, "worker",
-				n.dir, counter, stop, id))
+			ws = append(ws, startProc(t, "worker "+id, workerTimeout, "bash", "-c", workerScript, "worker",
+				n.dir, counter, "0", id, stop))
 		}
 	}
 	// progressed waits until every worker has done k more critical
@@ -131,7 +88,7 @@ func TestKeyRotation(t *testing.T) {
 	}
 	progressed("before the rotation", 20)
 
-	statsBefore := make([]keyDoc, len(nodes))
+	statsBefore := make([]statusDoc, len(nodes))
 	for i, n := range nodes {
 		statsBefore[i] = n.keyStatus(t)
 	}
