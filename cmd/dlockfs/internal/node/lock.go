@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,11 +28,7 @@ func runCheck(ctx context.Context, e *cli.Env, cfg config) error {
 		return err
 	}
 	if !cfg.check.quiet {
-		var st struct {
-			Node string `json:"node"`
-		}
-		_ = json.Unmarshal(live.status, &st) // checkLive parsed it already
-		fmt.Fprintf(e.Stdout, "%s is a live dlockfs mount (node %s)\n", live.root, st.Node)
+		fmt.Fprintf(e.Stdout, "%s is a live dlockfs mount (node %s)\n", live.root, live.node)
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ const liveTimeout = 10 * time.Second
 // liveMount is what checkLive found.
 type liveMount struct {
 	root   string // the mount's root directory
+	node   string // the node name its .status gives
 	status []byte // the raw .status JSON
 }
 
@@ -68,7 +69,7 @@ func checkLive(ctx context.Context, dir string) (liveMount, error) {
 	if err := json.Unmarshal(st, &probe); err != nil || probe.Node == nil {
 		return liveMount{}, cli.Codef(cli.ExitNotMounted, "%s is not a dlockfs mount (%s is not dlockfs status)", abs, statusFile)
 	}
-	return liveMount{root: abs, status: st}, nil
+	return liveMount{root: abs, node: *probe.Node, status: st}, nil
 }
 
 // readWithTimeout reads a whole file, giving up after d (the read goes on in
