@@ -62,7 +62,8 @@ A node that is forgotten and comes back must be started afresh (a new
 Flags:
   --control PATH  the mount's control socket (default /run/dlockfs.sock)
   --force         remove NODE without a majority (see above)
-  --timeout DUR   give up after DUR (default 1m)
+  --timeout DUR   give up after DUR (default 1m; must be positive: there is
+                  no try, since a forget waits for the voters' answers)
 
 Examples:
   dlockfs forget c                    # c died; the others agree
@@ -92,7 +93,7 @@ func parseForget(cfg *config, args []string) error {
 		return cli.Usagef("--control: empty path")
 	}
 	if f.timeout <= 0 {
-		return cli.Usagef("--timeout %v: must be positive", f.timeout)
+		return cli.Usagef("--timeout %v: must be positive (there is no try: a forget waits for the voters' answers)", f.timeout)
 	}
 	return nil
 }

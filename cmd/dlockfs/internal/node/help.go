@@ -218,7 +218,8 @@ Flags:
   --interval D    time between snapshots with --watch (default 2s)
   --count N       stop after N snapshots (default 0: until interrupted)
   --cluster       ask every member and merge their views (see above)
-  --timeout D     with --cluster: how long the members have to answer (default 2s)
+  --timeout D     with --cluster: how long the members have to answer (default
+                  2s; must be positive: the answers need a round trip)
   --control PATH  with --cluster: the mount's control socket (default MOUNTPOINT.sock)
 
 Examples:
