@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -255,7 +256,8 @@ func TestHelpSaysWhatItWrites(t *testing.T) {
 }
 
 // TestReadmeReference: the README's SYNOPSIS names every command and every
-// flag that --help documents (the man page is generated from --help).
+// flag that --help documents (the man page is generated from --help), and
+// every flag of its OPTIONS table is one that mount --help documents.
 func TestReadmeReference(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
@@ -274,6 +276,26 @@ func TestReadmeReference(t *testing.T) {
 			if !strings.Contains(syn, f) {
 				t.Errorf("README SYNOPSIS lacks %s %s", c.Name, f)
 			}
+		}
+	}
+	_, opts, ok := strings.Cut(string(readme), "### OPTIONS\n")
+	if !ok {
+		t.Fatal("README has no ### OPTIONS")
+	}
+	opts, _, _ = strings.Cut(opts, "\n###")
+	var mount cli.Command
+	for _, c := range commands() {
+		if c.Name == "mount" {
+			mount = c
+		}
+	}
+	rows := regexp.MustCompile("(?m)^\\| `(--[a-z-]+)` \\|").FindAllStringSubmatch(opts, -1)
+	if len(rows) < 10 {
+		t.Fatalf("README OPTIONS: only %d flag rows found", len(rows))
+	}
+	for _, m := range rows {
+		if !slices.Contains(helpFlags(mount), m[1]) {
+			t.Errorf("README OPTIONS lists %s, which mount --help does not document", m[1])
 		}
 	}
 }
