@@ -339,7 +339,15 @@ func holdLock(t *testing.T, path string) *holder {
 	}
 	h := &holder{stdin: stdin, bgChild: startBackground(t, cmd, 1, false)}
 	t.Cleanup(func() {
-		_ = h.cmd.Process.Kill()
+		// Closing stdin ends the shell (a kill of dlockfs lock alone
+		// would leave it holding the lock's descriptor, and the mount's
+		// stop would wait out its drain); kill only if it lingers.
+		h.stdin.Close()
+		select {
+		case <-h.done:
+		case <-time.After(stopTimeout):
+			_ = h.cmd.Process.Kill()
+		}
 	})
 	select {
 	case line := <-h.lines:
