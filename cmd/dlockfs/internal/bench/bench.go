@@ -55,6 +55,12 @@ processes (this binary re-executed; they call open(2)/close(2) directly):
       mounts, so every acquisition moves the lock to another peer
   (b) the same on one mount only: the peer takes the lock again right after
       its own hold (with --fast-path the Roucairol-Carvalho case: no message)
+  (a), (b) split: where each open+close's time went, from the child's
+      times and the mounts' Peer.Lock/Unlock calls on the same clock: the
+      FUSE open until Peer.Lock, waiting for the previous hold's RELEASE
+      (which the kernel sends after close(2) returned), the lock round,
+      the reply to the kernel, close(2) (p50, p99 and mean; the means add
+      up to the row's mean)
   (c) the FUSE floor: open+close of MOUNT/.status and of the mount's root
       directory, which take no lock
   (d) contention: one looping client per peer for S seconds: acquisitions
@@ -194,6 +200,10 @@ type benchRun struct {
 	// Repeat: one client on one mount.
 	Repeat     LatencyStats `json:"repeat"`
 	RepeatMsgs float64      `json:"repeat_msgs_per_acq"`
+	// UncontendedBreakdown and RepeatBreakdown split (a) and (b) into
+	// where the time went (see Breakdown), from the same runs.
+	UncontendedBreakdown Breakdown `json:"uncontended_breakdown"`
+	RepeatBreakdown      Breakdown `json:"repeat_breakdown"`
 	// FloorStatus and FloorDir: open+close of .status and of the root
 	// directory, which take no lock.
 	FloorStatus LatencyStats `json:"floor_status"`
@@ -353,8 +363,9 @@ func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, f
 		label = "fast path (keep permissions)"
 	}
 	step(fmt.Sprintf("cluster of %d, %s: starting", o.peers, label))
+	times := &localcluster.LockTimes{}
 	c, err := localcluster.Start(ctx, localcluster.Options{Peers: o.peers, FastPath: fast, Key: key, Quorum: o.quorum,
-		Prefix: "dlockfs-bench-", Log: cli.NewLogger(e, o.debug), Signals: sigs})
+		Prefix: "dlockfs-bench-", Log: cli.NewLogger(e, o.debug), Signals: sigs, LockTimes: times})
 	if err != nil {
 		return run, err
 	}
@@ -374,14 +385,21 @@ func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, f
 	if _, err := benchChild(ctx, 0, append([]string{"open", strconv.Itoa(benchWarmupOps)}, locks...)...); err != nil {
 		return run, err
 	}
-	measured := func(args ...string) (LatencyStats, float64, error) {
+	// measured runs a timed client on paths: its latencies, messages per
+	// acquisition, and its breakdown.
+	measured := func(paths ...string) (LatencyStats, float64, Breakdown, error) {
 		sent0, grants0 := c.Counters()
-		s, err := benchChild(ctx, 0, args...)
+		times.Start()
+		s, err := benchChild(ctx, 0, append([]string{"timed", n}, paths...)...)
+		waitUnlocks(ctx, times, s.Ops)
+		lks, unl := times.Stop()
 		sent1, grants1 := c.Counters()
-		return s, perAcq(sent1-sent0, grants1-grants0), err
+		bd := breakdown(s.Times, lks, unl)
+		s.Times = nil
+		return s, perAcq(sent1-sent0, grants1-grants0), bd, err
 	}
 	step("(a) uncontended, the lock moving between peers")
-	if run.Uncontended, run.UncontendedMsgs, err = measured(append([]string{"open", n}, locks...)...); err != nil {
+	if run.Uncontended, run.UncontendedMsgs, run.UncontendedBreakdown, err = measured(locks...); err != nil {
 		return run, err
 	}
 	step("(b) repeat on one peer")
@@ -390,7 +408,7 @@ func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, f
 	if _, err := benchChild(ctx, 0, "open", "1", locks[0]); err != nil {
 		return run, err
 	}
-	if run.Repeat, run.RepeatMsgs, err = measured("open", n, locks[0]); err != nil {
+	if run.Repeat, run.RepeatMsgs, run.RepeatBreakdown, err = measured(locks[0]); err != nil {
 		return run, err
 	}
 	step("(c) FUSE floor: .status and the root directory")
@@ -440,6 +458,15 @@ func benchPeerLock(ctx context.Context, c *localcluster.Cluster, ops int, cycle 
 		}
 	}
 	return summarize(ns, time.Since(start)), nil
+}
+
+// waitUnlocks waits (bounded) until the last of ops holds was given back:
+// the kernel sends a close's RELEASE after close(2) returned.
+func waitUnlocks(ctx context.Context, t *localcluster.LockTimes, ops int) {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil && t.Unlocks() < ops {
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // perAcq is messages per acquisition.
@@ -601,6 +628,31 @@ func printBench(w io.Writer, rep *Report) {
 	row("(b) MOUNT/lock, repeat on the same peer", func(r benchRun) (LatencyStats, float64, bool) {
 		return r.Repeat, r.RepeatMsgs, true
 	})
+	for _, b := range []struct {
+		name string
+		get  func(benchRun) Breakdown
+	}{
+		{"(a)", func(r benchRun) Breakdown { return r.UncontendedBreakdown }},
+		{"(b)", func(r benchRun) Breakdown { return r.RepeatBreakdown }},
+	} {
+		for _, part := range []struct {
+			name string
+			get  func(Breakdown) LatencyStats
+		}{
+			{"FUSE open until Peer.Lock", func(d Breakdown) LatencyStats { return d.FUSEOpen }},
+			{"waiting for the previous hold's RELEASE", func(d Breakdown) LatencyStats { return d.WaitRelease }},
+			{"lock round (Peer.Lock, after the RELEASE)", func(d Breakdown) LatencyStats { return d.LockRound }},
+			{"reply to the kernel, open(2) returns", func(d Breakdown) LatencyStats { return d.Reply }},
+			{"close(2)", func(d Breakdown) LatencyStats { return d.Close }},
+		} {
+			fmt.Fprintf(w, "%-52s", "    "+b.name+" "+part.name)
+			for _, r := range rep.Runs {
+				s := part.get(b.get(r))
+				fmt.Fprintf(w, " | %8s %8s %8s", us(s.P50us), us(s.P99us), "mean "+us(s.MeanUs))
+			}
+			fmt.Fprintln(w)
+		}
+	}
 	row("(c) MOUNT/.status (no lock; renders the status)", func(r benchRun) (LatencyStats, float64, bool) {
 		return r.FloorStatus, 0, false
 	})

@@ -64,6 +64,9 @@ type Options struct {
 	// signal (Signals.Again) while Close runs detaches every mount and
 	// ends Close at once.
 	Signals *cli.Signals
+	// LockTimes, if not nil, records the mounts' Lock and Unlock calls
+	// (see LockTimes); nil mounts the peers directly.
+	LockTimes *LockTimes
 }
 
 // NewKey returns a fresh random 32-byte cluster key.
@@ -142,7 +145,11 @@ func Start(ctx context.Context, opt Options) (_ *Cluster, err error) {
 		if err := os.Mkdir(mnt, 0o755); err != nil {
 			return nil, fmt.Errorf("mountpoint: %w", err)
 		}
-		srv, err := fs.Mount(mnt, fs.Options{Locker: p, Logger: opt.Log.With("component", "fs", "node", c.Names[i])})
+		var locker fs.Locker = p
+		if opt.LockTimes != nil {
+			locker = &timedLocker{Peer: p, idx: i, times: opt.LockTimes}
+		}
+		srv, err := fs.Mount(mnt, fs.Options{Locker: locker, Logger: opt.Log.With("component", "fs", "node", c.Names[i])})
 		if err != nil {
 			return nil, cli.MountError(err)
 		}
