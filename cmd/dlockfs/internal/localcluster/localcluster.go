@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,7 +29,7 @@ const (
 	Poll               = 10 * time.Millisecond
 	clusterSeenLeft    = 2 * time.Second // the others see a peer leave
 	clusterUnmountTime = 5 * time.Second // one unmount before detaching lazily
-	MaxPeers           = 26              // peers are named a..z
+	MaxPeers           = 32              // peers are named a..z, then p26..p31
 )
 
 // LockName is the lock the demo's workers and the bench's clients take.
@@ -78,8 +79,14 @@ func NewKey() ([]byte, error) {
 	return k, nil
 }
 
-// peerName is the name of the i-th local peer: a, b, c...
-func peerName(i int) string { return string(rune('a' + i)) }
+// peerName is the name of the i-th local peer: a, b, c... z, then p26,
+// p27...
+func peerName(i int) string {
+	if i < 26 {
+		return string(rune('a' + i))
+	}
+	return "p" + strconv.Itoa(i)
+}
 
 // Start starts opt.Peers peers, joins them into one cluster,
 // waits until each sees every other alive with its lock channel connected,
