@@ -34,6 +34,7 @@ const (
 	benchWarmupOps      = 300
 	benchFlockOps       = 20000
 	benchStartDelay     = 300 * time.Millisecond // contended clients start together after this
+	benchStartPerClient = 50 * time.Millisecond  // ...or this per client, if longer
 	benchChildGrace     = 60 * time.Second       // a child's time beyond its planned run
 )
 
@@ -93,7 +94,8 @@ Flags:
                     memory per peer; whether p50 grows no worse than
                     linearly in N; and, on the first size, one peer holding
                     10000 named locks and the memory after it let them go.
-                    Defaults there: --ops 300, --seconds 1
+                    Defaults there: --ops 300, --seconds 1; the peers use
+                    the LAN gossip profile (as mount does)
   --plot FILE       with --sweep: also draw it as an SVG in FILE
   --json            print the results as JSON instead of the table
   --cpuprofile FILE write a CPU profile of this process (the peers, the FUSE
@@ -516,7 +518,10 @@ func perAcq(msgs, grants uint64) float64 {
 // starting together.
 func benchContended(ctx context.Context, c *localcluster.Cluster, locks []string, seconds float64) (contendedStats, error) {
 	var cs contendedStats
-	from := time.Now().Add(benchStartDelay)
+	// Starting the children takes longer the more there are (each is a Go
+	// program on a machine the peers keep busy): with too short a delay
+	// the last ones start late and lose part of the run.
+	from := time.Now().Add(max(benchStartDelay, time.Duration(len(locks))*benchStartPerClient))
 	to := from.Add(time.Duration(seconds * float64(time.Second)))
 	sent0, grants0 := c.Counters()
 	type res struct {

@@ -59,6 +59,10 @@ type Options struct {
 	FastPath bool   // the peers keep permissions (Roucairol–Carvalho)
 	Quorum   string // peer.QuorumMajority (also for "") or peer.QuorumNone
 	Key      []byte // nil: plaintext
+	// Profile is the peers' membership profile; "" is peer.ProfileFast
+	// (quick to form and leave; its every-10-ms gossip to every peer
+	// costs too much CPU for more than about 10 peers in one process).
+	Profile string
 	Prefix   string // of the temporary directory's name
 	Log      *slog.Logger
 	// Signals, if not nil, is the command's shutdown policy: a later
@@ -117,6 +121,9 @@ func Start(ctx context.Context, opt Options) (_ *Cluster, err error) {
 		pc.Name = name
 		pc.BindAddr = "127.0.0.1:0"
 		pc.Profile = peer.ProfileFast
+		if opt.Profile != "" {
+			pc.Profile = opt.Profile
+		}
 		pc.Key = opt.Key
 		pc.KeepPermissions = opt.FastPath
 		pc.Quorum = opt.Quorum
