@@ -63,8 +63,8 @@ type Options struct {
 	// (quick to form and leave; its every-10-ms gossip to every peer
 	// costs too much CPU for more than about 10 peers in one process).
 	Profile string
-	Prefix   string // of the temporary directory's name
-	Log      *slog.Logger
+	Prefix  string // of the temporary directory's name
+	Log     *slog.Logger
 	// Signals, if not nil, is the command's shutdown policy: a later
 	// signal (Signals.Again) while Close runs detaches every mount and
 	// ends Close at once.
