@@ -43,6 +43,13 @@ const (
 	targetUncontendedP50us = 150.0
 	targetContendedPerSec  = 3000.0
 	targetFairSharePct     = 25.0
+	// Ratios inside one run (absolute times on a shared machine move by
+	// 2x between runs): (a) and (b) p50 at most this many times the
+	// in-process Peer.Lock+Unlock p50 plus the FUSE floor's p50.
+	targetFUSERatio = 1.3
+	// Contended, 3 peers: the hot path's goal, and each peer's share.
+	goalContendedPerSec = 8000.0
+	goalFairSharePct    = 90.0
 )
 
 const helpBench = `Usage: dlockfs bench [--peers N] [--seconds S] [--ops N] [--fast-path] [--json]
@@ -77,7 +84,9 @@ processes (this binary re-executed; they call open(2)/close(2) directly):
 Latencies are p50/p99 over --ops operations after a warm-up. dlockfs's
 targets, for 3 peers on 2 cores, are checked at the end: uncontended p50
 <= 150 us, contended >= 3000 acquisitions/s, no peer below 25% of its fair
-share.
+share; and the hot path's goals, as ratios inside the run: (a) and (b) p50
+at most 1.3 x (in-process Peer.Lock+Unlock p50 + FUSE floor p50), and
+contended >= 8000 acquisitions/s with every peer at >= 90% of its share.
 
 Flags:
   --peers N         peers in the cluster (default 3, 1 to 32)
@@ -627,6 +636,26 @@ func benchTargets(rep *Report) []benchTarget {
 				Want: fmt.Sprintf(">= %.0f", targetFairSharePct), Unit: "%",
 				Got: r.Contended.MinFairSharePct, Met: r.Contended.MinFairSharePct >= targetFairSharePct},
 		)
+		if r.FastPath {
+			continue
+		}
+		ratio := func(fuse, inproc LatencyStats) float64 {
+			if d := inproc.P50us + r.FloorDir.P50us; d > 0 {
+				return fuse.P50us / d
+			}
+			return 0
+		}
+		ra, rb := ratio(r.Uncontended, r.PeerUncontended), ratio(r.Repeat, r.PeerRepeat)
+		ts = append(ts,
+			benchTarget{Name: "(a) p50 / (Peer.Lock p50 + floor p50)", Want: fmt.Sprintf("<= %.1f", targetFUSERatio),
+				Unit: "x", Got: ra, Met: ra <= targetFUSERatio},
+			benchTarget{Name: "(b) p50 / (Peer.Lock p50 + floor p50)", Want: fmt.Sprintf("<= %.1f", targetFUSERatio),
+				Unit: "x", Got: rb, Met: rb <= targetFUSERatio},
+			benchTarget{Name: "hot-path goal: contended acquisitions/s", Want: fmt.Sprintf(">= %.0f", goalContendedPerSec),
+				Unit: "/s", Got: r.Contended.PerSecond, Met: r.Contended.PerSecond >= goalContendedPerSec},
+			benchTarget{Name: "hot-path goal: lowest % of fair share", Want: fmt.Sprintf(">= %.0f", goalFairSharePct),
+				Unit: "%", Got: r.Contended.MinFairSharePct, Met: r.Contended.MinFairSharePct >= goalFairSharePct},
+		)
 	}
 	return ts
 }
@@ -737,7 +766,7 @@ func printBench(w io.Writer, rep *Report) {
 		if t.Met {
 			met = "met"
 		}
-		fmt.Fprintf(w, "  %-42s want %-7s %s got %8.1f %-3s %s\n", t.Name, t.Want, t.Unit, t.Got, t.Unit, met)
+		fmt.Fprintf(w, "  %-42s want %-7s %-2s got %8.2f %-3s %s\n", t.Name, t.Want, t.Unit, t.Got, t.Unit, met)
 	}
 	if rep.CPUProfile != "" {
 		fmt.Fprintf(w, "\nCPU profile: go tool pprof -top %s\n", rep.CPUProfile)
