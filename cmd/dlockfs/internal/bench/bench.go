@@ -216,6 +216,9 @@ type Report struct {
 	CPUs      int     `json:"cpus"`
 	GoVersion string  `json:"go_version"`
 	Encrypted bool    `json:"encrypted"`
+	// Quorum is --quorum: majority (leases) or none (plain
+	// Ricart–Agrawala); the fast-path run is always none.
+	Quorum string `json:"quorum"`
 	// LoadAvg is the 1-minute load average before and after the run
 	// (from /proc/loadavg): well above CPUs means the figures are
 	// pessimistic, as other programs took CPU time.
@@ -349,7 +352,7 @@ func runBench(ctx context.Context, e *cli.Env, o benchOptions) (err error) {
 		return runSweep(ctx, e, o, key, progress)
 	}
 	rep := &Report{Peers: o.peers, Seconds: o.seconds, Ops: o.ops, CPUs: runtime.NumCPU(),
-		GoVersion: runtime.Version(), Encrypted: key != nil, CPUProfile: o.cpuprofile}
+		GoVersion: runtime.Version(), Encrypted: key != nil, CPUProfile: o.cpuprofile, Quorum: o.quorum}
 	rep.LoadAvg[0] = loadAvg()
 	scratch, err := os.MkdirTemp("", "dlockfs-bench-scratch-")
 	if err != nil {
@@ -662,9 +665,9 @@ func benchTargets(rep *Report) []benchTarget {
 
 // printBench prints the report as a table.
 func printBench(w io.Writer, rep *Report) {
-	fmt.Fprintf(w, "\ndlockfs bench: %d peers, %d CPUs, %s, %s lock channel; latencies over %d ops, contended %gs\n\n",
+	fmt.Fprintf(w, "\ndlockfs bench: %d peers, %d CPUs, %s, %s lock channel, quorum %s; latencies over %d ops, contended %gs\n\n",
 		rep.Peers, rep.CPUs, rep.GoVersion, map[bool]string{true: "encrypted", false: "plaintext"}[rep.Encrypted],
-		rep.Ops, rep.Seconds)
+		rep.Quorum, rep.Ops, rep.Seconds)
 	if busy := max(rep.LoadAvg[0], rep.LoadAvg[1]); busy > float64(rep.CPUs) {
 		fmt.Fprintf(w, "WARNING: the machine was busy (load average %.1f on %d CPUs): other programs took CPU\n"+
 			"time from the peers and clients, so these figures are pessimistic.\n\n", busy, rep.CPUs)
@@ -672,7 +675,7 @@ func printBench(w io.Writer, rep *Report) {
 	// Column per run.
 	fmt.Fprintf(w, "%-52s", "open+close from a child process")
 	for _, r := range rep.Runs {
-		fmt.Fprintf(w, " | %-26s", runLabel(r))
+		fmt.Fprintf(w, " | %-26s", runLabel(r, rep.Quorum))
 	}
 	fmt.Fprintf(w, "\n%-52s", "")
 	for range rep.Runs {
@@ -739,7 +742,7 @@ func printBench(w io.Writer, rep *Report) {
 	for _, r := range rep.Runs {
 		cs := r.Contended
 		fmt.Fprintf(w, "  %-26s %8.0f acquisitions/s, %.2f msgs/acq, lowest peer at %.0f%% of its fair share\n",
-			runLabel(r), cs.PerSecond, cs.MsgsPerAcq, cs.MinFairSharePct)
+			runLabel(r, rep.Quorum), cs.PerSecond, cs.MsgsPerAcq, cs.MinFairSharePct)
 		for _, p := range cs.PerPeer {
 			fmt.Fprintf(w, "      peer %-3s %7d (%5.1f%%, %4.0f%% of fair)  wait p50 %s p99 %s\n",
 				p.Peer, p.Acquisitions, p.SharePct, p.FairSharePct, us(p.Latency.P50us), us(p.Latency.P99us))
@@ -788,9 +791,12 @@ func loadAvg() float64 {
 }
 
 // runLabel names a run's column.
-func runLabel(r benchRun) string {
-	if r.FastPath {
+func runLabel(r benchRun, quorum string) string {
+	switch {
+	case r.FastPath:
 		return "fast path (keeps permits)"
+	case quorum == peer.QuorumMajority:
+		return "majority quorum (leases)"
 	}
 	return "plain Ricart-Agrawala"
 }
