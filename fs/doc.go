@@ -60,8 +60,10 @@
 //     interrupt (flock -w's timer, Ctrl-C, timeout) withdraws the request
 //     and fails with EINTR. LOCK_NB and F_SETLK try ([Locker.TryLock]) and
 //     fail at once with EAGAIN when busy.
-//   - LOCK_SH, F_RDLCK take a shared hold if the Locker is a [SharedLocker];
-//     otherwise they are exclusive. A conversion (LOCK_SH to LOCK_EX or back)
+//   - LOCK_SH, F_RDLCK take a shared hold if the Locker is a [SharedLocker]
+//     (*peer.Peer is one: readers on every peer hold together, a writer
+//     excludes them, in timestamp order); with a Locker that is not, they
+//     are exclusive. A conversion (LOCK_SH to LOCK_EX or back)
 //     releases and asks again, as flock(2) does: it is not atomic.
 //   - flock and OFD locks end at LOCK_UN/F_UNLCK or when the open file
 //     description is released; POSIX locks when their process closes any

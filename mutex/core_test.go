@@ -721,3 +721,207 @@ func TestDropReasonKeys(t *testing.T) {
 		t.Errorf("counters %v", got)
 	}
 }
+
+// The readers–writers rules (shared locks).
+
+func (cl *cluster) acquireShared(n string, op OpenerID, lock string) {
+	cl.t.Helper()
+	if err := cl.cores[n].AcquireShared(op, lock); err != nil {
+		cl.t.Fatal(err)
+	}
+	cl.collect(n)
+}
+
+func TestRuleSharedReaderRepliesToReaderWhileHolding(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	if !cl.granted(1) || !cl.grants[1].Shared {
+		t.Fatalf("a not granted a shared hold: %v", cl.grants)
+	}
+	cl.acquireShared("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a")
+	cl.pass(MsgReply, "a", "b") // a holds, yet replies: no conflict
+	if !cl.granted(2) {
+		t.Fatal("reader b waits for reader a")
+	}
+}
+
+func TestRuleSharedHoldingReaderDefersWriter(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("a reader in its hold answered a writer")
+	}
+	reader := cl.grants[1].Token
+	cl.release("a", 1)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("writer b not granted after the reader's release")
+	}
+	if cl.grants[2].Token <= reader {
+		t.Fatalf("writer's token %d not above the reader's", cl.grants[2].Token)
+	}
+}
+
+func TestRuleSharedEarlierWriterServedFirst(t *testing.T) {
+	// b (writer) asks first; a (reader) asks later with a later
+	// timestamp: a replies to the earlier writer, b defers the later
+	// reader, so the reader waits behind the writer.
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("b", 1, "x")
+	cl.pass(MsgRequest, "b", "a") // a witnesses b's time
+	cl.pass(MsgReply, "a", "b")
+	cl.acquireShared("a", 2, "x")
+	cl.pass(MsgRequest, "a", "b")
+	if cl.has(MsgReply, "b", "a") {
+		t.Fatal("a writer answered a reader while holding")
+	}
+	cl.release("b", 1)
+	cl.pass(MsgReply, "b", "a")
+	if !cl.granted(2) || cl.grants[2].Token <= cl.grants[1].Token {
+		t.Fatalf("reader after writer: grants %v", cl.grants)
+	}
+}
+
+func TestRuleSharedRequestingReaderDefersLaterWriterOnly(t *testing.T) {
+	cl := newCluster(t, false, "a", "b", "c")
+	cl.acquireShared("a", 1, "x") // a's request is earlier than both below
+	cl.acquireShared("b", 2, "x")
+	cl.acquire("c", 3, "x")
+	cl.pass(MsgRequest, "b", "a") // reader vs reader: reply, whatever the order
+	if !cl.has(MsgReply, "a", "b") {
+		t.Fatal("a requesting reader deferred a reader")
+	}
+	cl.pass(MsgRequest, "c", "a") // later writer: deferred
+	if cl.has(MsgReply, "a", "c") {
+		t.Fatal("a requesting reader answered a later writer")
+	}
+}
+
+func TestRuleSharedLocalReaderJoinsHold(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquireShared("a", 2, "x")
+	if !cl.granted(2) || cl.grants[2].Token != cl.grants[1].Token {
+		t.Fatalf("a second local reader did not join the hold with its token: %v", cl.grants)
+	}
+	if len(cl.outbox) != 0 {
+		t.Fatalf("joining a hold sent %v", cl.outbox)
+	}
+	if st := cl.cores["a"].Status().Locks[0]; st.Holders != 2 || !st.Shared {
+		t.Fatalf("status %+v, want 2 shared holders", st)
+	}
+	cl.release("a", 1)
+	cl.acquire("b", 3, "x")
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("the group answered a writer with a reader still in it")
+	}
+	cl.release("a", 2)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(3) {
+		t.Fatal("writer not granted after the last reader left")
+	}
+}
+
+func TestRuleSharedReaderDoesNotJoinPastDeferredWriter(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a") // deferred: a writer waits on a's group
+	cl.acquireShared("a", 3, "x")
+	if cl.granted(3) {
+		t.Fatal("a reader joined past a waiting writer")
+	}
+	if err := cl.cores["a"].TryAcquireShared(4, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("a")
+	if !cl.refuse[4] {
+		t.Fatal("a shared try-lock joined past a waiting writer")
+	}
+	cl.release("a", 1)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("writer not granted")
+	}
+	cl.pass(MsgRequest, "a", "b") // reader 3's own request, later
+	cl.release("b", 2)
+	cl.pass(MsgReply, "b", "a")
+	if !cl.granted(3) || cl.grants[3].Token <= cl.grants[2].Token {
+		t.Fatalf("reader 3 after the writer: %v", cl.grants)
+	}
+}
+
+func TestRuleSharedTryLock(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	if err := cl.cores["b"].TryAcquireShared(2, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("b")
+	cl.settle()
+	if !cl.granted(2) {
+		t.Fatal("a shared try-lock refused by a reader")
+	}
+	if err := cl.cores["b"].TryAcquire(3, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("b")
+	cl.settle()
+	if !cl.refuse[3] {
+		t.Fatal("an exclusive try-lock granted beside readers")
+	}
+}
+
+func TestRuleSharedKeptPermissionServesReadersOnly(t *testing.T) {
+	// With kept permissions, a permission a reader gave while it held
+	// must not let the other peer take the lock exclusively.
+	cl := newCluster(t, true, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquireShared("b", 2, "x")
+	cl.settle() // b keeps a's permission, given while a holds
+	cl.release("b", 2)
+	cl.acquire("b", 3, "x")
+	if cl.granted(3) {
+		t.Fatal("b entered exclusively on a permission a gave to a reader")
+	}
+	if !cl.has(MsgRequest, "b", "a") {
+		t.Fatal("b did not ask a")
+	}
+	cl.acquireShared("b", 4, "x")
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("reader a answered a writer while holding")
+	}
+}
+
+func TestRuleSharedCancelLastReaderWithdraws(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("b", 1, "x")
+	cl.settle()
+	cl.acquireShared("a", 2, "x")
+	cl.acquireShared("a", 3, "x") // joins a's request
+	cl.pass(MsgRequest, "a", "b")
+	cl.cores["a"].Cancel(2)
+	cl.collect("a")
+	if cl.has(MsgCancel, "a", "b") {
+		t.Fatal("request withdrawn while a reader still waits on it")
+	}
+	cl.cores["a"].Cancel(3)
+	cl.collect("a")
+	cl.pass(MsgCancel, "a", "b")
+	cl.release("b", 1)
+	cl.settle()
+	if st := cl.cores["a"].Status(); len(st.Locks) != 0 {
+		t.Fatalf("a keeps state after its readers left: %+v", st.Locks)
+	}
+}

@@ -74,11 +74,15 @@ type ClusterLock struct {
 	Name string `json:"name"`
 	// Holder is the member that says it holds the lock, or "" when no
 	// member that answered does. Holders lists every such member: more
-	// than one is a violation of mutual exclusion (or, in plain mode, a
-	// member wrongly declared failed), shown as it is.
+	// than one, unless all hold it shared, is a violation of mutual
+	// exclusion (or, in plain mode, a member wrongly declared failed),
+	// shown as it is.
 	Holder  string   `json:"holder"`
 	Holders []string `json:"holders"`
-	// Token is the holder's fencing token.
+	// Mode is "shared" when every holder holds the lock shared (readers),
+	// "exclusive" when one holds it exclusively, "" when none holds it.
+	Mode string `json:"mode"`
+	// Token is the holders' highest fencing token.
 	Token uint64 `json:"token"`
 	// Queue lists the members requesting the lock, in request order:
 	// (Lamport timestamp, node name), the order they are granted in.
@@ -93,6 +97,8 @@ type QueueEntry struct {
 	Node    string `json:"node"`
 	ReqTime uint64 `json:"req_time"`
 	Try     bool   `json:"try"`
+	// Shared marks a reader's request.
+	Shared bool `json:"shared"`
 	// Waiting counts the member's local openers waiting for the lock.
 	Waiting int `json:"waiting"`
 }
@@ -101,7 +107,9 @@ type QueueEntry struct {
 type LockView struct {
 	Node string `json:"node"`
 	// State is "idle", "requesting" or "holding".
-	State   string `json:"state"`
+	State string `json:"state"`
+	// Mode is "exclusive" or "shared" while requesting or holding.
+	Mode    string `json:"mode"`
 	Token   uint64 `json:"token"`
 	ReqTime uint64 `json:"req_time"`
 	Try     bool   `json:"try"`
@@ -257,8 +265,16 @@ func mergeLocks(peers []PeerAnswer, answers []transport.StatusAnswer) []ClusterL
 				cl = &ClusterLock{Name: l.Name, Holders: []string{}, Queue: []QueueEntry{}, Views: []LockView{}}
 				byName[l.Name] = cl
 			}
+			mode := ""
+			switch {
+			case l.Phase == mutex.Idle:
+			case l.Shared:
+				mode = "shared"
+			default:
+				mode = "exclusive"
+			}
 			cl.Views = append(cl.Views, LockView{
-				Node: pa.Name, State: l.Phase.String(), Token: l.Token, ReqTime: l.ReqTime, Try: l.Try,
+				Node: pa.Name, State: l.Phase.String(), Mode: mode, Token: l.Token, ReqTime: l.ReqTime, Try: l.Try,
 				Waiting: l.Waiting, Queued: nonNil(l.Queued), Awaiting: nonNil(l.Awaiting),
 			})
 			switch l.Phase {
@@ -267,8 +283,12 @@ func mergeLocks(peers []PeerAnswer, answers []transport.StatusAnswer) []ClusterL
 				if cl.Token < l.Token {
 					cl.Token = l.Token
 				}
+				if cl.Mode != "exclusive" {
+					cl.Mode = mode
+				}
 			case mutex.Requesting:
-				cl.Queue = append(cl.Queue, QueueEntry{Node: pa.Name, ReqTime: l.ReqTime, Try: l.Try, Waiting: l.Waiting})
+				cl.Queue = append(cl.Queue, QueueEntry{Node: pa.Name, ReqTime: l.ReqTime, Try: l.Try, Shared: l.Shared,
+					Waiting: l.Waiting})
 			}
 		}
 	}

@@ -130,6 +130,32 @@ func TestMergeLocks(t *testing.T) {
 	}
 }
 
+// TestMergeLocksShared: readers holding together are listed as holders of a
+// shared hold, not as a violation; one exclusive holder among them makes
+// the hold exclusive (so the CLI says SEVERAL).
+func TestMergeLocksShared(t *testing.T) {
+	peers := []PeerAnswer{{Name: "a", Answered: true}, {Name: "b", Answered: true}, {Name: "c", Answered: true}}
+	ans := []transport.StatusAnswer{
+		{Locks: []mutex.LockStatus{{Name: "x", Phase: mutex.Holding, Shared: true, Token: 4},
+			{Name: "y", Phase: mutex.Holding, Shared: true, Token: 2}}},
+		{Locks: []mutex.LockStatus{{Name: "x", Phase: mutex.Holding, Shared: true, Token: 5},
+			{Name: "y", Phase: mutex.Holding, Token: 3}}},
+		{Locks: []mutex.LockStatus{{Name: "x", Phase: mutex.Requesting, ReqTime: 6}}},
+	}
+	got := mergeLocks(peers, ans)
+	if len(got) != 2 {
+		t.Fatalf("locks: %+v", got)
+	}
+	x, y := got[0], got[1]
+	if x.Mode != "shared" || len(x.Holders) != 2 || x.Token != 5 || len(x.Queue) != 1 || x.Queue[0].Shared ||
+		x.Views[0].Mode != "shared" || x.Views[2].Mode != "exclusive" {
+		t.Errorf("x: %+v", x)
+	}
+	if y.Mode != "exclusive" || len(y.Holders) != 2 {
+		t.Errorf("y: %+v", y)
+	}
+}
+
 // TestClusterStatusCancelled: a cancelled context ends the query at once
 // and this peer's own view is still honest about it.
 func TestClusterStatusCancelled(t *testing.T) {

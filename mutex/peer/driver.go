@@ -13,7 +13,7 @@ import (
 type callKind uint8
 
 const (
-	callAcquire     callKind = iota // Lock or TryLock (try)
+	callAcquire     callKind = iota // Lock or TryLock (try), shared or not
 	callCancel                      // a Lock's ctx ended: withdraw or release op
 	callRelease                     // Unlock
 	callStatus                      // Status
@@ -31,6 +31,7 @@ type call struct {
 	op     mutex.OpenerID
 	lock   string
 	try    bool
+	shared bool                // callAcquire: a shared hold
 	res    chan<- result       // callAcquire, buffered
 	errc   chan<- error        // callRelease, buffered
 	status chan<- mutex.Status // callStatus, callStop, buffered
@@ -150,9 +151,14 @@ func (p *Peer) handleCall(c call) {
 			return
 		}
 		var err error
-		if c.try {
+		switch {
+		case c.try && c.shared:
+			err = p.core.TryAcquireShared(c.op, c.lock)
+		case c.try:
 			err = p.core.TryAcquire(c.op, c.lock)
-		} else {
+		case c.shared:
+			err = p.core.AcquireShared(c.op, c.lock)
+		default:
 			err = p.core.Acquire(c.op, c.lock)
 		}
 		if err != nil {

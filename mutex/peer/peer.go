@@ -358,20 +358,39 @@ func (p *Peer) Incarnation() uint64 { return p.inc }
 // request without a trace and returns ctx's error (wrapped). A stopped
 // peer returns [ErrClosed].
 func (p *Peer) Lock(ctx context.Context, name string) (mutex.Grant, error) {
-	return p.acquire(ctx, name, false)
+	return p.acquire(ctx, name, false, false)
+}
+
+// LockShared is Lock for a shared (reader) hold: readers on every peer hold
+// together, a writer (Lock) excludes them, and requests are served in
+// timestamp order, so a reader that asks after a writer waits behind it.
+// The grant is given back with Unlock.
+func (p *Peer) LockShared(ctx context.Context, name string) (mutex.Grant, error) {
+	return p.acquire(ctx, name, false, true)
+}
+
+// TryLockShared is LockShared that does not wait: it fails with
+// [mutex.ErrLocked] (wrapped) when a writer holds the lock or asked for it
+// first, here or on another peer. Beside readers only, it is granted (at
+// once if this peer already holds the lock shared).
+func (p *Peer) TryLockShared(ctx context.Context, name string) (mutex.Grant, error) {
+	return p.acquire(ctx, name, true, true)
 }
 
 // TryLock is Lock that does not wait for a holder: it returns
 // [mutex.ErrLocked] (wrapped) when the lock is held or wanted, here or by
 // another peer. It still waits for every peer's answer (one round trip).
 func (p *Peer) TryLock(ctx context.Context, name string) (mutex.Grant, error) {
-	return p.acquire(ctx, name, true)
+	return p.acquire(ctx, name, true, false)
 }
 
-func (p *Peer) acquire(ctx context.Context, name string, try bool) (mutex.Grant, error) {
+func (p *Peer) acquire(ctx context.Context, name string, try, shared bool) (mutex.Grant, error) {
 	what := "lock"
 	if try {
 		what = "trylock"
+	}
+	if shared {
+		what += " shared"
 	}
 	if err := mutex.ValidLockName(name); err != nil {
 		return mutex.Grant{}, fmt.Errorf("peer: %s: %w", what, err)
@@ -379,7 +398,7 @@ func (p *Peer) acquire(ctx context.Context, name string, try bool) (mutex.Grant,
 	op := mutex.OpenerID(p.nextOp.Add(1))
 	res := make(chan result, 1)
 	select {
-	case p.calls <- call{kind: callAcquire, op: op, lock: name, try: try, res: res}:
+	case p.calls <- call{kind: callAcquire, op: op, lock: name, try: try, shared: shared, res: res}:
 	case <-ctx.Done():
 		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
 	case <-p.done:

@@ -123,6 +123,12 @@ type LockStatus struct {
 	// Holder is this node's name while it holds the lock, else "": a
 	// Ricart–Agrawala peer cannot know a remote holder.
 	Holder string `json:"holder"`
+	// Mode is "exclusive" or "shared": the mode of the local hold, or of
+	// the request under way ("" while idle).
+	Mode string `json:"mode"`
+	// Holders counts the local openers holding the lock: 1 for an
+	// exclusive hold, 1 or more readers for a shared one.
+	Holders int `json:"holders"`
 	// Token is the fencing token of the current or last local hold.
 	Token uint64 `json:"token"`
 	// Waiting counts local openers waiting.
@@ -186,6 +192,14 @@ func (p *Peer) Status() Status {
 		}
 		if l.Phase == mutex.Holding {
 			ls.Holder = p.name
+			ls.Holders = l.Holders
+		}
+		switch {
+		case l.Phase == mutex.Idle:
+		case l.Shared:
+			ls.Mode = "shared"
+		default:
+			ls.Mode = "exclusive"
 		}
 		st.Locks = append(st.Locks, ls)
 	}

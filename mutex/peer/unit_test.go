@@ -259,8 +259,9 @@ func TestStatusJSON(t *testing.T) {
 		t.Fatalf("locks %v", locks)
 	}
 	l := locks[0].(map[string]any)
-	check("lock", l, "name", "state", "holder", "token", "waiting", "queued", "awaiting", "permissions", "revoked")
-	if l["name"] != "held" || l["state"] != "holding" || l["holder"] != "p0" || l["token"].(float64) != float64(g.Token) {
+	check("lock", l, "name", "state", "holder", "mode", "holders", "token", "waiting", "queued", "awaiting", "permissions", "revoked")
+	if l["name"] != "held" || l["state"] != "holding" || l["holder"] != "p0" || l["token"].(float64) != float64(g.Token) ||
+		l["mode"] != "exclusive" || l["holders"].(float64) != 1 {
 		t.Errorf("lock %v (grant %+v)", l, g)
 	}
 	if q := l["queued"].([]any); len(q) != 1 || q[0] != "p1" {

@@ -13,7 +13,7 @@ import (
 //	byte 0    version<<4 | kind   (version 2; kind 1..10 = mutex.MsgType,
 //	                               13 = query, see query.go,
 //	                               14 = hello, 15 = welcome)
-//	message:  flags byte (bit 0 = Try; other bits must be 0)
+//	message:  flags byte (bit 0 = Try, bit 1 = Shared; other bits must be 0)
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
 //	          str Lock, uvarint Time, uvarint ReqTime,
 //	          uvarint Config, uvarint Session, uvarint Reserve,
@@ -24,13 +24,19 @@ import (
 //
 // where str is one length byte (0..255) followed by that many bytes. Nothing
 // may follow the last field.
+//
+// The Shared flag came within version 2: a message without it is encoded as
+// before, so peers that predate shared locks interoperate for exclusive ones
+// and drop a shared request as malformed (unknown flags), which leaves that
+// request waiting rather than granted wrongly.
 const (
 	wireVersion = 2
 	kindQuery   = 13 // status queries and answers (query.go), versioned by their own byte
 	kindHello   = 14
 	kindWelcome = 15
 
-	flagTry = 1
+	flagTry    = 1
+	flagShared = 2
 
 	// maxPayload is the largest encoded message: a version/type byte, a
 	// flags byte, four full names, nine maximal varints and a full voter
@@ -62,6 +68,9 @@ func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
 	var flags byte
 	if m.Try {
 		flags |= flagTry
+	}
+	if m.Shared {
+		flags |= flagShared
 	}
 	dst = append(dst, wireVersion<<4|byte(m.Type), flags)
 	dst = appendStr(dst, m.From)
@@ -173,10 +182,11 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	}
 	m.Type = mutex.MsgType(kind)
 	flags := d.byte()
-	if !d.bad && flags&^flagTry != 0 {
+	if !d.bad && flags&^(flagTry|flagShared) != 0 {
 		d.setBad("unknown flags")
 	}
 	m.Try = flags&flagTry != 0
+	m.Shared = flags&flagShared != 0
 	m.From = d.str(intern)
 	m.FromIncarnation = d.uvarint()
 	m.To = d.str(intern)

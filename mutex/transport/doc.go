@@ -30,7 +30,7 @@
 // client's nonce). Then frames follow: a 4-byte big-endian length and a
 // body of at most [Config.MaxFrameSize] bytes. The body's plaintext is a
 // payload: one byte version<<4|kind, then for a message a flags byte (bit 0
-// = Try) and From, FromIncarnation, To, ToIncarnation, Lock, Time, ReqTime,
+// = Try, bit 1 = Shared) and From, FromIncarnation, To, ToIncarnation, Lock, Time, ReqTime,
 // names as a length byte plus bytes (names are at most 255 bytes), numbers
 // as unsigned varints. A typical request is 20-40 bytes. The first client
 // frame is a hello (its name and incarnation and the name it wants to

@@ -30,10 +30,14 @@ import (
 //	answer:  byte flags (bit 0 more, bit 1 majority mode, bit 2 lease valid,
 //	         bit 3 truncated), str Node, uvarint Incarnation, uvarint Lamport,
 //	         uvarint len(Locks), each lock:
-//	           str Name, byte Phase, byte lockflags (bit 0 Try),
+//	           str Name, byte Phase, byte lockflags (bit 0 Try, bit 1 Shared),
 //	           uvarint Token, uvarint ReqTime, uvarint Waiting,
 //	           uvarint len(Queued), str each, uvarint len(Awaiting), str each
 //	error:   str message (at most 255 bytes)
+//
+// Shared came within query version 1: an answer without shared locks is
+// encoded as before; a client that predates it refuses an answer that
+// carries one (unknown lock flags) and reports the peer as not answering.
 //
 // A server that predates queries fails the handshake (its hello decoder
 // refuses kind 13) and closes the connection: the client reports it as not
@@ -52,7 +56,8 @@ const (
 	answerLease     = 4
 	answerTruncated = 8
 
-	lockTry = 1
+	lockTry    = 1
+	lockShared = 2
 
 	// answerBudget bounds the payload of one answer frame: every peer
 	// accepts frames this large (MaxFrameSize is at least minFrameSize).
@@ -74,8 +79,9 @@ type StatusAnswer struct {
 	// Truncated reports that locks were left out (the answer would have
 	// exceeded maxAnswerFrames frames, or a lock's lists a frame).
 	Truncated bool
-	// Locks carry Name, Phase, Token, ReqTime, Try, Waiting, Queued and
-	// Awaiting; Holder and Permissions are not sent (they are local).
+	// Locks carry Name, Phase, Token, ReqTime, Try, Shared, Waiting,
+	// Queued and Awaiting; Holder, Holders and Permissions are not sent
+	// (they are local).
 	Locks []mutex.LockStatus
 }
 
@@ -326,6 +332,9 @@ func appendLockView(dst []byte, l mutex.LockStatus) []byte {
 	if l.Try {
 		f |= lockTry
 	}
+	if l.Shared {
+		f |= lockShared
+	}
 	dst = append(dst, byte(l.Phase), f)
 	dst = binary.AppendUvarint(dst, l.Token)
 	dst = binary.AppendUvarint(dst, l.ReqTime)
@@ -384,10 +393,11 @@ func decodeAnswer(b []byte, ans *StatusAnswer) (bool, error) {
 		}
 		l.Phase = mutex.Phase(ph)
 		lf := d.byte()
-		if !d.bad && lf&^lockTry != 0 {
+		if !d.bad && lf&^(lockTry|lockShared) != 0 {
 			d.setBad("unknown lock flags")
 		}
 		l.Try = lf&lockTry != 0
+		l.Shared = lf&lockShared != 0
 		l.Token = d.uvarint()
 		l.ReqTime = d.uvarint()
 		w := d.uvarint()

@@ -20,7 +20,7 @@ func manyLocks(n int) []mutex.LockStatus {
 	for i := range locks {
 		locks[i] = mutex.LockStatus{
 			Name: fmt.Sprintf("lock-%04d-%s", i, strings.Repeat("x", 200)), Phase: mutex.Phase(i % 3),
-			Token: uint64(i) * 7, ReqTime: uint64(i) + 1, Try: i%5 == 0, Waiting: i % 4,
+			Token: uint64(i) * 7, ReqTime: uint64(i) + 1, Try: i%5 == 0, Shared: i%3 == 1, Waiting: i % 4,
 			Queued: []string{"b", "c"}, Awaiting: []string{strings.Repeat("n", 255)},
 		}
 	}

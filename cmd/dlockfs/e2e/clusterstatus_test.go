@@ -25,6 +25,7 @@ type clusterDoc struct {
 		Name    string   `json:"name"`
 		Holder  string   `json:"holder"`
 		Holders []string `json:"holders"`
+		Mode    string   `json:"mode"`
 		Token   uint64   `json:"token"`
 		Queue   []struct {
 			Node    string `json:"node"`

@@ -81,6 +81,7 @@ const defaultWatchInterval = 2 * time.Second
 type lockConfig struct {
 	path    string // MOUNTPOINT or MOUNTPOINT/NAME, as given
 	try     bool
+	shared  bool          // a shared (reader) hold, through MOUNT/flock/NAME
 	timeout time.Duration // 0 = wait forever; an explicit --timeout 0 sets try instead
 	// revokeGrace: SIGTERM to SIGKILL of CMD after a revocation.
 	revokeGrace time.Duration
@@ -219,7 +220,7 @@ func parseKeygen(cfg *config, args []string) error {
 	return nil
 }
 
-// parseLock parses "lock [--try] [--timeout DUR] MOUNTPOINT[/NAME] [--] CMD
+// parseLock parses "lock [--shared] [--try] [--timeout DUR] MOUNTPOINT[/NAME] [--] CMD
 // [ARGS...]". Flags may come before or after the path; the first word after
 // the path (or everything after "--") is CMD, and its arguments are never
 // parsed as dlockfs flags.
@@ -228,6 +229,8 @@ func parseLock(cfg *config, args []string) error {
 	fs := cli.NewFlagSet("lock")
 	fs.BoolVar(&l.try, "try", false, "")
 	fs.BoolVar(&l.try, "n", false, "")
+	fs.BoolVar(&l.shared, "shared", false, "")
+	fs.BoolVar(&l.shared, "s", false, "")
 	fs.DurationVar(&l.timeout, "timeout", 0, "")
 	fs.DurationVar(&l.timeout, "w", 0, "")
 	fs.DurationVar(&l.revokeGrace, "revoke-grace", defaultRevokeGrace, "")

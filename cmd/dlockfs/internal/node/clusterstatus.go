@@ -149,7 +149,10 @@ func printClusterStatus(w io.Writer, cs peer.ClusterStatus) error {
 	fmt.Fprintln(tw, "LOCK\tHOLDER\tTOKEN\tQUEUE (in request order)")
 	for _, l := range cs.Locks {
 		holder := orDash(l.Holder)
-		if len(l.Holders) > 1 {
+		switch {
+		case l.Mode == "shared":
+			holder = strings.Join(l.Holders, ",") + " (shared)"
+		case len(l.Holders) > 1:
 			holder = "SEVERAL: " + strings.Join(l.Holders, ",")
 		}
 		token := "-"
@@ -162,6 +165,9 @@ func printClusterStatus(w io.Writer, cs peer.ClusterStatus) error {
 			if e.Try {
 				s += "(try)"
 			}
+			if e.Shared {
+				s += "(shared)"
+			}
 			q = append(q, s)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Name, holder, token, orDash(strings.Join(q, ", ")))
@@ -173,8 +179,12 @@ func printClusterStatus(w io.Writer, cs peer.ClusterStatus) error {
 	fmt.Fprintln(w, "each member's view (state, token, request time; local openers waiting; deferring; awaiting):")
 	for _, l := range cs.Locks {
 		for _, v := range l.Views {
+			state := v.State
+			if v.Mode == "shared" {
+				state += " (shared)"
+			}
 			fmt.Fprintf(w, "  %s on %s: %s token %d at %d, %d waiting, deferring %s, awaiting %s\n", l.Name, v.Node,
-				v.State, v.Token, v.ReqTime, v.Waiting, list(v.Queued), list(v.Awaiting))
+				state, v.Token, v.ReqTime, v.Waiting, list(v.Queued), list(v.Awaiting))
 		}
 	}
 	return nil

@@ -183,7 +183,8 @@ yet granted permission. To see who holds a lock anywhere, use --cluster.
 With --cluster the mount asks every alive member, over the lock channel, for
 its view of the locks, waits up to --timeout (default 2s) for the answers and
 prints them merged: for each lock the holder (the member that says it holds
-it; SEVERAL if more than one does), its fencing token, the queue of members
+it; readers of a shared hold all listed, marked (shared); SEVERAL if more
+than one holds it and one of them exclusively), its fencing token, the queue of members
 requesting it in request order (NODE@LAMPORT-TIMESTAMP, the order
 Ricart-Agrawala grants in), and each member's own view. A member that does
 not answer in time (paused, overloaded, cut off) is listed as NO ANSWER and
@@ -221,7 +222,7 @@ Examples:
 Exit codes: 0 ok, 16 not a live dlockfs mount, 1 other.
 `
 
-const helpLock = `Usage: dlockfs lock [--try | --timeout DUR] MOUNTPOINT[/NAME] [--] CMD [ARGS...]
+const helpLock = `Usage: dlockfs lock [--shared] [--try | --timeout DUR] MOUNTPOINT[/NAME] [--] CMD [ARGS...]
 
 Run CMD while holding lock NAME (default "lock") of the dlockfs mounted at
 MOUNTPOINT: like flock(1), but for the whole cluster. Before opening, the path
@@ -249,7 +250,16 @@ CMD's environment gains:
   DLOCKFS_FD      the number of the descriptor that holds the lock (3)
   DLOCKFS_LOCK    the lock file's path
 
+Shared: with --shared, CMD holds the lock together with every other shared
+holder, on any node (readers), and excludes only exclusive holders (writers:
+dlockfs lock without --shared, flock -x). Requests are served in timestamp
+order, so a reader that asks after a writer waits behind it. lock takes it as
+flock -s does, by flock(LOCK_SH) on MOUNTPOINT/flock/NAME: CMD inherits that
+descriptor. A shared hold's token is above every earlier exclusive hold's;
+readers that hold together may share a token.
+
 Flags:
+  --shared, -s       take a shared (reader) hold
   --try, -n          do not wait: exit 12 if the lock is busy
   --timeout, -w DUR  wait at most DUR (e.g. 30s, 5m), then exit 13; 0 means
                      do not wait, as flock -w 0: the same as --try (exit 12)
@@ -260,6 +270,7 @@ Examples:
   dlockfs lock /run/dlockfs -- make deploy
   dlockfs lock --try /run/dlockfs/backup -- ./backup.sh || echo "backup already running"
   dlockfs lock --timeout 1m /run/dlockfs/db -- sh -c 'migrate --fence "$DLOCKFS_TOKEN"'
+  dlockfs lock --shared /run/dlockfs/db -- ./report.sh   # readers run together
 
 Exit codes: CMD's status once CMD ran (17 if the hold was revoked under it);
 before that 12 busy (--try), 13 timeout, 16 not a live dlockfs mount, 126/127 CMD not executable/not found,

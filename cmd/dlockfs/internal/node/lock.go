@@ -99,7 +99,12 @@ func runLock(ctx context.Context, e *cli.Env, cfg config) error {
 	// Signals from now on are CMD's (once it runs): a signal before that
 	// ends lock as usual, withdrawing its request.
 	sigs := make(chan os.Signal, 4)
-	f, err := openLock(ctx, file, l.try, l.timeout)
+	open := openLock
+	if l.shared {
+		file = filepath.Join(filepath.Dir(file), flockDir, filepath.Base(file))
+		open = openShared
+	}
+	f, err := open(ctx, file, l.try, l.timeout)
 	if err != nil {
 		return err
 	}

@@ -210,6 +210,12 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		fmt.Fprintln(tw, "LOCK\tSTATE\tHOLDER\tTOKEN\tWAITING\tQUEUED\tAWAITING\tPERMISSIONS")
 		for _, l := range d.Locks {
 			state := orDash(l.State)
+			switch {
+			case l.Mode == "shared" && l.Holders > 0:
+				state += fmt.Sprintf(" (shared, %d here)", l.Holders)
+			case l.Mode == "shared":
+				state += " (shared)"
+			}
 			if l.Revoked > 0 {
 				state += fmt.Sprintf(" (%d revoked)", l.Revoked)
 			}
