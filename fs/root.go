@@ -148,9 +148,13 @@ func (f *lockFS) grab(fctx context.Context, name string, shared, try bool) (mute
 		}
 	}
 
-	// go-fuse recycles the request (and its cancel channel) once the
-	// request returns: give the Locker a context of its own.
-	ctx, cancel := context.WithCancel(fctx)
+	// The Locker waits on the request's own context: context.WithCancel
+	// of a go-fuse context (not one of the context package's) would start
+	// a goroutine per call to carry its cancellation, a scheduling round
+	// on the hot path. go-fuse recycles the request (and its cancel
+	// channel) once the request returns, so the Locker must not keep ctx
+	// beyond the call (Peer does not).
+	ctx := fctx
 	var g mutex.Grant
 	var err error
 	switch {
@@ -163,7 +167,6 @@ func (f *lockFS) grab(fctx context.Context, name string, shared, try bool) (mute
 	default:
 		g, err = f.locker.Lock(ctx, name)
 	}
-	cancel()
 	if err == nil && fctx.Err() != nil {
 		// The grant raced an interrupt. Keep it: the call succeeds. If
 		// the signal kills the caller, the kernel releases its open

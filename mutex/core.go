@@ -20,6 +20,7 @@ type Core struct {
 	locks   map[string]*lockState
 	spare   []*lockState // forgotten lock states, cleared, for reuse
 	openers map[OpenerID]*lockState
+	peak    int // the most entries locks or openers had since made (see shrink)
 	closed  bool
 	out     Ready
 	ctr     Counters
@@ -146,7 +147,30 @@ func (c *Core) lock(name string) *lockState {
 		}
 		c.locks[name] = l
 	}
+	c.peak = max(c.peak, len(c.locks), len(c.openers))
 	return l
+}
+
+// shrinkBelow is how large a map must have been for shrink to remake it.
+const shrinkBelow = 1024
+
+// shrink remakes locks and openers once they hold an eighth of their peak:
+// a Go map keeps the memory of its largest size, so a peer that once had
+// many locks in use would otherwise never return to idle.
+func (c *Core) shrink() {
+	if c.peak < shrinkBelow || max(len(c.locks), len(c.openers)) > c.peak/8 {
+		return
+	}
+	locks := make(map[string]*lockState, len(c.locks))
+	for k, v := range c.locks {
+		locks[k] = v
+	}
+	openers := make(map[OpenerID]*lockState, len(c.openers))
+	for k, v := range c.openers {
+		openers[k] = v
+	}
+	c.locks, c.openers = locks, openers
+	c.peak = max(len(locks), len(openers))
 }
 
 func (c *Core) sortedLocks() []*lockState {
@@ -393,6 +417,7 @@ func (c *Core) forget(l *lockState) {
 		}
 	}
 	delete(c.locks, l.name)
+	c.shrink()
 	if len(c.spare) < maxSpare {
 		clear(l.awaiting)
 		clear(l.in)

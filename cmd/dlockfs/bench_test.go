@@ -21,7 +21,7 @@ func TestBenchJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"peers", "seconds", "ops", "cpus", "load_avg", "runs", "tcp", "transport",
-		"flock_tmpfs", "targets"} {
+		"flock_tmpfs", "targets", "quorum"} {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("JSON lacks %q", k)
 		}
@@ -64,8 +64,27 @@ func TestBenchJSON(t *testing.T) {
 	if len(cs.PerPeer) != 3 || total != cs.Acquisitions || cs.PerSecond <= 0 {
 		t.Errorf("contended: %+v", cs)
 	}
-	if len(rep.Targets) != 6 {
+	// The three targets per run, and the hot path's four goals on the
+	// plain run.
+	if len(rep.Targets) != 10 {
 		t.Errorf("targets: %+v", rep.Targets)
+	}
+	// The breakdown of (a) and (b) covers every operation, and its parts'
+	// means add up to the row's mean (within rounding and the clock reads
+	// between them).
+	for name, c := range map[string]struct {
+		b bench.Breakdown
+		s bench.LatencyStats
+	}{"uncontended": {run.UncontendedBreakdown, run.Uncontended}, "repeat": {run.RepeatBreakdown, run.Repeat}} {
+		b := c.b
+		if b.Ops != c.s.Ops || b.Unmatched != 0 {
+			t.Errorf("%s breakdown: %d ops, %d unmatched, want %d and 0", name, b.Ops, b.Unmatched, c.s.Ops)
+			continue
+		}
+		sum := b.FUSEOpen.MeanUs + b.WaitRelease.MeanUs + b.LockRound.MeanUs + b.Reply.MeanUs + b.Close.MeanUs
+		if d := sum - c.s.MeanUs; d > 1 || d < -1 {
+			t.Errorf("%s breakdown: parts' means add up to %.1f us, the row's mean is %.1f us", name, sum, c.s.MeanUs)
+		}
 	}
 	for _, r := range rep.Runs {
 		wantCleanedUp(t, r.Dir, nil, []string{binary + "\x00bench\x00" + bench.ClientCmd})
@@ -77,7 +96,9 @@ func TestBenchTable(t *testing.T) {
 	r := dlockfs(t, "bench", "--peers", "1", "--seconds", "0.3", "--ops", "100", "--plaintext")
 	wantCode(t, r, 0, "bench --peers 1")
 	for _, want := range []string{"plain Ricart-Agrawala", "(a) MOUNT/lock", "(c) MOUNT root directory",
-		"(d) contended", "peer a ", "(f) lock channel round trip", "(g) flock(2)", "Targets"} {
+		"(d) contended", "peer a ", "(f) lock channel round trip", "(g) flock(2)", "Targets",
+		"quorum majority", "majority quorum (leases)", "(a) FUSE open until Peer.Lock",
+		"(a) waiting for the previous hold's RELEASE", "(b) reply to the kernel"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("table lacks %q:\n%s", want, r.stdout)
 		}

@@ -130,6 +130,7 @@ func (p *Peer) flush() {
 			}
 			delete(p.waiters, g.Opener)
 			p.held[g.Opener] = g.Lock
+			p.heldPeak = max(p.heldPeak, len(p.held))
 			w.res <- result{grant: g}
 		}
 		for _, r := range rd.Refusals {
@@ -165,6 +166,7 @@ func (p *Peer) handleCall(c call) {
 			return
 		}
 		p.waiters[c.op] = waiter{res: c.res, lock: c.lock}
+		p.heldPeak = max(p.heldPeak, len(p.waiters))
 	case callCancel:
 		p.takeRevoked(c.op)
 		_, waiting := p.waiters[c.op]
@@ -186,6 +188,7 @@ func (p *Peer) handleCall(c call) {
 		default:
 			delete(p.held, c.op)
 			c.errc <- p.core.Release(c.op)
+			p.shrinkIdle()
 		}
 	case callStatus:
 		c.status <- p.core.Status()
@@ -225,6 +228,18 @@ func (p *Peer) handleCall(c call) {
 		// Start returns on the ack: the hellos go out first.
 		p.flush()
 		close(c.ack)
+	}
+}
+
+// shrinkIdle makes waiters and held anew once both are empty after they
+// grew large: a Go map keeps the memory of its largest size, so a peer
+// that once held many locks would otherwise never return to idle.
+func (p *Peer) shrinkIdle() {
+	const small = 64
+	if p.heldPeak > small && len(p.held) == 0 && len(p.waiters) == 0 {
+		p.held = make(map[mutex.OpenerID]string)
+		p.waiters = make(map[mutex.OpenerID]waiter)
+		p.heldPeak = 0
 	}
 }
 

@@ -78,6 +78,7 @@ type Peer struct {
 	revoked    sync.Map // mutex.OpenerID -> lock name (string): holds a lapse ended
 	waiters    map[mutex.OpenerID]waiter
 	held       map[mutex.OpenerID]string
+	heldPeak   int // the most entries waiters or held had since made (Go maps keep their peak size)
 	members    map[string]memberInfo
 	closed     bool // core.Shutdown done: no new openers
 	dropWarn   time.Time

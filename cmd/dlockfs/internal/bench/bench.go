@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -33,6 +34,7 @@ const (
 	benchWarmupOps      = 300
 	benchFlockOps       = 20000
 	benchStartDelay     = 300 * time.Millisecond // contended clients start together after this
+	benchStartPerClient = 50 * time.Millisecond  // ...or this per client, if longer
 	benchChildGrace     = 60 * time.Second       // a child's time beyond its planned run
 )
 
@@ -41,10 +43,18 @@ const (
 	targetUncontendedP50us = 150.0
 	targetContendedPerSec  = 3000.0
 	targetFairSharePct     = 25.0
+	// Ratios inside one run (absolute times on a shared machine move by
+	// 2x between runs): (a) and (b) p50 at most this many times the
+	// in-process Peer.Lock+Unlock p50 plus the FUSE floor's p50.
+	targetFUSERatio = 1.3
+	// Contended, 3 peers: the hot path's goal, and each peer's share.
+	goalContendedPerSec = 8000.0
+	goalFairSharePct    = 90.0
 )
 
 const helpBench = `Usage: dlockfs bench [--peers N] [--seconds S] [--ops N] [--fast-path] [--json]
                      [--plaintext] [--quorum majority|none] [--cpuprofile FILE] [--trace FILE]
+       dlockfs bench --sweep N,N,... [--plot FILE] [--ops N] [--seconds S] [--json] ...
 
 Measure dlockfs on this machine. Starts a local cluster of N peers inside
 this process (127.0.0.1, fast gossip, a fresh cluster key unless
@@ -55,6 +65,12 @@ processes (this binary re-executed; they call open(2)/close(2) directly):
       mounts, so every acquisition moves the lock to another peer
   (b) the same on one mount only: the peer takes the lock again right after
       its own hold (with --fast-path the Roucairol-Carvalho case: no message)
+  (a), (b) split: where each open+close's time went, from the child's
+      times and the mounts' Peer.Lock/Unlock calls on the same clock: the
+      FUSE open until Peer.Lock, waiting for the previous hold's RELEASE
+      (which the kernel sends after close(2) returned), the lock round,
+      the reply to the kernel, close(2) (p50, p99 and mean; the means add
+      up to the row's mean)
   (c) the FUSE floor: open+close of MOUNT/.status and of the mount's root
       directory, which take no lock
   (d) contention: one looping client per peer for S seconds: acquisitions
@@ -68,10 +84,12 @@ processes (this binary re-executed; they call open(2)/close(2) directly):
 Latencies are p50/p99 over --ops operations after a warm-up. dlockfs's
 targets, for 3 peers on 2 cores, are checked at the end: uncontended p50
 <= 150 us, contended >= 3000 acquisitions/s, no peer below 25% of its fair
-share.
+share; and the hot path's goals, as ratios inside the run: (a) and (b) p50
+at most 1.3 x (in-process Peer.Lock+Unlock p50 + FUSE floor p50), and
+contended >= 8000 acquisitions/s with every peer at >= 90% of its share.
 
 Flags:
-  --peers N         peers in the cluster (default 3, 1 to 26)
+  --peers N         peers in the cluster (default 3, 1 to 32)
   --seconds S       duration of the contended run (default 5)
   --ops N           operations per latency row (default 2000)
   --fast-path       also run everything on a second cluster whose peers keep
@@ -79,6 +97,15 @@ Flags:
   --plaintext       no cluster key (measures the lock channel unencrypted)
   --quorum MODE     majority (default, as mount) or none (plain
                     Ricart-Agrawala), to compare what leases cost
+  --sweep N,N,...   instead, measure clusters of each size in turn (e.g.
+                    3,8,16,32): (a) uncontended p50 and p99, messages per
+                    acquisition, (d) contended acquisitions/s, resident
+                    memory per peer; whether p50 grows no worse than
+                    linearly in N; and, on the first size, one peer holding
+                    10000 named locks and the memory after it let them go.
+                    Defaults there: --ops 300, --seconds 1; the peers use
+                    the LAN gossip profile (as mount does)
+  --plot FILE       with --sweep: also draw it as an SVG in FILE
   --json            print the results as JSON instead of the table
   --cpuprofile FILE write a CPU profile of this process (the peers, the FUSE
                     servers, the in-process network runs): go tool pprof FILE
@@ -110,6 +137,8 @@ type benchOptions struct {
 	trace      string
 	debug      bool
 	quorum     string   // --quorum: majority (default) or none
+	sweep      []int    // --sweep: peer counts, each measured on its own cluster
+	plot       string   // --plot: the sweep's SVG
 	client     []string // the hidden child-client mode's arguments, if set
 }
 
@@ -140,9 +169,29 @@ func benchFlags(args []string) (benchOptions, error) {
 	fs.StringVar(&o.trace, "trace", "", "")
 	fs.BoolVar(&o.debug, "debug", false, "")
 	fs.StringVar(&o.quorum, "quorum", peer.QuorumMajority, "")
+	sweep := fs.String("sweep", "", "")
+	fs.StringVar(&o.plot, "plot", "", "")
 	pos, _, err := cli.ParseInterspersed(fs, args, -1)
 	if err != nil {
 		return o, err
+	}
+	if *sweep != "" {
+		if o.sweep, err = parseSweep(*sweep); err != nil {
+			return o, err
+		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["ops"] {
+			o.ops = sweepDefaultOps
+		}
+		if !set["seconds"] {
+			o.seconds = sweepDefaultSeconds
+		}
+		if set["fast-path"] {
+			return o, cli.Usagef("--fast-path: not with --sweep")
+		}
+	} else if o.plot != "" {
+		return o, cli.Usagef("--plot: only with --sweep")
 	}
 	switch {
 	case len(pos) > 0:
@@ -167,6 +216,9 @@ type Report struct {
 	CPUs      int     `json:"cpus"`
 	GoVersion string  `json:"go_version"`
 	Encrypted bool    `json:"encrypted"`
+	// Quorum is --quorum: majority (leases) or none (plain
+	// Ricart–Agrawala); the fast-path run is always none.
+	Quorum string `json:"quorum"`
 	// LoadAvg is the 1-minute load average before and after the run
 	// (from /proc/loadavg): well above CPUs means the figures are
 	// pessimistic, as other programs took CPU time.
@@ -194,6 +246,10 @@ type benchRun struct {
 	// Repeat: one client on one mount.
 	Repeat     LatencyStats `json:"repeat"`
 	RepeatMsgs float64      `json:"repeat_msgs_per_acq"`
+	// UncontendedBreakdown and RepeatBreakdown split (a) and (b) into
+	// where the time went (see Breakdown), from the same runs.
+	UncontendedBreakdown Breakdown `json:"uncontended_breakdown"`
+	RepeatBreakdown      Breakdown `json:"repeat_breakdown"`
 	// FloorStatus and FloorDir: open+close of .status and of the root
 	// directory, which take no lock.
 	FloorStatus LatencyStats `json:"floor_status"`
@@ -292,8 +348,11 @@ func runBench(ctx context.Context, e *cli.Env, o benchOptions) (err error) {
 			return err
 		}
 	}
+	if o.sweep != nil {
+		return runSweep(ctx, e, o, key, progress)
+	}
 	rep := &Report{Peers: o.peers, Seconds: o.seconds, Ops: o.ops, CPUs: runtime.NumCPU(),
-		GoVersion: runtime.Version(), Encrypted: key != nil, CPUProfile: o.cpuprofile}
+		GoVersion: runtime.Version(), Encrypted: key != nil, CPUProfile: o.cpuprofile, Quorum: o.quorum}
 	rep.LoadAvg[0] = loadAvg()
 	scratch, err := os.MkdirTemp("", "dlockfs-bench-scratch-")
 	if err != nil {
@@ -353,8 +412,9 @@ func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, f
 		label = "fast path (keep permissions)"
 	}
 	step(fmt.Sprintf("cluster of %d, %s: starting", o.peers, label))
+	times := &localcluster.LockTimes{}
 	c, err := localcluster.Start(ctx, localcluster.Options{Peers: o.peers, FastPath: fast, Key: key, Quorum: o.quorum,
-		Prefix: "dlockfs-bench-", Log: cli.NewLogger(e, o.debug), Signals: sigs})
+		Prefix: "dlockfs-bench-", Log: cli.NewLogger(e, o.debug), Signals: sigs, LockTimes: times})
 	if err != nil {
 		return run, err
 	}
@@ -374,14 +434,21 @@ func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, f
 	if _, err := benchChild(ctx, 0, append([]string{"open", strconv.Itoa(benchWarmupOps)}, locks...)...); err != nil {
 		return run, err
 	}
-	measured := func(args ...string) (LatencyStats, float64, error) {
+	// measured runs a timed client on paths: its latencies, messages per
+	// acquisition, and its breakdown.
+	measured := func(paths ...string) (LatencyStats, float64, Breakdown, error) {
 		sent0, grants0 := c.Counters()
-		s, err := benchChild(ctx, 0, args...)
+		times.Start()
+		s, err := benchChild(ctx, 0, append([]string{"timed", n}, paths...)...)
+		waitUnlocks(ctx, times, s.Ops)
+		lks, unl := times.Stop()
 		sent1, grants1 := c.Counters()
-		return s, perAcq(sent1-sent0, grants1-grants0), err
+		bd := breakdown(s.Times, lks, unl)
+		s.Times = nil
+		return s, perAcq(sent1-sent0, grants1-grants0), bd, err
 	}
 	step("(a) uncontended, the lock moving between peers")
-	if run.Uncontended, run.UncontendedMsgs, err = measured(append([]string{"open", n}, locks...)...); err != nil {
+	if run.Uncontended, run.UncontendedMsgs, run.UncontendedBreakdown, err = measured(locks...); err != nil {
 		return run, err
 	}
 	step("(b) repeat on one peer")
@@ -390,7 +457,7 @@ func benchCluster(ctx context.Context, e *cli.Env, o benchOptions, key []byte, f
 	if _, err := benchChild(ctx, 0, "open", "1", locks[0]); err != nil {
 		return run, err
 	}
-	if run.Repeat, run.RepeatMsgs, err = measured("open", n, locks[0]); err != nil {
+	if run.Repeat, run.RepeatMsgs, run.RepeatBreakdown, err = measured(locks[0]); err != nil {
 		return run, err
 	}
 	step("(c) FUSE floor: .status and the root directory")
@@ -442,6 +509,15 @@ func benchPeerLock(ctx context.Context, c *localcluster.Cluster, ops int, cycle 
 	return summarize(ns, time.Since(start)), nil
 }
 
+// waitUnlocks waits (bounded) until the last of ops holds was given back:
+// the kernel sends a close's RELEASE after close(2) returned.
+func waitUnlocks(ctx context.Context, t *localcluster.LockTimes, ops int) {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil && t.Unlocks() < ops {
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // perAcq is messages per acquisition.
 func perAcq(msgs, grants uint64) float64 {
 	if grants == 0 {
@@ -454,7 +530,10 @@ func perAcq(msgs, grants uint64) float64 {
 // starting together.
 func benchContended(ctx context.Context, c *localcluster.Cluster, locks []string, seconds float64) (contendedStats, error) {
 	var cs contendedStats
-	from := time.Now().Add(benchStartDelay)
+	// Starting the children takes longer the more there are (each is a Go
+	// program on a machine the peers keep busy): with too short a delay
+	// the last ones start late and lose part of the run.
+	from := time.Now().Add(max(benchStartDelay, time.Duration(len(locks))*benchStartPerClient))
 	to := from.Add(time.Duration(seconds * float64(time.Second)))
 	sent0, grants0 := c.Counters()
 	type res struct {
@@ -560,15 +639,35 @@ func benchTargets(rep *Report) []benchTarget {
 				Want: fmt.Sprintf(">= %.0f", targetFairSharePct), Unit: "%",
 				Got: r.Contended.MinFairSharePct, Met: r.Contended.MinFairSharePct >= targetFairSharePct},
 		)
+		if r.FastPath {
+			continue
+		}
+		ratio := func(fuse, inproc LatencyStats) float64 {
+			if d := inproc.P50us + r.FloorDir.P50us; d > 0 {
+				return fuse.P50us / d
+			}
+			return 0
+		}
+		ra, rb := ratio(r.Uncontended, r.PeerUncontended), ratio(r.Repeat, r.PeerRepeat)
+		ts = append(ts,
+			benchTarget{Name: "(a) p50 / (Peer.Lock p50 + floor p50)", Want: fmt.Sprintf("<= %.1f", targetFUSERatio),
+				Unit: "x", Got: ra, Met: ra <= targetFUSERatio},
+			benchTarget{Name: "(b) p50 / (Peer.Lock p50 + floor p50)", Want: fmt.Sprintf("<= %.1f", targetFUSERatio),
+				Unit: "x", Got: rb, Met: rb <= targetFUSERatio},
+			benchTarget{Name: "hot-path goal: contended acquisitions/s", Want: fmt.Sprintf(">= %.0f", goalContendedPerSec),
+				Unit: "/s", Got: r.Contended.PerSecond, Met: r.Contended.PerSecond >= goalContendedPerSec},
+			benchTarget{Name: "hot-path goal: lowest % of fair share", Want: fmt.Sprintf(">= %.0f", goalFairSharePct),
+				Unit: "%", Got: r.Contended.MinFairSharePct, Met: r.Contended.MinFairSharePct >= goalFairSharePct},
+		)
 	}
 	return ts
 }
 
 // printBench prints the report as a table.
 func printBench(w io.Writer, rep *Report) {
-	fmt.Fprintf(w, "\ndlockfs bench: %d peers, %d CPUs, %s, %s lock channel; latencies over %d ops, contended %gs\n\n",
+	fmt.Fprintf(w, "\ndlockfs bench: %d peers, %d CPUs, %s, %s lock channel, quorum %s; latencies over %d ops, contended %gs\n\n",
 		rep.Peers, rep.CPUs, rep.GoVersion, map[bool]string{true: "encrypted", false: "plaintext"}[rep.Encrypted],
-		rep.Ops, rep.Seconds)
+		rep.Quorum, rep.Ops, rep.Seconds)
 	if busy := max(rep.LoadAvg[0], rep.LoadAvg[1]); busy > float64(rep.CPUs) {
 		fmt.Fprintf(w, "WARNING: the machine was busy (load average %.1f on %d CPUs): other programs took CPU\n"+
 			"time from the peers and clients, so these figures are pessimistic.\n\n", busy, rep.CPUs)
@@ -576,7 +675,7 @@ func printBench(w io.Writer, rep *Report) {
 	// Column per run.
 	fmt.Fprintf(w, "%-52s", "open+close from a child process")
 	for _, r := range rep.Runs {
-		fmt.Fprintf(w, " | %-26s", runLabel(r))
+		fmt.Fprintf(w, " | %-26s", runLabel(r, rep.Quorum))
 	}
 	fmt.Fprintf(w, "\n%-52s", "")
 	for range rep.Runs {
@@ -601,6 +700,31 @@ func printBench(w io.Writer, rep *Report) {
 	row("(b) MOUNT/lock, repeat on the same peer", func(r benchRun) (LatencyStats, float64, bool) {
 		return r.Repeat, r.RepeatMsgs, true
 	})
+	for _, b := range []struct {
+		name string
+		get  func(benchRun) Breakdown
+	}{
+		{"(a)", func(r benchRun) Breakdown { return r.UncontendedBreakdown }},
+		{"(b)", func(r benchRun) Breakdown { return r.RepeatBreakdown }},
+	} {
+		for _, part := range []struct {
+			name string
+			get  func(Breakdown) LatencyStats
+		}{
+			{"FUSE open until Peer.Lock", func(d Breakdown) LatencyStats { return d.FUSEOpen }},
+			{"waiting for the previous hold's RELEASE", func(d Breakdown) LatencyStats { return d.WaitRelease }},
+			{"lock round (Peer.Lock, after the RELEASE)", func(d Breakdown) LatencyStats { return d.LockRound }},
+			{"reply to the kernel, open(2) returns", func(d Breakdown) LatencyStats { return d.Reply }},
+			{"close(2)", func(d Breakdown) LatencyStats { return d.Close }},
+		} {
+			fmt.Fprintf(w, "%-52s", "    "+b.name+" "+part.name)
+			for _, r := range rep.Runs {
+				s := part.get(b.get(r))
+				fmt.Fprintf(w, " | %8s %8s %8s", us(s.P50us), us(s.P99us), "mean "+us(s.MeanUs))
+			}
+			fmt.Fprintln(w)
+		}
+	}
 	row("(c) MOUNT/.status (no lock; renders the status)", func(r benchRun) (LatencyStats, float64, bool) {
 		return r.FloorStatus, 0, false
 	})
@@ -618,7 +742,7 @@ func printBench(w io.Writer, rep *Report) {
 	for _, r := range rep.Runs {
 		cs := r.Contended
 		fmt.Fprintf(w, "  %-26s %8.0f acquisitions/s, %.2f msgs/acq, lowest peer at %.0f%% of its fair share\n",
-			runLabel(r), cs.PerSecond, cs.MsgsPerAcq, cs.MinFairSharePct)
+			runLabel(r, rep.Quorum), cs.PerSecond, cs.MsgsPerAcq, cs.MinFairSharePct)
 		for _, p := range cs.PerPeer {
 			fmt.Fprintf(w, "      peer %-3s %7d (%5.1f%%, %4.0f%% of fair)  wait p50 %s p99 %s\n",
 				p.Peer, p.Acquisitions, p.SharePct, p.FairSharePct, us(p.Latency.P50us), us(p.Latency.P99us))
@@ -645,7 +769,7 @@ func printBench(w io.Writer, rep *Report) {
 		if t.Met {
 			met = "met"
 		}
-		fmt.Fprintf(w, "  %-42s want %-7s %s got %8.1f %-3s %s\n", t.Name, t.Want, t.Unit, t.Got, t.Unit, met)
+		fmt.Fprintf(w, "  %-42s want %-7s %-2s got %8.2f %-3s %s\n", t.Name, t.Want, t.Unit, t.Got, t.Unit, met)
 	}
 	if rep.CPUProfile != "" {
 		fmt.Fprintf(w, "\nCPU profile: go tool pprof -top %s\n", rep.CPUProfile)
@@ -667,9 +791,12 @@ func loadAvg() float64 {
 }
 
 // runLabel names a run's column.
-func runLabel(r benchRun) string {
-	if r.FastPath {
+func runLabel(r benchRun, quorum string) string {
+	switch {
+	case r.FastPath:
 		return "fast path (keeps permits)"
+	case quorum == peer.QuorumMajority:
+		return "majority quorum (leases)"
 	}
 	return "plain Ricart-Agrawala"
 }

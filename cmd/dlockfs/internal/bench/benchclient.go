@@ -19,6 +19,7 @@ import (
 // calls and prints a LatencyStats as JSON on stdout:
 //
 //	open  N PATH [PATH...]     open(O_RDONLY)+close N times, cycling the paths
+//	timed N PATH [PATH...]     open, also printing each operation's times (OpTimes)
 //	dir   N PATH               open(O_RDONLY|O_DIRECTORY)+close of a directory
 //	flock N PATH               open once, then flock(LOCK_EX)+flock(LOCK_UN) N times
 //	loop  START END PATH       open+close from START until END (Unix ns), as often as possible
@@ -39,7 +40,15 @@ type LatencyStats struct {
 	Seconds float64 `json:"seconds"`
 	// EINTR counts operations retried after EINTR (not in the latencies).
 	EINTR int `json:"eintr,omitempty"`
+	// Times is each operation's times, from the "timed" client only (the
+	// bench drops them after the breakdown).
+	Times []OpTimes `json:"times,omitempty"`
 }
+
+// OpTimes is one open+close by a "timed" client, in Unix ns (the wall
+// clock, which the bench process reads too): the open was called, the
+// open returned, the close returned.
+type OpTimes [3]int64
 
 // summarize computes LatencyStats from durations in nanoseconds.
 func summarize(ns []int64, elapsed time.Duration) LatencyStats {
@@ -68,13 +77,14 @@ func runBenchClient(w io.Writer, args []string) error {
 	}
 	mode := args[0]
 	var (
-		ns    []int64
-		eintr int
-		err   error
+		ns       []int64
+		eintr    int
+		err      error
+		timedOps []OpTimes
 	)
 	start := time.Now()
 	switch mode {
-	case "open", "dir":
+	case "open", "dir", "timed":
 		n, perr := strconv.Atoi(args[1])
 		if perr != nil || n < 1 || n > benchClientMaxOps {
 			return cli.Usagef("%s %s: bad count %q", ClientCmd, mode, args[1])
@@ -83,7 +93,14 @@ func runBenchClient(w io.Writer, args []string) error {
 		if mode == "dir" {
 			flags |= syscall.O_DIRECTORY
 		}
-		ns, eintr, err = openLoop(args[2:], flags, n, time.Time{})
+		var times *[]OpTimes
+		if mode == "timed" {
+			times = new([]OpTimes)
+		}
+		ns, eintr, err = openLoop(args[2:], flags, n, time.Time{}, times)
+		if times != nil {
+			timedOps = *times
+		}
 	case "flock":
 		n, perr := strconv.Atoi(args[1])
 		if perr != nil || n < 1 || n > benchClientMaxOps {
@@ -101,7 +118,7 @@ func runBenchClient(w io.Writer, args []string) error {
 		}
 		time.Sleep(time.Until(time.Unix(0, from)))
 		start = time.Now()
-		ns, eintr, err = openLoop(args[3:], syscall.O_RDONLY|syscall.O_CLOEXEC, benchClientMaxOps, time.Unix(0, to))
+		ns, eintr, err = openLoop(args[3:], syscall.O_RDONLY|syscall.O_CLOEXEC, benchClientMaxOps, time.Unix(0, to), nil)
 	default:
 		return cli.Usagef("%s: unknown mode %q", ClientCmd, mode)
 	}
@@ -110,6 +127,7 @@ func runBenchClient(w io.Writer, args []string) error {
 	}
 	s := summarize(ns, time.Since(start))
 	s.EINTR = eintr
+	s.Times = timedOps
 	b, err := json.Marshal(s)
 	if err != nil {
 		return err
@@ -119,9 +137,10 @@ func runBenchClient(w io.Writer, args []string) error {
 }
 
 // openLoop opens and closes paths (cycling) n times or until the deadline
-// (if not zero), and returns each open+close's duration. An open
-// interrupted by a signal (EINTR) is retried and counted, not timed.
-func openLoop(paths []string, flags, n int, deadline time.Time) ([]int64, int, error) {
+// (if not zero), and returns each open+close's duration (and, if times
+// is not nil, appends each one's OpTimes to it). An open interrupted by a
+// signal (EINTR) is retried and counted, not timed.
+func openLoop(paths []string, flags, n int, deadline time.Time, times *[]OpTimes) ([]int64, int, error) {
 	ns := make([]int64, 0, min(n, 1<<20))
 	eintr := 0
 	for i := 0; i < n; i++ {
@@ -142,10 +161,17 @@ func openLoop(paths []string, flags, n int, deadline time.Time) ([]int64, int, e
 		if err != nil {
 			return ns, eintr, fmt.Errorf("open %s: %w", path, err)
 		}
+		var opened time.Time
+		if times != nil {
+			opened = time.Now()
+		}
 		if err := syscall.Close(fd); err != nil {
 			return ns, eintr, fmt.Errorf("close %s: %w", path, err)
 		}
 		ns = append(ns, time.Since(t0).Nanoseconds())
+		if times != nil {
+			*times = append(*times, OpTimes{t0.UnixNano(), opened.UnixNano(), time.Now().UnixNano()})
+		}
 	}
 	return ns, eintr, nil
 }

@@ -66,7 +66,7 @@ the hold logs).
 Flags:
   --seconds N   how long the workers run (default 5; fractions allowed)
   --workers N   bash workers per mount (default 2, at most 16)
-  --peers N     peers in the cluster (default 3, 1 to 26)
+  --peers N     peers in the cluster (default 3, 1 to 32)
   --keep        after the run, keep the cluster up and print its mount paths
                 and commands to try from other shells, until Ctrl-C
   --debug       log the peers' and go-fuse's debug messages to stderr

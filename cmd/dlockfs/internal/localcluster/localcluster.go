@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,7 +29,7 @@ const (
 	Poll               = 10 * time.Millisecond
 	clusterSeenLeft    = 2 * time.Second // the others see a peer leave
 	clusterUnmountTime = 5 * time.Second // one unmount before detaching lazily
-	MaxPeers           = 26              // peers are named a..z
+	MaxPeers           = 32              // peers are named a..z, then p26..p31
 )
 
 // LockName is the lock the demo's workers and the bench's clients take.
@@ -58,12 +59,19 @@ type Options struct {
 	FastPath bool   // the peers keep permissions (Roucairol–Carvalho)
 	Quorum   string // peer.QuorumMajority (also for "") or peer.QuorumNone
 	Key      []byte // nil: plaintext
-	Prefix   string // of the temporary directory's name
-	Log      *slog.Logger
+	// Profile is the peers' membership profile; "" is peer.ProfileFast
+	// (quick to form and leave; its every-10-ms gossip to every peer
+	// costs too much CPU for more than about 10 peers in one process).
+	Profile string
+	Prefix  string // of the temporary directory's name
+	Log     *slog.Logger
 	// Signals, if not nil, is the command's shutdown policy: a later
 	// signal (Signals.Again) while Close runs detaches every mount and
 	// ends Close at once.
 	Signals *cli.Signals
+	// LockTimes, if not nil, records the mounts' Lock and Unlock calls
+	// (see LockTimes); nil mounts the peers directly.
+	LockTimes *LockTimes
 }
 
 // NewKey returns a fresh random 32-byte cluster key.
@@ -75,8 +83,14 @@ func NewKey() ([]byte, error) {
 	return k, nil
 }
 
-// peerName is the name of the i-th local peer: a, b, c...
-func peerName(i int) string { return string(rune('a' + i)) }
+// peerName is the name of the i-th local peer: a, b, c... z, then p26,
+// p27...
+func peerName(i int) string {
+	if i < 26 {
+		return string(rune('a' + i))
+	}
+	return "p" + strconv.Itoa(i)
+}
 
 // Start starts opt.Peers peers, joins them into one cluster,
 // waits until each sees every other alive with its lock channel connected,
@@ -107,6 +121,9 @@ func Start(ctx context.Context, opt Options) (_ *Cluster, err error) {
 		pc.Name = name
 		pc.BindAddr = "127.0.0.1:0"
 		pc.Profile = peer.ProfileFast
+		if opt.Profile != "" {
+			pc.Profile = opt.Profile
+		}
 		pc.Key = opt.Key
 		pc.KeepPermissions = opt.FastPath
 		pc.Quorum = opt.Quorum
@@ -142,7 +159,11 @@ func Start(ctx context.Context, opt Options) (_ *Cluster, err error) {
 		if err := os.Mkdir(mnt, 0o755); err != nil {
 			return nil, fmt.Errorf("mountpoint: %w", err)
 		}
-		srv, err := fs.Mount(mnt, fs.Options{Locker: p, Logger: opt.Log.With("component", "fs", "node", c.Names[i])})
+		var locker fs.Locker = p
+		if opt.LockTimes != nil {
+			locker = &timedLocker{Peer: p, idx: i, times: opt.LockTimes}
+		}
+		srv, err := fs.Mount(mnt, fs.Options{Locker: locker, Logger: opt.Log.With("component", "fs", "node", c.Names[i])})
 		if err != nil {
 			return nil, cli.MountError(err)
 		}
