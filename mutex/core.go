@@ -24,6 +24,7 @@ type Core struct {
 	out     Ready
 	ctr     Counters
 	q       *quorum // majority mode; nil in QuorumNone
+	f       *faults // misbehaving members (faults.go)
 
 	// bugKeepPermOnRelease is a fault injected by tests only: keep the
 	// permission of peers we answer on release. The simulation must
@@ -80,6 +81,7 @@ func New(cfg Config) (*Core, error) {
 		locks:   map[string]*lockState{},
 		openers: map[OpenerID]*lockState{},
 		ctr:     Counters{DroppedBy: map[string]uint64{}},
+		f:       newFaults(cfg),
 	}
 	if cfg.Quorum == QuorumMajority {
 		c.q = newQuorum(cfg)
@@ -229,6 +231,7 @@ func (c *Core) startRequest(l *lockState) {
 // voter we cannot address yet is awaited all the same).
 func (c *Core) ask(l *lockState, p string) {
 	l.awaiting[p] = true
+	c.noteAsked(l, p)
 	if _, ok := c.members[p]; ok {
 		c.sendRequest(l, p)
 	}
@@ -356,6 +359,9 @@ func before(t1 uint64, n1 string, t2 uint64, n2 string) bool {
 func (c *Core) Step(m Message) error {
 	c.ctr.Received++
 	err := c.step(m)
+	if err == nil && (m.Type == MsgReply || m.Type == MsgBusy) {
+		c.answered(m.From) // faults.go
+	}
 	if err != nil {
 		c.ctr.Dropped++
 		c.ctr.DroppedBy[dropReason(err)]++
@@ -393,7 +399,7 @@ func (c *Core) step(m Message) error {
 	if inc, ok := c.members[m.From]; !ok || inc != m.FromIncarnation {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, m)
 	}
-	if m.Type < MsgRequest || m.Type > maxMsgType || (c.q == nil && m.Type > MsgHello) {
+	if m.Type < MsgRequest || m.Type > maxMsgType || (c.q == nil && m.Type > MsgHello && m.Type < MsgDeferred) {
 		return fmt.Errorf("%w: %v", ErrMalformed, m)
 	}
 	if m.Type <= MsgCancel && ((ValidLockName(m.Lock) != nil && (c.q == nil || m.Lock != cfgLock)) || m.ReqTime == 0) {
@@ -414,6 +420,8 @@ func (c *Core) step(m Message) error {
 		return c.onRequest(m)
 	case MsgCancel:
 		return c.onCancel(m)
+	case MsgDeferred, MsgSuspect, MsgProbe:
+		return c.onFault(m)
 	default:
 		return c.onAnswer(m)
 	}
@@ -666,6 +674,7 @@ func (c *Core) Status() Status {
 		s.Members = append(s.Members, MemberStatus{Name: n, Incarnation: c.members[n]})
 	}
 	s.Quorum = c.quorumStatus()
+	defer c.faultStatus(&s)
 	for _, l := range c.sortedLocks() {
 		if l.name == cfgLock {
 			continue

@@ -36,6 +36,13 @@ type qsimConfig struct {
 	keepPerms                     bool
 	faults                        bool // partitions, pauses, crashes, restarts, joins, leaves, forgets
 	bug                           string
+	answerTimeout                 time.Duration // Config.AnswerTimeout (0: off)
+	bad, badPeer                  string        // a Byzantine-lite peer's behaviour and name (fsim_test.go)
+	check                         func(*qsim)   // more invariants, after every step
+	// punctual: every message due is delivered before time moves on, so
+	// that delays are those drawn (with many peers the random steps
+	// deliver too few: the backlog would grow without bound).
+	punctual bool
 }
 
 type qsimPeer struct {
@@ -139,7 +146,7 @@ func (s *qsim) boot(name string) *qsimPeer {
 		hs = &h
 	}
 	c, err := New(Config{Name: name, Incarnation: s.nextInc, KeepPermissions: s.cfg.keepPerms,
-		Quorum: QuorumMajority, Lease: qLease, LockDelay: qDelay, HardState: hs})
+		Quorum: QuorumMajority, Lease: qLease, LockDelay: qDelay, HardState: hs, AnswerTimeout: s.answerTimeout(name)})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -150,6 +157,10 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.q.bugAdmitAlone = true
 	case "minoritylease":
 		c.q.bugMinorityLease = true
+	case "trustsuspect":
+		c.f.bugTrustSuspect = true
+	case "nosuspect":
+		c.f.bugNoSuspect = true
 	}
 	p := &qsimPeer{name: name, inc: s.nextInc, core: c, rate: 0.9 + 0.2*s.rng.Float64(),
 		offset: time.Duration(s.rng.Int63n(int64(time.Hour))), boot: s.now,
@@ -220,6 +231,9 @@ func (s *qsim) drain(p *qsimPeer) {
 	if rd.HardState != nil {
 		s.hard[p.name] = *rd.HardState
 	}
+	for _, r := range rd.Faults {
+		s.logf("fault at %s: %v", p.name, r)
+	}
 	for _, r := range rd.Revocations {
 		// The holder is told; until it releases (or the core's grace
 		// ends) it still counts as holding.
@@ -234,6 +248,9 @@ func (s *qsim) drain(p *qsimPeer) {
 		return false
 	})
 	for _, m := range rd.Messages {
+		if p.name == s.cfg.badPeer && s.badDrops(m) {
+			continue
+		}
 		s.stats.msgs++
 		d := time.Duration(s.rng.Int63n(int64(2 * time.Millisecond)))
 		if s.rng.Intn(10) == 0 {
@@ -337,6 +354,9 @@ func (s *qsim) deliver() bool {
 
 // advance moves real time on; every running peer ticks.
 func (s *qsim) advance(max time.Duration) {
+	for i := 0; s.cfg.punctual && i < 100_000 && s.deliver(); i++ {
+		s.checkExclusion()
+	}
 	s.now += time.Millisecond + time.Duration(s.rng.Int63n(int64(max)))
 	for _, n := range s.names() {
 		p := s.live[n]
@@ -642,6 +662,9 @@ func (s *qsim) randomStep() {
 		}
 	}
 	s.checkExclusion()
+	if s.cfg.check != nil {
+		s.cfg.check(s)
+	}
 }
 
 // quiesce heals everything, restarts the crashed, and runs until every
@@ -683,6 +706,10 @@ func (s *qsim) quiesce() {
 		holding, waiting := false, false
 		for _, n := range s.names() {
 			p := s.live[n]
+			if n == s.cfg.badPeer {
+				s.badQuiesce(p)
+				continue
+			}
 			for _, o := range p.openers {
 				if o.granted {
 					holding = true
@@ -704,6 +731,9 @@ func (s *qsim) quiesce() {
 			waitSince = -1
 		}
 		s.checkExclusion()
+		if s.cfg.check != nil {
+			s.cfg.check(s)
+		}
 		if !waiting && !holding && s.settled() {
 			return
 		}
@@ -712,6 +742,9 @@ func (s *qsim) quiesce() {
 		}
 	}
 	for _, n := range s.names() {
+		if n == s.cfg.badPeer {
+			continue
+		}
 		for _, o := range s.live[n].openers {
 			s.fail("liveness: %s op%d on %s never granted (try=%v) in %v after the heal", n, o.id, o.lock, o.try, s.now-start)
 		}
@@ -721,6 +754,9 @@ func (s *qsim) quiesce() {
 // settled: no message deliverable soon, every leave done, every core idle.
 func (s *qsim) settled() bool {
 	for _, p := range s.live {
+		if p.name == s.cfg.badPeer {
+			continue
+		}
 		if p.leaving != 0 {
 			return false
 		}
@@ -768,6 +804,11 @@ func (s *qsim) report() string {
 			fmt.Fprintf(&b, "   op %+v changes %v\n", *op, s.live[n].core.q.changes)
 		}
 	}
+	oldest := s.now
+	for _, pm := range s.pending {
+		oldest = min(oldest, pm.at)
+	}
+	fmt.Fprintf(&b, "pending %d messages, the oldest due %v ago; misbehaving %q %s\n", len(s.pending), s.now-oldest, s.cfg.badPeer, s.cfg.bad)
 	return fmt.Sprintf("seed %d (replay: DLOCKFS_SEED=%d go test ./mutex -run '^%s$'): %s\n%s",
 		s.seed, s.seed, s.t.Name(), s.failed, b.String())
 }

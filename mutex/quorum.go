@@ -236,6 +236,7 @@ func (c *Core) Bootstrap() {
 // mode leases are renewed, lapse and are revoked, and silent voters are
 // declared evicted, all on ticks. Time must not go backwards.
 func (c *Core) Tick(now time.Duration) {
+	c.tickFaults(now)
 	q := c.q
 	if q == nil {
 		return
@@ -336,7 +337,12 @@ func (c *Core) renew() {
 			continue
 		}
 		if _, ok := c.members[v]; ok {
-			c.send(Message{Type: MsgLease, To: v, ReqTime: r.seq, Reserve: r.reserve, Voters: ev})
+			vev := ev
+			if p := q.peers[v]; p != nil && p.evicted && c.suspected(v) {
+				// Not told of its eviction again (faults.go).
+				vev = slices.DeleteFunc(slices.Clone(ev), func(e string) bool { return strings.HasSuffix(e, ":"+v) })
+			}
+			c.send(Message{Type: MsgLease, To: v, ReqTime: r.seq, Reserve: r.reserve, Voters: vev})
 		}
 		if op := q.op; op != nil && op.committing && !op.acks[v] {
 			c.sendConfig(v) // lost, perhaps: again
@@ -589,6 +595,9 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	}
 	p := q.peer(m.From)
 	if p.evicted && m.Session <= p.evictedAt {
+		if m.Type == MsgProbe && m.Try {
+			c.probeAcked(m) // it answers again: it may come back (faults.go)
+		}
 		return true, fmt.Errorf("%w: from an evicted session: %v", ErrStale, m)
 	}
 	p.lastHeard = q.now
@@ -598,7 +607,7 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	}
 	if m.Session > p.session {
 		p.session = m.Session
-		if p.evicted {
+		if p.evicted && !c.suspected(m.From) {
 			c.unevict(m.From, p)
 		}
 	}
@@ -610,6 +619,12 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	case MsgEvicted:
 		return true, c.onEvicted(m)
 	case MsgRequest:
+		if p.evicted && c.suspected(m.From) {
+			// Evicted for refusing to answer, and back in a later
+			// session: counted as answered, so it gets no reply
+			// until it answers again (faults.go).
+			return true, c.deferFresh(m)
+		}
 		if !q.everLeased {
 			// A restarted peer has not learnt its earlier life's
 			// tokens yet: it answers once it holds a lease.
@@ -623,6 +638,9 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 	p.resv = max(p.resv, m.Reserve)
 	if !c.q.voter {
 		return fmt.Errorf("%w: lease asked of a non-voter: %v", ErrUnexpected, m)
+	}
+	if p.evicted && c.suspected(m.From) {
+		return nil // no grant, and no news (faults.go)
 	}
 	if p.declared && m.Session <= p.refused {
 		// Tell it: it starts afresh in a later session.
@@ -649,11 +667,18 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 			continue
 		}
 		vp := c.q.peer(v)
-		if !vp.declared || vp.refused < vp.session || vp.refused < sess {
+		// A voter we suspect gets no grant from us in any session
+		// (faults.go): we refuse its later sessions too.
+		refusing := vp.declared && vp.refused >= sess && (vp.refused >= vp.session ||
+			(vp.evicted && c.suspected(v) && (!vp.granted || c.q.now-vp.lastGrant >= c.q.delay)))
+		if !refusing {
 			c.send(Message{Type: MsgLeaseGrant, To: m.From, ReqTime: m.ReqTime, TargetInc: m.Session, Try: true,
 				Target: v, Reserve: vp.session})
 			return nil
 		}
+	}
+	if c.withholdGrant(m.From) {
+		return nil // suspected of refusing to answer (faults.go)
 	}
 	p.granted, p.lastGrant = true, c.q.now
 	c.raiseFloor(p.resv)
@@ -670,13 +695,14 @@ func (c *Core) onLeaseGrant(m Message) error {
 		// the session it knows of it; a later one is a new life: ask
 		// it again.
 		if m.Target == c.cfg.Name {
+			c.reportEvicted(m.From, m.Reserve)
 			c.declaredSelf(m.Reserve)
 			return nil
 		}
 		if m.Target != "" && q.isVoter(m.Target) {
 			p := q.peer(m.Target)
 			p.session = max(p.session, m.Reserve)
-			if p.evicted && m.Reserve >= p.evictedAt {
+			if p.evicted && m.Reserve >= p.evictedAt && !c.suspected(m.Target) {
 				// Counting it as answered cannot be confirmed:
 				// wait for its answers again (always safe).
 				c.unevict(m.Target, p)
@@ -735,7 +761,23 @@ func (c *Core) maybeDeclare(v string) {
 	if p.declared && p.refused >= p.session {
 		return
 	}
-	if !p.down && q.now-p.lastHeard < q.lease {
+	if p.evicted && c.suspected(v) {
+		// Back in a later session without answering: it stays
+		// evicted here, and gets neither grant nor reply from us
+		// (faults.go). The other voters are told we refuse this
+		// session too, so that they count it; it is not told,
+		// which would only start it on yet another session.
+		p.declared, p.refused = true, p.session
+		p.votes[c.cfg.Name] = evVote{session: p.session, inc: p.inc, reserve: p.resv}
+		for _, w := range q.voters {
+			if w != c.cfg.Name && w != v {
+				c.sendDeclaration(w, v, p)
+			}
+		}
+		c.checkEvicted(v, p)
+		return
+	}
+	if !p.down && q.now-p.lastHeard < q.lease && !c.suspected(v) {
 		return
 	}
 	since := q.bootAt
@@ -770,7 +812,8 @@ func (c *Core) resendQuorum(to string) {
 		return
 	}
 	for _, v := range q.voters {
-		if p := q.peers[v]; p != nil && v != c.cfg.Name && p.declared && p.refused >= p.session {
+		if p := q.peers[v]; p != nil && v != c.cfg.Name && p.declared && p.refused >= p.session &&
+			(v != to || !p.evicted || !c.suspected(v)) {
 			c.sendDeclaration(to, v, p)
 		}
 	}
@@ -782,6 +825,7 @@ func (c *Core) onEvicted(m Message) error {
 	q := c.q
 	if m.Target == c.cfg.Name {
 		if m.TargetInc == c.cfg.Incarnation || m.TargetInc == 0 {
+			c.reportEvicted(m.From, m.ReqTime)
 			// We were declared evicted: whatever we think of our
 			// lease, a majority may soon count us as having
 			// answered. Start afresh in a session above the one
@@ -827,20 +871,36 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 	}
 	n := 0
 	var resv uint64
+	var sessions []uint64
 	for _, w := range q.voters {
-		if vote, ok := p.votes[w]; ok && vote.session >= p.session && c.incMatch(v, p, vote.inc) {
-			n++
+		if vote, ok := p.votes[w]; ok && c.incMatch(v, p, vote.inc) {
+			sessions = append(sessions, vote.session)
+			if vote.session >= p.session {
+				n++
+			}
 		}
 	}
+	at := p.session
 	if n < majority(len(q.voters)) {
-		return
+		// A voter we suspect may have moved on to a later session
+		// before a majority declared it (faults.go): the latest
+		// session a majority has declared counts, as we give it no
+		// reply and no grant in any session until it answers.
+		if len(sessions) < majority(len(q.voters)) || !c.suspected(v) {
+			return
+		}
+		slices.Sort(sessions)
+		at = sessions[len(sessions)-majority(len(q.voters))]
+		if p.evicted && p.evictedAt >= at {
+			return
+		}
 	}
 	for _, vote := range p.votes {
 		resv = max(resv, vote.reserve)
 	}
 	resv = max(resv, p.resv, p.resvPrev)
 	c.clock.Witness(serf.LamportTime(resv))
-	p.evicted, p.evictedAt = true, p.session
+	p.evicted, p.evictedAt = true, at
 	q.evictions++
 	for _, l := range c.sortedLocks() {
 		delete(l.awaiting, v)

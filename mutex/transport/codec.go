@@ -10,7 +10,7 @@ import (
 
 // Payload layout (the plaintext inside a frame):
 //
-//	byte 0    version<<4 | kind   (version 2; kind 1..10 = mutex.MsgType,
+//	byte 0    version<<4 | kind   (version 3; kind 1..13 = mutex.MsgType,
 //	                               14 = hello, 15 = welcome)
 //	message:  flags byte (bit 0 = Try; other bits must be 0)
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
@@ -24,7 +24,7 @@ import (
 // where str is one length byte (0..255) followed by that many bytes. Nothing
 // may follow the last field.
 const (
-	wireVersion = 2
+	wireVersion = 3
 	kindHello   = 14
 	kindWelcome = 15
 
@@ -42,7 +42,7 @@ var errMalformed = errors.New("malformed payload")
 // appendMessage appends the encoding of m to dst. Names longer than
 // mutex.MaxNameLen cannot be encoded.
 func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
-	if m.Type < mutex.MsgRequest || m.Type > mutex.MsgConfigAck {
+	if m.Type < mutex.MsgRequest || m.Type > mutex.MaxMsgType {
 		return dst, fmt.Errorf("transport: encode: unknown message type %d", m.Type)
 	}
 	if len(m.From) > mutex.MaxNameLen || len(m.To) > mutex.MaxNameLen || len(m.Lock) > mutex.MaxNameLen ||
@@ -166,7 +166,7 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	d := newDecoder(b)
 	var m mutex.Message
 	kind := d.header()
-	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgConfigAck)) {
+	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MaxMsgType)) {
 		d.setBad(fmt.Sprintf("kind %d is not a message", kind))
 	}
 	m.Type = mutex.MsgType(kind)

@@ -1,0 +1,553 @@
+package mutex
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Refusal to answer (the seed's second fault). Ricart–Agrawala stalls for
+// good if one member never answers a request; majority mode's eviction only
+// covers members that fall silent. The rules, each checked by the
+// simulation (fsim_test.go):
+//
+//   - A request unanswered for half the answer-timeout is probed: its
+//     sender asks the receiver (MsgProbe) to answer it again, and an
+//     honest receiver that defers it (it holds the lock, or asked first)
+//     says so with a MsgDeferred. A deferred request is not owed any more,
+//     so an honest peer never owes an answer for longer than a round trip,
+//     however long it holds, and without long holds nothing is added to
+//     Ricart–Agrawala's 2(N−1) messages per grant.
+//   - A member that has owed an answer to one of our requests for
+//     Config.AnswerTimeout while it is a member is suspected: Status and
+//     Ready.Faults name it, the lock, the request and for how long.
+//   - Majority mode: a voter that suspects another stops granting its lease
+//     and tells every voter (MsgSuspect). A voter told so does not take it
+//     on trust: it probes the suspect (MsgProbe), which must answer the
+//     request again and acknowledge; while the probe is unanswered it
+//     withholds its grants too, and once it has been unanswered for the
+//     answer-timeout it suspects the member itself. A suspect is declared
+//     evicted by the existing rule (no grant for the lock-delay), so a
+//     majority of voters must suspect it, each on its own evidence, and its
+//     lease has surely expired when it counts as having answered. One
+//     voter's suspicion, right or wrong, only costs the suspect that
+//     voter's grants: it cannot evict anyone.
+//   - The evicted member learns it from the declarations (or from refused
+//     lease renewals), revokes its holds, reports why, and comes back in a
+//     new session, asked again like any other voter.
+//
+// Time is an input here too: the clock is the one Tick sets.
+
+// owedKey names one answer owed to us: peer's answer to our request ts on
+// lock.
+type owedKey struct {
+	lock, peer string
+	ts         uint64
+}
+
+type owed struct {
+	since    time.Duration // when we asked
+	deferred bool          // answered with a MsgDeferred
+	nudged   bool          // probed at half the answer-timeout
+}
+
+// probe is what we asked a suspect on another voter's word.
+type probe struct {
+	open  bool          // not acknowledged yet
+	first time.Duration // the first probe not acknowledged
+	last  time.Duration // the last probe sent
+}
+
+// suspicion is a member we suspect of refusing to answer.
+type suspicion struct {
+	lock     string // the oldest request it owed us an answer to ...
+	ts       uint64
+	since    time.Duration // ... since
+	probe    bool          // on a probe it left unanswered instead
+	inc      uint64        // its incarnation
+	answered bool          // it answered since the last scan
+}
+
+// faults is a core's state for spotting members that misbehave.
+type faults struct {
+	timeout  time.Duration
+	now      time.Duration
+	nextScan time.Duration
+	owed     map[owedKey]*owed
+	sus      map[string]*suspicion    // the members we suspect
+	told     map[string]time.Duration // last MsgSuspect we sent about a member
+	probes   map[string]*probe        // by suspect
+	selfSus  uint64                   // the session whose eviction we last reported
+
+	suspicions uint64
+
+	// Faults injected by tests only; the simulation must catch each.
+	bugTrustSuspect bool // suspect whoever another voter suspects, no probe
+	bugNoSuspect    bool // never suspect anyone
+}
+
+func newFaults(cfg Config) *faults {
+	return &faults{timeout: cfg.AnswerTimeout, owed: map[owedKey]*owed{}, sus: map[string]*suspicion{},
+		told: map[string]time.Duration{}, probes: map[string]*probe{}}
+}
+
+// FaultKind is what a [FaultReport] reports.
+type FaultKind uint8
+
+// The fault reports.
+const (
+	// FaultSuspect: Peer has owed an answer to our request ReqTime on
+	// Lock for For (or, with Lock empty, left a probe unanswered for For).
+	FaultSuspect FaultKind = iota + 1
+	// FaultAnswered: Peer, suspected before, owes nothing overdue now.
+	FaultAnswered
+	// FaultSuspectedBy: Peer suspects us of owing an answer to its
+	// request ReqTime on Lock; we answer it again.
+	FaultSuspectedBy
+	// FaultEvictedSelf: Peer declared our session ReqTime evicted; our
+	// lease lapses (if it has not) and we start afresh.
+	FaultEvictedSelf
+)
+
+// String names the kind as the log does.
+func (k FaultKind) String() string {
+	switch k {
+	case FaultSuspect:
+		return "suspect"
+	case FaultAnswered:
+		return "answered"
+	case FaultSuspectedBy:
+		return "suspected-by"
+	case FaultEvictedSelf:
+		return "evicted-self"
+	}
+	return fmt.Sprintf("fault(%d)", uint8(k))
+}
+
+// FaultReport is one observation about a misbehaving member (or about this
+// peer's own eviction), for the log.
+type FaultReport struct {
+	Kind    FaultKind
+	Peer    string
+	Lock    string
+	ReqTime uint64
+	For     time.Duration
+}
+
+// String renders the report for logs and failing tests.
+func (r FaultReport) String() string {
+	return fmt.Sprintf("%v %s lock=%q req=%d for=%v", r.Kind, r.Peer, r.Lock, r.ReqTime, r.For)
+}
+
+// Suspect is a member this peer suspects of refusing to answer.
+type Suspect struct {
+	Name string
+	// Lock and ReqTime name the oldest request of ours it owes an
+	// answer to, For how long; empty when the suspicion rests on a
+	// probe it left unanswered (another voter's report) instead.
+	Lock    string
+	ReqTime uint64
+	For     time.Duration
+	// Probe: it left a probe unanswered for the answer-timeout.
+	Probe bool
+}
+
+func (c *Core) report(r FaultReport) {
+	c.out.Faults = append(c.out.Faults, r)
+}
+
+// tickFaults sets the clock and, on its cadence, looks for suspects.
+func (c *Core) tickFaults(now time.Duration) {
+	f := c.f
+	if now <= f.now && f.now != 0 {
+		return
+	}
+	f.now = now
+	if f.timeout > 0 && now >= f.nextScan {
+		c.scanFaults()
+	}
+}
+
+// noteAsked records that peer p is asked for l's request (again): its
+// answer is owed from now.
+func (c *Core) noteAsked(l *lockState, p string) {
+	if f := c.f; f.timeout > 0 {
+		f.owed[owedKey{l.name, p, l.reqTime}] = &owed{since: f.now}
+	}
+}
+
+// faultTarget reports whether member p may be suspected: in majority mode
+// only voters that are not evicted are awaited.
+func (c *Core) faultTarget(p string) bool {
+	q := c.q
+	if q == nil {
+		return true
+	}
+	qp := q.peers[p]
+	return q.isVoter(p) && (qp == nil || !qp.evicted)
+}
+
+// scanFaults finds the members that owe an answer overdue, reports the
+// changes, and in majority mode tells the voters.
+//
+// A suspicion sticks: it ends only when the member answers (a reply, busy
+// or deferral to us, or the acknowledgement of our probe) and owes nothing
+// overdue, or when it is no member or voter any more, or restarts. So an
+// eviction does not end it, and a suspect's new session gets no lease from
+// us until it has answered.
+func (c *Core) scanFaults() {
+	f := c.f
+	f.nextScan = f.now + max(f.timeout/16, time.Millisecond)
+	overdue := map[string]owedKey{}
+	seen := map[owedKey]bool{}
+	for _, l := range c.sortedLocks() {
+		if l.phase != Requesting {
+			continue
+		}
+		for _, p := range c.names {
+			if !l.awaiting[p] {
+				continue
+			}
+			k := owedKey{l.name, p, l.reqTime}
+			o := f.owed[k]
+			if o == nil {
+				o = &owed{since: f.now}
+				f.owed[k] = o
+			}
+			seen[k] = true
+			if !o.deferred && !o.nudged && f.now-o.since >= f.timeout/2 {
+				// Ask it to answer again: a deferral comes back.
+				o.nudged = true
+				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: l.name, ReqTime: l.reqTime})
+			}
+			if o.deferred || f.now-o.since < f.timeout || !c.faultTarget(p) || f.bugNoSuspect {
+				continue
+			}
+			if cur, ok := overdue[p]; !ok || f.owed[cur].since > o.since {
+				overdue[p] = k
+			}
+		}
+	}
+	for k := range f.owed {
+		if !seen[k] {
+			delete(f.owed, k)
+		}
+	}
+	changed := false
+	for _, p := range keysSorted(overdue) {
+		k := overdue[p]
+		if sus := f.sus[p]; sus != nil {
+			sus.answered = false
+			if sus.probe { // now on our own evidence too
+				sus.probe, sus.lock, sus.ts = false, k.lock, k.ts
+			}
+		} else {
+			f.sus[p] = &suspicion{lock: k.lock, ts: k.ts, since: f.owed[k].since, inc: c.members[p]}
+			f.suspicions++
+			changed = true
+			c.report(FaultReport{Kind: FaultSuspect, Peer: p, Lock: k.lock, ReqTime: k.ts, For: f.now - f.owed[k].since})
+		}
+	}
+	for _, p := range keysSorted(f.probes) {
+		pr := f.probes[p]
+		if c.q == nil || !c.q.isVoter(p) {
+			delete(f.probes, p)
+			continue
+		}
+		if pr.open && f.now-pr.first >= f.timeout && !f.bugNoSuspect && f.sus[p] == nil {
+			f.sus[p] = &suspicion{probe: true, since: pr.first, inc: c.members[p]}
+			f.suspicions++
+			changed = true
+			c.report(FaultReport{Kind: FaultSuspect, Peer: p, For: f.now - pr.first})
+		}
+		if !pr.open && f.now-pr.last >= f.timeout {
+			delete(f.probes, p)
+		}
+	}
+	for _, p := range keysSorted(f.sus) {
+		sus := f.sus[p]
+		inc, member := c.members[p]
+		_, owes := overdue[p]
+		pr := f.probes[p]
+		switch {
+		case (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member),
+			sus.answered && !owes && (pr == nil || !pr.open),
+			sus.probe && !owes && (pr == nil || !pr.open):
+			delete(f.sus, p)
+			delete(f.told, p)
+			changed = true
+			c.report(FaultReport{Kind: FaultAnswered, Peer: p})
+			c.rejoin(p)
+			continue
+		}
+		if t, ok := f.told[p]; member && (!ok || f.now-t >= f.timeout) {
+			f.told[p] = f.now
+			if !sus.probe && (c.q == nil || c.q.voter) && owes {
+				c.tellSuspect(p, owedKey{sus.lock, p, sus.ts})
+			} else {
+				// Owed nothing now (evicted, perhaps): ask it to
+				// answer again, so that it can come back.
+				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: sus.lock, ReqTime: sus.ts})
+			}
+		}
+	}
+	if changed && c.q != nil {
+		c.q.nextCheck = c.q.now // declare soon, if it comes to that
+	}
+}
+
+// probeAcked takes the acknowledgement m of a probe (or of a nudge: a
+// probe about our own request): the member answers. (If it still owes an
+// answer overdue, the suspicion stands all the same.)
+func (c *Core) probeAcked(m Message) {
+	if pr := c.f.probes[m.From]; pr != nil {
+		pr.open = false
+	}
+	c.answered(m.From)
+}
+
+// rejoin takes back voter p, evicted while we suspected it and heard from
+// in a later session since, now that it answers: it is asked again, and the
+// requests we deferred for it are answered as the rules say.
+func (c *Core) rejoin(name string) {
+	q := c.q
+	if q == nil {
+		return
+	}
+	p := q.peers[name]
+	if p == nil || !p.evicted {
+		return
+	}
+	// The sessions it had while evicted get no grant from us: told so
+	// when it asks, it starts afresh (dropping any permission it kept),
+	// as after any eviction, and a later session is asked again.
+	p.declared, p.refused = true, max(p.refused, p.session)
+	if p.session <= p.evictedAt {
+		return
+	}
+	c.unevict(name, p)
+	for _, l := range c.sortedLocks() {
+		in := l.in[name]
+		if in == nil || in.state != inDeferred || !q.everLeased {
+			continue
+		}
+		if l.phase == Holding || (l.phase == Requesting && before(l.reqTime, c.cfg.Name, in.ts, name)) {
+			continue
+		}
+		in.state = inReplied
+		c.answer(MsgReply, name, l.name, in.ts)
+		c.forget(l)
+	}
+}
+
+// answered notes an answer from member p (a reply, busy or deferral): a
+// suspicion of it ends at the next scan unless it still owes one overdue.
+func (c *Core) answered(p string) {
+	if sus := c.f.sus[p]; sus != nil {
+		sus.answered = true
+	}
+}
+
+// tellSuspect sends MsgSuspect about p: to p itself (it answers again), and
+// in majority mode to every other voter, which probes p.
+func (c *Core) tellSuspect(p string, k owedKey) {
+	m := Message{Type: MsgSuspect, Target: p, Lock: k.lock, ReqTime: k.ts}
+	m.To = p
+	c.send(m)
+	if c.q == nil {
+		return
+	}
+	for _, v := range c.q.voters {
+		if _, ok := c.members[v]; ok && v != p && v != c.cfg.Name {
+			m.To = v
+			c.send(m)
+		}
+	}
+}
+
+// suspected reports whether we suspect voter v of refusing to answer, on
+// our own evidence: majority mode's eviction then proceeds as if it were
+// silent.
+func (c *Core) suspected(v string) bool {
+	f := c.f
+	return f.sus[v] != nil
+}
+
+// withholdGrant reports whether we refuse to grant voter v's lease now: we
+// suspect it, or a probe of it is unanswered.
+func (c *Core) withholdGrant(v string) bool {
+	pr := c.f.probes[v]
+	return c.suspected(v) || (pr != nil && pr.open)
+}
+
+// faultLock checks the lock named by a fault message.
+func (c *Core) faultLock(m Message) error {
+	if m.Type == MsgProbe && m.Lock == "" && m.ReqTime == 0 {
+		return nil // about no request: it only asks for an acknowledgement
+	}
+	if (ValidLockName(m.Lock) != nil && (c.q == nil || m.Lock != cfgLock)) || m.ReqTime == 0 {
+		return fmt.Errorf("%w: %v", ErrMalformed, m)
+	}
+	return nil
+}
+
+// onFault handles MsgDeferred, MsgSuspect and MsgProbe.
+func (c *Core) onFault(m Message) error {
+	if err := c.faultLock(m); err != nil {
+		return err
+	}
+	switch m.Type {
+	case MsgDeferred:
+		return c.onDeferred(m)
+	case MsgSuspect:
+		return c.onSuspect(m)
+	default:
+		return c.onProbe(m)
+	}
+}
+
+func (c *Core) onDeferred(m Message) error {
+	l := c.locks[m.Lock]
+	if l == nil || l.phase != Requesting || l.reqTime != m.ReqTime || !l.awaiting[m.From] {
+		return fmt.Errorf("%w: %v", ErrUnexpected, m)
+	}
+	f := c.f
+	if f.timeout > 0 {
+		k := owedKey{m.Lock, m.From, m.ReqTime}
+		o := f.owed[k]
+		if o == nil {
+			o = &owed{since: f.now}
+			f.owed[k] = o
+		}
+		o.deferred = true
+	}
+	c.answered(m.From)
+	return nil
+}
+
+// onSuspect: the sender suspects Target of owing it an answer.
+func (c *Core) onSuspect(m Message) error {
+	f, q := c.f, c.q
+	if m.Target == c.cfg.Name {
+		c.report(FaultReport{Kind: FaultSuspectedBy, Peer: m.From, Lock: m.Lock, ReqTime: m.ReqTime})
+		c.reanswer(m.From, m.Lock, m.ReqTime)
+		return nil
+	}
+	if q == nil || !q.voter || f.timeout == 0 || !q.isVoter(m.Target) || !c.faultTarget(m.Target) {
+		return nil
+	}
+	if _, ok := c.members[m.Target]; !ok {
+		return nil // silent: eviction by silence covers it
+	}
+	if f.bugTrustSuspect {
+		if f.sus[m.Target] == nil {
+			f.sus[m.Target] = &suspicion{probe: true, since: f.now, inc: c.members[m.Target]}
+		}
+		return nil
+	}
+	pr := f.probes[m.Target]
+	if pr != nil && f.now-pr.last < f.timeout/2 {
+		// One probe per half answer-timeout, whoever asks and
+		// whether it was answered or not: a flood of reports
+		// cannot keep us from granting a member that answers.
+		return nil
+	}
+	if pr == nil {
+		pr = &probe{}
+		f.probes[m.Target] = pr
+	}
+	if !pr.open {
+		pr.open, pr.first = true, f.now
+	}
+	pr.last = f.now
+	c.send(Message{Type: MsgProbe, To: m.Target, Target: m.From, Lock: m.Lock, ReqTime: m.ReqTime})
+	return nil
+}
+
+// onProbe answers a probe (answering again the request it names) or takes
+// an acknowledgement.
+func (c *Core) onProbe(m Message) error {
+	if m.Try {
+		c.probeAcked(m)
+		return nil
+	}
+	if m.Target != c.cfg.Name && m.Lock != "" {
+		c.reanswer(m.Target, m.Lock, m.ReqTime)
+	}
+	c.send(Message{Type: MsgProbe, To: m.From, Try: true, Target: m.Target, Lock: m.Lock, ReqTime: m.ReqTime})
+	return nil
+}
+
+// reanswer sends peer p again our answer to its request ts on lock; a
+// request we never saw gets a hello, on which p sends it again.
+func (c *Core) reanswer(p, lock string, ts uint64) {
+	if _, ok := c.members[p]; !ok {
+		return
+	}
+	var in *inbound
+	if l := c.locks[lock]; l != nil {
+		in = l.in[p]
+	}
+	switch {
+	case in == nil || in.ts < ts:
+		c.send(Message{Type: MsgHello, To: p})
+	case in.ts > ts:
+		// It has asked again since: that request is answered.
+	case in.state == inReplied:
+		c.answer(MsgReply, p, lock, ts)
+	case in.state == inBusy:
+		c.answer(MsgBusy, p, lock, ts)
+	case in.state == inDeferred:
+		c.answer(MsgDeferred, p, lock, ts)
+	}
+}
+
+// reportEvicted reports, once per session, that voter by declared our
+// session sess evicted.
+func (c *Core) reportEvicted(by string, sess uint64) {
+	f := c.f
+	if sess < c.q.session || (f.selfSus == sess+1) {
+		return
+	}
+	f.selfSus = sess + 1
+	c.report(FaultReport{Kind: FaultEvictedSelf, Peer: by, ReqTime: sess})
+}
+
+// faultStatus fills the fault parts of a Status.
+func (c *Core) faultStatus(s *Status) {
+	f := c.f
+	for _, p := range keysSorted(f.sus) {
+		sus := f.sus[p]
+		s.Suspects = append(s.Suspects, Suspect{Name: p, Lock: sus.lock, ReqTime: sus.ts, For: f.now - sus.since, Probe: sus.probe})
+	}
+	slices.SortStableFunc(s.Suspects, func(a, b Suspect) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	for i := range s.Locks {
+		ls := &s.Locks[i]
+		if ls.Phase != Requesting {
+			continue
+		}
+		for _, p := range ls.Awaiting {
+			o := f.owed[owedKey{ls.Name, p, ls.ReqTime}]
+			if o != nil && !o.deferred && f.timeout > 0 && f.now-o.since >= f.timeout {
+				ls.Slow = append(ls.Slow, SlowPeer{Name: p, ReqTime: ls.ReqTime, For: f.now - o.since})
+			}
+		}
+	}
+}
+
+func keysSorted[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
