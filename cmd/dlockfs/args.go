@@ -69,6 +69,7 @@ type mountConfig struct {
 	metrics       string        // Prometheus listen address; "" = off
 	quorum        string        // "majority" (default) or "none"
 	stateDir      string        // "" = defaultStateDirBase/NAME, resolved when mounting
+	answerTimeout time.Duration // 0 = the --gossip profile's; negative = off
 }
 
 // statusConfig holds the options of "dlockfs status".
@@ -144,6 +145,7 @@ func parseMount(cfg *config, args []string) error {
 	fs.StringVar(&m.metrics, "metrics", "", "")
 	fs.StringVar(&m.quorum, "quorum", defaultQuorum, "")
 	fs.StringVar(&m.stateDir, "state-dir", "", "")
+	fs.DurationVar(&m.answerTimeout, "answer-timeout", 0, "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -200,6 +202,11 @@ func parseMount(cfg *config, args []string) error {
 	}
 	if m.joinTimeout < 0 {
 		return usagef("--join-timeout %v: must not be negative (0 = retry forever)", m.joinTimeout)
+	}
+	if set["answer-timeout"] && m.answerTimeout == 0 {
+		m.answerTimeout = -1 // 0 on the command line: off
+	} else if m.answerTimeout < 0 {
+		return usagef("--answer-timeout %v: must not be negative (0 = off)", m.answerTimeout)
 	}
 	return nil
 }

@@ -137,6 +137,14 @@ Flags:
                          restarts (default /var/lib/dlockfs/NODENAME; made
                          if missing, mode 0700; checked to be writable at
                          start, else exit 1). Unused with --quorum none.
+  --answer-timeout DUR   suspect a member that has owed an answer to one of
+                         this node's lock requests for DUR while it is alive
+                         (a holder says it defers, so a long hold is no
+                         silence): it is logged and named in .status; in
+                         majority mode a majority of the voters suspecting
+                         it, each on its own evidence, evicts it. Default
+                         the --gossip profile's lease (fast 1s, lan 5s, wan
+                         15s), far above any normal answer; 0 = off.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A

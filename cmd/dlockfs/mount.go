@@ -63,6 +63,7 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	if pc.Quorum == "" {
 		pc.Quorum = defaultQuorum
 	}
+	pc.AnswerTimeout = m.answerTimeout
 	pc.StateDir = m.stateDir
 	if pc.StateDir == "" {
 		pc.StateDir = filepath.Join(defaultStateDirBase, pc.Name)

@@ -74,9 +74,13 @@ func writeHardState(path string, hs *mutex.HardState) error {
 // now is the core's clock: monotonic time since the peer was made.
 func (p *Peer) now() time.Duration { return time.Since(p.epoch) }
 
-// tickEvery is how often the driver ticks the core in majority mode.
+// tickEvery is how often the driver ticks the core: Lease/8 in majority
+// mode, AnswerTimeout/8 in plain mode.
 func (p *Peer) tickEvery() time.Duration {
 	if p.quorum != mutex.QuorumMajority {
+		if p.answerTO > 0 {
+			return p.answerTO / 8 // the answer-timeout's scans
+		}
 		return time.Hour
 	}
 	return p.lease / 8

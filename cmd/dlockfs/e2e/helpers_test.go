@@ -343,6 +343,8 @@ type nodeOpts struct {
 	stateDir string        // --state-dir; default a temp dir kept across restarts
 	extra    []string      // more mount flags
 	limit    time.Duration // the daemon's time limit; default 10 minutes
+	binary   string        // default suite.binary
+	env      []string      // KEY=VALUE added to the daemon's environment
 }
 
 // node is a running "dlockfs mount" child.
@@ -359,7 +361,11 @@ type node struct {
 
 // argv is the command line of the node.
 func (o nodeOpts) argv() []string {
-	args := []string{suite.binary, "mount", "--name", o.name, "--bind", o.bind, "--lock-bind", o.lockBind,
+	bin := suite.binary
+	if o.binary != "" {
+		bin = o.binary
+	}
+	args := []string{bin, "mount", "--name", o.name, "--bind", o.bind, "--lock-bind", o.lockBind,
 		"--gossip", o.profile, "--join-timeout", "20s", "--state-dir", o.stateDir}
 	if o.quorum != "" {
 		args = append(args, "--quorum", o.quorum)
@@ -375,6 +381,9 @@ func (o nodeOpts) argv() []string {
 	}
 	args = append(args, o.extra...)
 	args = append(args, o.dir)
+	if len(o.env) > 0 {
+		args = append(append([]string{"env"}, o.env...), args...)
+	}
 	if o.netns != "" {
 		args = append([]string{"nsenter", "--net=/run/netns/" + o.netns}, args...)
 	}
@@ -547,6 +556,10 @@ type lockDoc struct {
 	Awaiting    []string `json:"awaiting"`
 	Permissions []string `json:"permissions"`
 	Revoked     int      `json:"revoked"`
+	Slow        []struct {
+		Name  string `json:"name"`
+		ForMS int64  `json:"for_ms"`
+	} `json:"slow"`
 }
 
 // status reads and parses MOUNT/.status, bounded by statusTimeout (a

@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// buildFaulty builds dlockfs with the test-only dlockfs_faults tag, whose
+// DLOCKFS_FAULT switch makes a peer misbehave (mutex/peer/misbehave_on.go;
+// a release build has no such switch).
+func buildFaulty(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "dlockfs-faults")
+	build := exec.Command("go", "build", "-tags", "dlockfs_faults", "-o", bin, "github.com/dlockfs/dlockfs/cmd/dlockfs")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags dlockfs_faults: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// voterState returns a voter's state in a status ("" if no voter).
+func (d statusDoc) voterState(name string) string {
+	if d.Quorum == nil {
+		return ""
+	}
+	for _, v := range d.Quorum.Voters {
+		if v.Name == name {
+			return v.State
+		}
+	}
+	return ""
+}
+
+// TestMuteMemberEvicted: a member that is alive for Serf and renews its
+// lease but never answers a lock request (DLOCKFS_FAULT=mute) no longer
+// stalls the cluster. Three honest peers and the mute one, majority mode,
+// fast profile (answer-timeout 1 s, lock-delay 2 s): a holder on an honest
+// peer is granted once a majority has suspected and evicted the mute peer;
+// .status names it as slow meanwhile, the logs name it, the mute peer logs
+// its eviction, and no honest peer is ever evicted. A second honest peer
+// is granted afterwards too.
+func TestMuteMemberEvicted(t *testing.T) {
+	needEnv(t)
+	faulty := buildFaulty(t)
+	nodes := startCluster(t, 3, nodeOpts{})
+	mute := startNode(t, nodeOpts{name: "m", join: []string{nodes[0].bind}, binary: faulty,
+		env: []string{"DLOCKFS_FAULT=mute"}})
+	all := append(append([]*node(nil), nodes...), mute)
+	waitConverged(t, startTimeout, all)
+	waitVoters(t, all, "a", "b", "c", "m")
+
+	start := time.Now()
+	h := shellHold(t, nodes[0], "x")
+	// While it waits, a's .status says who is slow (after the
+	// answer-timeout) or the mute peer is evicted already.
+	sawSlow := false
+	waitFor(t, startTimeout, "a's request to name m as slow, or m evicted", func() bool {
+		d, err := nodes[0].status()
+		if err != nil {
+			return false
+		}
+		for _, s := range d.lock("x").Slow {
+			if s.Name == "m" && s.ForMS >= 1000 {
+				sawSlow = true
+			}
+		}
+		return sawSlow || d.voterState("m") == "evicted" || h.hasLine("held ")
+	})
+	line := h.waitLine(t, startTimeout, "held ")
+	t.Logf("granted %v after the open (answer-timeout 1s + lock-delay 2s); .status named m slow: %v", time.Since(start).Round(time.Millisecond), sawSlow)
+	held(t, line)
+	waitFor(t, startTimeout, "every honest peer to count m evicted", func() bool {
+		for _, n := range nodes {
+			if d, err := n.status(); err != nil || d.voterState("m") != "evicted" {
+				return false
+			}
+		}
+		return true
+	})
+	release(t, h)
+
+	h2 := shellHold(t, nodes[1], "x")
+	h2.waitLine(t, startTimeout, "held ")
+	release(t, h2)
+
+	for _, n := range nodes {
+		d := n.mustStatus(t)
+		for _, v := range []string{"a", "b", "c"} {
+			if st := d.voterState(v); st == "evicted" {
+				t.Errorf("%s counts honest %s as %s", n.name, v, st)
+			}
+		}
+	}
+	if !strings.Contains(nodes[0].p.stderr.String(), "suspected of refusing to answer") {
+		t.Errorf("a's log does not name the suspect:\n%s", nodes[0].p.stderr.String())
+	}
+	if !strings.Contains(mute.p.stderr.String(), "declared evicted") {
+		t.Errorf("m's log does not say it was evicted:\n%s", mute.p.stderr.String())
+	}
+}
