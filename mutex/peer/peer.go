@@ -78,8 +78,8 @@ type Peer struct {
 	quorum     mutex.QuorumMode
 	lease      time.Duration
 	answerTO   time.Duration // the core's AnswerTimeout (0: off)
-	statePath  string    // HardState file ("" keeps none)
-	epoch      time.Time // the core's clock is the monotonic time since
+	statePath  string        // HardState file ("" keeps none)
+	epoch      time.Time     // the core's clock is the monotonic time since
 	leftAck    chan<- struct{}
 	revoked    sync.Map // mutex.OpenerID -> lock name (string): holds a lapse ended
 	waiters    map[mutex.OpenerID]waiter
