@@ -139,6 +139,11 @@ type Message struct {
 	// TargetInc is the session a MsgLeaseGrant grants).
 	Target    string
 	TargetInc uint64
+	// Seen is the highest Time the sender had received from the receiver
+	// (this incarnation of each) when it stamped the request (for a
+	// MsgRequest) or sent the message: a request stamped at or below it
+	// is forged (see faults.go).
+	Seen uint64
 	// Voters is the voter set of a MsgConfig, sorted.
 	Voters []string
 }
@@ -162,6 +167,9 @@ func (m Message) String() string {
 		q += fmt.Sprintf(" target=%s", m.Target)
 	case MsgConfig:
 		q += fmt.Sprintf(" voters=%v", m.Voters)
+	}
+	if m.Seen != 0 {
+		q += fmt.Sprintf(" seen=%d", m.Seen)
 	}
 	return fmt.Sprintf("%s %s/%d->%s/%d lock=%q t=%d req=%d%s%s",
 		m.Type, m.From, m.FromIncarnation, m.To, m.ToIncarnation, m.Lock, m.Time, m.ReqTime, try, q)
@@ -350,6 +358,11 @@ var (
 	ErrDuplicate = errors.New("duplicate message")
 	// ErrMalformed: a message with an unknown type or missing fields.
 	ErrMalformed = errors.New("malformed message")
+	// ErrForged: a message whose timestamps cannot be honest: a request
+	// stamped at or below a clock its sender had seen from us, a claim to
+	// have seen a clock we never reached, or a clock jumping absurdly
+	// far ahead (see faults.go).
+	ErrForged = errors.New("forged timestamp")
 )
 
 // ValidLockName reports whether name can be a lock's name: 1 to MaxNameLen

@@ -218,6 +218,7 @@ func (c *Core) startRequest(l *lockState) {
 	}
 	l.phase = Requesting
 	l.reqTime = uint64(c.clock.Increment())
+	c.noteStamped(l)
 	clear(l.awaiting)
 	for _, p := range c.raPeers() {
 		if !l.perm[p] {
@@ -339,6 +340,7 @@ func (c *Core) send(m Message) {
 	m.FromIncarnation = c.cfg.Incarnation
 	m.ToIncarnation = c.members[m.To]
 	m.Time = uint64(c.clock.Time())
+	m.Seen = c.seenFor(m) // faults.go
 	if c.q != nil {
 		m.Config, m.Session = c.q.ver, c.q.session
 	}
@@ -388,6 +390,8 @@ func dropReason(err error) string {
 		return "voter set version"
 	case errors.Is(err, ErrNotVoter):
 		return "not a voter"
+	case errors.Is(err, ErrForged):
+		return "forged"
 	}
 	return "other"
 }
@@ -404,6 +408,9 @@ func (c *Core) step(m Message) error {
 	}
 	if m.Type <= MsgCancel && ((ValidLockName(m.Lock) != nil && (c.q == nil || m.Lock != cfgLock)) || m.ReqTime == 0) {
 		return fmt.Errorf("%w: %v", ErrMalformed, m)
+	}
+	if err := c.checkForged(m); err != nil { // faults.go
+		return err
 	}
 	c.clock.Witness(serf.LamportTime(m.Time))
 	if c.q != nil {

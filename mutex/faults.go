@@ -2,6 +2,7 @@ package mutex
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"time"
 )
@@ -66,6 +67,7 @@ type suspicion struct {
 	probe    bool          // on a probe it left unanswered instead
 	inc      uint64        // its incarnation
 	answered bool          // it answered since the last scan
+	forgedAt time.Duration // its last forged message (0: none)
 }
 
 // faults is a core's state for spotting members that misbehave.
@@ -78,17 +80,42 @@ type faults struct {
 	told     map[string]time.Duration // last MsgSuspect we sent about a member
 	probes   map[string]*probe        // by suspect
 	selfSus  uint64                   // the session whose eviction we last reported
+	heard    map[string]heardTime     // the highest Time received from each member
+	stamped  map[string]stampedSeen   // by lock: what each member had been heard at, when stamped
+	accepted bool                     // a message was accepted: our clock is the cluster's
 
-	suspicions uint64
+	suspicions, forgeries uint64
 
 	// Faults injected by tests only; the simulation must catch each.
 	bugTrustSuspect bool // suspect whoever another voter suspects, no probe
 	bugNoSuspect    bool // never suspect anyone
+	bugNoForgery    bool // accept any timestamp
 }
+
+// heardTime is the highest Time received from one incarnation of a member.
+type heardTime struct{ inc, time uint64 }
+
+// stampedSeen is, for the request ts of a lock, the Time heard from each
+// member when it was stamped: the Seen its copies carry.
+type stampedSeen struct {
+	ts   uint64
+	seen map[string]heardTime
+}
+
+// MaxClockJump bounds how far ahead of this peer's Lamport clock a
+// timestamp may be (Time, ReqTime, Reserve, Config): an honest clock runs
+// ahead of another's by what a restart's floor adds (2^26) and a lease's
+// reservation (2^20), far less. A timestamp beyond is forged, so no member
+// can push the clocks to their end in one message: at most 2^32 a message,
+// so 2^32 of them for the 64-bit clock. A peer that knows no cluster yet
+// (plain mode, or majority mode with no voter set: it just started, with
+// no state kept) takes the first message's clock as it is.
+const MaxClockJump = 1 << 32
 
 func newFaults(cfg Config) *faults {
 	return &faults{timeout: cfg.AnswerTimeout, owed: map[owedKey]*owed{}, sus: map[string]*suspicion{},
-		told: map[string]time.Duration{}, probes: map[string]*probe{}}
+		told: map[string]time.Duration{}, probes: map[string]*probe{}, heard: map[string]heardTime{},
+		stamped: map[string]stampedSeen{}}
 }
 
 // FaultKind is what a [FaultReport] reports.
@@ -107,6 +134,9 @@ const (
 	// FaultEvictedSelf: Peer declared our session ReqTime evicted; our
 	// lease lapses (if it has not) and we start afresh.
 	FaultEvictedSelf
+	// FaultForged: a message from Peer (about Lock and ReqTime) carried
+	// a forged timestamp; it was dropped (Why says how it was forged).
+	FaultForged
 )
 
 // String names the kind as the log does.
@@ -120,6 +150,8 @@ func (k FaultKind) String() string {
 		return "suspected-by"
 	case FaultEvictedSelf:
 		return "evicted-self"
+	case FaultForged:
+		return "forged"
 	}
 	return fmt.Sprintf("fault(%d)", uint8(k))
 }
@@ -132,11 +164,12 @@ type FaultReport struct {
 	Lock    string
 	ReqTime uint64
 	For     time.Duration
+	Why     string // FaultForged only
 }
 
 // String renders the report for logs and failing tests.
 func (r FaultReport) String() string {
-	return fmt.Sprintf("%v %s lock=%q req=%d for=%v", r.Kind, r.Peer, r.Lock, r.ReqTime, r.For)
+	return fmt.Sprintf("%v %s lock=%q req=%d for=%v %s", r.Kind, r.Peer, r.Lock, r.ReqTime, r.For, r.Why)
 }
 
 // Suspect is a member this peer suspects of refusing to answer.
@@ -270,9 +303,11 @@ func (c *Core) scanFaults() {
 		_, owes := overdue[p]
 		pr := f.probes[p]
 		switch {
+		case sus.forgedAt != 0 && f.now-sus.forgedAt < f.timeout:
+			// Forged lately: suspected whatever it answers.
 		case (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member),
 			sus.answered && !owes && (pr == nil || !pr.open),
-			sus.probe && !owes && (pr == nil || !pr.open):
+			(sus.probe || sus.forgedAt != 0) && !owes && (pr == nil || !pr.open):
 			delete(f.sus, p)
 			delete(f.told, p)
 			changed = true
@@ -550,4 +585,88 @@ func keysSorted[V any](m map[string]V) []string {
 	}
 	slices.Sort(ks)
 	return ks
+}
+
+// seenFor returns the Seen of message m: for a request, what the receiver
+// had been heard at when the request was stamped; else what it has been
+// heard at now.
+func (c *Core) seenFor(m Message) uint64 {
+	f := c.f
+	if m.Type == MsgRequest {
+		if st, ok := f.stamped[m.Lock]; ok && st.ts == m.ReqTime {
+			if h := st.seen[m.To]; h.inc == m.ToIncarnation {
+				return h.time
+			}
+		}
+		return 0
+	}
+	if h := f.heard[m.To]; h.inc == m.ToIncarnation {
+		return h.time
+	}
+	return 0
+}
+
+// noteStamped records, for l's new request, what each member had been
+// heard at.
+func (c *Core) noteStamped(l *lockState) {
+	f := c.f
+	if len(f.stamped) > 2*len(c.locks)+16 {
+		for name, st := range f.stamped {
+			if sl := c.locks[name]; sl == nil || sl.phase != Requesting || sl.reqTime != st.ts {
+				delete(f.stamped, name)
+			}
+		}
+	}
+	seen := make(map[string]heardTime, len(c.names))
+	for _, p := range c.names {
+		if h := f.heard[p]; h.inc == c.members[p] && h.time > 0 {
+			seen[p] = h
+		}
+	}
+	f.stamped[l.name] = stampedSeen{ts: l.reqTime, seen: seen}
+}
+
+// checkForged rejects message m (from a current member) if its timestamps
+// cannot be honest, and otherwise records its Time as heard. Forgeries are
+// dropped, counted (drop reason "forged"), reported, and make the sender a
+// suspect for an answer-timeout: no lease grant from us meanwhile, so a
+// member that forges to a majority of the voters is evicted.
+func (c *Core) checkForged(m Message) error {
+	f := c.f
+	now := uint64(c.clock.Time())
+	why := ""
+	switch {
+	case m.Seen > now:
+		why = fmt.Sprintf("claims to have seen clock %d, above ours (%d)", m.Seen, now)
+	case m.Type == MsgRequest && m.Seen > 0 && m.ReqTime <= m.Seen:
+		why = fmt.Sprintf("request stamped %d, not above clock %d it had seen from us", m.ReqTime, m.Seen)
+	case f.accepted && now < math.MaxUint64-MaxClockJump &&
+		max(m.Time, m.ReqTime, m.Reserve, m.Config) > now+MaxClockJump:
+		why = fmt.Sprintf("clock %d is more than %d ahead of ours (%d)", max(m.Time, m.ReqTime, m.Reserve, m.Config), uint64(MaxClockJump), now)
+	}
+	if why == "" || f.bugNoForgery {
+		f.accepted = true
+		h := f.heard[m.From]
+		if h.inc != m.FromIncarnation {
+			h = heardTime{inc: m.FromIncarnation}
+		}
+		h.time = max(h.time, m.Time)
+		f.heard[m.From] = h
+		return nil
+	}
+	f.forgeries++
+	c.report(FaultReport{Kind: FaultForged, Peer: m.From, Lock: m.Lock, ReqTime: m.ReqTime, Why: why})
+	if f.timeout > 0 {
+		sus := f.sus[m.From]
+		if sus == nil {
+			sus = &suspicion{since: f.now, inc: m.FromIncarnation, lock: m.Lock, ts: m.ReqTime}
+			f.sus[m.From] = sus
+			f.suspicions++
+			if c.q != nil {
+				c.q.nextCheck = c.q.now
+			}
+		}
+		sus.forgedAt = max(f.now, 1)
+	}
+	return fmt.Errorf("%w: %s: %v", ErrForged, why, m)
 }

@@ -1,6 +1,7 @@
 package mutex
 
 import (
+	"fmt"
 	"math/rand"
 	"os"
 	"strings"
@@ -16,11 +17,16 @@ import (
 //     acknowledgement of a probe), but otherwise follows the protocol: it
 //     asks for locks and leases, grants leases, and is alive for Serf;
 //   - jumpy: honest, but its answer-timeout is 5 ms, so it suspects every
-//     member it asks (an honest-but-slow peer's view of the others).
+//     member it asks (an honest-but-slow peer's view of the others);
+//   - stamplow: it stamps its requests with the clock it has seen from the
+//     receiver (so as to jump the queue);
+//   - stamphigh: it stamps every message 2^40 ahead (so as to exhaust the
+//     clocks).
 //
 // After every step: mutual exclusion (qsim's check: among every peer, the
 // misbehaving one included, since it does follow the lease rules); no honest
-// peer is evicted or declared (a lease may lapse: the network delays
+// peer is evicted or declared; no honest peer answers a forged request; no
+// honest clock passes 2^36; no honest peer is evicted or declared (a lease may lapse: the network delays
 // a tenth of the messages by up to Lease/2); and no honest blocking
 // request waits longer than fBound while nobody holds its lock: the
 // answer-timeout plus the lock-delay, with the margins measured below.
@@ -44,8 +50,21 @@ func (s *qsim) answerTimeout(name string) time.Duration {
 	return s.cfg.answerTimeout
 }
 
-// badDrops reports whether the misbehaving peer withholds message m.
-func (s *qsim) badDrops(m Message) bool {
+// badDrops reports whether the misbehaving peer withholds message m; it
+// may forge m instead.
+func (s *qsim) badDrops(m *Message) bool {
+	switch s.cfg.bad {
+	case "stamplow":
+		if m.Type == MsgRequest && m.Seen > 0 {
+			m.ReqTime = m.Seen
+			s.forged[[2]string{m.To, fmt.Sprintf("%s/%d", m.Lock, m.ReqTime)}] = true
+		}
+	case "stamphigh":
+		m.Time += 1 << 40
+		if m.Type == MsgRequest {
+			m.ReqTime += 1 << 40
+		}
+	}
 	if s.cfg.bad == "mute" {
 		switch m.Type {
 		case MsgReply, MsgBusy, MsgDeferred:
@@ -55,6 +74,13 @@ func (s *qsim) badDrops(m Message) bool {
 		}
 	}
 	return false
+}
+
+// badCheck fails the run if an honest peer answers a forged request.
+func (s *qsim) badCheck(m Message) {
+	if m.Type == MsgReply && m.To == s.cfg.badPeer && s.forged[[2]string{m.From, fmt.Sprintf("%s/%d", m.Lock, m.ReqTime)}] {
+		s.fail("forgery: honest %s answered forged request %s/%d of %s", m.From, m.Lock, m.ReqTime, m.To)
+	}
 }
 
 // badQuiesce lets the misbehaving peer release its holds now and then
@@ -86,6 +112,9 @@ func (fc *faultChecker) check(s *qsim) {
 			continue
 		}
 		q := s.live[n].core.q
+		if t := s.live[n].core.Lamport(); t >= 1<<36 {
+			s.fail("clock: honest %s's clock is %d, past 2^36", n, t)
+		}
 		for _, v := range q.voters {
 			if v == n || !fc.honest(s, v) {
 				continue
@@ -144,11 +173,11 @@ func runFsim(t testing.TB, seed int64, bad, bug string) (*qsim, *faultChecker) {
 // TestSimulationByzantine runs each misbehaviour against 3 to 7 honest
 // peers in majority mode.
 func TestSimulationByzantine(t *testing.T) {
-	for _, bad := range []string{"mute", "jumpy"} {
+	for _, bad := range []string{"mute", "jumpy", "stamplow", "stamphigh"} {
 		t.Run(bad, func(t *testing.T) {
 			t.Parallel()
 			var maxStall time.Duration
-			var evictions, suspicions uint64
+			var evictions, suspicions, forgeries uint64
 			ss := seeds(t, 300)
 			for _, seed := range ss {
 				s, fc := runFsim(t, seed, bad, "")
@@ -160,13 +189,17 @@ func TestSimulationByzantine(t *testing.T) {
 					if n != s.cfg.badPeer {
 						evictions += s.live[n].core.q.evictions
 						suspicions += s.live[n].core.f.suspicions
+						forgeries += s.live[n].core.f.forgeries
 					}
 				}
 			}
-			t.Logf("%s: %d seeds; honest peers counted %d evictions, %d suspicions; longest wait with no holder %v (bound %v)",
-				bad, len(ss), evictions, suspicions, maxStall, fBound)
-			if bad == "mute" && evictions == 0 {
-				t.Fatal("the mute peer was never evicted")
+			t.Logf("%s: %d seeds; honest peers counted %d evictions, %d suspicions, %d forgeries; longest wait with no holder %v (bound %v)",
+				bad, len(ss), evictions, suspicions, forgeries, maxStall, fBound)
+			if (bad == "mute" || bad == "stamphigh") && evictions == 0 {
+				t.Fatalf("the %s peer was never evicted", bad)
+			}
+			if strings.HasPrefix(bad, "stamp") && forgeries == 0 {
+				t.Fatalf("no forgery by the %s peer was detected", bad)
 			}
 		})
 	}
@@ -180,8 +213,10 @@ func TestSimulationByzantineCatchesBugs(t *testing.T) {
 	for _, tc := range []struct{ bug, bad, want string }{
 		{"trustsuspect", "jumpy", "honest"},
 		{"nosuspect", "mute", "progress"},
+		{"noforgery", "stamplow", "forgery"},
+		{"noforgery", "stamphigh", "clock"},
 	} {
-		t.Run(tc.bug, func(t *testing.T) {
+		t.Run(tc.bug+"/"+tc.bad, func(t *testing.T) {
 			t.Parallel()
 			n := int64(100)
 			if os.Getenv("DLOCKFS_BUGSEARCH") != "" {

@@ -87,6 +87,7 @@ type qsim struct {
 	nextOp  OpenerID
 	nextInc uint64
 	last    map[string]uint64
+	forged  map[[2]string]bool // (to, lock/ts) of the misbehaving peer's forged requests
 	trace   []traceEntry
 	traceAt int
 	stats   qsimStats
@@ -119,7 +120,8 @@ func (a *qsimStats) add(b qsimStats) {
 
 func newQsim(t testing.TB, seed int64, cfg qsimConfig) *qsim {
 	s := &qsim{t: t, seed: seed, cfg: cfg, rng: rand.New(rand.NewSource(seed)),
-		live: map[string]*qsimPeer{}, dead: map[string]bool{}, hard: map[string]HardState{}, cut: map[[2]string]bool{}, last: map[string]uint64{}}
+		live: map[string]*qsimPeer{}, dead: map[string]bool{}, hard: map[string]HardState{}, cut: map[[2]string]bool{}, last: map[string]uint64{},
+		forged: map[[2]string]bool{}}
 	var voters []string
 	for i := 0; i < cfg.peers; i++ {
 		voters = append(voters, peerName(i))
@@ -161,6 +163,8 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.f.bugTrustSuspect = true
 	case "nosuspect":
 		c.f.bugNoSuspect = true
+	case "noforgery":
+		c.f.bugNoForgery = true
 	}
 	p := &qsimPeer{name: name, inc: s.nextInc, core: c, rate: 0.9 + 0.2*s.rng.Float64(),
 		offset: time.Duration(s.rng.Int63n(int64(time.Hour))), boot: s.now,
@@ -248,7 +252,7 @@ func (s *qsim) drain(p *qsimPeer) {
 		return false
 	})
 	for _, m := range rd.Messages {
-		if p.name == s.cfg.badPeer && s.badDrops(m) {
+		if p.name == s.cfg.badPeer && s.badDrops(&m) {
 			continue
 		}
 		s.stats.msgs++
@@ -344,6 +348,7 @@ func (s *qsim) deliver() bool {
 		return true
 	}
 	s.tick(p)
+	s.badCheck(pm.m)
 	err := p.core.Step(pm.m)
 	if (pm.m.Type != MsgLease && pm.m.Type != MsgLeaseGrant) || err != nil {
 		s.logf("deliver %v: %v", pm.m, err)

@@ -178,6 +178,7 @@ func (c *Core) restore(hs *HardState) {
 	c.clock.Witness(serf.LamportTime(hs.ClockFloor))
 	q.hsFloor = hs.ClockFloor
 	if hs.Config != 0 && validVoters(hs.Voters) {
+		c.f.accepted = true // our clock is the cluster's (faults.go)
 		c.clock.Witness(serf.LamportTime(hs.Config))
 		q.ver, q.voters = hs.Config, slices.Clone(hs.Voters)
 		q.voter = q.isVoter(c.cfg.Name)
@@ -1020,6 +1021,7 @@ func (c *Core) onConfigAck(m Message) error {
 func (c *Core) adopt(ver uint64, voters []string) {
 	q := c.q
 	c.clock.Witness(serf.LamportTime(ver))
+	c.f.accepted = true // our clock is the cluster's (faults.go)
 	q.hsDirty = true
 	old := q.voters
 	q.ver, q.voters = ver, slices.Clone(voters)

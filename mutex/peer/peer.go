@@ -88,6 +88,7 @@ type Peer struct {
 	closed     bool // core.Shutdown done: no new openers
 	dropWarn   time.Time
 	dropsQuiet uint64
+	forgedLog  map[string]time.Time // member -> last forgery logged
 }
 
 // Start creates a peer: it opens the lock channel, starts Serf, and joins

@@ -16,7 +16,7 @@ import (
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
 //	          str Lock, uvarint Time, uvarint ReqTime,
 //	          uvarint Config, uvarint Session, uvarint Reserve,
-//	          str Target, uvarint TargetInc,
+//	          str Target, uvarint TargetInc, uvarint Seen,
 //	          uvarint len(Voters) (at most mutex.MaxVoters), str each voter
 //	hello:    str Name, uvarint Incarnation, str ToName  (client -> server)
 //	welcome:  str Name, uvarint Incarnation              (server -> client)
@@ -31,9 +31,9 @@ const (
 	flagTry = 1
 
 	// maxPayload is the largest encoded message: a version/type byte, a
-	// flags byte, four full names, nine maximal varints and a full voter
+	// flags byte, four full names, ten maximal varints and a full voter
 	// set.
-	maxPayload = 2 + 4*(1+mutex.MaxNameLen) + 9*binary.MaxVarintLen64 + mutex.MaxVoters*(1+mutex.MaxNameLen)
+	maxPayload = 2 + 4*(1+mutex.MaxNameLen) + 10*binary.MaxVarintLen64 + mutex.MaxVoters*(1+mutex.MaxNameLen)
 )
 
 // errMalformed is wrapped by every decoding error.
@@ -74,6 +74,7 @@ func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
 	dst = binary.AppendUvarint(dst, m.Reserve)
 	dst = appendStr(dst, m.Target)
 	dst = binary.AppendUvarint(dst, m.TargetInc)
+	dst = binary.AppendUvarint(dst, m.Seen)
 	dst = binary.AppendUvarint(dst, uint64(len(m.Voters)))
 	for _, v := range m.Voters {
 		dst = appendStr(dst, v)
@@ -187,6 +188,7 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	m.Reserve = d.uvarint()
 	m.Target = d.str(intern)
 	m.TargetInc = d.uvarint()
+	m.Seen = d.uvarint()
 	if n := d.uvarint(); !d.bad && n > mutex.MaxVoters {
 		d.setBad("too many voters")
 	} else if n > 0 {

@@ -26,7 +26,7 @@ func sampleMessages() []mutex.Message {
 		{Type: mutex.MsgConfig, From: "a", To: "b", Config: ^uint64(0), Voters: []string{"a", "b", long}},
 		{Type: mutex.MsgConfig, From: "a", To: "b", Config: 1, Voters: fullVoters()},
 		{Type: mutex.MsgConfigAck, From: "a", To: "b", Config: 1},
-		{Type: mutex.MsgDeferred, From: "a", To: "b", Lock: "l", ReqTime: 5, Time: 6},
+		{Type: mutex.MsgDeferred, From: "a", To: "b", Lock: "l", ReqTime: 5, Time: 6, Seen: ^uint64(0)},
 		{Type: mutex.MsgSuspect, From: "a", To: "b", Target: "c", Lock: "l", ReqTime: 5, Config: 2, Session: 1},
 		{Type: mutex.MsgProbe, From: "a", To: "b", Target: "c", Lock: "l", ReqTime: 5, Try: true},
 	}

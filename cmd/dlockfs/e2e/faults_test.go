@@ -101,3 +101,63 @@ func TestMuteMemberEvicted(t *testing.T) {
 		t.Errorf("m's log does not say it was evicted:\n%s", mute.p.stderr.String())
 	}
 }
+
+// TestForgingMember: a member that forges its timestamps (DLOCKFS_FAULT=
+// stamplow: its requests stamped with the clock it has seen from the
+// receiver, to jump the queue; stamphigh: every message 2^40 ahead, to
+// exhaust the clocks) has them dropped and counted as forged by every
+// honest peer. The honest peers keep locking, their clocks stay far below
+// the forged ones, and the forger is never granted a lock on a forged
+// request. The stamphigh forger is not even admitted: every message of it
+// is dropped, so its mount gives up joining (exit 11).
+func TestForgingMember(t *testing.T) {
+	needEnv(t)
+	faulty := buildFaulty(t)
+	for _, fault := range []string{"stamplow", "stamphigh"} {
+		t.Run(fault, func(t *testing.T) {
+			nodes := startCluster(t, 3, nodeOpts{})
+			fo := nodeOpts{name: "f", join: []string{nodes[0].bind}, binary: faulty, env: []string{"DLOCKFS_FAULT=" + fault}}
+			var fh *proc
+			if fault == "stamplow" {
+				// Its other messages are honest: it is admitted.
+				forger := startNode(t, fo)
+				waitVoters(t, append(append([]*node(nil), nodes...), forger), "a", "b", "c", "f")
+				fh = shellHold(t, forger, "x")
+			} else {
+				forger := startMount(t, fo)
+				defer func() {
+					if code := forger.p.wait(t, startTimeout+stopTimeout); code != 11 {
+						t.Errorf("the stamphigh forger's mount exited %d, want 11 (not admitted)", code)
+					}
+				}()
+			}
+			waitFor(t, startTimeout, "every honest peer to drop a forged message", func() bool {
+				for _, n := range nodes {
+					if d, err := n.status(); err != nil || d.Counters.DroppedBy["forged"] == 0 {
+						return false
+					}
+				}
+				return true
+			})
+			for i, n := range nodes {
+				h := shellHold(t, n, "x")
+				h.waitLine(t, startTimeout, "held ")
+				release(t, h)
+				if fh != nil && fh.hasLine("held ") {
+					t.Fatalf("the forger was granted x (after %d honest holds)", i)
+				}
+			}
+			for _, n := range nodes {
+				if d := n.mustStatus(t); d.Lamport >= 1<<36 {
+					t.Errorf("%s's clock is %d, past 2^36: a forged clock was taken", n.name, d.Lamport)
+				}
+			}
+			if !strings.Contains(nodes[0].p.stderr.String(), "forged timestamp") {
+				t.Errorf("a's log does not name the forgery:\n%s", nodes[0].p.stderr.String())
+			}
+			if fh != nil {
+				fh.killGroup()
+			}
+		})
+	}
+}

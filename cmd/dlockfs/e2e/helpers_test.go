@@ -496,6 +496,7 @@ func (n *node) stop() {
 // statusDoc is the .status JSON.
 type statusDoc struct {
 	Node    string `json:"node"`
+	Lamport uint64 `json:"lamport"`
 	Profile string `json:"profile"`
 	Members []struct {
 		Name     string `json:"name"`
