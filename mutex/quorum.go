@@ -762,7 +762,14 @@ func (c *Core) maybeDeclare(v string) {
 	if p.declared && p.refused >= p.session {
 		return
 	}
+	since := q.bootAt
+	if p.granted {
+		since = max(since, p.lastGrant)
+	}
 	if p.evicted && c.suspected(v) {
+		if q.now-since < q.delay && !q.bugNoDelay {
+			return // we granted it lately: its lease may still run
+		}
 		// Back in a later session without answering: it stays
 		// evicted here, and gets neither grant nor reply from us
 		// (faults.go). The other voters are told we refuse this
@@ -780,10 +787,6 @@ func (c *Core) maybeDeclare(v string) {
 	}
 	if !p.down && q.now-p.lastHeard < q.lease && !c.suspected(v) {
 		return
-	}
-	since := q.bootAt
-	if p.granted {
-		since = max(since, p.lastGrant)
 	}
 	if q.now-since < q.delay && !q.bugNoDelay {
 		return
@@ -872,29 +875,14 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 	}
 	n := 0
 	var resv uint64
-	var sessions []uint64
 	for _, w := range q.voters {
-		if vote, ok := p.votes[w]; ok && c.incMatch(v, p, vote.inc) {
-			sessions = append(sessions, vote.session)
-			if vote.session >= p.session {
-				n++
-			}
+		if vote, ok := p.votes[w]; ok && vote.session >= p.session && c.incMatch(v, p, vote.inc) {
+			n++
 		}
 	}
 	at := p.session
 	if n < majority(len(q.voters)) {
-		// A voter we suspect may have moved on to a later session
-		// before a majority declared it (faults.go): the latest
-		// session a majority has declared counts, as we give it no
-		// reply and no grant in any session until it answers.
-		if len(sessions) < majority(len(q.voters)) || !c.suspected(v) {
-			return
-		}
-		slices.Sort(sessions)
-		at = sessions[len(sessions)-majority(len(q.voters))]
-		if p.evicted && p.evictedAt >= at {
-			return
-		}
+		return
 	}
 	for _, vote := range p.votes {
 		resv = max(resv, vote.reserve)
