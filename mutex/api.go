@@ -53,9 +53,10 @@ const (
 	// MsgConfigAck acknowledges voter set version Config.
 	MsgConfigAck MsgType = 10
 	// MsgDeferred answers the request ReqTime on Lock: the sender defers
-	// it (it holds the lock, or asked for it first) and replies once it
-	// is done. A request so answered is not owed any more (see
-	// Config.AnswerTimeout).
+	// it (it holds the lock, marked Try, or asked for it first) and
+	// replies once it is done. A request so answered is not owed any more
+	// (see Config.AnswerTimeout), unless the holder holds beyond
+	// Config.MaxHold.
 	MsgDeferred MsgType = 11
 	// MsgSuspect reports that Target has owed the sender an answer to
 	// its request ReqTime on Lock for longer than the answer-timeout
@@ -64,7 +65,9 @@ const (
 	MsgSuspect MsgType = 12
 	// MsgProbe asks for evidence of a suspicion: the receiver answers
 	// again the request ReqTime on Lock of peer Target (none if Lock is
-	// empty), and acknowledges with a MsgProbe marked Try.
+	// empty), and acknowledges with a MsgProbe marked Try, whose
+	// TargetInc is 1 if it holds Lock (so that the prober can time the
+	// hold against Config.MaxHold).
 	MsgProbe MsgType = 13
 )
 
@@ -197,6 +200,8 @@ type Revocation struct {
 	Opener OpenerID
 	Lock   string
 	Token  uint64
+	// MaxHold: the hold reached Config.MaxHold (not a lapse).
+	MaxHold bool
 }
 
 // Ready holds the outputs accumulated since the last call to [Core.Ready].
@@ -270,6 +275,14 @@ type Config struct {
 	// reported (Ready.Faults, Status.Suspects); in majority mode a voter
 	// suspected by a majority of the voters is evicted (see faults.go).
 	AnswerTimeout time.Duration
+	// MaxHold bounds a single hold (0: none). A hold that reaches it is
+	// revoked here (a Revocation; the requests it deferred are answered
+	// after the revocation's grace, Lease/4 in majority mode, at once in
+	// plain mode), and a member that has deferred one of our requests
+	// while holding for longer than MaxHold plus the lock-delay (plain
+	// mode: plus the answer-timeout) is suspected of refusing to answer
+	// (needs AnswerTimeout). Every peer of a cluster must use the same.
+	MaxHold time.Duration
 }
 
 // QuorumMode is the failure model of a cluster.
@@ -328,6 +341,9 @@ func (c Config) Validate() error {
 	}
 	if c.AnswerTimeout < 0 {
 		return errors.New("mutex: config: AnswerTimeout is negative")
+	}
+	if c.MaxHold < 0 {
+		return errors.New("mutex: config: MaxHold is negative")
 	}
 	return nil
 }

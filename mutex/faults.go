@@ -47,9 +47,12 @@ type owedKey struct {
 }
 
 type owed struct {
-	since    time.Duration // when we asked
-	deferred bool          // answered with a MsgDeferred
-	nudged   bool          // probed at half the answer-timeout
+	since     time.Duration // when we asked
+	deferred  bool          // answered with a MsgDeferred
+	nudged    bool          // probed at half the answer-timeout
+	holding   bool          // the deferral said the sender holds the lock ...
+	heldSince time.Duration // ... as we first learnt then
+	nudgedAt  time.Duration // the last nudge
 }
 
 // probe is what we asked a suspect on another voter's word.
@@ -57,6 +60,11 @@ type probe struct {
 	open  bool          // not acknowledged yet
 	first time.Duration // the first probe not acknowledged
 	last  time.Duration // the last probe sent
+	// holdLock and holdSince: every acknowledgement since holdSince
+	// said it holds holdLock (MaxHold).
+	holdLock  string
+	holdToken uint64
+	holdSince time.Duration
 }
 
 // suspicion is a member we suspect of refusing to answer.
@@ -73,6 +81,9 @@ type suspicion struct {
 // faults is a core's state for spotting members that misbehave.
 type faults struct {
 	timeout  time.Duration
+	maxHold  time.Duration
+	delay    time.Duration        // how long past maxHold a holder may defer us
+	holds    map[string]holdStart // by lock: our own holds
 	now      time.Duration
 	nextScan time.Duration
 	owed     map[owedKey]*owed
@@ -90,6 +101,13 @@ type faults struct {
 	bugTrustSuspect bool // suspect whoever another voter suspects, no probe
 	bugNoSuspect    bool // never suspect anyone
 	bugNoForgery    bool // accept any timestamp
+	bugNoMaxHold    bool // never time a holder's deferral
+}
+
+// holdStart is when our hold of a lock (token) began.
+type holdStart struct {
+	token uint64
+	since time.Duration
 }
 
 // heardTime is the highest Time received from one incarnation of a member.
@@ -113,7 +131,12 @@ type stampedSeen struct {
 const MaxClockJump = 1 << 32
 
 func newFaults(cfg Config) *faults {
-	return &faults{timeout: cfg.AnswerTimeout, owed: map[owedKey]*owed{}, sus: map[string]*suspicion{},
+	delay := cfg.LockDelay
+	if cfg.Quorum != QuorumMajority {
+		delay = cfg.AnswerTimeout
+	}
+	return &faults{timeout: cfg.AnswerTimeout, maxHold: cfg.MaxHold, delay: delay, holds: map[string]holdStart{},
+		owed: map[owedKey]*owed{}, sus: map[string]*suspicion{},
 		told: map[string]time.Duration{}, probes: map[string]*probe{}, heard: map[string]heardTime{},
 		stamped: map[string]stampedSeen{}}
 }
@@ -196,8 +219,47 @@ func (c *Core) tickFaults(now time.Duration) {
 		return
 	}
 	f.now = now
+	if f.maxHold > 0 {
+		c.checkHolds()
+	}
 	if f.timeout > 0 && now >= f.nextScan {
 		c.scanFaults()
+	}
+}
+
+// checkHolds revokes our own holds that reached MaxHold.
+func (c *Core) checkHolds() {
+	f := c.f
+	for _, l := range c.sortedLocks() {
+		if l.phase != Holding || l.name == cfgLock {
+			delete(f.holds, l.name)
+			continue
+		}
+		h, ok := f.holds[l.name]
+		if !ok || h.token != l.token {
+			f.holds[l.name] = holdStart{token: l.token, since: f.now}
+			continue
+		}
+		if f.now-h.since < f.maxHold || l.revoked {
+			continue
+		}
+		op := l.queue[0].op
+		c.out.Revocations = append(c.out.Revocations, Revocation{Opener: op, Lock: l.name, Token: l.token, MaxHold: true})
+		if q := c.q; q != nil {
+			// As a lapse revokes: the lock stays held here, its
+			// deferred requests unanswered, for the grace.
+			clear(l.perm)
+			l.revoked, l.revokedAt = true, q.now
+			q.revokedHeld++
+			q.revocations++
+			continue
+		}
+		c.endTurn(l)
+	}
+	for name := range f.holds {
+		if l := c.locks[name]; l == nil || l.phase != Holding {
+			delete(f.holds, name)
+		}
 	}
 }
 
@@ -248,12 +310,15 @@ func (c *Core) scanFaults() {
 				f.owed[k] = o
 			}
 			seen[k] = true
-			if !o.deferred && !o.nudged && f.now-o.since >= f.timeout/2 {
-				// Ask it to answer again: a deferral comes back.
-				o.nudged = true
+			renudge := f.maxHold > 0 && o.deferred && !o.holding && f.now-o.nudgedAt >= f.timeout/2
+			if (!o.deferred && !o.nudged && f.now-o.since >= f.timeout/2) || renudge {
+				// Ask it to answer again: a deferral comes back (and
+				// says whether it holds, for MaxHold).
+				o.nudged, o.nudgedAt = true, f.now
 				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: l.name, ReqTime: l.reqTime})
 			}
-			if o.deferred || f.now-o.since < f.timeout || !c.faultTarget(p) || f.bugNoSuspect {
+			hogging := f.maxHold > 0 && o.holding && f.now-o.heldSince >= f.maxHold+f.delay && !f.bugNoMaxHold
+			if (o.deferred && !hogging) || f.now-o.since < f.timeout || !c.faultTarget(p) || f.bugNoSuspect {
 				continue
 			}
 			if cur, ok := overdue[p]; !ok || f.owed[cur].since > o.since {
@@ -287,13 +352,16 @@ func (c *Core) scanFaults() {
 			delete(f.probes, p)
 			continue
 		}
-		if pr.open && f.now-pr.first >= f.timeout && !f.bugNoSuspect && f.sus[p] == nil {
+		hogging := f.maxHold > 0 && pr.holdLock != "" && f.now-pr.holdSince >= f.maxHold+f.delay && !f.bugNoMaxHold
+		if (hogging || (pr.open && f.now-pr.first >= f.timeout)) && !f.bugNoSuspect && f.sus[p] == nil {
 			f.sus[p] = &suspicion{probe: true, since: pr.first, inc: c.members[p]}
 			f.suspicions++
 			changed = true
 			c.report(FaultReport{Kind: FaultSuspect, Peer: p, For: f.now - pr.first})
 		}
-		if !pr.open && f.now-pr.last >= f.timeout {
+		if !pr.open && f.now-pr.last >= f.timeout && (pr.holdLock == "" || f.now-pr.last >= 3*f.timeout) {
+			// (A hold it reported is timed across the reports, which
+			// come once an answer-timeout.)
 			delete(f.probes, p)
 		}
 	}
@@ -302,7 +370,10 @@ func (c *Core) scanFaults() {
 		inc, member := c.members[p]
 		_, owes := overdue[p]
 		pr := f.probes[p]
+		hogging := pr != nil && f.maxHold > 0 && pr.holdLock != "" && f.now-pr.holdSince >= f.maxHold+f.delay
 		switch {
+		case hogging:
+			// It says it holds, for longer than MaxHold allows.
 		case sus.forgedAt != 0 && f.now-sus.forgedAt < f.timeout:
 			// Forged lately: suspected whatever it answers.
 		case (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member),
@@ -337,6 +408,13 @@ func (c *Core) scanFaults() {
 func (c *Core) probeAcked(m Message) {
 	if pr := c.f.probes[m.From]; pr != nil {
 		pr.open = false
+		switch {
+		case m.Lock == "": // about no lock: says nothing of holds
+		case m.TargetInc == 0:
+			pr.holdLock = ""
+		case pr.holdLock != m.Lock || pr.holdToken != m.Reserve:
+			pr.holdLock, pr.holdToken, pr.holdSince = m.Lock, m.Reserve, c.f.now
+		}
 	}
 	c.answered(m.From)
 }
@@ -455,6 +533,9 @@ func (c *Core) onDeferred(m Message) error {
 			f.owed[k] = o
 		}
 		o.deferred = true
+		if m.Try && !o.holding {
+			o.holding, o.heldSince = true, f.now
+		}
 	}
 	c.answered(m.From)
 	return nil
@@ -509,7 +590,11 @@ func (c *Core) onProbe(m Message) error {
 	if m.Target != c.cfg.Name && m.Lock != "" {
 		c.reanswer(m.Target, m.Lock, m.ReqTime)
 	}
-	c.send(Message{Type: MsgProbe, To: m.From, Try: true, Target: m.Target, Lock: m.Lock, ReqTime: m.ReqTime})
+	ack := Message{Type: MsgProbe, To: m.From, Try: true, Target: m.Target, Lock: m.Lock, ReqTime: m.ReqTime}
+	if l := c.locks[m.Lock]; m.Lock != "" && l != nil && l.phase == Holding {
+		ack.TargetInc, ack.Reserve = 1, l.token // we hold it: the prober times the hold (MaxHold)
+	}
+	c.send(ack)
 	return nil
 }
 
@@ -533,7 +618,8 @@ func (c *Core) reanswer(p, lock string, ts uint64) {
 	case in.state == inBusy:
 		c.answer(MsgBusy, p, lock, ts)
 	case in.state == inDeferred:
-		c.answer(MsgDeferred, p, lock, ts)
+		l := c.locks[lock]
+		c.send(Message{Type: MsgDeferred, To: p, Lock: lock, ReqTime: ts, Try: l.phase == Holding})
 	}
 }
 

@@ -21,7 +21,10 @@ import (
 //   - stamplow: it stamps its requests with the clock it has seen from the
 //     receiver (so as to jump the queue);
 //   - stamphigh: it stamps every message 2^40 ahead (so as to exhaust the
-//     clocks).
+//     clocks);
+//   - hog: it never releases, and has no MaxHold of its own (the honest
+//     peers' is fMaxHold, under which the sim's honest holders may also
+//     hold past it: their own peer revokes them).
 //
 // After every step: mutual exclusion (qsim's check: among every peer, the
 // misbehaving one included, since it does follow the lease rules); no honest
@@ -42,6 +45,16 @@ const fAnswer = 2 * qLease
 // message delays (up to Lease/2 each): the declaration, and the lease
 // round that confirms the eviction, there and back.
 const fBound = 2 * (fAnswer + qDelay)
+
+// fMaxHold is the honest peers' MaxHold.
+const fMaxHold = 2 * qLease
+
+func (s *qsim) maxHold(name string) time.Duration {
+	if name == s.cfg.badPeer && s.cfg.bad == "hog" {
+		return 0
+	}
+	return s.cfg.maxHold
+}
 
 func (s *qsim) answerTimeout(name string) time.Duration {
 	if name == s.cfg.badPeer && s.cfg.bad == "jumpy" {
@@ -87,7 +100,7 @@ func (s *qsim) badCheck(m Message) {
 // while the honest ones quiesce; its own requests are not checked.
 func (s *qsim) badQuiesce(p *qsimPeer) {
 	for _, o := range p.openers {
-		if o.granted && s.rng.Intn(4) == 0 {
+		if o.granted && s.rng.Intn(4) == 0 && s.cfg.bad != "hog" {
 			s.release(p, o)
 			return
 		}
@@ -132,7 +145,7 @@ func (fc *faultChecker) check(s *qsim) {
 			for _, o := range s.live[n].openers {
 				switch {
 				case o.lock != lock:
-				case o.granted:
+				case o.granted && (fc.honest(s, n) || s.cfg.bad != "hog"):
 					held = true
 				case !o.try && fc.honest(s, n):
 					waiting = true
@@ -147,8 +160,18 @@ func (fc *faultChecker) check(s *qsim) {
 			fc.stall[lock] = s.now
 		default:
 			fc.maxStall = max(fc.maxStall, s.now-since)
-			if s.now-since > fBound {
-				s.fail("progress: honest requests for %s waited %v with no holder, over %v", lock, s.now-since, fBound)
+			bound := fBound
+			if s.cfg.bad == "hog" {
+				// It holds legitimately for MaxHold; a requester suspects
+				// it once it has deferred it for MaxHold plus the
+				// lock-delay since it learnt of the hold; a voter that
+				// probes it on that report suspects it once it has seen
+				// it hold for as long itself; a lock-delay later the
+				// majority declares it.
+				bound += 2 * (fMaxHold + qDelay)
+			}
+			if s.now-since > bound {
+				s.fail("progress: honest requests for %s waited %v with no holder, over %v", lock, s.now-since, bound)
 			}
 		}
 	}
@@ -158,7 +181,7 @@ func fsimConfigFor(seed int64, bad, bug string) qsimConfig {
 	r := rand.New(rand.NewSource(seed ^ 0x5eed))
 	honest := 3 + r.Intn(5)
 	return qsimConfig{peers: honest + 1, maxPeers: honest + 1, locks: 1 + r.Intn(2), steps: 4000,
-		answerTimeout: fAnswer, bad: bad, punctual: true, badPeer: peerName(r.Intn(honest + 1)), bug: bug}
+		answerTimeout: fAnswer, maxHold: fMaxHold, bad: bad, punctual: true, badPeer: peerName(r.Intn(honest + 1)), bug: bug}
 }
 
 func runFsim(t testing.TB, seed int64, bad, bug string) (*qsim, *faultChecker) {
@@ -173,7 +196,7 @@ func runFsim(t testing.TB, seed int64, bad, bug string) (*qsim, *faultChecker) {
 // TestSimulationByzantine runs each misbehaviour against 3 to 7 honest
 // peers in majority mode.
 func TestSimulationByzantine(t *testing.T) {
-	for _, bad := range []string{"mute", "jumpy", "stamplow", "stamphigh"} {
+	for _, bad := range []string{"mute", "jumpy", "stamplow", "stamphigh", "hog"} {
 		t.Run(bad, func(t *testing.T) {
 			t.Parallel()
 			var maxStall time.Duration
@@ -193,9 +216,13 @@ func TestSimulationByzantine(t *testing.T) {
 					}
 				}
 			}
+			bound := fBound
+			if bad == "hog" {
+				bound += 2 * (fMaxHold + qDelay)
+			}
 			t.Logf("%s: %d seeds; honest peers counted %d evictions, %d suspicions, %d forgeries; longest wait with no holder %v (bound %v)",
-				bad, len(ss), evictions, suspicions, forgeries, maxStall, fBound)
-			if (bad == "mute" || bad == "stamphigh") && evictions == 0 {
+				bad, len(ss), evictions, suspicions, forgeries, maxStall, bound)
+			if (bad == "mute" || bad == "stamphigh" || bad == "hog") && evictions == 0 {
 				t.Fatalf("the %s peer was never evicted", bad)
 			}
 			if strings.HasPrefix(bad, "stamp") && forgeries == 0 {
@@ -215,6 +242,7 @@ func TestSimulationByzantineCatchesBugs(t *testing.T) {
 		{"nosuspect", "mute", "progress"},
 		{"noforgery", "stamplow", "forgery"},
 		{"noforgery", "stamphigh", "clock"},
+		{"nomaxhold", "hog", "progress"},
 	} {
 		t.Run(tc.bug+"/"+tc.bad, func(t *testing.T) {
 			t.Parallel()

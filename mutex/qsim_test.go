@@ -37,6 +37,7 @@ type qsimConfig struct {
 	faults                        bool // partitions, pauses, crashes, restarts, joins, leaves, forgets
 	bug                           string
 	answerTimeout                 time.Duration // Config.AnswerTimeout (0: off)
+	maxHold                       time.Duration // Config.MaxHold (0: none)
 	bad, badPeer                  string        // a Byzantine-lite peer's behaviour and name (fsim_test.go)
 	check                         func(*qsim)   // more invariants, after every step
 	// punctual: every message due is delivered before time moves on, so
@@ -148,7 +149,7 @@ func (s *qsim) boot(name string) *qsimPeer {
 		hs = &h
 	}
 	c, err := New(Config{Name: name, Incarnation: s.nextInc, KeepPermissions: s.cfg.keepPerms,
-		Quorum: QuorumMajority, Lease: qLease, LockDelay: qDelay, HardState: hs, AnswerTimeout: s.answerTimeout(name)})
+		Quorum: QuorumMajority, Lease: qLease, LockDelay: qDelay, HardState: hs, AnswerTimeout: s.answerTimeout(name), MaxHold: s.maxHold(name)})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -165,6 +166,8 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.f.bugNoSuspect = true
 	case "noforgery":
 		c.f.bugNoForgery = true
+	case "nomaxhold":
+		c.f.bugNoMaxHold = true
 	}
 	p := &qsimPeer{name: name, inc: s.nextInc, core: c, rate: 0.9 + 0.2*s.rng.Float64(),
 		offset: time.Duration(s.rng.Int63n(int64(time.Hour))), boot: s.now,
@@ -651,7 +654,7 @@ func (s *qsim) randomStep() {
 			}
 		case x < 90:
 			for _, o := range p.openers {
-				if o.granted {
+				if o.granted && !(p.name == s.cfg.badPeer && s.cfg.bad == "hog") {
 					s.release(p, o)
 					break
 				}

@@ -70,6 +70,7 @@ type mountConfig struct {
 	quorum        string        // "majority" (default) or "none"
 	stateDir      string        // "" = defaultStateDirBase/NAME, resolved when mounting
 	answerTimeout time.Duration // 0 = the --gossip profile's; negative = off
+	maxHold       time.Duration // 0 = no bound
 }
 
 // statusConfig holds the options of "dlockfs status".
@@ -146,6 +147,7 @@ func parseMount(cfg *config, args []string) error {
 	fs.StringVar(&m.quorum, "quorum", defaultQuorum, "")
 	fs.StringVar(&m.stateDir, "state-dir", "", "")
 	fs.DurationVar(&m.answerTimeout, "answer-timeout", 0, "")
+	fs.DurationVar(&m.maxHold, "max-hold", 0, "")
 	pos, _, err := parseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -207,6 +209,9 @@ func parseMount(cfg *config, args []string) error {
 		m.answerTimeout = -1 // 0 on the command line: off
 	} else if m.answerTimeout < 0 {
 		return usagef("--answer-timeout %v: must not be negative (0 = off)", m.answerTimeout)
+	}
+	if m.maxHold < 0 {
+		return usagef("--max-hold %v: must not be negative (0 = no bound)", m.maxHold)
 	}
 	return nil
 }

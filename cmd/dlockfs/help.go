@@ -145,6 +145,12 @@ Flags:
                          it, each on its own evidence, evicts it. Default
                          the --gossip profile's lease (fast 1s, lan 5s, wan
                          15s), far above any normal answer; 0 = off.
+  --max-hold DUR          bound every single hold (default 0: none). A hold
+                         that reaches DUR is revoked: reads of its lock file
+                         fail with EIO and 'dlockfs lock' signals CMD. A
+                         member deferring this node while holding for longer
+                         than DUR plus the lock-delay is suspected (see
+                         --answer-timeout). Every node must use the same.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A

@@ -171,6 +171,12 @@ type Config struct {
 	// of the voters suspect it. Zero is the profile's (its lease: 1 s
 	// fast, 5 s lan, 15 s wan); negative turns suspicion off.
 	AnswerTimeout time.Duration
+	// MaxHold bounds a single hold (0: none): a hold that reaches it is
+	// revoked (reads of its lock file fail with EIO), and a member that
+	// has deferred this peer while holding for longer than MaxHold plus
+	// the lock-delay is suspected of refusing to answer. Every member
+	// must use the same.
+	MaxHold time.Duration
 	// Logger receives the peer's logs, Serf's and memberlist's included
 	// (their INFO lines at debug level). Nil discards.
 	Logger *slog.Logger

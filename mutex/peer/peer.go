@@ -261,7 +261,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 // without starting the driver.
 func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) (*Peer, error) {
 	mc := mutex.Config{Name: cfg.Name, Incarnation: inc, KeepPermissions: cfg.KeepPermissions,
-		AnswerTimeout: cfg.AnswerTimeout}
+		AnswerTimeout: cfg.AnswerTimeout, MaxHold: cfg.MaxHold}
 	switch {
 	case cfg.AnswerTimeout == 0:
 		mc.AnswerTimeout = answerTimeout(cfg.Profile)

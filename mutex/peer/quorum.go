@@ -102,6 +102,11 @@ func (p *Peer) performRevocations(rs []mutex.Revocation) {
 	for _, r := range rs {
 		delete(p.held, r.Opener)
 		p.revoked.Store(r.Opener, r.Lock)
+		if r.MaxHold {
+			p.log.Warn("lock revoked: the hold reached --max-hold; the holder must stop: reads of its lock "+
+				"file fail with EIO", "lock", r.Lock, "token", r.Token)
+			continue
+		}
 		p.log.Warn("lock revoked: this peer lost its lease (cut off from a majority of the voters, or starved); "+
 			"the holder must stop: reads of its lock file fail with EIO", "lock", r.Lock, "token", r.Token)
 	}
