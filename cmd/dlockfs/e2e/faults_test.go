@@ -161,3 +161,48 @@ func TestForgingMember(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxHold: with --max-hold 2s on every honest node, a hold on one of
+// them is revoked at the bound (dlockfs lock signals CMD and exits 17) and
+// the next waiter is granted; a member started without --max-hold that
+// holds for ever (a hog) is suspected by the waiter once it has deferred it
+// for max-hold plus the lock-delay, confirmed by the voters it tells, and
+// evicted, after which the waiter is granted. No honest node is evicted.
+func TestMaxHold(t *testing.T) {
+	needEnv(t)
+	nodes := startCluster(t, 3, nodeOpts{extra: []string{"--max-hold", "2s"}})
+	hog := startNode(t, nodeOpts{name: "h", join: []string{nodes[0].bind}})
+	all := append(append([]*node(nil), nodes...), hog)
+	waitConverged(t, startTimeout, all)
+	waitVoters(t, all, "a", "b", "c", "h")
+
+	start := time.Now()
+	l := startProc(t, "lock on a", workerTimeout, suite.binary, "lock", "--revoke-grace", "1s",
+		filepath.Join(nodes[0].dir, "x"), "--", "sleep", "60")
+	if code := l.wait(t, startTimeout); code != 17 {
+		t.Fatalf("dlockfs lock exited %d, want 17 (revoked at --max-hold)\nstderr: %s", code, l.stderr.String())
+	}
+	t.Logf("a's hold revoked %v after the lock began (--max-hold 2s)", time.Since(start).Round(time.Millisecond))
+	h := shellHold(t, nodes[1], "x")
+	release(t, h)
+
+	hh := shellHold(t, hog, "y")
+	hh.waitLine(t, startTimeout, "held ")
+	start = time.Now()
+	w := shellHold(t, nodes[1], "y")
+	w.waitLine(t, 2*startTimeout, "held ")
+	t.Logf("b granted y %v after it asked, the hog still holding (max-hold 2s, lock-delay 2s)", time.Since(start).Round(time.Millisecond))
+	release(t, w)
+	if hh.hasLine("released") {
+		t.Errorf("the hog released: the test proves nothing")
+	}
+	hh.killGroup()
+	for _, n := range nodes {
+		d := n.mustStatus(t)
+		for _, v := range []string{"a", "b", "c"} {
+			if d.voterState(v) == "evicted" {
+				t.Errorf("%s counts honest %s as evicted", n.name, v)
+			}
+		}
+	}
+}
