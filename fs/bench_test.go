@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // BenchmarkOpenClose measures open(O_RDONLY)+close from a child process
@@ -53,7 +55,7 @@ func benchMeta(b *testing.B, waiters int) {
 	if waiters > 0 {
 		h := holder(b, mnt, LockFile)
 		w := startHelper(b, "waiters", mnt+"/lock", strconv.Itoa(waiters))
-		waitFor(b, fmt.Sprintf("%d waiters", waiters), waiting(fk, LockFile, waiters))
+		testutil.WaitFor(b, deadline, fmt.Sprintf("%d waiters", waiters), waiting(fk, LockFile, waiters))
 		b.Cleanup(func() {
 			h.send("")
 			w.wait()

@@ -8,6 +8,7 @@
 //	MOUNT/flock/NAME  the same lock NAME, taken by flock(2)/fcntl(2)/lockf(3)
 //	                  instead of by open (open never blocks there)
 //	MOUNT/.status     the peer's status as JSON ([Locker.StatusJSON])
+//	                  (its size, in a stat, is that of the status then)
 //
 // A listing shows ., .., .status, flock/, lock, the names used (opened or
 // created) here and the names the [Locker] knows ([Locker.Names]).
@@ -59,8 +60,10 @@
 //     interrupt (flock -w's timer, Ctrl-C, timeout) withdraws the request
 //     and fails with EINTR. LOCK_NB and F_SETLK try ([Locker.TryLock]) and
 //     fail at once with EAGAIN when busy.
-//   - LOCK_SH, F_RDLCK take a shared hold if the Locker is a [SharedLocker];
-//     otherwise they are exclusive. A conversion (LOCK_SH to LOCK_EX or back)
+//   - LOCK_SH, F_RDLCK take a shared hold if the Locker is a [SharedLocker]
+//     (*peer.Peer is one: readers on every peer hold together, a writer
+//     excludes them, in timestamp order); with a Locker that is not, they
+//     are exclusive. A conversion (LOCK_SH to LOCK_EX or back)
 //     releases and asks again, as flock(2) does: it is not atomic.
 //   - flock and OFD locks end at LOCK_UN/F_UNLCK or when the open file
 //     description is released; POSIX locks when their process closes any

@@ -85,8 +85,8 @@ func (d *flockDirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Err
 	entries = append(entries,
 		fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: flockIno},
 		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: 1})
-	for _, name := range names {
-		entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG})
+	for _, n := range names {
+		entries = append(entries, fuse.DirEntry{Name: n.name, Mode: syscall.S_IFREG})
 	}
 	return gofs.NewListDirStream(entries), 0
 }

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // pyFile writes a python3 program to a file and returns its path.
@@ -71,10 +73,10 @@ flock -n "$M/flock/lock" -c true; echo "c=$?"`)
 	if out != "n=1\nw=1\nE=7\nc=1\n" {
 		t.Errorf("try and timed waits against a held lock: %q", out)
 	}
-	waitFor(t, "no waiter left", waiting(fk, LockFile, 0))
+	testutil.WaitFor(t, deadline, "no waiter left", waiting(fk, LockFile, 0))
 	h.send("")
 	h.expect("released")
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 	// Held through the flock view, the root view's try-lock fails.
 	p := start(t, mnt, `exec 9<>"$M/flock/x" && flock 9 && { read -r tok <&9; echo "held $tok"; } && read -r _ && flock -u 9 && echo unlocked && read -r _`)
 	line := p.next()
@@ -86,7 +88,7 @@ flock -n "$M/flock/lock" -c true; echo "c=$?"`)
 	}
 	p.send("")
 	p.expect("unlocked")
-	waitFor(t, "x free after LOCK_UN (file still open)", free(fk, "x"))
+	testutil.WaitFor(t, deadline, "x free after LOCK_UN (file still open)", free(fk, "x"))
 	p.send("")
 	if _, err := p.wait(); err != nil {
 		t.Fatalf("holder: %v; stderr %s", err, p.stderr)
@@ -119,7 +121,7 @@ func TestFlockViewReleaseRules(t *testing.T) {
 			p.send("")
 			p.expect("closed")
 			if tc.endsAtClose {
-				waitFor(t, "POSIX lock dropped at the close of another descriptor", free(fk, "r"))
+				testutil.WaitFor(t, deadline, "POSIX lock dropped at the close of another descriptor", free(fk, "r"))
 			} else if held, _, _ := fk.state("r"); !held {
 				t.Fatal("lock dropped at the close of another open file")
 			}
@@ -127,17 +129,17 @@ func TestFlockViewReleaseRules(t *testing.T) {
 			if _, err := p.wait(); err != nil {
 				t.Fatalf("%v; stderr %s", err, p.stderr)
 			}
-			waitFor(t, "lock free after exit", free(fk, "r"))
+			testutil.WaitFor(t, deadline, "lock free after exit", free(fk, "r"))
 		})
 	}
 	t.Run("killed", func(t *testing.T) {
 		p := start(t, mnt, `exec 9>"$M/flock/r"; flock 9; echo held; read -r _`)
 		p.expect("held")
 		w := start(t, mnt, `flock "$M/flock/r" echo got`)
-		waitFor(t, "a waiter", waiting(fk, "r", 1))
+		testutil.WaitFor(t, deadline, "a waiter", waiting(fk, "r", 1))
 		p.signal(9)
 		w.expect("got")
-		waitFor(t, "lock free", free(fk, "r"))
+		testutil.WaitFor(t, deadline, "lock free", free(fk, "r"))
 	})
 	t.Run("range-refused", func(t *testing.T) {
 		out, _, code := run(t, mnt, `python3 `+pyFile(t, pyLock)+` range "$M/flock/r" x`)
@@ -167,7 +169,7 @@ func TestFlockViewShared(t *testing.T) {
 		t.Errorf("F_GETLK against shared holders: %q", out)
 	}
 	a.send("") // upgrade: waits for b
-	waitFor(t, "upgrade waiting", waiting(fk, "s", 1))
+	testutil.WaitFor(t, deadline, "upgrade waiting", waiting(fk, "s", 1))
 	b.send("")
 	a.expect("upgraded")
 	if held, _, _ := fk.state("s"); !held || fk.readers("s") != 0 {
@@ -180,7 +182,7 @@ func TestFlockViewShared(t *testing.T) {
 	a.expect("downgraded")
 	mustRun(t, mnt, `flock -s -n "$M/flock/s" true`)
 	a.send("")
-	waitFor(t, "s free", free(fk, "s"))
+	testutil.WaitFor(t, deadline, "s free", free(fk, "s"))
 	if out := mustRun(t, mnt, `python3 `+getlk+` "$M/flock/s"`); out != "unlocked\n" {
 		t.Errorf("F_GETLK on a free lock: %q", out)
 	}
@@ -206,7 +208,7 @@ func TestSelfDeadlock(t *testing.T) {
 		if code == 0 || code == 124 || !strings.Contains(errOut, "Resource deadlock avoided") {
 			t.Errorf("%s: exit %d, stderr %q; want EDEADLK", script, code, errOut)
 		}
-		waitFor(t, "lock free", free(fk, LockFile))
+		testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 	}
 	// Another process's hold is waited for as usual, even with a
 	// descriptor of the lock open that holds nothing.
@@ -215,10 +217,10 @@ func TestSelfDeadlock(t *testing.T) {
 		t.Errorf("a timed wait with an idle descriptor open: %q, want rc=1 (timeout)", out)
 	}
 	w := start(t, mnt, `cat "$M/lock" >/dev/null && echo got`)
-	waitFor(t, "a waiter", waiting(fk, LockFile, 1))
+	testutil.WaitFor(t, deadline, "a waiter", waiting(fk, LockFile, 1))
 	h.send("")
 	w.expect("got")
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 }
 
 // TestStatusReaders: tools that trust the size of .status (0, as reads are

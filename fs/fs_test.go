@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // TestOpenModes: every way a shell opens a file takes the lock, and the
@@ -28,14 +30,16 @@ func TestOpenModes(t *testing.T) {
 		{"nonblock", `dd if="$M/lock" iflag=nonblock count=0 status=none && echo ok`, "ok\n"},
 		{"truncate", `truncate -s 0 "$M/lock" && echo ok`, "ok\n"},
 		{"kernel-flock", `exec 9<"$M/lock"; flock -n 9 && echo flocked; flock -u 9; exec 9<&-; echo closed`, "flocked\nclosed\n"},
-		{"stat", `stat -c %s "$M/lock" "$M/.status"`, "0\n0\n"},
+		{"stat", `stat -c %s "$M/lock"`, "0\n"},
+		// .status has a truthful size: what a read returns.
+		{"status size", `s=$(stat -c %s "$M/.status"); n=$(wc -c <"$M/.status"); [ "$s" = "$n" ] && [ "$s" -gt 0 ] && echo same`, "same\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := mustRun(t, mnt, tc.script)
 			if tc.want != "" && out != tc.want {
 				t.Errorf("output %q, want %q", out, tc.want)
 			}
-			waitFor(t, "lock free", free(fk, LockFile))
+			testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 		})
 	}
 	if g, u, _, _ := fk.counts(); g != u {
@@ -51,7 +55,7 @@ func TestHolderBlocksOthers(t *testing.T) {
 	h := holder(t, mnt, LockFile)
 	_, tok1, _ := fk.state(LockFile)
 	w := start(t, mnt, `read -r token < "$M/lock" && echo "$token"`)
-	waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+	testutil.WaitFor(t, deadline, "one waiter", waiting(fk, LockFile, 1))
 	// Status, stat and readdir answer while an open is blocked.
 	mustRun(t, mnt, `cat "$M/.status" >/dev/null && stat "$M/lock" >/dev/null && ls "$M" >/dev/null`)
 	h.send("")
@@ -63,7 +67,7 @@ func TestHolderBlocksOthers(t *testing.T) {
 	if tok2, _ := strconv.ParseUint(out, 10, 64); tok2 <= tok1 {
 		t.Errorf("second token %q not above first %d", out, tok1)
 	}
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 }
 
 // TestRevokedHoldEIO: once the Locker revokes a hold (the peer lost its
@@ -124,7 +128,7 @@ func TestDescriptionOutlivesDescriptor(t *testing.T) {
 			}
 			p.send("")
 			p.expect("child-done")
-			waitFor(t, "lock free after the last close", free(fk, LockFile))
+			testutil.WaitFor(t, deadline, "lock free after the last close", free(fk, LockFile))
 		})
 	}
 }
@@ -135,10 +139,10 @@ func TestKilledHolderReleases(t *testing.T) {
 	mnt, _ := testMount(t, fk)
 	h := holder(t, mnt, LockFile)
 	w := start(t, mnt, `cat "$M/lock" >/dev/null && echo got`)
-	waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+	testutil.WaitFor(t, deadline, "one waiter", waiting(fk, LockFile, 1))
 	h.signal(syscall.SIGKILL)
 	w.expect("got")
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 }
 
 // TestInterruptedWait: a signal to a blocked opener withdraws its request.
@@ -149,18 +153,18 @@ func TestInterruptedWait(t *testing.T) {
 			mnt, _ := testMount(t, fk)
 			h := holder(t, mnt, LockFile)
 			w := start(t, mnt, `exec cat "$M/lock"`)
-			waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+			testutil.WaitFor(t, deadline, "one waiter", waiting(fk, LockFile, 1))
 			w.signal(sig)
 			if _, err := w.wait(); err == nil {
 				t.Fatal("interrupted cat succeeded")
 			}
-			waitFor(t, "waiter withdrawn", waiting(fk, LockFile, 0))
+			testutil.WaitFor(t, deadline, "waiter withdrawn", waiting(fk, LockFile, 0))
 			if held, _, _ := fk.state(LockFile); !held {
 				t.Fatal("holder lost the lock")
 			}
 			h.send("")
 			h.expect("released")
-			waitFor(t, "lock free", free(fk, LockFile))
+			testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 			mustRun(t, mnt, `cat "$M/lock" >/dev/null`)
 		})
 	}
@@ -175,10 +179,10 @@ func TestTimeoutCat(t *testing.T) {
 	if out != "rc=124\n" {
 		t.Errorf("got %q, want rc=124", out)
 	}
-	waitFor(t, "no waiter left", waiting(fk, LockFile, 0))
+	testutil.WaitFor(t, deadline, "no waiter left", waiting(fk, LockFile, 0))
 	h.send("")
 	h.expect("released")
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 	if out := mustRun(t, mnt, `timeout 10 cat "$M/lock" | head -1`); out != "2\n" {
 		t.Errorf("next holder read token %q, want 2", out)
 	}
@@ -195,7 +199,7 @@ func TestTryLockBusy(t *testing.T) {
 	}
 	h.send("")
 	h.expect("released")
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 	mustRun(t, mnt, `dd if="$M/lock" iflag=nonblock count=0 status=none`)
 }
 
@@ -209,16 +213,16 @@ func TestGrantRacesInterrupt(t *testing.T) {
 			mnt, _ := testMount(t, fk)
 			h := holder(t, mnt, LockFile)
 			w := start(t, mnt, `exec cat "$M/lock"`)
-			waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+			testutil.WaitFor(t, deadline, "one waiter", waiting(fk, LockFile, 1))
 			fk.setRaceGrant(true)
 			w.signal(sig)
-			waitFor(t, "the fake to see the cancel", func() bool { _, _, _, c := fk.counts(); return c == 1 })
+			testutil.WaitFor(t, deadline, "the fake to see the cancel", func() bool { _, _, _, c := fk.counts(); return c == 1 })
 			h.send("") // the grant now goes to the interrupted opener
 			h.expect("released")
 			if _, err := w.wait(); err == nil {
 				t.Fatal("killed cat succeeded")
 			}
-			waitFor(t, "raced grant released", free(fk, LockFile))
+			testutil.WaitFor(t, deadline, "raced grant released", free(fk, LockFile))
 			if g, u, _, _ := fk.counts(); g != 2 || u != 2 {
 				t.Errorf("grants %d, unlocks %d; want 2, 2", g, u)
 			}
@@ -229,10 +233,10 @@ func TestGrantRacesInterrupt(t *testing.T) {
 		mnt, _ := testMount(t, fk)
 		h := holder(t, mnt, LockFile)
 		w := start(t, mnt, `trap 'echo trapped' USR1; exec 9<"$M/lock" || exit 9; echo held; read -r _; exec 9<&-; echo released`)
-		waitFor(t, "one waiter", waiting(fk, LockFile, 1))
+		testutil.WaitFor(t, deadline, "one waiter", waiting(fk, LockFile, 1))
 		fk.setRaceGrant(true)
 		w.signal(syscall.SIGUSR1)
-		waitFor(t, "the fake to see the cancel", func() bool { _, _, _, c := fk.counts(); return c == 1 })
+		testutil.WaitFor(t, deadline, "the fake to see the cancel", func() bool { _, _, _, c := fk.counts(); return c == 1 })
 		h.send("")
 		h.expect("released")
 		got := []string{w.next(), w.next()}
@@ -245,7 +249,7 @@ func TestGrantRacesInterrupt(t *testing.T) {
 		}
 		w.send("")
 		w.expect("released")
-		waitFor(t, "lock free", free(fk, LockFile))
+		testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 	})
 }
 
@@ -256,6 +260,8 @@ func TestStatus(t *testing.T) {
 	fk := newFake()
 	mnt, _ := testMount(t, fk)
 	want, _ := fk.StatusJSON()
+	// The first lookup of .status renders it once to learn its size.
+	mustRun(t, mnt, `stat "$M/.status" >/dev/null`)
 	before := fk.statusCalls()
 	if got := mustRun(t, mnt, `cat "$M/.status"`); got != string(want)+"\n" {
 		t.Errorf(".status = %q, want %q", got, want)
@@ -280,7 +286,7 @@ func TestStatus(t *testing.T) {
 	}
 	h.send("")
 	h.expect("released")
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 	want, _ = fk.StatusJSON()
 	r.send("")
 	if out, err := r.wait(); err != nil || out != string(want) {
@@ -354,7 +360,7 @@ func TestNamedLocks(t *testing.T) {
 		t.Errorf("ls: %q", out)
 	}
 	h.send("")
-	waitFor(t, "b free", free(fk, "b"))
+	testutil.WaitFor(t, deadline, "b free", free(fk, "b"))
 	mustRun(t, mnt, `rm "$M/b" "$M/c"`)
 	if out := mustRun(t, mnt, `ls "$M"`); out != "flock\nlock\nremote\n" {
 		t.Errorf("ls after rm: %q", out)
@@ -398,7 +404,7 @@ func TestManyWaiters(t *testing.T) {
 	check("idle")
 	h := holder(t, mnt, LockFile)
 	w := startHelper(t, "waiters", mnt+"/lock", strconv.Itoa(n))
-	waitFor(t, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
+	testutil.WaitFor(t, deadline, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
 	check(fmt.Sprintf("with %d blocked openers", n))
 	t0 := time.Now()
 	h.send("")
@@ -406,7 +412,7 @@ func TestManyWaiters(t *testing.T) {
 		t.Fatalf("waiters: %q, %v; stderr %s", out, err, w.stderr)
 	}
 	t.Logf("%d queued openers granted in turn in %v", n, time.Since(t0))
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 }
 
 // TestManyWaitersKilled: killing a process with 1,000 blocked opens
@@ -420,20 +426,20 @@ func TestManyWaitersKilled(t *testing.T) {
 	mnt, _ := testMount(t, fk)
 	h := holder(t, mnt, LockFile)
 	w := startHelper(t, "waiters", mnt+"/lock", strconv.Itoa(n))
-	waitFor(t, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
+	testutil.WaitFor(t, deadline, fmt.Sprintf("%d waiters", n), waiting(fk, LockFile, n))
 	t0 := time.Now()
 	w.signal(syscall.SIGKILL)
 	w.wait()
-	waitFor(t, "all waiters withdrawn", waiting(fk, LockFile, 0))
+	testutil.WaitFor(t, deadline, "all waiters withdrawn", waiting(fk, LockFile, 0))
 	t.Logf("SIGKILL withdrew %d waiters in %v", n, time.Since(t0))
 	h.send("")
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 }
 
 // TestDebugLogs: Debug sends go-fuse's request log to the slog logger.
 func TestDebugLogs(t *testing.T) {
 	dir := t.TempDir()
-	buf := &syncBuffer{}
+	buf := &testutil.SyncBuffer{}
 	logger := slogTo(buf)
 	srv, err := Mount(dir, Options{Locker: newFake(), Debug: true, Logger: logger})
 	if err != nil {
@@ -445,7 +451,7 @@ func TestDebugLogs(t *testing.T) {
 		}
 	})
 	mustRun(t, dir, `cat "$M/lock" >/dev/null`)
-	waitFor(t, "debug log of OPEN and RELEASE", func() bool {
+	testutil.WaitFor(t, deadline, "debug log of OPEN and RELEASE", func() bool {
 		s := buf.String()
 		return strings.Contains(s, "OPEN") && strings.Contains(s, "RELEASE") && strings.Contains(s, "lock released")
 	})
@@ -478,7 +484,7 @@ func TestAllowOther(t *testing.T) {
 			if !allow && (code == 0 || !strings.Contains(errOut, "Permission denied")) {
 				t.Errorf("as nobody without allow_other: exit %d, %q, %q", code, out, errOut)
 			}
-			waitFor(t, "lock free", free(fk, LockFile))
+			testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 		})
 	}
 }
@@ -496,7 +502,7 @@ func TestUnmountReleasesLeftovers(t *testing.T) {
 	h.send("") // the late RELEASE must not unlock again
 	h.expect("released")
 	mustRun(t, mnt, `cat "$M/lock" >/dev/null`)
-	waitFor(t, "lock free", free(fk, LockFile))
+	testutil.WaitFor(t, deadline, "lock free", free(fk, LockFile))
 	if _, u, bad, _ := fk.counts(); u != 2 || bad != 0 {
 		t.Errorf("unlocks %d, bad unlocks %d; want 2, 0", u, bad)
 	}

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // The test binary doubles as a helper program for child processes (see
@@ -197,10 +199,10 @@ func testMount(t testing.TB, fk *fakeLocker) (string, *rootNode) {
 		t.Fatalf("mount: %v", err)
 	}
 	t.Cleanup(func() {
-		waitFor(t, "mount idle (no grant, no waiter)", func() bool {
+		testutil.WaitFor(t, deadline, "mount idle (no grant, no waiter)", func() bool {
 			root.fs.mu.Lock()
 			defer root.fs.mu.Unlock()
-			return len(root.fs.open) == 0 && len(root.fs.use) == 0
+			return len(root.fs.open) == 0 && root.fs.names.idle()
 		})
 		if _, _, bad, _ := fk.counts(); bad != 0 {
 			t.Errorf("%d unlocks of grants not held", bad)
@@ -220,44 +222,15 @@ func quietLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out after %v waiting for %s", deadline, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // proc is a child bash running a script, with $M set to the mount.
 type proc struct {
 	t      testing.TB
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	stderr *syncBuffer
+	stderr *testutil.SyncBuffer
 	done   chan struct{}
 	err    error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs script in bash with M=mnt. At cleanup its stdin is closed
@@ -277,7 +250,7 @@ func startHelper(t testing.TB, mode string, args ...string) *proc {
 
 func startCmd(t testing.TB, mnt string, cmd *exec.Cmd) *proc {
 	t.Helper()
-	p := &proc{t: t, cmd: cmd, lines: make(chan string, 100), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{t: t, cmd: cmd, lines: make(chan string, 100), stderr: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Env = append(cmd.Environ(), "M="+mnt, "LC_ALL=C")
 	cmd.Stderr = p.stderr
 	var err error

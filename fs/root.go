@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,11 +42,19 @@ type lockFS struct {
 	uid    uint32
 	gid    uint32
 	mtime  time.Time // reported as every file's times
+	// statusLen is the size of the last .status rendered (status.go),
+	// which a lookup of .status reports.
+	statusLen atomic.Uint64
 
+	// names decides which lock names are listed, and holds their
+	// inodes (see nameTable; its lock is a leaf).
+	names nameTable
+
+	// mu guards open, holds and holders. Lock order: mu, then
+	// names.mu if at all (a leaf). mu is never held across a Locker
+	// call that waits (Lock, TryLock, Unlock; Revoked does not) or a
+	// call into go-fuse.
 	mu sync.Mutex
-	// use counts, per lock name, the openers waiting for or holding it
-	// through this mount (entries at zero are deleted).
-	use map[string]int
 	// open holds every handle whose grant is not yet given back.
 	open map[*lockHandle]struct{}
 	// holds are the locks taken by file-lock calls in the flock view.
@@ -72,7 +81,13 @@ const (
 	flushENOSYS                  // answered ENOSYS: FLUSH stops for the whole mount (breaks POSIX locks in flock/)
 )
 
-// validName reports why name cannot be a lock name, or nil.
+// ValidName reports why name cannot be the name of a lock in a mount, or
+// nil: mutex.ValidLockName's rules, and neither a name starting with '.'
+// (.status) nor FlockDir, which a mount reserves. It is the one check of a
+// lock name, for the mount and for the programs that open one.
+func ValidName(name string) error { return validName(name) }
+
+// validName is ValidName.
 func validName(name string) error {
 	if len(name) > mutex.MaxNameLen {
 		return fmt.Errorf("%w: %.20q...", errNameTooLong, name)
@@ -121,15 +136,13 @@ func (f *lockFS) acquire(fctx context.Context, name string, flags uint32) (*lock
 // already holds the lock here fails with EDEADLK instead of waiting for
 // itself. The caller records the grant and gives it back with ungrab.
 func (f *lockFS) grab(fctx context.Context, name string, shared, try bool) (mutex.Grant, error) {
+	f.names.addUse(name)
 	f.mu.Lock()
-	f.use[name]++
 	busy := f.holders[name] > 0
 	f.mu.Unlock()
 	if busy && !try {
 		if c, ok := fuse.FromContext(fctx); ok && f.selfHeld(c.Pid, name) {
-			f.mu.Lock()
-			f.unuse(name)
-			f.mu.Unlock()
+			f.names.dropUse(name)
 			f.log.Debug("wait refused: the caller already holds the lock", "lock", name, "pid", c.Pid)
 			return mutex.Grant{}, fmt.Errorf("lock %q: %w", name, errDeadlock)
 		}
@@ -162,9 +175,7 @@ func (f *lockFS) grab(fctx context.Context, name string, shared, try bool) (mute
 		f.log.Debug("grant raced an interrupt; kept", "lock", name, "token", g.Token)
 	}
 	if err != nil {
-		f.mu.Lock()
-		f.unuse(name)
-		f.mu.Unlock()
+		f.names.dropUse(name)
 		switch errno(err) {
 		case syscall.EINTR:
 			f.log.Debug("wait interrupted", "lock", name)
@@ -181,9 +192,7 @@ func (f *lockFS) grab(fctx context.Context, name string, shared, try bool) (mute
 
 // ungrab gives back a grant of grab.
 func (f *lockFS) ungrab(name string, g mutex.Grant) {
-	f.mu.Lock()
-	f.unuse(name)
-	f.mu.Unlock()
+	f.names.dropUse(name)
 	if err := f.locker.Unlock(g); err != nil {
 		f.log.Warn("unlock", "lock", name, "token", g.Token, "err", err)
 		return
@@ -212,21 +221,12 @@ func (f *lockFS) unhold(name string) {
 	}
 }
 
-// unuse drops one use of name; f.mu must be held.
-func (f *lockFS) unuse(name string) {
-	if f.use[name]--; f.use[name] <= 0 {
-		delete(f.use, name)
-	}
-}
-
 // rootNode is the mount's root directory.
 type rootNode struct {
 	gofs.Inode
 	fs *lockFS
 
-	mu     sync.Mutex
-	names  map[string]*gofs.Inode // lock names with an inode here
-	made   map[string]bool        // of those, the names used here (and lock)
+	// Set by OnAdd.
 	status *gofs.Inode
 	flock  *gofs.Inode // the flock view
 }
@@ -242,24 +242,18 @@ func newRoot(locker Locker, dir string, log *slog.Logger) *rootNode {
 			uid:     uint32(os.Getuid()),
 			gid:     uint32(os.Getgid()),
 			mtime:   time.Now(),
-			use:     make(map[string]int),
+			names:   newNameTable(),
 			open:    make(map[*lockHandle]struct{}),
 			holds:   make(map[holdKey]*hold),
 			holders: make(map[string]int),
 		},
-		names: make(map[string]*gofs.Inode),
-		made:  make(map[string]bool),
 	}
 	r.fs.root = r
 	return r
 }
 
 // used marks name as used here: listed until unlinked.
-func (r *rootNode) used(name string) {
-	r.mu.Lock()
-	r.made[name] = true
-	r.mu.Unlock()
-}
+func (r *rootNode) used(name string) { r.fs.names.markMade(name) }
 
 // OnAdd makes the fixed files.
 func (r *rootNode) OnAdd(ctx context.Context) {
@@ -267,8 +261,7 @@ func (r *rootNode) OnAdd(ctx context.Context) {
 	r.AddChild(StatusFile, r.status, true)
 	lock := r.NewPersistentInode(ctx, &lockNode{fs: r.fs, name: LockFile}, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: lockIno})
 	r.AddChild(LockFile, lock, true)
-	r.names[LockFile] = lock
-	r.made[LockFile] = true
+	r.fs.names.inode(LockFile, true, func() *gofs.Inode { return lock })
 	r.flock = r.NewPersistentInode(ctx, &flockDirNode{root: r}, gofs.StableAttr{Mode: syscall.S_IFDIR, Ino: flockIno})
 	r.AddChild(FlockDir, r.flock, true)
 }
@@ -297,49 +290,21 @@ func (r *rootNode) OnForget() {
 // node returns the inode of lock name, making it if needed; create marks
 // it as made here (listed until unlinked).
 func (r *rootNode) node(ctx context.Context, name string, create bool) *gofs.Inode {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if create {
-		r.made[name] = true
-	}
-	if ch := r.names[name]; ch != nil {
-		return ch
-	}
-	ch := r.NewPersistentInode(ctx, &lockNode{fs: r.fs, name: name}, gofs.StableAttr{Mode: syscall.S_IFREG})
-	r.names[name] = ch
-	return ch
+	return r.fs.names.inode(name, create, func() *gofs.Inode {
+		return r.NewPersistentInode(ctx, &lockNode{fs: r.fs, name: name}, gofs.StableAttr{Mode: syscall.S_IFREG})
+	})
 }
 
 // known returns the inode of name if it is a known lock name: one made
 // here, in use here, or known to the Locker.
 func (r *rootNode) known(ctx context.Context, name string) *gofs.Inode {
-	r.mu.Lock()
-	ch := r.names[name]
-	r.mu.Unlock()
-	if ch != nil {
+	if ch := r.fs.names.get(name); ch != nil {
 		return ch
 	}
 	if validName(name) != nil || !slices.Contains(r.fs.locker.Names(), name) {
 		return nil
 	}
 	return r.node(ctx, name, false)
-}
-
-// prune forgets the inodes of names not made here that the Locker no longer
-// knows (the core forgets idle locks) and that nobody here waits for or
-// holds: the listing shows the names in use, and the map stays bounded.
-func (r *rootNode) prune(locker []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.fs.mu.Lock()
-	defer r.fs.mu.Unlock()
-	for name, ch := range r.names {
-		if r.made[name] || r.fs.use[name] > 0 || slices.Contains(locker, name) {
-			continue
-		}
-		delete(r.names, name)
-		ch.ForgetPersistent()
-	}
 }
 
 // Getattr describes the root directory.
@@ -365,6 +330,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	switch name {
 	case StatusFile:
 		r.fs.setAttr(&out.Attr, statusMode)
+		out.Attr.Size = r.fs.lookupStatusSize()
 		return r.status, 0
 	case FlockDir:
 		out.Mode = syscall.S_IFDIR | rootMode
@@ -380,25 +346,18 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	return r.node(ctx, name, false), 0
 }
 
-// listNames returns the sorted lock names a listing shows: lock, the names
-// made here, those in use here and those the Locker knows (in use in the
-// cluster). It forgets the inodes of the others.
-func (r *rootNode) listNames(ctx context.Context) []string {
+// listNames returns the sorted lock names a listing shows, with their
+// inode numbers: lock, the names made here, those in use here and those the
+// Locker knows (in use in the cluster). It forgets the inodes of the others.
+func (r *rootNode) listNames(ctx context.Context) []listed {
 	names := r.fs.locker.Names()
-	r.prune(names)
+	r.fs.names.prune(names)
 	for _, name := range names {
 		if validName(name) == nil {
 			r.node(ctx, name, false)
 		}
 	}
-	r.mu.Lock()
-	out := make([]string, 0, len(r.names))
-	for name := range r.names {
-		out = append(out, name)
-	}
-	r.mu.Unlock()
-	slices.Sort(out)
-	return out
+	return r.fs.names.list()
 }
 
 // Readdir lists ., .., .status, flock/ and the lock names (listNames).
@@ -410,13 +369,9 @@ func (r *rootNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) 
 		fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: 1},
 		fuse.DirEntry{Name: StatusFile, Mode: syscall.S_IFREG, Ino: statusIno},
 		fuse.DirEntry{Name: FlockDir, Mode: syscall.S_IFDIR, Ino: flockIno})
-	r.mu.Lock()
-	for _, name := range names {
-		if ch := r.names[name]; ch != nil {
-			entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: ch.StableAttr().Ino})
-		}
+	for _, n := range names {
+		entries = append(entries, fuse.DirEntry{Name: n.name, Mode: syscall.S_IFREG, Ino: n.ino})
 	}
-	r.mu.Unlock()
 	return gofs.NewListDirStream(entries), 0
 }
 
@@ -483,22 +438,7 @@ func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno {
 	if name == LockFile || name == StatusFile || name == FlockDir {
 		return errno(errNotPermitted)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ch := r.names[name]
-	if ch == nil {
-		return errno(errNoEntry)
-	}
-	r.fs.mu.Lock()
-	busy := r.fs.use[name] > 0
-	r.fs.mu.Unlock()
-	if busy {
-		return errno(errBusy)
-	}
-	delete(r.names, name)
-	delete(r.made, name)
-	ch.ForgetPersistent()
-	return 0
+	return errno(r.fs.names.unlink(name))
 }
 
 // Rmdir: flock/ cannot be removed, and there are no other directories.

@@ -28,10 +28,53 @@ func (n *statusNode) Open(ctx context.Context, flags uint32) (gofs.FileHandle, u
 	return &statusHandle{fs: n.fs}, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH, 0
 }
 
-// Getattr reports a read-only file of size 0 (reads are direct).
+// Getattr reports a read-only file whose size is that of the status it
+// would read now: on an open handle, a snapshot that the handle's next
+// read at offset 0 then serves (so "open, fstat, read" renders once and
+// reads exactly the size it was told), else a fresh rendering. Reads are
+// direct, so a status that grew since is still read whole to EOF.
 func (n *statusNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	n.fs.setAttr(&out.Attr, statusMode)
+	if h, ok := f.(*statusHandle); ok {
+		out.Size = h.snapshotSize()
+		return 0
+	}
+	out.Size = n.fs.statusSize()
 	return 0
+}
+
+// lookupStatusSize is the size a lookup of .status reports: that of the
+// last rendering, so that "cat .status" still renders once (its read);
+// the first lookup renders to learn it. A stat (Getattr) renders afresh.
+func (f *lockFS) lookupStatusSize() uint64 {
+	if n := f.statusLen.Load(); n > 0 {
+		return n
+	}
+	return f.statusSize()
+}
+
+// statusSize is the size of the status rendered now (0 if it cannot be).
+func (f *lockFS) statusSize() uint64 {
+	b, err := f.status()
+	if err != nil {
+		return 0
+	}
+	return uint64(len(b))
+}
+
+// snapshotSize renders the snapshot the next read at offset 0 serves,
+// unless one is pending already, and returns its size.
+func (h *statusHandle) snapshotSize() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.pending {
+		content, err := h.fs.status()
+		if err != nil {
+			return 0
+		}
+		h.content, h.pending = content, true
+	}
+	return uint64(len(h.content))
 }
 
 // Setattr accepts time changes only.
@@ -48,6 +91,9 @@ type statusHandle struct {
 	fs      *lockFS
 	mu      sync.Mutex
 	content []byte // the snapshot being read; nil before the first read
+	// pending: content was rendered by Getattr and not read from offset
+	// 0 yet; that read serves it instead of rendering again.
+	pending bool
 }
 
 // Read serves the status: a read at offset 0 (or a first read at any
@@ -56,6 +102,12 @@ type statusHandle struct {
 func (h *statusHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.pending {
+		h.pending = false
+		if off == 0 {
+			return readAt(h.content, dest, off), 0
+		}
+	}
 	if off == 0 || h.content == nil {
 		content, err := h.fs.status()
 		if err != nil {
@@ -75,5 +127,6 @@ func (f *lockFS) status() ([]byte, error) {
 	if len(b) == 0 || b[len(b)-1] != '\n' {
 		b = append(b, '\n')
 	}
+	f.statusLen.Store(uint64(len(b)))
 	return b, nil
 }

@@ -18,7 +18,8 @@ type MsgType uint8
 // The lock messages.
 const (
 	// MsgRequest asks the receiver's permission to enter lock Lock with
-	// request timestamp ReqTime (Try marks a try-lock).
+	// request timestamp ReqTime (Try marks a try-lock, Shared a reader's
+	// request).
 	MsgRequest MsgType = 1
 	// MsgReply grants the request ReqTime.
 	MsgReply MsgType = 2
@@ -128,6 +129,9 @@ type Message struct {
 	ReqTime uint64
 	// Try marks a try-lock request.
 	Try bool
+	// Shared marks a request for a shared hold (a reader's): readers do
+	// not defer readers.
+	Shared bool
 
 	// The fields below are used in majority mode only (zero otherwise).
 
@@ -157,6 +161,9 @@ func (m Message) String() string {
 	if m.Try {
 		try = " try"
 	}
+	if m.Shared {
+		try += " shared"
+	}
 	q := ""
 	if m.Config != 0 || m.Session != 0 {
 		q = fmt.Sprintf(" cfg=%d sess=%d", m.Config, m.Session)
@@ -178,11 +185,18 @@ func (m Message) String() string {
 		m.Type, m.From, m.FromIncarnation, m.To, m.ToIncarnation, m.Lock, m.Time, m.ReqTime, try, q)
 }
 
-// Grant tells a local opener it holds lock Lock. Token is the fencing token.
+// Grant tells a local opener it holds lock Lock. Token is the fencing token:
+// tokens strictly rise across exclusive grants, an exclusive grant's token is
+// above every earlier grant's, and a shared grant's is above every earlier
+// exclusive grant's. Readers that hold together may share a token (every
+// reader of one peer's group gets the group's), so tokens rise across every
+// pair of grants a writer separates, not between readers.
 type Grant struct {
 	Opener OpenerID
 	Lock   string
 	Token  uint64
+	// Shared marks a shared hold (AcquireShared, TryAcquireShared).
+	Shared bool
 }
 
 // Refusal tells a local try-lock opener that the lock is busy (or, in
@@ -447,8 +461,13 @@ type LockStatus struct {
 	ReqTime uint64
 	// Try reports that the outstanding request is a try-lock.
 	Try bool
-	// Waiting counts local openers waiting: the requesting one and those
-	// queued behind it or behind the holder (the holder excluded).
+	// Shared reports that the outstanding or held request is shared.
+	Shared bool
+	// Holders counts the local openers holding the lock (Phase ==
+	// Holding): one for an exclusive hold, one or more for a shared one.
+	Holders int
+	// Waiting counts local openers waiting: the requesting ones and those
+	// queued behind them or behind the holders (the holders excluded).
 	Waiting int
 	// Queued lists the peers whose requests are deferred here.
 	Queued []string
@@ -476,6 +495,8 @@ type Counters struct {
 	Dropped  uint64 `json:"dropped"`  // messages rejected (Received includes them)
 	Grants   uint64 `json:"grants"`
 	Refusals uint64 `json:"refusals"`
-	// DroppedBy counts drops by the sentinel error's text.
+	// DroppedBy counts drops by reason: "unknown peer", "stale",
+	// "unexpected", "duplicate", "malformed", "voter set version",
+	// "not a voter", "other" (a reason appears once it has been counted).
 	DroppedBy map[string]uint64 `json:"dropped_by"`
 }

@@ -30,11 +30,27 @@ type Core struct {
 	// permission of peers we answer on release. The simulation must
 	// catch the double entry it allows.
 	bugKeepPermOnRelease bool
+	// Faults of the readers–writers rules, injected by tests only (the
+	// simulation must catch each): bugJoinPastWriter lets a reader join a
+	// shared group while a writer's request waits on it; bugSharedToken
+	// gives a shared grant its request's timestamp as token, which may be
+	// below the last writer's; bugReaderAnswersWriter makes a shared
+	// holder answer a writer at once; bugReadersConflict makes readers
+	// defer readers.
+	bugJoinPastWriter      bool
+	bugSharedToken         bool
+	bugReaderAnswersWriter bool
+	bugReadersConflict     bool
+	// bugSharedPermServesWriter lets a permission kept from a shared
+	// request serve an exclusive one (the mistake the simulation found
+	// first: a reader answers readers while it holds).
+	bugSharedPermServesWriter bool
 }
 
 type waiter struct {
-	op  OpenerID
-	try bool
+	op     OpenerID
+	try    bool
+	shared bool
 }
 
 // inState is what this peer did with a peer's latest request.
@@ -49,19 +65,30 @@ const (
 
 // inbound is the latest request seen from one peer for one lock.
 type inbound struct {
-	ts    uint64
-	state inState
+	ts     uint64
+	state  inState
+	shared bool // the request is for a shared hold
 }
 
 type lockState struct {
-	name     string
-	queue    []waiter // local openers, FIFO; queue[0] is requesting or holding
+	name  string
+	queue []waiter // local openers, FIFO; queue[0] is requesting or holding
+	// group counts the openers at the head of queue that the outstanding
+	// or held request serves: 1 for an exclusive one, 1 or more for a
+	// shared one (readers that joined it); 0 while Idle.
+	group    int
+	shared   bool // the outstanding or held request is shared
 	phase    Phase
 	reqTime  uint64
 	token    uint64
 	awaiting map[string]bool // peers asked and not yet answered
 	perm     map[string]bool // peers whose permission we hold (only true entries)
-	in       map[string]*inbound
+	// sharedOnly marks kept permissions given to a shared request: a
+	// reader answers a reader even while it holds, so such a permission
+	// says only that its giver will not take the lock exclusively
+	// without asking us, and serves shared requests only (hasPerm).
+	sharedOnly map[string]bool
+	in         map[string]*inbound
 	// revoked: majority mode revoked the hold (our lease lapsed), but
 	// the holder process may still be running: the lock stays held here,
 	// its deferred requests unanswered, until the holder releases or
@@ -116,6 +143,8 @@ func (c *Core) lock(name string) *lockState {
 			awaiting: map[string]bool{},
 			perm:     map[string]bool{},
 			in:       map[string]*inbound{},
+
+			sharedOnly: map[string]bool{},
 		}
 		c.locks[name] = l
 	}
@@ -144,37 +173,107 @@ func (c *Core) checkNew(op OpenerID, lock string) error {
 	return nil
 }
 
-// Acquire queues local opener op for lock; it is granted (see Ready) when
-// every member has replied. Openers of one lock on one peer are served FIFO.
+// Acquire queues local opener op for an exclusive hold of lock; it is
+// granted (see Ready) when every member has replied. Openers of one lock on
+// one peer are served FIFO.
 func (c *Core) Acquire(op OpenerID, lock string) error {
+	return c.acquire(op, lock, false)
+}
+
+// AcquireShared is Acquire for a shared hold: readers hold together, a
+// writer (an exclusive hold) excludes everyone, and requests are served in
+// timestamp order, so a reader whose request is later than a writer's waits
+// behind it. A local reader joins this peer's shared request or hold, and
+// shares its token, unless a writer's request waits on it (then it queues).
+func (c *Core) AcquireShared(op OpenerID, lock string) error {
+	return c.acquire(op, lock, true)
+}
+
+func (c *Core) acquire(op OpenerID, lock string, shared bool) error {
 	if err := c.checkNew(op, lock); err != nil {
 		return err
 	}
 	l := c.lock(lock)
-	l.queue = append(l.queue, waiter{op: op})
+	l.queue = append(l.queue, waiter{op: op, shared: shared})
 	c.openers[op] = l
 	if l.phase == Idle {
 		c.startRequest(l)
+		return nil
 	}
+	c.admit(l)
 	return nil
 }
 
 // TryAcquire is Acquire that must not wait: if the lock is held or wanted
 // here, or a member would defer the request, op gets a Refusal instead.
 func (c *Core) TryAcquire(op OpenerID, lock string) error {
+	return c.tryAcquire(op, lock, false)
+}
+
+// TryAcquireShared is AcquireShared that must not wait: it joins a shared
+// hold of this peer at once if AcquireShared would, and otherwise behaves
+// as TryAcquire (a shared try-lock is refused only by a conflicting hold
+// or earlier request).
+func (c *Core) TryAcquireShared(op OpenerID, lock string) error {
+	return c.tryAcquire(op, lock, true)
+}
+
+func (c *Core) tryAcquire(op OpenerID, lock string, shared bool) error {
 	if err := c.checkNew(op, lock); err != nil {
 		return err
 	}
 	l := c.lock(lock)
+	if shared && l.phase == Holding && l.group == len(l.queue) && c.canJoin(l) {
+		l.queue = append(l.queue, waiter{op: op, try: true, shared: true})
+		c.openers[op] = l
+		c.admit(l)
+		return nil
+	}
 	if len(l.queue) > 0 || !c.leaseValid() {
 		c.refuse(op, lock)
 		c.forget(l)
 		return nil
 	}
-	l.queue = append(l.queue, waiter{op: op, try: true})
+	l.queue = append(l.queue, waiter{op: op, try: true, shared: shared})
 	c.openers[op] = l
 	c.startRequest(l)
 	return nil
+}
+
+// canJoin reports whether a reader queued right behind l's group may join
+// it now: the group is a shared request (not a try-lock's, which may yet be
+// refused) or a shared hold still in force, and no writer's request waits
+// on it here. A writer's request that waits here is earlier than any
+// request this reader could make now, so timestamp order puts the reader
+// behind it; and while one waits the group does not grow, so the writer
+// is served once the group's readers are done.
+func (c *Core) canJoin(l *lockState) bool {
+	if l.phase == Idle || !l.shared || l.revoked || (l.phase == Requesting && l.queue[0].try) ||
+		l.name == cfgLock || !c.leaseValid() {
+		return false
+	}
+	if c.bugJoinPastWriter {
+		return true
+	}
+	for _, in := range l.in {
+		if in.state == inDeferred && !in.shared {
+			return false
+		}
+	}
+	return true
+}
+
+// admit lets the readers queued right behind a shared group join it while
+// they may (see canJoin); a reader joining a hold is granted at once, with
+// the hold's token.
+func (c *Core) admit(l *lockState) {
+	for l.group < len(l.queue) && l.queue[l.group].shared && c.canJoin(l) {
+		w := l.queue[l.group]
+		l.group++
+		if l.phase == Holding {
+			c.grant(l, w.op)
+		}
+	}
 }
 
 // Cancel withdraws op: a waiting opener leaves the queue without a trace; a
@@ -184,9 +283,15 @@ func (c *Core) Cancel(op OpenerID) {
 	if l == nil {
 		return
 	}
-	if l.queue[0].op != op {
-		l.queue = slices.DeleteFunc(l.queue, func(w waiter) bool { return w.op == op })
+	i := slices.IndexFunc(l.queue, func(w waiter) bool { return w.op == op })
+	if i >= max(l.group, 1) {
+		l.queue = slices.Delete(l.queue, i, i+1)
 		delete(c.openers, op)
+		c.admit(l) // readers queued behind a cancelled writer may join
+		return
+	}
+	if l.group > 1 {
+		c.leaveGroup(l, i)
 		return
 	}
 	if l.phase == Holding {
@@ -198,14 +303,31 @@ func (c *Core) Cancel(op OpenerID) {
 }
 
 // Release ends op's hold: deferred replies go out, then the next local
-// waiter's request is made.
+// waiter's request is made. A reader that is not the last of its group
+// only leaves the group.
 func (c *Core) Release(op OpenerID) error {
 	l := c.openers[op]
-	if l == nil || l.phase != Holding || l.queue[0].op != op {
+	i := -1
+	if l != nil && l.phase == Holding {
+		i = slices.IndexFunc(l.queue[:l.group], func(w waiter) bool { return w.op == op })
+	}
+	if i < 0 {
 		return fmt.Errorf("%w: opener %d holds no lock", ErrOpener, op)
+	}
+	if l.group > 1 {
+		c.leaveGroup(l, i)
+		return nil
 	}
 	c.endTurn(l)
 	return nil
+}
+
+// leaveGroup removes reader i of a group of several: the request or hold
+// goes on for the others.
+func (c *Core) leaveGroup(l *lockState, i int) {
+	delete(c.openers, l.queue[i].op)
+	l.queue = slices.Delete(l.queue, i, i+1)
+	l.group--
 }
 
 // startRequest asks every member whose permission we lack for the opener at
@@ -218,14 +340,27 @@ func (c *Core) startRequest(l *lockState) {
 	}
 	l.phase = Requesting
 	l.reqTime = uint64(c.clock.Increment())
+	// The request serves its head and, if that is a blocking reader,
+	// every reader queued right behind it (they were waiting for the
+	// same turn).
+	l.shared, l.group = l.queue[0].shared, 1
+	for !l.queue[0].try && l.shared && l.group < len(l.queue) && l.queue[l.group].shared {
+		l.group++
+	}
 	c.noteStamped(l)
 	clear(l.awaiting)
 	for _, p := range c.raPeers() {
-		if !l.perm[p] {
+		if !c.hasPerm(l, p) {
 			c.ask(l, p)
 		}
 	}
 	c.maybeEnter(l)
+}
+
+// hasPerm reports whether the permission of peer p that l keeps serves l's
+// outstanding request.
+func (c *Core) hasPerm(l *lockState, p string) bool {
+	return l.perm[p] && (l.shared || !l.sharedOnly[p] || c.bugSharedPermServesWriter)
 }
 
 // ask sends peer p the outstanding request of l and awaits its answer (a
@@ -240,7 +375,7 @@ func (c *Core) ask(l *lockState, p string) {
 
 // sendRequest sends peer p the outstanding request of l (again).
 func (c *Core) sendRequest(l *lockState, p string) {
-	c.send(Message{Type: MsgRequest, To: p, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try})
+	c.send(Message{Type: MsgRequest, To: p, Lock: l.name, ReqTime: l.reqTime, Try: l.queue[0].try, Shared: l.shared})
 }
 
 // forget drops the state of a lock that has nothing left to do here: idle,
@@ -265,7 +400,8 @@ func (c *Core) forget(l *lockState) {
 	if len(c.spare) < maxSpare {
 		clear(l.awaiting)
 		clear(l.in)
-		*l = lockState{queue: l.queue[:0], awaiting: l.awaiting, perm: l.perm, in: l.in}
+		clear(l.sharedOnly)
+		*l = lockState{queue: l.queue[:0], awaiting: l.awaiting, perm: l.perm, in: l.in, sharedOnly: l.sharedOnly}
 		c.spare = append(c.spare, l)
 	}
 }
@@ -276,12 +412,24 @@ func (c *Core) maybeEnter(l *lockState) {
 	}
 	l.phase = Holding
 	l.token = uint64(c.clock.Increment())
+	if c.bugSharedToken && l.shared {
+		l.token = l.reqTime
+	}
 	if l.name == cfgLock {
 		c.cfgGranted(l)
 		return
 	}
+	for _, w := range l.queue[:l.group] {
+		c.grant(l, w.op)
+	}
+	c.admit(l)
+}
+
+// grant outputs the grant of l's hold to local opener op: every reader of
+// a shared group gets the group's token.
+func (c *Core) grant(l *lockState, op OpenerID) {
 	c.ctr.Grants++
-	c.out.Grants = append(c.out.Grants, Grant{Opener: l.queue[0].op, Lock: l.name, Token: l.token})
+	c.out.Grants = append(c.out.Grants, Grant{Opener: op, Lock: l.name, Token: l.token, Shared: l.shared})
 }
 
 // withdraw sends a cancel to every peer still asked.
@@ -293,16 +441,19 @@ func (c *Core) withdraw(l *lockState) {
 	}
 }
 
-// endTurn removes the head opener, answers every deferred request, then
+// endTurn removes the head opener (every reader of a shared group), answers every deferred request, then
 // starts the next local opener's request.
 func (c *Core) endTurn(l *lockState) {
 	if l.revoked {
 		l.revoked = false
 		c.q.revokedHeld--
 	}
-	delete(c.openers, l.queue[0].op)
-	l.queue = l.queue[1:]
-	l.phase = Idle
+	n := max(l.group, 1)
+	for _, w := range l.queue[:n] {
+		delete(c.openers, w.op)
+	}
+	l.queue = l.queue[n:]
+	l.phase, l.group, l.shared = Idle, 0, false
 	clear(l.awaiting)
 	for _, p := range c.names {
 		in := l.in[p]
@@ -366,34 +517,76 @@ func (c *Core) Step(m Message) error {
 	}
 	if err != nil {
 		c.ctr.Dropped++
-		c.ctr.DroppedBy[dropReason(err)]++
+		c.ctr.DroppedBy[dropReasonOf(err).String()]++
 	}
 	return err
 }
 
-// dropReason names the reason for a drop by its sentinel, never by an
-// error's text, so that a new error cannot break the counters (or panic).
-// The names are the status file's dropped_by keys.
-func dropReason(err error) string {
-	switch {
-	case errors.Is(err, ErrUnknownPeer):
+// dropReason is why Step rejected a message: the key it is counted under.
+// It is found from the error's sentinel with errors.Is, never from an
+// error's text, so that a new or unwrapped error cannot break the counters
+// (or panic): what matches no sentinel counts as dropOther.
+type dropReason uint8
+
+// The drop reasons. Their String values are the status file's dropped_by
+// keys: append new ones, never rename one (TestDropReasonKeys pins them).
+const (
+	dropOther dropReason = iota
+	dropUnknownPeer
+	dropStale
+	dropUnexpected
+	dropDuplicate
+	dropMalformed
+	dropConfig
+	dropNotVoter
+	dropForged // faults.go
+	numDropReasons
+)
+
+// dropSentinels maps each reason but dropOther to its sentinel, in the
+// order they are tried.
+var dropSentinels = [numDropReasons]error{
+	dropUnknownPeer: ErrUnknownPeer,
+	dropStale:       ErrStale,
+	dropUnexpected:  ErrUnexpected,
+	dropDuplicate:   ErrDuplicate,
+	dropMalformed:   ErrMalformed,
+	dropConfig:      ErrConfig,
+	dropNotVoter:    ErrNotVoter,
+	dropForged:      ErrForged,
+}
+
+// String returns the reason's dropped_by key.
+func (r dropReason) String() string {
+	switch r {
+	case dropUnknownPeer:
 		return "unknown peer"
-	case errors.Is(err, ErrStale):
+	case dropStale:
 		return "stale"
-	case errors.Is(err, ErrUnexpected):
+	case dropUnexpected:
 		return "unexpected"
-	case errors.Is(err, ErrDuplicate):
+	case dropDuplicate:
 		return "duplicate"
-	case errors.Is(err, ErrMalformed):
+	case dropMalformed:
 		return "malformed"
-	case errors.Is(err, ErrConfig):
+	case dropConfig:
 		return "voter set version"
-	case errors.Is(err, ErrNotVoter):
+	case dropNotVoter:
 		return "not a voter"
-	case errors.Is(err, ErrForged):
+	case dropForged:
 		return "forged"
 	}
 	return "other"
+}
+
+// dropReasonOf classifies a Step error.
+func dropReasonOf(err error) dropReason {
+	for r, sentinel := range dropSentinels {
+		if sentinel != nil && errors.Is(err, sentinel) {
+			return dropReason(r)
+		}
+	}
+	return dropOther
 }
 
 func (c *Core) step(m Message) error {
@@ -454,11 +647,20 @@ func (c *Core) onRequest(m Message) error {
 		in = &inbound{}
 		l.in[m.From] = in
 	}
-	*in = inbound{ts: m.ReqTime}
+	*in = inbound{ts: m.ReqTime, shared: m.Shared}
 	// The seed's four cases: holding, or requesting with the earlier
 	// (time, name): defer; idle, or requesting with the later: reply.
-	deferIt := l.phase == Holding ||
-		(l.phase == Requesting && before(l.reqTime, c.cfg.Name, m.ReqTime, m.From))
+	// Readers–writers form: only a conflict (either side a writer) is
+	// deferred; a reader never waits for a reader.
+	conflict := !(l.shared && m.Shared)
+	if c.bugReadersConflict {
+		conflict = true
+	}
+	if c.bugReaderAnswersWriter && l.shared && l.phase == Holding {
+		conflict = false
+	}
+	deferIt := conflict && (l.phase == Holding ||
+		(l.phase == Requesting && before(l.reqTime, c.cfg.Name, m.ReqTime, m.From)))
 	switch {
 	case deferIt && m.Try:
 		in.state = inBusy
@@ -477,6 +679,7 @@ func (c *Core) onRequest(m Message) error {
 			}
 		}
 	}
+	c.admit(l) // a newer request may replace a deferred writer's
 	c.forget(l)
 	return nil
 }
@@ -498,6 +701,7 @@ func (c *Core) onCancel(m Message) error {
 		return fmt.Errorf("%w: %v", ErrStale, m)
 	}
 	*in = inbound{ts: m.ReqTime, state: inWithdrawn}
+	c.admit(l) // readers held back by the withdrawn writer may join
 	c.forget(l)
 	return nil
 }
@@ -523,6 +727,7 @@ func (c *Core) onAnswer(m Message) error {
 	}
 	delete(l.awaiting, m.From)
 	l.perm[m.From] = true
+	l.sharedOnly[m.From] = l.shared
 	c.maybeEnter(l)
 	return nil
 }
@@ -551,23 +756,33 @@ func (c *Core) AddMember(name string, inc uint64) {
 			}
 			return
 		}
-		c.dropMember(name)
+		// The old life's answer is replaced by the new one's: ask it
+		// before entering, so that its clock (restored above every
+		// token its old life issued, in majority mode) is witnessed
+		// and fencing tokens keep rising.
+		c.forgetMember(name)
 		restarted = true
 	}
 	c.members[name] = inc
 	i, _ := slices.BinarySearch(c.names, name)
 	c.names = slices.Insert(c.names, i, name)
 	c.send(Message{Type: MsgHello, To: name})
+	ask := true
 	if c.q != nil {
 		c.quorumAddMember(name, inc, restarted)
 		c.resendQuorum(name)
 		if p := c.q.peers[name]; !c.q.isVoter(name) || (p != nil && p.evicted) {
-			return
+			ask = false
 		}
 	}
 	for _, l := range c.sortedLocks() {
-		if l.phase == Requesting {
+		if l.phase == Requesting && ask {
 			c.ask(l, name)
+		}
+		if restarted {
+			c.maybeEnter(l)
+			c.admit(l)
+			c.forget(l)
 		}
 	}
 }
@@ -588,18 +803,26 @@ func (c *Core) RemoveMember(name string) {
 	c.dropMember(name)
 }
 
-// dropMember forgets member name: it counts as having replied to every
-// request, and its own requests leave the deferred queues.
-func (c *Core) dropMember(name string) {
+// forgetMember removes member name and everything the locks know of it.
+func (c *Core) forgetMember(name string) {
 	delete(c.members, name)
 	if i, ok := slices.BinarySearch(c.names, name); ok {
 		c.names = slices.Delete(c.names, i, i+1)
 	}
-	for _, l := range c.sortedLocks() {
+	for _, l := range c.locks {
 		delete(l.awaiting, name)
 		delete(l.perm, name)
 		delete(l.in, name)
+	}
+}
+
+// dropMember forgets member name: it counts as having replied to every
+// request, and its own requests leave the deferred queues.
+func (c *Core) dropMember(name string) {
+	c.forgetMember(name)
+	for _, l := range c.sortedLocks() {
 		c.maybeEnter(l)
+		c.admit(l)
 		c.forget(l)
 	}
 }
@@ -629,11 +852,14 @@ func (c *Core) Shutdown() {
 		if len(l.queue) == 0 {
 			continue
 		}
-		for _, w := range l.queue[1:] {
+		n := max(l.group, 1)
+		for _, w := range l.queue[n:] {
 			delete(c.openers, w.op)
 		}
-		l.queue = l.queue[:1]
-		c.Cancel(l.queue[0].op)
+		l.queue = l.queue[:n]
+		for len(l.queue) > 0 && c.locks[l.name] == l && c.openers[l.queue[0].op] == l {
+			c.Cancel(l.queue[0].op)
+		}
 	}
 	for _, p := range c.names {
 		c.send(Message{Type: MsgHello, To: p})
@@ -690,10 +916,12 @@ func (c *Core) Status() Status {
 		if l.phase != Idle {
 			ls.ReqTime = l.reqTime
 			ls.Try = l.queue[0].try
+			ls.Shared = l.shared
 		}
 		if l.phase == Holding {
 			ls.Holder = l.queue[0].op
-			ls.Waiting-- // the holder is not waiting
+			ls.Holders = l.group
+			ls.Waiting -= l.group // the holders are not waiting
 		}
 		for _, p := range c.names {
 			if in := l.in[p]; in != nil && in.state == inDeferred {

@@ -2,8 +2,10 @@ package mutex
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
+	"time"
 )
 
 // cluster is a hand-driven set of cores for the rule tests: messages wait in
@@ -665,7 +667,276 @@ func TestDropCounters(t *testing.T) {
 	if got["other"] != 0 {
 		t.Errorf("a drop counted as other: %v", got)
 	}
-	if dropReason(errors.New("new")) != "other" || dropReason(ErrConfig) != "voter set version" {
-		t.Error("dropReason")
+
+	// Majority mode's filters: a request from a member that is not a
+	// voter, and one sent under another voter set version.
+	q, err := New(Config{Name: "a", Incarnation: 1, Quorum: QuorumMajority, Lease: time.Second, LockDelay: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Bootstrap()
+	q.AddMember("b", 2)
+	q.Ready()
+	req := ok
+	req.Config = q.q.ver
+	if err := q.Step(req); !errors.Is(err, ErrNotVoter) {
+		t.Errorf("a request from a non-voter: %v", err)
+	}
+	req.Config++
+	if err := q.Step(req); !errors.Is(err, ErrConfig) {
+		t.Errorf("a request under another voter set: %v", err)
+	}
+	got = q.Status().Counters.DroppedBy
+	for _, k := range []string{"not a voter", "voter set version"} {
+		if got[k] != 1 {
+			t.Errorf("majority: dropped_by[%q] = %d, want 1 (all: %v)", k, got[k], got)
+		}
+	}
+}
+
+// TestDropReasonKeys pins the dropped_by keys of the status file (they
+// must not change) and checks that every sentinel, wrapped or returned
+// bare, is counted under its own key and anything else under "other".
+func TestDropReasonKeys(t *testing.T) {
+	want := []string{"other", "unknown peer", "stale", "unexpected", "duplicate", "malformed", "voter set version", "not a voter", "forged"}
+	if int(numDropReasons) != len(want) {
+		t.Fatalf("%d drop reasons, %d pinned keys: pin the new key here", numDropReasons, len(want))
+	}
+	for r := range numDropReasons {
+		if got := r.String(); got != want[r] {
+			t.Errorf("reason %d is %q, want %q", r, got, want[r])
+		}
+		sentinel := dropSentinels[r]
+		if r == dropOther {
+			if sentinel != nil {
+				t.Errorf("other has a sentinel %v", sentinel)
+			}
+			continue
+		}
+		for _, err := range []error{sentinel, fmt.Errorf("ctx: %w", sentinel), fmt.Errorf("a: %w", fmt.Errorf("b: %w", sentinel))} {
+			if got := dropReasonOf(err); got != r {
+				t.Errorf("%v counted as %q, want %q", err, got, r)
+			}
+		}
+	}
+	for _, err := range []error{nil, errors.New("new"), fmt.Errorf("%v", ErrStale), errors.Join(errors.New("x"))} {
+		if got := dropReasonOf(err); got != dropOther {
+			t.Errorf("%v counted as %q, want other", err, got)
+		}
+	}
+	// Counting never panics, whatever Step's error is.
+	c, err := New(Config{Name: "a", Incarnation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range []error{nil, ErrStale, errors.New("new")} {
+		c.ctr.DroppedBy[dropReasonOf(err).String()]++
+	}
+	if got := c.Status().Counters.DroppedBy; got["other"] != 2 || got["stale"] != 1 {
+		t.Errorf("counters %v", got)
+	}
+}
+
+// The readers–writers rules (shared locks).
+
+func (cl *cluster) acquireShared(n string, op OpenerID, lock string) {
+	cl.t.Helper()
+	if err := cl.cores[n].AcquireShared(op, lock); err != nil {
+		cl.t.Fatal(err)
+	}
+	cl.collect(n)
+}
+
+func TestRuleSharedReaderRepliesToReaderWhileHolding(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	if !cl.granted(1) || !cl.grants[1].Shared {
+		t.Fatalf("a not granted a shared hold: %v", cl.grants)
+	}
+	cl.acquireShared("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a")
+	cl.pass(MsgReply, "a", "b") // a holds, yet replies: no conflict
+	if !cl.granted(2) {
+		t.Fatal("reader b waits for reader a")
+	}
+}
+
+func TestRuleSharedHoldingReaderDefersWriter(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("a reader in its hold answered a writer")
+	}
+	reader := cl.grants[1].Token
+	cl.release("a", 1)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("writer b not granted after the reader's release")
+	}
+	if cl.grants[2].Token <= reader {
+		t.Fatalf("writer's token %d not above the reader's", cl.grants[2].Token)
+	}
+}
+
+func TestRuleSharedEarlierWriterServedFirst(t *testing.T) {
+	// b (writer) asks first; a (reader) asks later with a later
+	// timestamp: a replies to the earlier writer, b defers the later
+	// reader, so the reader waits behind the writer.
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("b", 1, "x")
+	cl.pass(MsgRequest, "b", "a") // a witnesses b's time
+	cl.pass(MsgReply, "a", "b")
+	cl.acquireShared("a", 2, "x")
+	cl.pass(MsgRequest, "a", "b")
+	if cl.has(MsgReply, "b", "a") {
+		t.Fatal("a writer answered a reader while holding")
+	}
+	cl.release("b", 1)
+	cl.pass(MsgReply, "b", "a")
+	if !cl.granted(2) || cl.grants[2].Token <= cl.grants[1].Token {
+		t.Fatalf("reader after writer: grants %v", cl.grants)
+	}
+}
+
+func TestRuleSharedRequestingReaderDefersLaterWriterOnly(t *testing.T) {
+	cl := newCluster(t, false, "a", "b", "c")
+	cl.acquireShared("a", 1, "x") // a's request is earlier than both below
+	cl.acquireShared("b", 2, "x")
+	cl.acquire("c", 3, "x")
+	cl.pass(MsgRequest, "b", "a") // reader vs reader: reply, whatever the order
+	if !cl.has(MsgReply, "a", "b") {
+		t.Fatal("a requesting reader deferred a reader")
+	}
+	cl.pass(MsgRequest, "c", "a") // later writer: deferred
+	if cl.has(MsgReply, "a", "c") {
+		t.Fatal("a requesting reader answered a later writer")
+	}
+}
+
+func TestRuleSharedLocalReaderJoinsHold(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquireShared("a", 2, "x")
+	if !cl.granted(2) || cl.grants[2].Token != cl.grants[1].Token {
+		t.Fatalf("a second local reader did not join the hold with its token: %v", cl.grants)
+	}
+	if len(cl.outbox) != 0 {
+		t.Fatalf("joining a hold sent %v", cl.outbox)
+	}
+	if st := cl.cores["a"].Status().Locks[0]; st.Holders != 2 || !st.Shared {
+		t.Fatalf("status %+v, want 2 shared holders", st)
+	}
+	cl.release("a", 1)
+	cl.acquire("b", 3, "x")
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("the group answered a writer with a reader still in it")
+	}
+	cl.release("a", 2)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(3) {
+		t.Fatal("writer not granted after the last reader left")
+	}
+}
+
+func TestRuleSharedReaderDoesNotJoinPastDeferredWriter(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquire("b", 2, "x")
+	cl.pass(MsgRequest, "b", "a") // deferred: a writer waits on a's group
+	cl.acquireShared("a", 3, "x")
+	if cl.granted(3) {
+		t.Fatal("a reader joined past a waiting writer")
+	}
+	if err := cl.cores["a"].TryAcquireShared(4, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("a")
+	if !cl.refuse[4] {
+		t.Fatal("a shared try-lock joined past a waiting writer")
+	}
+	cl.release("a", 1)
+	cl.pass(MsgReply, "a", "b")
+	if !cl.granted(2) {
+		t.Fatal("writer not granted")
+	}
+	cl.pass(MsgRequest, "a", "b") // reader 3's own request, later
+	cl.release("b", 2)
+	cl.pass(MsgReply, "b", "a")
+	if !cl.granted(3) || cl.grants[3].Token <= cl.grants[2].Token {
+		t.Fatalf("reader 3 after the writer: %v", cl.grants)
+	}
+}
+
+func TestRuleSharedTryLock(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	if err := cl.cores["b"].TryAcquireShared(2, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("b")
+	cl.settle()
+	if !cl.granted(2) {
+		t.Fatal("a shared try-lock refused by a reader")
+	}
+	if err := cl.cores["b"].TryAcquire(3, "x"); err != nil {
+		t.Fatal(err)
+	}
+	cl.collect("b")
+	cl.settle()
+	if !cl.refuse[3] {
+		t.Fatal("an exclusive try-lock granted beside readers")
+	}
+}
+
+func TestRuleSharedKeptPermissionServesReadersOnly(t *testing.T) {
+	// With kept permissions, a permission a reader gave while it held
+	// must not let the other peer take the lock exclusively.
+	cl := newCluster(t, true, "a", "b")
+	cl.acquireShared("a", 1, "x")
+	cl.settle()
+	cl.acquireShared("b", 2, "x")
+	cl.settle() // b keeps a's permission, given while a holds
+	cl.release("b", 2)
+	cl.acquire("b", 3, "x")
+	if cl.granted(3) {
+		t.Fatal("b entered exclusively on a permission a gave to a reader")
+	}
+	if !cl.has(MsgRequest, "b", "a") {
+		t.Fatal("b did not ask a")
+	}
+	cl.acquireShared("b", 4, "x")
+	cl.pass(MsgRequest, "b", "a")
+	if cl.has(MsgReply, "a", "b") {
+		t.Fatal("reader a answered a writer while holding")
+	}
+}
+
+func TestRuleSharedCancelLastReaderWithdraws(t *testing.T) {
+	cl := newCluster(t, false, "a", "b")
+	cl.acquire("b", 1, "x")
+	cl.settle()
+	cl.acquireShared("a", 2, "x")
+	cl.acquireShared("a", 3, "x") // joins a's request
+	cl.pass(MsgRequest, "a", "b")
+	cl.cores["a"].Cancel(2)
+	cl.collect("a")
+	if cl.has(MsgCancel, "a", "b") {
+		t.Fatal("request withdrawn while a reader still waits on it")
+	}
+	cl.cores["a"].Cancel(3)
+	cl.collect("a")
+	cl.pass(MsgCancel, "a", "b")
+	cl.release("b", 1)
+	cl.settle()
+	if st := cl.cores["a"].Status(); len(st.Locks) != 0 {
+		t.Fatalf("a keeps state after its readers left: %+v", st.Locks)
 	}
 }

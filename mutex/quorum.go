@@ -424,6 +424,7 @@ func (c *Core) reset() {
 		case Holding:
 			op := l.queue[0].op
 			if l.name != cfgLock {
+				// (Every reader of a shared group is revoked.)
 				// The holder is told, but its process may run on for a
 				// moment: the lock stays held here, its deferred
 				// requests unanswered, until it releases or a grace
@@ -435,7 +436,9 @@ func (c *Core) reset() {
 					l.revoked, l.revokedAt = true, q.now
 					q.revokedHeld++
 					q.revocations++
-					c.out.Revocations = append(c.out.Revocations, Revocation{Opener: op, Lock: l.name, Token: l.token})
+					for _, w := range l.queue[:l.group] {
+						c.out.Revocations = append(c.out.Revocations, Revocation{Opener: w.op, Lock: l.name, Token: l.token})
+					}
 				}
 				continue
 			}
@@ -455,7 +458,7 @@ func (c *Core) reset() {
 				q.op = nil
 			}
 		}
-		l.phase = Idle
+		l.phase, l.group, l.shared = Idle, 0, false
 		clear(l.awaiting)
 		clear(l.perm)
 		c.answerDeferred(l)
@@ -910,7 +913,7 @@ func (c *Core) unevict(v string, p *qpeer) {
 	}
 	c.send(Message{Type: MsgHello, To: v})
 	for _, l := range c.sortedLocks() {
-		if l.phase == Requesting && !l.perm[v] && !l.awaiting[v] {
+		if l.phase == Requesting && !c.hasPerm(l, v) && !l.awaiting[v] {
 			c.ask(l, v)
 		}
 	}
@@ -1049,7 +1052,7 @@ func (c *Core) adopt(ver uint64, voters []string) {
 		p := q.peer(a)
 		p.lastHeard = q.now
 		for _, l := range c.sortedLocks() {
-			if l.phase == Requesting && !l.perm[a] {
+			if l.phase == Requesting && !c.hasPerm(l, a) {
 				c.ask(l, a)
 			}
 		}

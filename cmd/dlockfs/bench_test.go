@@ -4,12 +4,14 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/bench"
 )
 
 func TestBenchJSON(t *testing.T) {
 	r := dlockfs(t, "bench", "--seconds", "1", "--ops", "300", "--json", "--fast-path")
 	wantCode(t, r, 0, "bench --json")
-	var rep benchReport
+	var rep bench.Report
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("bench --json output is not a report: %v\n%s", err, r.stdout)
 	}
@@ -32,7 +34,7 @@ func TestBenchJSON(t *testing.T) {
 		t.Errorf("fast path: repeat on one peer sent %.2f messages per acquisition, want 0", m)
 	}
 	run := rep.Runs[0]
-	for name, s := range map[string]latencyStats{
+	for name, s := range map[string]bench.LatencyStats{
 		"uncontended": run.Uncontended, "repeat": run.Repeat, "floor_status": run.FloorStatus,
 		"floor_dir": run.FloorDir, "tcp round trip": rep.TCP.RoundTrip, "tcp fan-out": rep.TCP.FanOut,
 		"transport round trip": rep.Transport.RoundTrip, "transport fan-out": rep.Transport.FanOut,
@@ -66,7 +68,7 @@ func TestBenchJSON(t *testing.T) {
 		t.Errorf("targets: %+v", rep.Targets)
 	}
 	for _, r := range rep.Runs {
-		wantCleanedUp(t, r.Dir, nil, []string{binary + "\x00bench\x00" + benchClientCmd})
+		wantCleanedUp(t, r.Dir, nil, []string{binary + "\x00bench\x00" + bench.ClientCmd})
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
 	"github.com/dlockfs/dlockfs/fs"
 )
 
@@ -113,7 +114,7 @@ func TestDemoUsage(t *testing.T) {
 		{"bench", "--ops", "x"},
 		{"bench", "__client"},
 	} {
-		wantCode(t, dlockfs(t, args...), exitUsage, strings.Join(args, " "))
+		wantCode(t, dlockfs(t, args...), cli.ExitUsage, strings.Join(args, " "))
 	}
 	for _, cmd := range []string{"demo", "bench"} {
 		r := dlockfs(t, cmd, "--help")
@@ -181,8 +182,8 @@ func TestDemoInterruptCleansUp(t *testing.T) {
 	dir := filepath.Dir(strings.TrimSpace(line[strings.Index(line, "mounted at ")+len("mounted at "):]))
 	d.waitLine(t, "time  holder")
 	d.waitLine(t, "|") // a timeline line: workers are running
-	if code := d.interrupt(t); code != exitError {
-		t.Errorf("exit code after SIGINT %d, want %d:\n%s", code, exitError, d.out.String())
+	if code := d.interrupt(t); code != cli.ExitError {
+		t.Errorf("exit code after SIGINT %d, want %d:\n%s", code, cli.ExitError, d.out.String())
 	}
 	if !strings.Contains(d.out.String(), "Interrupted") {
 		t.Errorf("no word of the interrupt:\n%s", d.out.String())
@@ -223,7 +224,7 @@ func TestDemoNonRootSaysWhatIsMissing(t *testing.T) {
 	_, bin := nobodyBinary(t)
 	for _, args := range [][]string{{"demo"}, {"bench", "--seconds", "1"}} {
 		r := runAsNobody(t, bin, args...)
-		wantCode(t, r, exitFUSE, strings.Join(args, " ")+" as nobody without fusermount3")
+		wantCode(t, r, cli.ExitFUSE, strings.Join(args, " ")+" as nobody without fusermount3")
 		if !strings.Contains(r.stderr, "fusermount3 is not installed") || !strings.Contains(r.stderr, "root") {
 			t.Errorf("%s: stderr does not say what is missing: %s", args[0], r.stderr)
 		}

@@ -13,17 +13,27 @@
 //	dlockfs check [-q] MOUNTPOINT
 //	dlockfs keygen
 //	dlockfs keys [--control PATH] [--json] list | install KEY | use KEY | remove KEY
+//	dlockfs forget [--control PATH] [--force] NODE
+//	dlockfs install | uninstall [--prefix DIR]
+//	dlockfs demo | bench [flags]
 //	dlockfs help [COMMAND]
 //
 // "dlockfs help" and "dlockfs COMMAND --help" are the reference: flags,
-// defaults, examples and the exit codes (exitcodes.go holds the table).
+// defaults, examples and the exit codes.
 //
-// Layout: args.go parses the command line into one config (parseArgs,
-// table-tested); main.go holds the command table and maps errors to exit
-// codes (exitcodes.go); help.go holds the help texts; mount.go runs the
-// daemon and fusecheck.go says what FUSE lacks; mountpoint.go checks
-// mountpoints and live mounts; lock.go (lock, check), status.go and key.go
-// (keygen, --key-file) are the other commands; keys.go holds the keys
-// command and the mount's control socket it talks to. main_test.go builds the
-// binary once and drives it as a child process against real mounts.
+// This package is only the dispatch: main.go lists the commands in one
+// table and hands the command line to internal/cli. The parts:
+//
+//   - internal/cli: the command line itself: dispatch, flag helpers, exit
+//     codes and the errors that carry them, the help overview, the man page;
+//   - internal/node: mount (the daemon) and the commands that talk to a
+//     mount: status, lock, check, keys, forget, keygen;
+//   - internal/install: install, uninstall and the mount helper
+//     (mount.fuse.dlockfs, which main runs when called by that name);
+//   - internal/localcluster: the in-process cluster that demo and bench run;
+//   - internal/demo and internal/bench: the demo and the benchmark.
+//
+// main_test.go, demo_test.go, bench_test.go and install_test.go build the
+// binary once and drive it as a child process against real mounts; e2e
+// holds the multi-node end-to-end suite.
 package main

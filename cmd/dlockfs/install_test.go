@@ -12,11 +12,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
+	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/install"
 )
 
 // helpFlags returns the --flags of a command's Flags block.
-func helpFlags(c command) []string {
-	_, flags := helpParts(c.help)
+func helpFlags(c cli.Command) []string {
+	_, flags := cli.HelpParts(c.Help)
 	var out []string
 	for _, m := range regexp.MustCompile(`(?m)^\s+(--[a-z][a-z-]*)`).FindAllStringSubmatch(flags, -1) {
 		out = append(out, m[1])
@@ -39,9 +42,9 @@ func TestInstallUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := dlockfs(t, "install", "--prefix", prefix)
-	wantCode(t, r, exitOK, "install")
+	wantCode(t, r, cli.ExitOK, "install")
 	want := []string{"bin/dlockfs", "share/man/man1/dlockfs.1", "lib/systemd/system/dlockfs@.service",
-		"sbin/" + helperName, manifestPath}
+		"sbin/" + install.HelperName, install.ManifestPath}
 	for _, rel := range want {
 		if !strings.Contains(r.stdout, "installed "+filepath.Join(prefix, rel)) {
 			t.Errorf("install did not say it wrote %s:\n%s", rel, r.stdout)
@@ -57,7 +60,7 @@ func TestInstallUninstall(t *testing.T) {
 	man := exec.Command("man", "--warnings", "-l", filepath.Join(prefix, "share/man/man1/dlockfs.1"))
 	man.Env = append(os.Environ(), "MANWIDTH=120", "MAN_KEEP_FORMATTING=0", "MANPAGER=cat", "PAGER=cat")
 	mr := runCmd(t, man)
-	wantCode(t, mr, exitOK, "man -l")
+	wantCode(t, mr, cli.ExitOK, "man -l")
 	mr.stdout = regexp.MustCompile(".\x08").ReplaceAllString(mr.stdout, "") // overstrike bold
 	if strings.TrimSpace(mr.stderr) != "" {
 		t.Errorf("man --warnings: %s", mr.stderr)
@@ -67,15 +70,15 @@ func TestInstallUninstall(t *testing.T) {
 			t.Errorf("the man page lacks section %s", sec)
 		}
 	}
-	for _, c := range listedCommands() {
-		for _, u := range usageLines(c.help) {
+	for _, c := range commands() {
+		for _, u := range cli.UsageLines(c.Help) {
 			if !strings.Contains(mr.stdout, u) {
 				t.Errorf("man page SYNOPSIS lacks %q", u)
 			}
 		}
 		for _, f := range helpFlags(c) {
 			if !strings.Contains(mr.stdout, f) {
-				t.Errorf("man page lacks %s %s", c.name, f)
+				t.Errorf("man page lacks %s %s", c.Name, f)
 			}
 		}
 	}
@@ -103,12 +106,12 @@ func TestInstallUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	logFile := filepath.Join(t.TempDir(), "peer.log")
-	hr := runCmd(t, exec.Command(filepath.Join(prefix, "sbin", helperName), "helped", mnt, "-o",
+	hr := runCmd(t, exec.Command(filepath.Join(prefix, "sbin", install.HelperName), "helped", mnt, "-o",
 		"bind="+freeAddr(t)+",lock-bind="+freeAddr(t)+",gossip=fast,_netdev,state_dir="+t.TempDir()+",log="+logFile))
-	wantCode(t, hr, exitOK, "mount helper")
+	wantCode(t, hr, cli.ExitOK, "mount helper")
 	t.Cleanup(func() { killByCmdline(t, mnt) })
 	sr := dlockfs(t, "status", mnt)
-	wantCode(t, sr, exitOK, "status of the helper's mount")
+	wantCode(t, sr, cli.ExitOK, "status of the helper's mount")
 	if !strings.Contains(sr.stdout, "node helped at "+mnt) {
 		t.Errorf("status of the helper's mount:\n%s", sr.stdout)
 	}
@@ -119,12 +122,12 @@ func TestInstallUninstall(t *testing.T) {
 		b, _ := os.ReadFile(logFile)
 		return strings.Contains(string(b), "unmounted from outside; leaving the cluster") && !peerRunning(mnt)
 	})
-	wantCode(t, runCmd(t, exec.Command(filepath.Join(prefix, "sbin", helperName), "x", mnt, "-o", "frobnicate")),
+	wantCode(t, runCmd(t, exec.Command(filepath.Join(prefix, "sbin", install.HelperName), "x", mnt, "-o", "frobnicate")),
 		1, "mount helper with an unknown option")
 
 	// uninstall removes exactly what install wrote.
 	r = dlockfs(t, "uninstall", "--prefix", prefix)
-	wantCode(t, r, exitOK, "uninstall")
+	wantCode(t, r, cli.ExitOK, "uninstall")
 	for _, rel := range want {
 		if _, err := os.Stat(filepath.Join(prefix, rel)); !os.IsNotExist(err) {
 			t.Errorf("%s still there after uninstall (%v)", rel, err)
@@ -138,20 +141,20 @@ func TestInstallUninstall(t *testing.T) {
 			t.Errorf("empty directory %s left after uninstall", dir)
 		}
 	}
-	wantCode(t, dlockfs(t, "uninstall", "--prefix", prefix), exitError, "uninstall with no manifest")
+	wantCode(t, dlockfs(t, "uninstall", "--prefix", prefix), cli.ExitError, "uninstall with no manifest")
 
 	// DESTDIR: the files go under it, the unit names the final paths.
 	dest := t.TempDir()
 	cmd := exec.Command(binary, "install", "--prefix", "/usr")
 	cmd.Env = append(os.Environ(), "DESTDIR="+dest)
-	wantCode(t, runCmd(t, cmd), exitOK, "DESTDIR install")
+	wantCode(t, runCmd(t, cmd), cli.ExitOK, "DESTDIR install")
 	body, err := os.ReadFile(filepath.Join(dest, "usr/lib/systemd/system/dlockfs@.service"))
 	if err != nil || !strings.Contains(string(body), "ExecStart=/usr/bin/dlockfs mount") {
 		t.Errorf("DESTDIR unit: %v\n%s", err, body)
 	}
 	cmd = exec.Command(binary, "uninstall", "--prefix", "/usr")
 	cmd.Env = append(os.Environ(), "DESTDIR="+dest)
-	wantCode(t, runCmd(t, cmd), exitOK, "DESTDIR uninstall")
+	wantCode(t, runCmd(t, cmd), cli.ExitOK, "DESTDIR uninstall")
 	if _, err := os.Stat(filepath.Join(dest, "usr/bin/dlockfs")); !os.IsNotExist(err) {
 		t.Errorf("DESTDIR uninstall left bin/dlockfs (%v)", err)
 	}
@@ -169,13 +172,13 @@ func TestReadmeReference(t *testing.T) {
 		t.Fatal("README has no ### SYNOPSIS")
 	}
 	syn, _, _ = strings.Cut(syn, "\n###")
-	for _, c := range listedCommands() {
-		if !strings.Contains(syn, "dlockfs "+c.name) {
-			t.Errorf("README SYNOPSIS lacks dlockfs %s", c.name)
+	for _, c := range commands() {
+		if !strings.Contains(syn, "dlockfs "+c.Name) {
+			t.Errorf("README SYNOPSIS lacks dlockfs %s", c.Name)
 		}
 		for _, f := range helpFlags(c) {
 			if !strings.Contains(syn, f) {
-				t.Errorf("README SYNOPSIS lacks %s %s", c.name, f)
+				t.Errorf("README SYNOPSIS lacks %s %s", c.Name, f)
 			}
 		}
 	}
@@ -248,27 +251,4 @@ func killByCmdline(t *testing.T, dir string) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	_ = syscall.Unmount(dir, syscall.MNT_DETACH)
-}
-
-func TestHelperArgs(t *testing.T) {
-	for _, tt := range []struct {
-		args []string
-		want string
-		log  string
-		err  bool
-	}{
-		{[]string{"a", "/run/d", "-o", "join=10.0.0.1,join=10.0.0.2,key_file=/k,gossip=lan,allow_other,_netdev,x-systemd.after=x"},
-			"--name a --join 10.0.0.1 --join 10.0.0.2 --key-file /k --gossip lan --allow-other /run/d", defaultHelperLog, false},
-		{[]string{"dlockfs", "/run/d", "-n", "-ofast-path,log=/l,defaults"}, "--fast-path /run/d", "/l", false},
-		{[]string{"a", "/run/d", "-o", "quorum=none,state_dir=/var/lib/x"}, "--name a --quorum none --state-dir /var/lib/x /run/d", defaultHelperLog, false},
-		{[]string{"a", "/run/d", "-o", "join"}, "", "", true},
-		{[]string{"a", "/run/d", "-o", "debug=1"}, "", "", true},
-		{[]string{"a"}, "", "", true},
-		{[]string{"a", "/d", "-x"}, "", "", true},
-	} {
-		got, log, _, err := helperArgs(tt.args)
-		if (err != nil) != tt.err || (!tt.err && (strings.Join(got, " ") != tt.want || log != tt.log)) {
-			t.Errorf("helperArgs(%q) = %q, %q, %v; want %q, %q, error %v", tt.args, got, log, err, tt.want, tt.log, tt.err)
-		}
-	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,7 +25,10 @@ import (
 	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
 
+	"github.com/dlockfs/dlockfs/cmd/dlockfs/internal/cli"
 	"github.com/dlockfs/dlockfs/fs"
+	"github.com/dlockfs/dlockfs/mutex/peer"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // binary is the dlockfs binary built once by TestMain for the black-box tests.
@@ -52,7 +56,6 @@ func TestMain(m *testing.M) {
 const (
 	startTimeout = 30 * time.Second // a mount prints its line
 	stopTimeout  = 30 * time.Second // a child exits after a signal
-	pollEvery    = 20 * time.Millisecond
 )
 
 // result is a finished child process.
@@ -104,38 +107,15 @@ func wantCode(t *testing.T, r result, code int, what string) {
 	}
 }
 
-// waitFor polls cond until it holds or d passes.
+// waitFor polls cond until it holds or d passes (testutil.WaitFor).
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(pollEvery)
-	}
+	testutil.WaitFor(t, d, what, cond)
 }
 
 // freeAddr returns 127.0.0.1:PORT with PORT free for TCP and UDP (Serf
 // needs both) at the time of the call.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free TCP+UDP port on 127.0.0.1 in 50 tries")
-	return ""
-}
+func freeAddr(t *testing.T) string { t.Helper(); return testutil.FreeAddr(t) }
 
 // isMountpoint reports whether dir is a mount point now.
 func isMountpoint(t *testing.T, dir string) bool {
@@ -190,9 +170,9 @@ func runAsNobody(t *testing.T, bin string, args ...string) result {
 }
 
 // status parses "dlockfs status --json DIR" (zero if status fails).
-func status(t *testing.T, dir string) statusDoc {
+func status(t *testing.T, dir string) peer.Status {
 	t.Helper()
-	var d statusDoc
+	var d peer.Status
 	if r := dlockfs(t, "status", "--json", dir); r.code == 0 {
 		_ = json.Unmarshal([]byte(r.stdout), &d)
 	}
@@ -204,17 +184,35 @@ func status(t *testing.T, dir string) statusDoc {
 func aliveMembers(t *testing.T, dir string) int {
 	t.Helper()
 	r := dlockfs(t, "status", "--json", dir)
-	var d statusDoc
+	var d peer.Status
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &d) != nil {
 		return -1
 	}
 	n := 0
 	for _, m := range d.Members {
-		if m.Status == "alive" {
+		if m.Status == peer.MemberAlive {
 			n++
 		}
 	}
 	return n
+}
+
+// lockedBuffer is a bytes.Buffer for one writer and concurrent readers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // bgChild is a child process running in the background. Its stdout lines
@@ -261,8 +259,8 @@ func startBackground(t *testing.T, cmd *exec.Cmd, buffered int, teeStdout bool) 
 	return c
 }
 
-// node is a running "dlockfs mount" child; out is its stderr.
-type node struct {
+// mountNode is a running "dlockfs mount" child; out is its stderr.
+type mountNode struct {
 	name, dir, bind string
 	lock            string // its --lock-bind
 	line            string // the mounted line
@@ -270,7 +268,7 @@ type node struct {
 }
 
 // exitCode is the node's exit code once it has exited (-1 if by signal).
-func (n *node) exitCode() int {
+func (n *mountNode) exitCode() int {
 	var ee *exec.ExitError
 	if errors.As(n.err, &ee) {
 		return ee.ExitCode()
@@ -284,7 +282,7 @@ func (n *node) exitCode() int {
 // startNode starts "dlockfs mount" on a fresh directory with the fast
 // gossip profile on 127.0.0.1 and waits for its mounted line. Cleanup ends
 // it by its PID (SIGTERM, then SIGKILL) and unmounts what is left.
-func startNode(t *testing.T, name string, extra ...string) *node {
+func startNode(t *testing.T, name string, extra ...string) *mountNode {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
@@ -294,12 +292,12 @@ func startNode(t *testing.T, name string, extra ...string) *node {
 }
 
 // startNodeAt is startNode on a given directory.
-func startNodeAt(t *testing.T, name, dir string, extra ...string) *node {
+func startNodeAt(t *testing.T, name, dir string, extra ...string) *mountNode {
 	t.Helper()
 	bind, lock := freeAddr(t), freeAddr(t)
 	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast",
 		"--state-dir", filepath.Join(t.TempDir(), "state-"+name), dir}, extra...)
-	n := &node{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
+	n := &mountNode{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
 	t.Cleanup(func() { n.stop(t) })
 	select {
 	case n.line = <-n.lines:
@@ -312,7 +310,7 @@ func startNodeAt(t *testing.T, name, dir string, extra ...string) *node {
 }
 
 // signal sends sig to the node's process (by its PID).
-func (n *node) signal(t *testing.T, sig syscall.Signal) {
+func (n *mountNode) signal(t *testing.T, sig syscall.Signal) {
 	t.Helper()
 	if err := n.cmd.Process.Signal(sig); err != nil {
 		t.Fatalf("signal %v to %s: %v", sig, n.name, err)
@@ -320,7 +318,7 @@ func (n *node) signal(t *testing.T, sig syscall.Signal) {
 }
 
 // wait waits (bounded) for the node to exit.
-func (n *node) wait(t *testing.T) {
+func (n *mountNode) wait(t *testing.T) {
 	t.Helper()
 	select {
 	case <-n.done:
@@ -331,7 +329,7 @@ func (n *node) wait(t *testing.T) {
 
 // stop ends the node if it still runs and unmounts its directory if it is
 // still a mount point. Never fails: it runs in Cleanup.
-func (n *node) stop(t *testing.T) {
+func (n *mountNode) stop(t *testing.T) {
 	select {
 	case <-n.done:
 	default:
@@ -398,10 +396,14 @@ func (h *holder) release(t *testing.T) {
 	}
 }
 
+// clearScreen is what status --watch writes before each snapshot on a
+// terminal: cursor home, clear the screen.
+const clearScreen = "\x1b[H\x1b[2J"
+
 func TestKeygen(t *testing.T) {
 	a, b := dlockfs(t, "keygen"), dlockfs(t, "keygen")
-	wantCode(t, a, exitOK, "keygen")
-	k, err := parseKey(a.stdout)
+	wantCode(t, a, cli.ExitOK, "keygen")
+	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(a.stdout))
 	if err != nil || len(k) != 32 {
 		t.Fatalf("keygen printed %q: %d bytes, %v; want a base64 32-byte key", a.stdout, len(k), err)
 	}
@@ -416,36 +418,36 @@ func TestHelpAndUsage(t *testing.T) {
 		code int
 		out  string // in stdout (code 0) or stderr
 	}{
-		{[]string{"help"}, exitOK, "Exit codes:"},
-		{[]string{"--help"}, exitOK, "keygen"},
-		{[]string{"-h"}, exitOK, "Commands:"},
-		{[]string{"help", "mount"}, exitOK, "--gossip"},
-		{[]string{"mount", "--help"}, exitOK, "fast  ~0.5 s"},
-		{[]string{"mount", "/x", "-h"}, exitOK, "--key-file"},
-		{[]string{"status", "--help"}, exitOK, "--json"},
-		{[]string{"lock", "--help"}, exitOK, "DLOCKFS_TOKEN"},
-		{[]string{"check", "--help"}, exitOK, "exec 9<"},
-		{[]string{"keygen", "--help"}, exitOK, "umask 077"},
-		{[]string{"keys", "--help"}, exitOK, "control socket"},
-		{[]string{"keys", "install", "xyz"}, exitUsage, "KEY is 2 bytes"},
-		{[]string{"help", "--help"}, exitOK, "Commands:"},
-		{nil, exitUsage, "no command"},
-		{[]string{"frob"}, exitUsage, `unknown command "frob"`},
-		{[]string{"mount"}, exitUsage, "missing MOUNTPOINT"},
-		{[]string{"mount", "--bogus", "/x"}, exitUsage, "flag provided but not defined"},
-		{[]string{"mount", "--gossip", "slow", "/x"}, exitUsage, "lan, wan or fast"},
-		{[]string{"mount", "--bind", "localhost:1", "/nonexistent-dlockfs"}, exitMountpoint, "does not exist"},
-		{[]string{"status"}, exitUsage, "dlockfs status --help"},
-		{[]string{"lock", "/x"}, exitUsage, "missing CMD"},
-		{[]string{"keygen", "extra"}, exitUsage, "no arguments"},
-		{[]string{"help", "frob"}, exitUsage, "Run 'dlockfs help' for usage"},
+		{[]string{"help"}, cli.ExitOK, "Exit codes:"},
+		{[]string{"--help"}, cli.ExitOK, "keygen"},
+		{[]string{"-h"}, cli.ExitOK, "Commands:"},
+		{[]string{"help", "mount"}, cli.ExitOK, "--gossip"},
+		{[]string{"mount", "--help"}, cli.ExitOK, "fast  ~0.5 s"},
+		{[]string{"mount", "/x", "-h"}, cli.ExitOK, "--key-file"},
+		{[]string{"status", "--help"}, cli.ExitOK, "--json"},
+		{[]string{"lock", "--help"}, cli.ExitOK, "DLOCKFS_TOKEN"},
+		{[]string{"check", "--help"}, cli.ExitOK, "exec 9<"},
+		{[]string{"keygen", "--help"}, cli.ExitOK, "umask 077"},
+		{[]string{"keys", "--help"}, cli.ExitOK, "control socket"},
+		{[]string{"keys", "install", "xyz"}, cli.ExitUsage, "KEY is 2 bytes"},
+		{[]string{"help", "--help"}, cli.ExitOK, "Commands:"},
+		{nil, cli.ExitUsage, "no command"},
+		{[]string{"frob"}, cli.ExitUsage, `unknown command "frob"`},
+		{[]string{"mount"}, cli.ExitUsage, "missing MOUNTPOINT"},
+		{[]string{"mount", "--bogus", "/x"}, cli.ExitUsage, "flag provided but not defined"},
+		{[]string{"mount", "--gossip", "slow", "/x"}, cli.ExitUsage, "lan, wan or fast"},
+		{[]string{"mount", "--bind", "localhost:1", "/nonexistent-dlockfs"}, cli.ExitMountpoint, "does not exist"},
+		{[]string{"status"}, cli.ExitUsage, "dlockfs status --help"},
+		{[]string{"lock", "/x"}, cli.ExitUsage, "missing CMD"},
+		{[]string{"keygen", "extra"}, cli.ExitUsage, "no arguments"},
+		{[]string{"help", "frob"}, cli.ExitUsage, "Run 'dlockfs help' for usage"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, "_"), func(t *testing.T) {
 			r := dlockfs(t, tt.args...)
 			wantCode(t, r, tt.code, fmt.Sprint(tt.args))
 			got := r.stderr
-			if tt.code == exitOK {
+			if tt.code == cli.ExitOK {
 				got = r.stdout
 			}
 			if !strings.Contains(got, tt.out) {
@@ -461,7 +463,7 @@ func TestHelpAndUsage(t *testing.T) {
 func TestMountRefusesMissingDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "nope")
 	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), dir)
-	wantCode(t, r, exitMountpoint, "mount on a missing dir")
+	wantCode(t, r, cli.ExitMountpoint, "mount on a missing dir")
 	if !strings.Contains(r.stderr, "mkdir -p "+dir) {
 		t.Fatalf("stderr lacks the fix: %s", r.stderr)
 	}
@@ -469,7 +471,7 @@ func TestMountRefusesMissingDir(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	wantCode(t, dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), file), exitMountpoint, "mount on a file")
+	wantCode(t, dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), file), cli.ExitMountpoint, "mount on a file")
 }
 
 func TestMountRefusesMountedDir(t *testing.T) {
@@ -479,7 +481,7 @@ func TestMountRefusesMountedDir(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
 	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), dir)
-	wantCode(t, r, exitMountpoint, "mount on a tmpfs mount point")
+	wantCode(t, r, cli.ExitMountpoint, "mount on a tmpfs mount point")
 	if !strings.Contains(r.stderr, "already a mount point (tmpfs") || !strings.Contains(r.stderr, "umount "+dir) {
 		t.Fatalf("stderr: %s", r.stderr)
 	}
@@ -500,13 +502,13 @@ func TestKeyFile(t *testing.T) {
 		code       int
 		stderr     string
 	}{
-		{"not base64", write("bad", "not base64!\n", 0o600), exitKey, "not base64"},
-		{"wrong length", write("short", "AAAA\n", 0o600), exitKey, "3-byte key"},
-		{"missing file", filepath.Join(dir, "none"), exitKey, "no such file"},
-		{"empty", write("empty", "\n", 0o600), exitKey, "empty"},
+		{"not base64", write("bad", "not base64!\n", 0o600), cli.ExitKey, "not base64"},
+		{"wrong length", write("short", "AAAA\n", 0o600), cli.ExitKey, "is 3 bytes"},
+		{"missing file", filepath.Join(dir, "none"), cli.ExitKey, "no such file"},
+		{"empty", write("empty", "\n", 0o600), cli.ExitKey, "empty"},
 		// A good key gets past the key check to the mountpoint check.
-		{"good key", write("good", "AAAAAAAAAAAAAAAAAAAAAA==\n", 0o600), exitMountpoint, "does not exist"},
-		{"readable by others: warning", write("open", "AAAAAAAAAAAAAAAAAAAAAA==\n", 0o644), exitMountpoint, "chmod 600"},
+		{"good key", write("good", "AAAAAAAAAAAAAAAAAAAAAA==\n", 0o600), cli.ExitMountpoint, "does not exist"},
+		{"readable by others: warning", write("open", "AAAAAAAAAAAAAAAAAAAAAA==\n", 0o644), cli.ExitMountpoint, "chmod 600"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -526,7 +528,7 @@ func TestMountNonRootSaysWhatIsMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := runAsNobody(t, bin, "mount", "--state-dir", filepath.Join(dir, "state"), "--bind", freeAddr(t), mnt)
-	wantCode(t, r, exitFUSE, "non-root mount without fusermount3")
+	wantCode(t, r, cli.ExitFUSE, "non-root mount without fusermount3")
 	if !strings.Contains(r.stderr, "fusermount3 is not installed") {
 		t.Fatalf("stderr does not say what is missing: %s", r.stderr)
 	}
@@ -538,19 +540,19 @@ func TestStatusAndCheck(t *testing.T) {
 		!strings.Contains(a.line, "not encrypted") {
 		t.Fatalf("mounted line: %q", a.line)
 	}
-	wantCode(t, dlockfs(t, "check", a.dir), exitOK, "check on a live mount")
-	wantCode(t, dlockfs(t, "check", "-q", a.dir), exitOK, "check -q on a live mount")
+	wantCode(t, dlockfs(t, "check", a.dir), cli.ExitOK, "check on a live mount")
+	wantCode(t, dlockfs(t, "check", "-q", a.dir), cli.ExitOK, "check -q on a live mount")
 
 	// Take the default lock once, so that status has a lock to show.
 	r := runCmd(t, exec.Command(binary, "lock", a.dir, "--", "sh", "-c", `echo "token=$DLOCKFS_TOKEN"`))
-	wantCode(t, r, exitOK, "lock")
+	wantCode(t, r, cli.ExitOK, "lock")
 	if !strings.HasPrefix(r.stdout, "token=") || strings.TrimSpace(r.stdout) == "token=" {
 		t.Fatalf("lock's CMD saw no token: %q", r.stdout)
 	}
 
 	// A new name, made by the open; CMD reads the held descriptor.
 	r = dlockfs(t, "lock", a.dir+"/jobs", "--", "sh", "-c", `cat <&"$DLOCKFS_FD"; echo "env $DLOCKFS_TOKEN $DLOCKFS_LOCK"`)
-	wantCode(t, r, exitOK, "lock on a new name")
+	wantCode(t, r, cli.ExitOK, "lock on a new name")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if len(lines) != 4 || lines[1] != "holder solo" || lines[2] != "lock jobs" ||
 		lines[3] != "env "+lines[0]+" "+a.dir+"/jobs" {
@@ -562,19 +564,19 @@ func TestStatusAndCheck(t *testing.T) {
 	// Idle locks are forgotten: status shows the ones in use, here jobs
 	// while the lock CMD holds it.
 	r = dlockfs(t, "status", a.dir)
-	wantCode(t, r, exitOK, "status")
+	wantCode(t, r, cli.ExitOK, "status")
 	for _, want := range []string{"node solo", "MEMBER", "solo (self)", "alive", "no locks in use", "counters:", "grants 3"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("status lacks %q:\n%s", want, r.stdout)
 		}
 	}
 	r = dlockfs(t, "lock", a.dir+"/jobs", "--", binary, "status", a.dir)
-	wantCode(t, r, exitOK, "status while jobs is held")
+	wantCode(t, r, cli.ExitOK, "status while jobs is held")
 	if !regexp.MustCompile(`(?m)^LOCK\s+STATE\s+HOLDER.*\n^jobs\s+holding\s+solo\s`).MatchString(r.stdout) {
 		t.Errorf("status while jobs is held lacks its row:\n%s", r.stdout)
 	}
 	r = dlockfs(t, "status", "--json", a.dir)
-	wantCode(t, r, exitOK, "status --json")
+	wantCode(t, r, cli.ExitOK, "status --json")
 	if !strings.Contains(r.stdout, `"node": "solo"`) && !strings.Contains(r.stdout, `"node":"solo"`) {
 		t.Errorf("status --json: %s", r.stdout)
 	}
@@ -582,21 +584,21 @@ func TestStatusAndCheck(t *testing.T) {
 	plain := t.TempDir()
 	for _, args := range [][]string{{"status", plain}, {"check", plain}, {"lock", plain, "--", "true"}} {
 		r := dlockfs(t, args...)
-		wantCode(t, r, exitNotMounted, fmt.Sprint(args))
+		wantCode(t, r, cli.ExitNotMounted, fmt.Sprint(args))
 		if !strings.Contains(r.stderr, "not a dlockfs mount") {
 			t.Errorf("%v: stderr: %s", args, r.stderr)
 		}
 	}
-	wantCode(t, dlockfs(t, "lock", a.dir+"/.status", "true"), exitUsage, "lock on .status")
-	wantCode(t, dlockfs(t, "lock", a.dir, "--", "no-such-command-dlockfs"), exitNotFound, "lock with a missing CMD")
+	wantCode(t, dlockfs(t, "lock", a.dir+"/.status", "true"), cli.ExitUsage, "lock on .status")
+	wantCode(t, dlockfs(t, "lock", a.dir, "--", "no-such-command-dlockfs"), cli.ExitNotFound, "lock with a missing CMD")
 
 	// The same directory again: refused, the first mount unharmed.
 	r = dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), a.dir)
-	wantCode(t, r, exitMountpoint, "second mount on a live mount")
+	wantCode(t, r, cli.ExitMountpoint, "second mount on a live mount")
 	if !strings.Contains(r.stderr, "already a mount point (fuse.dlockfs") || !strings.Contains(r.stderr, "dlockfs status "+a.dir) {
 		t.Fatalf("stderr: %s", r.stderr)
 	}
-	wantCode(t, dlockfs(t, "check", a.dir), exitOK, "check after the refused mount")
+	wantCode(t, dlockfs(t, "check", a.dir), cli.ExitOK, "check after the refused mount")
 }
 
 func TestDeadMountRefused(t *testing.T) {
@@ -609,16 +611,16 @@ func TestDeadMountRefused(t *testing.T) {
 	}
 
 	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), a.dir)
-	wantCode(t, r, exitMountpoint, "mount on a dead mount")
+	wantCode(t, r, cli.ExitMountpoint, "mount on a dead mount")
 	if !strings.Contains(r.stderr, "umount -l "+a.dir) {
 		t.Fatalf("stderr lacks the fix: %s", r.stderr)
 	}
-	wantCode(t, dlockfs(t, "check", a.dir), exitNotMounted, "check on a dead mount")
-	wantCode(t, dlockfs(t, "status", a.dir), exitNotMounted, "status on a dead mount")
+	wantCode(t, dlockfs(t, "check", a.dir), cli.ExitNotMounted, "check on a dead mount")
+	wantCode(t, dlockfs(t, "status", a.dir), cli.ExitNotMounted, "status on a dead mount")
 	marker := filepath.Join(t.TempDir(), "ran")
 	for _, path := range []string{a.dir, a.dir + "/lock", a.dir + "/other"} {
 		r = dlockfs(t, "lock", path, "--", "touch", marker)
-		wantCode(t, r, exitNotMounted, "lock on a dead mount")
+		wantCode(t, r, cli.ExitNotMounted, "lock on a dead mount")
 		if !strings.Contains(r.stderr, "dead dlockfs mount") {
 			t.Fatalf("lock %s: stderr: %s", path, r.stderr)
 		}
@@ -636,7 +638,7 @@ func TestClusterContention(t *testing.T) {
 		t.Fatalf("c's mounted line: %q", c.line)
 	}
 	// b may have printed before c joined; wait until everyone sees 3.
-	for _, n := range []*node{a, b, c} {
+	for _, n := range []*mountNode{a, b, c} {
 		waitFor(t, startTimeout, n.name+" sees 3 alive members", func() bool {
 			return aliveMembers(t, n.dir) == 3
 		})
@@ -645,25 +647,25 @@ func TestClusterContention(t *testing.T) {
 	// Busy and timeout while a holds the lock.
 	h := holdLock(t, a.dir)
 	r := dlockfs(t, "lock", "--try", b.dir, "--", "true")
-	wantCode(t, r, exitBusy, "lock --try while a holds")
+	wantCode(t, r, cli.ExitBusy, "lock --try while a holds")
 	// --timeout 0 does not wait (flock -w 0): it is --try.
 	r = dlockfs(t, "lock", "--timeout", "0", b.dir, "--", "true")
-	wantCode(t, r, exitBusy, "lock --timeout 0 while a holds")
+	wantCode(t, r, cli.ExitBusy, "lock --timeout 0 while a holds")
 	r = dlockfs(t, "lock", "--timeout", "200ms", c.dir+"/lock", "--", "true")
-	wantCode(t, r, exitTimeout, "lock --timeout while a holds")
+	wantCode(t, r, cli.ExitTimeout, "lock --timeout while a holds")
 	// The abandoned open was withdrawn: c waits for nothing.
 	waitFor(t, stopTimeout, "c to withdraw the timed-out request", func() bool {
 		d := status(t, c.dir)
 		for _, l := range d.Locks {
 			if l.Name == "lock" {
-				return l.Waiting == 0 && l.State == "idle"
+				return l.Waiting == 0 && l.State == peer.LockIdle
 			}
 		}
 		return true
 	})
 	h.release(t)
-	wantCode(t, dlockfs(t, "lock", "--try", b.dir, "--", "true"), exitOK, "lock --try after a released")
-	wantCode(t, dlockfs(t, "lock", "-w", "0", c.dir, "--", "true"), exitOK, "lock -w 0 after a released")
+	wantCode(t, dlockfs(t, "lock", "--try", b.dir, "--", "true"), cli.ExitOK, "lock --try after a released")
+	wantCode(t, dlockfs(t, "lock", "-w", "0", c.dir, "--", "true"), cli.ExitOK, "lock -w 0 after a released")
 
 	// Contention: every node enters the critical section several times,
 	// through dlockfs lock (a, b) and util-linux flock (c). An overlap or
@@ -677,7 +679,7 @@ rmdir inside`, work)
 	const rounds = 5
 	var wg sync.WaitGroup
 	errs := make(chan string, 3*rounds)
-	for _, n := range []*node{a, b, c} {
+	for _, n := range []*mountNode{a, b, c} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -739,7 +741,7 @@ func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 	b.signal(t, syscall.SIGTERM)
 	_ = b.cmd.Process.Signal(syscall.SIGTERM)
 	b.wait(t)
-	if code := b.exitCode(); code != exitOK {
+	if code := b.exitCode(); code != cli.ExitOK {
 		t.Fatalf("b exited %d after SIGTERM, want 0\nstderr: %s", code, b.out.String())
 	}
 	if isMountpoint(t, b.dir) {
@@ -750,14 +752,14 @@ func TestSIGTERMLeavesAndUnmounts(t *testing.T) {
 		return r.code == 0 && strings.Contains(r.stdout, `"left"`)
 	})
 	// The cluster goes on without b: a takes the lock alone.
-	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", a.dir, "--", "true"), exitOK, "lock after b left")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", a.dir, "--", "true"), cli.ExitOK, "lock after b left")
 
 	// SIGINT while a process holds a lock: still a clean exit, and the
 	// mount is detached.
 	holdLock(t, a.dir)
 	a.signal(t, syscall.SIGINT)
 	a.wait(t)
-	if code := a.exitCode(); code != exitOK {
+	if code := a.exitCode(); code != cli.ExitOK {
 		t.Fatalf("a exited %d after SIGINT, want 0\nstderr: %s", code, a.out.String())
 	}
 	if isMountpoint(t, a.dir) {
@@ -776,21 +778,21 @@ func TestSIGTERMLeavesMajority(t *testing.T) {
 	})
 	c.signal(t, syscall.SIGTERM)
 	c.wait(t)
-	if code := c.exitCode(); code != exitOK {
+	if code := c.exitCode(); code != cli.ExitOK {
 		t.Fatalf("c exited %d after SIGTERM, want 0\nstderr: %s", code, c.out.String())
 	}
 	if isMountpoint(t, c.dir) {
 		t.Fatal("c's directory is still a mount point after SIGTERM")
 	}
-	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", a.dir, "--", "true"), exitOK, "lock on a after c left")
-	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", b.dir, "--", "true"), exitOK, "lock on b after c left")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", a.dir, "--", "true"), cli.ExitOK, "lock on a after c left")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", b.dir, "--", "true"), cli.ExitOK, "lock on b after c left")
 }
 
 func TestJoinTimeout(t *testing.T) {
 	dir := t.TempDir()
 	nobody := freeAddr(t) // nothing listens there
 	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
-	wantCode(t, r, exitJoin, "join to nobody")
+	wantCode(t, r, cli.ExitJoin, "join to nobody")
 	if !strings.Contains(r.stderr, "--join-timeout") {
 		t.Fatalf("stderr: %s", r.stderr)
 	}
@@ -803,7 +805,7 @@ func TestEncryptedCluster(t *testing.T) {
 	dir := t.TempDir()
 	keyFile := func(name string) string {
 		r := dlockfs(t, "keygen")
-		wantCode(t, r, exitOK, "keygen")
+		wantCode(t, r, cli.ExitOK, "keygen")
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(r.stdout), 0o600); err != nil {
 			t.Fatal(err)
@@ -813,7 +815,7 @@ func TestEncryptedCluster(t *testing.T) {
 	k1, k2 := keyFile("k1"), keyFile("k2")
 	a := startNode(t, "a", "--key-file", k1)
 	b := startNode(t, "b", "--key-file", k1, "--join", a.bind)
-	for _, n := range []*node{a, b} {
+	for _, n := range []*mountNode{a, b} {
 		if !strings.Contains(n.line, ", encrypted") {
 			t.Fatalf("%s: mounted line %q does not say encrypted", n.name, n.line)
 		}
@@ -821,7 +823,7 @@ func TestEncryptedCluster(t *testing.T) {
 	if !strings.Contains(b.line, "cluster of 2") {
 		t.Fatalf("b: mounted line %q", b.line)
 	}
-	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", b.dir, "--", "true"), exitOK, "lock on an encrypted cluster")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "20s", b.dir, "--", "true"), cli.ExitOK, "lock on an encrypted cluster")
 
 	for _, tt := range []struct {
 		name string
@@ -834,7 +836,7 @@ func TestEncryptedCluster(t *testing.T) {
 		args := append([]string{"mount", "--name", "c", "--bind", freeAddr(t), "--lock-bind", freeAddr(t),
 			"--gossip", "fast", "--join", a.bind, "--join-timeout", "20s", "--state-dir", t.TempDir(), mnt}, tt.args...)
 		r := dlockfs(t, args...)
-		wantCode(t, r, exitJoin, tt.name)
+		wantCode(t, r, cli.ExitJoin, tt.name)
 		if !strings.Contains(r.stderr, "same --key-file") || strings.Count(r.stderr, "dlockfs mount:") != 1 {
 			t.Fatalf("%s: stderr: %s", tt.name, r.stderr)
 		}
@@ -849,7 +851,7 @@ func TestStatusWatch(t *testing.T) {
 
 	// Not a terminal (a pipe): N plain snapshots, each under "--- TIME".
 	r := dlockfs(t, "status", "--watch", "--interval", "10ms", "--count", "3", a.dir)
-	wantCode(t, r, exitOK, "status --watch to a pipe")
+	wantCode(t, r, cli.ExitOK, "status --watch to a pipe")
 	if strings.Contains(r.stdout, "\x1b") {
 		t.Errorf("escape codes in the plain output:\n%q", r.stdout)
 	}
@@ -920,11 +922,11 @@ func TestMetrics(t *testing.T) {
 	startNode(t, "other", "--join", a.bind)
 	waitFor(t, startTimeout, "a sees b", func() bool { return aliveMembers(t, a.dir) == 2 })
 	for range 2 {
-		wantCode(t, dlockfs(t, "lock", a.dir+"/jobs", "--", "true"), exitOK, "lock jobs")
+		wantCode(t, dlockfs(t, "lock", a.dir+"/jobs", "--", "true"), cli.ExitOK, "lock jobs")
 	}
 	holdLock(t, a.dir+"/busy")
-	wantCode(t, dlockfs(t, "lock", "--try", a.dir+"/busy", "--", "true"), exitBusy, "lock --try on a held lock")
-	wantCode(t, dlockfs(t, "lock", "--timeout", "100ms", a.dir+"/busy", "--", "true"), exitTimeout, "lock --timeout on a held lock")
+	wantCode(t, dlockfs(t, "lock", "--try", a.dir+"/busy", "--", "true"), cli.ExitBusy, "lock --try on a held lock")
+	wantCode(t, dlockfs(t, "lock", "--timeout", "100ms", a.dir+"/busy", "--", "true"), cli.ExitTimeout, "lock --timeout on a held lock")
 
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -1005,7 +1007,7 @@ func TestMetrics(t *testing.T) {
 
 	// A taken port fails the start.
 	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", freeAddr(t), "--metrics", addr, t.TempDir())
-	if r.code == exitOK || !strings.Contains(r.stderr, "--metrics "+addr) {
+	if r.code == cli.ExitOK || !strings.Contains(r.stderr, "--metrics "+addr) {
 		t.Errorf("mount on a taken --metrics port: exit %d, stderr %s", r.code, r.stderr)
 	}
 }
@@ -1020,7 +1022,7 @@ func TestBindErrorNamesPort(t *testing.T) {
 	}
 	defer l.Close()
 	r := dlockfs(t, "mount", "--bind", gossip, t.TempDir())
-	wantCode(t, r, exitJoin, "mount on a taken gossip port")
+	wantCode(t, r, cli.ExitJoin, "mount on a taken gossip port")
 	if !strings.Contains(r.stderr, "gossip port (Serf, TCP) "+gossip) || strings.Contains(r.stderr, "lock channel") {
 		t.Fatalf("a taken gossip port %s is not named as such:\n%s", gossip, r.stderr)
 	}
@@ -1032,7 +1034,7 @@ func TestBindErrorNamesPort(t *testing.T) {
 	}
 	defer ll.Close()
 	r = dlockfs(t, "mount", "--bind", freeAddr(t), "--lock-bind", lockAddr, t.TempDir())
-	wantCode(t, r, exitJoin, "mount on a taken lock port")
+	wantCode(t, r, cli.ExitJoin, "mount on a taken lock port")
 	if !strings.Contains(r.stderr, "lock channel port (TCP) "+lockAddr) {
 		t.Fatalf("a taken lock port %s is not named:\n%s", lockAddr, r.stderr)
 	}
@@ -1044,7 +1046,7 @@ func TestBindErrorNamesPort(t *testing.T) {
 func TestJoinLockPortSaysSo(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "key")
 	r := dlockfs(t, "keygen")
-	wantCode(t, r, exitOK, "keygen")
+	wantCode(t, r, cli.ExitOK, "keygen")
 	if err := os.WriteFile(key, []byte(r.stdout), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -1057,7 +1059,7 @@ func TestJoinLockPortSaysSo(t *testing.T) {
 			lockPort := a.lock
 			args := append([]string{"mount", "--name", "b", "--bind", freeAddr(t), "--join", lockPort, "--join-timeout", "0"}, tc.extra...)
 			r := dlockfs(t, append(args, t.TempDir())...)
-			wantCode(t, r, exitJoin, "join to the lock port")
+			wantCode(t, r, cli.ExitJoin, "join to the lock port")
 			if !strings.Contains(r.stderr, lockPort+": not a Serf gossip port") {
 				t.Fatalf("join to lock port %s does not say it is not a gossip port:\n%s", lockPort, r.stderr)
 			}
@@ -1074,7 +1076,7 @@ func TestJoinLockPortSaysSo(t *testing.T) {
 func TestJoinProgress(t *testing.T) {
 	nobody := freeAddr(t)
 	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--join", nobody, "--join-timeout", "1s", t.TempDir())
-	wantCode(t, r, exitJoin, "join to nobody")
+	wantCode(t, r, cli.ExitJoin, "join to nobody")
 	for _, want := range []string{"still trying", "gossip port", "within --join-timeout 1s"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("stderr lacks %q", want)
@@ -1095,14 +1097,14 @@ func TestOutsiderKeyIsAWarning(t *testing.T) {
 	for i := range keys {
 		keys[i] = filepath.Join(t.TempDir(), "key")
 		r := dlockfs(t, "keygen")
-		wantCode(t, r, exitOK, "keygen")
+		wantCode(t, r, cli.ExitOK, "keygen")
 		if err := os.WriteFile(keys[i], []byte(r.stdout), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	a := startNode(t, "a", "--key-file", keys[0])
 	r := dlockfs(t, "mount", "--name", "b", "--bind", freeAddr(t), "--key-file", keys[1], "--join", a.bind, t.TempDir())
-	wantCode(t, r, exitJoin, "join with another key")
+	wantCode(t, r, cli.ExitJoin, "join with another key")
 	waitFor(t, startTimeout, "a to warn about the outsider", func() bool {
 		return strings.Contains(a.out.String(), "cluster keys cannot read")
 	})

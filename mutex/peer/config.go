@@ -136,6 +136,14 @@ type Config struct {
 	// retries them with backoff until one answers or its ctx ends. Empty
 	// starts a new cluster.
 	Join []string
+	// JoinAttempts bounds the attempts to join (each tries every Join
+	// address once); when they all fail Start returns [ErrNoJoin]. 0
+	// retries until Start's ctx ends.
+	JoinAttempts int
+	// LeftMemberTimeout is how long a member that left stays listed (as
+	// left) before it is forgotten; 0 means [LeftMemberTimeout]. Failed
+	// members stay for Serf's reconnect window (24 h).
+	LeftMemberTimeout time.Duration
 	// Profile selects Serf's timers: [ProfileLAN] (default),
 	// [ProfileWAN] or [ProfileFast].
 	Profile string
@@ -146,6 +154,11 @@ type Config struct {
 	// once (key rotation without a restart); a peer started later needs
 	// the key the cluster uses by then.
 	Key []byte
+	// KeyringFile, if set with a Key, keeps the keyring across restarts:
+	// Serf rewrites it at every key operation, and at start it is the
+	// keyring when it exists (Key then only creates it). See
+	// keyringfile.go.
+	KeyringFile string
 	// KeepPermissions enables the Roucairol–Carvalho optimisation: a
 	// permission received is kept until another peer asks for it, so
 	// repeated uncontended locking sends no message.
@@ -225,6 +238,12 @@ func (c Config) Validate() error {
 	check("AdvertiseAddr", c.AdvertiseAddr, false)
 	check("LockAddr", c.LockAddr, false)
 	check("LockAdvertise", c.LockAdvertise, false)
+	if c.LeftMemberTimeout < 0 {
+		errs = append(errs, errors.New("peer: config: LeftMemberTimeout is negative (0 = the default)"))
+	}
+	if c.JoinAttempts < 0 {
+		errs = append(errs, fmt.Errorf("peer: config: JoinAttempts %d is negative (0 = until ctx ends)", c.JoinAttempts))
+	}
 	for i, j := range c.Join {
 		if j == "" {
 			errs = append(errs, fmt.Errorf("peer: config: Join[%d] is empty", i))

@@ -48,6 +48,14 @@
 // Serf shuts down under it stops by itself: [Peer.Done] is closed and
 // [Peer.Err] is [ErrSerfDown].
 //
+// # Cluster status
+//
+// No Ricart–Agrawala peer knows who holds a lock elsewhere. [Peer.ClusterStatus]
+// asks every alive member over the lock channel (a status query, served
+// off the driver) within a bound and merges the answers: the holder, the
+// requesters in request order, each member's view, and which members did
+// not answer (see cluster.go).
+//
 // # Leaving
 //
 // [Peer.Leave] withdraws the local waiters (their Lock returns

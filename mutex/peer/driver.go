@@ -1,9 +1,7 @@
 package peer
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/hashicorp/serf/serf"
@@ -15,7 +13,7 @@ import (
 type callKind uint8
 
 const (
-	callAcquire     callKind = iota // Lock or TryLock (try)
+	callAcquire     callKind = iota // Lock or TryLock (try), shared or not
 	callCancel                      // a Lock's ctx ended: withdraw or release op
 	callRelease                     // Unlock
 	callStatus                      // Status
@@ -24,6 +22,7 @@ const (
 	callMembers                     // after a join: add the members Serf knows
 	callLeaveVoters                 // majority mode: ask the voters to remove us (ack when done)
 	callForget                      // majority mode: remove voter lock (try: force) from the voter set
+	callStop                        // the lifecycle's terminate: end the driver (status: the last one)
 )
 
 // call is one local call into the driver.
@@ -32,9 +31,10 @@ type call struct {
 	op     mutex.OpenerID
 	lock   string
 	try    bool
+	shared bool                // callAcquire: a shared hold
 	res    chan<- result       // callAcquire, buffered
 	errc   chan<- error        // callRelease, buffered
-	status chan<- mutex.Status // callStatus, buffered
+	status chan<- mutex.Status // callStatus, callStop, buffered
 	names  chan<- []string     // callNames, buffered
 	ack    chan<- struct{}     // callShutdown, callMembers: outputs performed
 	mems   []serf.Member       // callMembers
@@ -56,9 +56,9 @@ type waiter struct {
 const dropWarnEvery = 10 * time.Second
 
 // run is the driver: the one goroutine that owns the core. Every input is
-// a step of the core, after which its outputs are performed.
-func (p *Peer) run(serfDown <-chan struct{}) {
-	defer close(p.done)
+// a step of the core, after which its outputs are performed. It ends on
+// callStop, which only the lifecycle goroutine sends (see lifecycle.go).
+func (p *Peer) run() {
 	incoming := p.tr.Incoming()
 	connected := p.tr.Connected()
 	ticker := time.NewTicker(p.tickEvery())
@@ -72,6 +72,15 @@ func (p *Peer) run(serfDown <-chan struct{}) {
 		case <-ticker.C:
 			p.core.Tick(p.now())
 		case c := <-p.calls:
+			if c.kind == callStop {
+				p.core.Tick(p.now())
+				for op, w := range p.waiters {
+					w.res <- result{err: ErrClosed}
+					delete(p.waiters, op)
+				}
+				c.status <- p.core.Status()
+				return
+			}
 			p.handleCall(c)
 		case in, ok := <-incoming:
 			if !ok {
@@ -87,17 +96,6 @@ func (p *Peer) run(serfDown <-chan struct{}) {
 			p.reconnected(name)
 		case ev := <-p.events:
 			p.handleEvent(ev)
-		case <-serfDown:
-			serfDown = nil
-			p.serfStopped()
-		case <-p.stop:
-			p.core.Tick(p.now())
-			p.final = p.core.Status()
-			for op, w := range p.waiters {
-				w.res <- result{err: ErrClosed}
-				delete(p.waiters, op)
-			}
-			return
 		}
 		p.core.Tick(p.now())
 		p.flush()
@@ -154,9 +152,14 @@ func (p *Peer) handleCall(c call) {
 			return
 		}
 		var err error
-		if c.try {
+		switch {
+		case c.try && c.shared:
+			err = p.core.TryAcquireShared(c.op, c.lock)
+		case c.try:
 			err = p.core.TryAcquire(c.op, c.lock)
-		} else {
+		case c.shared:
+			err = p.core.AcquireShared(c.op, c.lock)
+		default:
 			err = p.core.Acquire(c.op, c.lock)
 		}
 		if err != nil {
@@ -240,29 +243,6 @@ func (p *Peer) shutdownCore() {
 		delete(p.waiters, op)
 	}
 	clear(p.held)
-}
-
-// serfStopped handles Serf shutting down. Unless we stopped it, Serf broke
-// (or, during our join, gave up on a name conflict): the peer stops as if
-// it left.
-func (p *Peer) serfStopped() {
-	if p.stopping.Load() {
-		return
-	}
-	err := ErrSerfDown
-	if p.joining.Load() && p.conflict.Load() {
-		err = fmt.Errorf("%w %q", ErrNameConflict, p.name)
-	}
-	p.setErr(err)
-	p.log.Error("peer stopping", "err", err)
-	p.shutdownCore()
-	p.flush() // before the flush of the lock channel below
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = p.tr.Flush(ctx)
-		_ = p.terminate()
-	}()
 }
 
 // reconnected handles a (re)established outgoing connection to a member:

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // The driver acknowledges a shutdown or a member sync only once the
@@ -29,7 +30,7 @@ func TestDriverAcksAfterOutputs(t *testing.T) {
 			if kind == callShutdown {
 				// Shutdown says hello to every member: make a one.
 				p.events <- serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{a}}
-				waitFor(t, 5*time.Second, "a to be a member", func() bool {
+				testutil.WaitFor(t, 5*time.Second, "a to be a member", func() bool {
 					return coreMembers(p)["a"] == 1 && len(tr.connected) == 0
 				})
 				p.coreStatus() // the driver is done with the join's outputs
@@ -135,7 +136,7 @@ func TestNames(t *testing.T) {
 	if err := a.Unlock(r.grant); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "x to be forgotten", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "x to be forgotten", func() bool {
 		return len(me.Names()) == 0 && len(a.Names()) == 0
 	})
 	lockT(t, a, "y", 5*time.Second)
@@ -153,7 +154,7 @@ func TestCancelRacesGrant(t *testing.T) {
 		aTr.hold("me")
 		ctx, cancel := context.WithCancel(context.Background())
 		w := lockAsync(ctx, me, "x")
-		waitFor(t, 5*time.Second, "a's reply, held back", func() bool {
+		testutil.WaitFor(t, 5*time.Second, "a's reply, held back", func() bool {
 			return slices.ContainsFunc(aTr.heldFor("me"), func(m mutex.Message) bool {
 				return m.Type == mutex.MsgReply && m.Lock == "x"
 			})
@@ -257,21 +258,5 @@ func TestStartWaitsForAbandonedJoin(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Start did not return after its join attempt ended")
-	}
-}
-
-// A conflict line from Serf counts only while this peer joins.
-func TestSerfLogConflictOnlyWhileJoining(t *testing.T) {
-	var joining, conflict atomic.Bool
-	l := newSerfLogger(testLogger(), &joining, &conflict)
-	line := "[ERR] serf: Node name conflicts with another node at 127.0.0.1:7946. Names must be unique! (Resolution enabled: false)"
-	l.Print(line)
-	if conflict.Load() {
-		t.Error("a conflict noticed while not joining")
-	}
-	joining.Store(true)
-	l.Print(line)
-	if !conflict.Load() {
-		t.Error("a conflict missed while joining")
 	}
 }

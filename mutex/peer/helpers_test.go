@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // testLogger logs to stderr when DLOCKFS_TEST_LOG is set (to "debug" for
@@ -136,7 +137,7 @@ func (c *cluster) waitConverged() {
 			}
 		}
 	}()
-	waitFor(c.t, 15*time.Second, "membership to converge", func() bool {
+	testutil.WaitFor(c.t, 15*time.Second, "membership to converge", func() bool {
 		live := c.live()
 		for _, p := range live {
 			want := map[string]uint64{}
@@ -171,21 +172,6 @@ func (c *cluster) stopAll() {
 		wg.Go(p.kill)
 	}
 	wg.Wait()
-}
-
-// waitFor polls cond every few milliseconds until it holds or timeout.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for i := 0; ; i++ {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(min(time.Duration(i+1)*time.Millisecond, 20*time.Millisecond))
-	}
 }
 
 // guard is an in-test shared resource: it detects overlapping holds and
@@ -299,7 +285,7 @@ func recvWithin(t testing.TB, ch <-chan result, timeout time.Duration, what stri
 // waitLockState waits until p's lock is in phase want.
 func waitLockState(t testing.TB, p *Peer, lock string, want mutex.Phase, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, fmt.Sprintf("%s: %q %v", p.Node(), lock, want), func() bool {
+	testutil.WaitFor(t, timeout, fmt.Sprintf("%s: %q %v", p.Node(), lock, want), func() bool {
 		for _, l := range p.coreStatus().Locks {
 			if l.Name == lock {
 				return l.Phase == want
@@ -312,7 +298,7 @@ func waitLockState(t testing.TB, p *Peer, lock string, want mutex.Phase, timeout
 // waitDeferred waits until p defers from's request on lock.
 func waitDeferred(t testing.TB, p *Peer, lock, from string, timeout time.Duration) {
 	t.Helper()
-	waitFor(t, timeout, fmt.Sprintf("%s to defer %s on %q", p.Node(), from, lock), func() bool {
+	testutil.WaitFor(t, timeout, fmt.Sprintf("%s to defer %s on %q", p.Node(), from, lock), func() bool {
 		for _, l := range p.coreStatus().Locks {
 			if l.Name == lock {
 				return slices.Contains(l.Queued, from)

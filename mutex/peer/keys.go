@@ -17,10 +17,13 @@ import (
 // on every member through an internal query, each member changing its own
 // keyring, so the lock channel follows on every member with no protocol of
 // its own: there is no second, lock-channel broadcast that could reach some
-// members and not others, or apply in another order. Established lock
-// connections keep their session keys until the key they were made with is
-// removed; then they are closed and redialled with the primary key (see
-// transport.CheckKeys).
+// members and not others, or apply in another order. When the primary key
+// changes (use), each member's established lock connections switch to it
+// in band, without being dropped (transport's rekey.go; within 20 ms, at
+// once on the member that ran the command), so the remove that follows
+// closes nothing and no lock message waits for a reconnection. A
+// connection still on a removed key (a member that missed the use) is
+// closed and redialled with the primary key (see transport.CheckKeys).
 
 // Errors of the key operations.
 var (
@@ -109,6 +112,13 @@ func (p *Peer) Keys(ctx context.Context, op KeyOp, key []byte) (KeyReport, error
 	if resp != nil {
 		rep.Nodes, rep.Responses, rep.Errors = resp.NumNodes, resp.NumResp, resp.NumErr
 		rep.Messages, rep.Keys, rep.PrimaryKeys = resp.Messages, resp.Keys, resp.PrimaryKeys
+	}
+	if op == KeyUse {
+		// Our own connections switch now; every other member's within
+		// its transport's poll of the primary key.
+		if r, ok := p.tr.(interface{ Rekey() }); ok {
+			r.Rekey()
+		}
 	}
 	if op == KeyRemove {
 		// Our own connections on the removed key go now; every other

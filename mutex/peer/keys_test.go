@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // TestKeyRotation rotates the cluster key of 3 peers (install, use, remove,
@@ -51,7 +53,7 @@ func TestKeyRotation(t *testing.T) {
 		for i := range ps {
 			base[i] = grants[i].Load()
 		}
-		waitFor(t, 10*time.Second, "every peer to be granted after "+what, func() bool {
+		testutil.WaitFor(t, 10*time.Second, "every peer to be granted after "+what, func() bool {
 			for i := range ps {
 				if grants[i].Load() <= base[i] {
 					return false
@@ -81,7 +83,7 @@ func TestKeyRotation(t *testing.T) {
 		progressed(string(step.op))
 	}
 	// The other members close theirs within transport.DefaultKeyCheckInterval.
-	waitFor(t, 10*time.Second, "no lock connection left on the old key", func() bool {
+	testutil.WaitFor(t, 10*time.Second, "no lock connection left on the old key", func() bool {
 		for _, p := range ps {
 			if p.tr.Stats().OldKeyConns != 0 {
 				return false

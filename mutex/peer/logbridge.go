@@ -7,20 +7,15 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
 // serfLogWriter turns Serf's and memberlist's "[LEVEL] component: text"
 // lines into slog records: DEBUG and INFO at debug level (Serf logs every
-// member event at INFO), WARN at warn, ERR at error. While joining is set
-// it also notices a node name conflict (another live node claims our
-// name). Serf logs the same line on the node that had the name first when
-// a newcomer claims it: that node is not joining, and carries on.
+// member event at INFO), WARN at warn, ERR at error. It reads nothing
+// else from the lines: name conflicts are seen by conflictWatch.
 type serfLogWriter struct {
-	log      *slog.Logger
-	joining  *atomic.Bool
-	conflict *atomic.Bool
+	log *slog.Logger
 
 	mu         sync.Mutex
 	lastKeyLog time.Time // last warning about an outsider's key
@@ -41,8 +36,8 @@ func outsiderKeyError(s string) bool {
 		strings.Contains(s, "remote state is encrypted and encryption is not configured")
 }
 
-func newSerfLogger(l *slog.Logger, joining, conflict *atomic.Bool) *log.Logger {
-	return log.New(&serfLogWriter{log: l, joining: joining, conflict: conflict}, "", 0)
+func newSerfLogger(l *slog.Logger) *log.Logger {
+	return log.New(&serfLogWriter{log: l}, "", 0)
 }
 
 func (w *serfLogWriter) Write(b []byte) (int, error) {
@@ -77,9 +72,6 @@ func (w *serfLogWriter) line(s string) {
 	if strings.Contains(s, "Shutdown without a Leave") {
 		// Our own shutdown after a failed start or a kill: we say why.
 		level = slog.LevelDebug
-	}
-	if w.joining.Load() && strings.Contains(s, "Node name conflicts with another node") {
-		w.conflict.Store(true)
 	}
 	w.log.Log(context.Background(), level, s)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 	"testing"
 )
 
@@ -13,8 +12,7 @@ import (
 // logged, until the next window.
 func TestSerfLogOutsiderKey(t *testing.T) {
 	var buf bytes.Buffer
-	var joining, conflict atomic.Bool
-	l := newSerfLogger(slog.New(slog.NewTextHandler(&buf, nil)), &joining, &conflict)
+	l := newSerfLogger(slog.New(slog.NewTextHandler(&buf, nil)))
 	for range 3 {
 		l.Print("[ERR] memberlist: failed to receive: No installed keys could decrypt the message from=127.0.0.1:41234")
 	}

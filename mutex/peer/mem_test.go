@@ -76,6 +76,8 @@ type memTransport struct {
 	// flushed is closed by the first Flush.
 	flushed     chan struct{}
 	flushedOnce sync.Once
+	// flushGate, if set, holds Flush until it is closed or ctx ends.
+	flushGate chan struct{}
 }
 
 func (t *memTransport) Addr() string { return t.addr }
@@ -206,9 +208,26 @@ func (t *memTransport) Connected() <-chan string  { return t.connected }
 func (t *memTransport) Flush(ctx context.Context) error {
 	t.mu.Lock()
 	t.ops = append(t.ops, "flush")
+	gate := t.flushGate
 	t.mu.Unlock()
 	t.flushedOnce.Do(func() { close(t.flushed) })
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return nil
+}
+
+// gateFlush makes Flush wait until the returned channel is closed.
+func (t *memTransport) gateFlush() chan struct{} {
+	gate := make(chan struct{})
+	t.mu.Lock()
+	t.flushGate = gate
+	t.mu.Unlock()
+	return gate
 }
 
 // hold keeps the messages sent to name from now on, until release.

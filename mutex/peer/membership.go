@@ -87,14 +87,9 @@ const (
 
 // join contacts the addresses until one answers or ctx ends. A key
 // mismatch is not retried: it will not heal. A name conflict is noticed
-// only while it runs: Serf also logs one on the node that already has the
-// name, which is not a reason for that node to stop.
+// only here (see conflictWatch): the node that already has the name is not
+// joining, and carries on.
 func (p *Peer) join(ctx context.Context, addrs []string) error {
-	p.joining.Store(true)
-	defer func() {
-		p.joining.Store(false)
-		p.conflict.Store(false)
-	}()
 	backoff := joinBackoffMin
 	start := time.Now()
 	var lastProgress time.Time // the first failure is reported at once
@@ -117,7 +112,7 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 			p.awaitJoin(res, len(addrs))
 			return fmt.Errorf("peer: join %v: %w", addrs, ctx.Err())
 		}
-		if err == nil && p.conflict.Load() {
+		if err == nil && p.nameTaken() {
 			// Members keep the node they knew under our name and
 			// ignore us; we are the newcomer, so we are the one to go.
 			return fmt.Errorf("peer: join %v: %w %q", addrs, ErrNameConflict, p.name)
@@ -139,6 +134,9 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		if isKeyError(err) {
 			return fmt.Errorf("peer: join %v: %w: %w", addrs, ErrKeyMismatch, err)
 		}
+		if p.joinAttempts > 0 && attempt >= p.joinAttempts {
+			return fmt.Errorf("peer: join %v: %w after %d attempt(s): %w", addrs, ErrNoJoin, attempt, err)
+		}
 		p.log.Debug("join failed; retrying", "addrs", addrs, "attempt", attempt, "in", backoff, "err", err)
 		if time.Since(lastProgress) >= joinProgressEvery {
 			lastProgress = time.Now()
@@ -151,6 +149,9 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("peer: join %v: %w (last error: %v)", addrs, ctx.Err(), err)
+		case <-p.done:
+			t.Stop()
+			return fmt.Errorf("peer: join %v: %w", addrs, p.stoppedErr(p.Err()))
 		}
 		backoff = min(2*backoff, joinBackoffMax)
 	}
@@ -158,6 +159,9 @@ func (p *Peer) join(ctx context.Context, addrs []string) error {
 
 // joinProgressEvery is how often a join that keeps failing says so.
 const joinProgressEvery = 5 * time.Second
+
+// ErrNoJoin: no Join address answered within [Config.JoinAttempts].
+var ErrNoJoin = errors.New("no member answered")
 
 // ErrNotGossipPort: a join address answers, but not as a Serf gossip port.
 var ErrNotGossipPort = errors.New("not a Serf gossip port")
@@ -198,6 +202,54 @@ func (p *Peer) awaitJoin(res <-chan error, addrs int) {
 	case <-res:
 	case <-t.C:
 		p.log.Warn("join attempt still running; stopping Serf anyway", "waited", bound)
+	}
+}
+
+// conflictWatch is Serf's merge delegate, used only to see name
+// conflicts: Serf has no event for one (it logs it, and with
+// EnableNameConflictResolution, which we turn off, it votes). Serf hands
+// the delegate every alive message memberlist processes, one member at a
+// time (memberlist's Alive delegate), and, during a join, the remote's
+// member list as a whole (memberlist's Merge delegate), whose alive entries
+// then come again one by one. The delegate never refuses (memberlist then
+// does what it did without one), and runs under memberlist's node lock: it
+// only passes on, without blocking, single-member alive claims to our name
+// by another life (another nonce) to claims. join reads them (nameTaken).
+// A whole list is passed over: its entries for our name may be an earlier
+// life that failed, whose address memberlist lets us reclaim.
+type conflictWatch struct {
+	name, nonce string
+	claims      chan<- serf.Member
+}
+
+// NotifyMerge implements serf.MergeDelegate.
+func (w conflictWatch) NotifyMerge(ms []*serf.Member) error {
+	if len(ms) == 1 && ms[0].Name == w.name && ms[0].Status != serf.StatusLeft && ms[0].Tags[tagNonce] != w.nonce {
+		select {
+		case w.claims <- *ms[0]:
+		default: // full: one claim is enough
+		}
+	}
+	return nil
+}
+
+// nameTaken reports whether another node claimed our name alive at another
+// address: memberlist then sees our node and that one in conflict, and
+// every member keeps the one it knew. An earlier life of ours at our own
+// address (a restart on the same port) is not a conflict: memberlist lets
+// us refute it. It empties p.conflicts; only join calls it.
+func (p *Peer) nameTaken() bool {
+	self := p.serf.LocalMember()
+	taken := false
+	for {
+		select {
+		case m := <-p.conflicts:
+			if !m.Addr.Equal(self.Addr) || m.Port != self.Port {
+				taken = true
+			}
+		default:
+			return taken
+		}
 	}
 }
 

@@ -48,30 +48,25 @@ type Peer struct {
 	keyring   *memberlist.Keyring // nil: plaintext; Serf's and the lock channel's
 	log       *slog.Logger
 
-	serf     *serf.Serf // nil in driver-only tests
-	tr       lockTransport
-	events   chan serf.Event
-	joining  atomic.Bool // join runs: a name conflict Serf logs is ours
-	conflict atomic.Bool // Serf logged a name conflict while joining
+	serf       *serf.Serf // nil in driver-only tests
+	tr         lockTransport
+	events     chan serf.Event  // Serf's events, to the driver
+	conflicts  chan serf.Member // alive claims to our name by other lives (see conflictWatch)
+	tcpTimeout time.Duration    // memberlist's TCPTimeout: bounds one join exchange
 
-	tcpTimeout time.Duration // memberlist's TCPTimeout: bounds one join exchange
+	joinAttempts int // Config.JoinAttempts
 
-	calls    chan call
-	stop     chan struct{} // closed to end the driver
-	done     chan struct{} // closed when the driver has ended
-	stopOnce sync.Once
-	nextOp   atomic.Uint64
+	calls  chan call // local calls into the driver
+	nextOp atomic.Uint64
 
-	stopping  atomic.Bool   // terminate has begun: Serf's shutdown is ours
-	termOnce  sync.Once     // the end of Serf, driver and transport
-	termDone  chan struct{} // closed when termOnce's work is over
-	leaveOnce sync.Once
-	leaveErr  error
-
-	errMu sync.Mutex
-	err   error // why the peer stopped on its own
-
-	final mutex.Status // the core's last status, readable once done is closed
+	// The lifecycle (lifecycle.go): requests to the lifecycle goroutine,
+	// which closes done once the peer has stopped (Serf, driver and lock
+	// channel all ended), after it recorded end (under endMu: Err reads
+	// the cause at any time).
+	life  chan lifeReq
+	done  chan struct{}
+	endMu sync.Mutex
+	end   ending
 
 	// Owned by the driver goroutine.
 	core       *mutex.Core
@@ -151,11 +146,9 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	// One keyring for gossip and the lock channel: Serf's KeyManager
 	// changes it on every member, and the lock channel reads it at each
 	// handshake (see keys.go).
-	var keyring *memberlist.Keyring
-	if len(cfg.Key) > 0 {
-		if keyring, err = memberlist.NewKeyring(nil, append([]byte(nil), cfg.Key...)); err != nil {
-			return nil, fmt.Errorf("peer: keyring: %w", err)
-		}
+	keyring, err := loadKeyring(cfg, log) // keyringfile.go
+	if err != nil {
+		return nil, err
 	}
 	tc := transportConfig{
 		Name:          cfg.Name,
@@ -178,6 +171,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		return nil, err
 	}
 	p.encrypted = keyring != nil
+	p.joinAttempts = cfg.JoinAttempts
 	p.keyring = keyring
 	if len(cfg.Join) == 0 {
 		p.core.Bootstrap() // a new cluster, or our own voter set from StateDir
@@ -196,7 +190,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		mc.Keyring = keyring
 	}
 	p.tcpTimeout = mc.TCPTimeout
-	serfLog := newSerfLogger(log.With("component", "serf"), &p.joining, &p.conflict)
+	serfLog := newSerfLogger(log.With("component", "serf"))
 	mc.Logger = serfLog
 
 	sc := serf.DefaultConfig()
@@ -206,17 +200,26 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	sc.LogOutput = nil
 	sc.Logger = serfLog
 	sc.MemberlistConfig = mc
+	if keyring != nil {
+		sc.KeyringFile = cfg.KeyringFile // Serf rewrites it at each key operation (keyringfile.go)
+	}
 	sc.LeavePropagateDelay = leaveDelay
 	// Serf's own resolution is a vote that, in a cluster of two, shuts
 	// down both nodes (neither gets a majority of zero answers). We keep
 	// the node the cluster knows and refuse the newcomer in join instead.
 	sc.EnableNameConflictResolution = false
+	sc.Merge = conflictWatch{name: cfg.Name, nonce: formatNonce(inc), claims: p.conflicts}
 	sc.ReconnectInterval = reconnectInterval(cfg.Profile)
 	// A member that left gracefully is forgotten (an EventMemberReap,
 	// which the driver treats as gone) after LeftMemberTimeout instead of
 	// Serf's 24 h, so status stops listing it. Failed members keep Serf's
 	// ReconnectTimeout (24 h): they may come back, and may be voters.
 	sc.TombstoneTimeout = LeftMemberTimeout
+	if cfg.LeftMemberTimeout > 0 {
+		sc.TombstoneTimeout = cfg.LeftMemberTimeout
+		// Serf reaps every 15 s: a shorter timeout is checked oftener.
+		sc.ReapInterval = min(sc.ReapInterval, max(cfg.LeftMemberTimeout/4, 10*time.Millisecond))
+	}
 	// Serf's queries (only its KeyManager's: key rotation) time out after
 	// GossipInterval × QueryTimeoutMult × log10(N+1): 160 ms with the fast
 	// profile's 10 ms gossip, short enough for a loaded host to miss an
@@ -241,7 +244,8 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 			return nil, fmt.Errorf("peer: publish lock address: %w", err)
 		}
 	}
-	go p.run(s.ShutdownCh())
+	p.begin(s.ShutdownCh())
+	p.serveStatusQueries() // cluster.go
 
 	if !p.encrypted {
 		log.Warn("no cluster key: gossip and lock messages are plaintext")
@@ -251,6 +255,10 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 			p.kill()
 			return nil, err
 		}
+	}
+	if err := p.markJoined(); err != nil {
+		p.kill()
+		return nil, fmt.Errorf("peer: start: %w", err)
 	}
 	log.Info("peer started", "gossip", fmt.Sprintf("%s:%d", s.LocalMember().Addr, s.LocalMember().Port),
 		"lock", s.LocalMember().Tags[tagLock], "profile", cfg.Profile, "incarnation", formatNonce(inc))
@@ -297,10 +305,10 @@ func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) (*Peer,
 		log:       log,
 		tr:        tr,
 		events:    make(chan serf.Event, 1024),
+		conflicts: make(chan serf.Member, 16),
 		calls:     make(chan call),
-		stop:      make(chan struct{}),
+		life:      make(chan lifeReq),
 		done:      make(chan struct{}),
-		termDone:  make(chan struct{}),
 		core:      core,
 		waiters:   make(map[mutex.OpenerID]waiter),
 		held:      make(map[mutex.OpenerID]string),
@@ -355,43 +363,43 @@ func (p *Peer) GossipAddr() string {
 // Incarnation returns this peer's boot nonce.
 func (p *Peer) Incarnation() uint64 { return p.inc }
 
-// Done is closed when the peer has stopped: after Leave, or on its own
-// (see [Peer.Err]).
-func (p *Peer) Done() <-chan struct{} { return p.termDone }
-
-// Err returns why the peer stopped on its own ([ErrSerfDown]), or nil.
-func (p *Peer) Err() error {
-	p.errMu.Lock()
-	defer p.errMu.Unlock()
-	return p.err
-}
-
-func (p *Peer) setErr(err error) {
-	p.errMu.Lock()
-	defer p.errMu.Unlock()
-	if p.err == nil {
-		p.err = err
-	}
-}
-
 // Lock waits until this peer holds lock name. Cancelling ctx withdraws the
 // request without a trace and returns ctx's error (wrapped). A stopped
 // peer returns [ErrClosed].
 func (p *Peer) Lock(ctx context.Context, name string) (mutex.Grant, error) {
-	return p.acquire(ctx, name, false)
+	return p.acquire(ctx, name, false, false)
+}
+
+// LockShared is Lock for a shared (reader) hold: readers on every peer hold
+// together, a writer (Lock) excludes them, and requests are served in
+// timestamp order, so a reader that asks after a writer waits behind it.
+// The grant is given back with Unlock.
+func (p *Peer) LockShared(ctx context.Context, name string) (mutex.Grant, error) {
+	return p.acquire(ctx, name, false, true)
+}
+
+// TryLockShared is LockShared that does not wait: it fails with
+// [mutex.ErrLocked] (wrapped) when a writer holds the lock or asked for it
+// first, here or on another peer. Beside readers only, it is granted (at
+// once if this peer already holds the lock shared).
+func (p *Peer) TryLockShared(ctx context.Context, name string) (mutex.Grant, error) {
+	return p.acquire(ctx, name, true, true)
 }
 
 // TryLock is Lock that does not wait for a holder: it returns
 // [mutex.ErrLocked] (wrapped) when the lock is held or wanted, here or by
 // another peer. It still waits for every peer's answer (one round trip).
 func (p *Peer) TryLock(ctx context.Context, name string) (mutex.Grant, error) {
-	return p.acquire(ctx, name, true)
+	return p.acquire(ctx, name, true, false)
 }
 
-func (p *Peer) acquire(ctx context.Context, name string, try bool) (mutex.Grant, error) {
+func (p *Peer) acquire(ctx context.Context, name string, try, shared bool) (mutex.Grant, error) {
 	what := "lock"
 	if try {
 		what = "trylock"
+	}
+	if shared {
+		what += " shared"
 	}
 	if err := mutex.ValidLockName(name); err != nil {
 		return mutex.Grant{}, fmt.Errorf("peer: %s: %w", what, err)
@@ -399,7 +407,7 @@ func (p *Peer) acquire(ctx context.Context, name string, try bool) (mutex.Grant,
 	op := mutex.OpenerID(p.nextOp.Add(1))
 	res := make(chan result, 1)
 	select {
-	case p.calls <- call{kind: callAcquire, op: op, lock: name, try: try, res: res}:
+	case p.calls <- call{kind: callAcquire, op: op, lock: name, try: try, shared: shared, res: res}:
 	case <-ctx.Done():
 		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
 	case <-p.done:
@@ -461,110 +469,31 @@ func (p *Peer) Names() []string {
 	}
 }
 
-// finalNames is Names once the driver has ended.
+// finalNames is Names once the peer has stopped.
 func (p *Peer) finalNames() []string {
-	names := make([]string, len(p.final.Locks))
-	for i, l := range p.final.Locks {
+	final := p.ended().final
+	names := make([]string, len(final.Locks))
+	for i, l := range final.Locks {
 		names[i] = l.Name
 	}
 	return names
 }
 
-// coreStatus asks the driver for the core's status; after it ended, the
-// last one.
+// coreStatus asks the driver for the core's status; once the peer has
+// stopped, the last one.
 func (p *Peer) coreStatus() mutex.Status {
 	res := make(chan mutex.Status, 1)
 	select {
 	case p.calls <- call{kind: callStatus, status: res}:
 	case <-p.done:
-		return p.final
+		return p.ended().final
 	}
 	select {
 	case s := <-res:
 		return s
 	case <-p.done:
-		return p.final
+		return p.ended().final
 	}
-}
-
-// Leave leaves the cluster gracefully: waiting Lock calls return
-// [ErrClosed], holds are released and deferred replies sent, the lock
-// channel is flushed (until ctx ends), Serf announces the leave (bounded by
-// Serf's own timeouts, not by ctx), and every goroutine ends. Calling it
-// again returns the first result.
-func (p *Peer) Leave(ctx context.Context) error {
-	p.leaveOnce.Do(func() { p.leaveErr = p.leave(ctx) })
-	return p.leaveErr
-}
-
-func (p *Peer) leave(ctx context.Context) error {
-	select {
-	case <-p.termDone:
-		return p.Err() // stopped already (crash hook, or on its own)
-	default:
-	}
-	var errs []error
-	// Withdraw and release everything; the driver keeps answering peers
-	// until Serf has told them we left.
-	ack := make(chan struct{})
-	select {
-	case p.calls <- call{kind: callShutdown, ack: ack}:
-		select {
-		case <-ack:
-		case <-p.done:
-		}
-	case <-p.done:
-	}
-	if err := p.leaveVoters(ctx); err != nil {
-		errs = append(errs, err)
-	}
-	if err := p.tr.Flush(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("peer: leave: flush lock channel: %w", err))
-	}
-	// Serf's Leave is not cut short by ctx: shutting Serf down while it
-	// runs makes memberlist panic ("leave after shutdown"), and it is
-	// bounded by Serf's own broadcast timeouts.
-	if p.serf != nil && p.serf.State() == serf.SerfAlive {
-		if err := p.serf.Leave(); err != nil {
-			errs = append(errs, fmt.Errorf("peer: leave: serf: %w", err))
-		}
-	}
-	if err := p.terminate(); err != nil {
-		errs = append(errs, err)
-	}
-	if err := p.Err(); err != nil {
-		errs = append(errs, err)
-	}
-	p.log.Info("peer left")
-	return errors.Join(errs...)
-}
-
-// terminate shuts Serf down, ends the driver and closes the lock channel.
-// Only the first call does it; every call waits for it.
-func (p *Peer) terminate() error {
-	var err error
-	p.termOnce.Do(func() {
-		defer close(p.termDone)
-		p.stopping.Store(true)
-		if p.serf != nil {
-			if e := p.serf.Shutdown(); e != nil {
-				err = fmt.Errorf("peer: serf shutdown: %w", e)
-			}
-		}
-		p.stopOnce.Do(func() { close(p.stop) })
-		<-p.done
-		if e := p.tr.Close(); e != nil {
-			err = errors.Join(err, fmt.Errorf("peer: close lock channel: %w", e))
-		}
-	})
-	<-p.termDone
-	return err
-}
-
-// kill stops the peer as a crash would: no core shutdown, no leave, no
-// flush. Peers notice by failure detection. For tests and failed starts.
-func (p *Peer) kill() {
-	_ = p.terminate()
 }
 
 // LeftMemberTimeout is how long a member that left stays listed (as left)

@@ -13,7 +13,29 @@ import (
 	"github.com/dlockfs/dlockfs/mutex"
 )
 
-// Status is a snapshot of a peer, as served by the .status file.
+// The state words of a Status, for the programs that read it (and the
+// tests): compare with these, not with string literals.
+const (
+	// LockIdle, LockRequesting and LockHolding are LockStatus.State (the
+	// core's Phase).
+	LockIdle       = "idle"
+	LockRequesting = "requesting"
+	LockHolding    = "holding"
+	// MemberAlive, MemberFailed and MemberLeft are MemberStatus.Status.
+	MemberAlive  = "alive"
+	MemberFailed = "failed"
+	MemberLeft   = "left"
+	// VoterSelf, VoterAlive, VoterSilent, VoterDown and VoterEvicted are
+	// VoterStatus.State (the core's quorum view).
+	VoterSelf    = "self"
+	VoterAlive   = "alive"
+	VoterSilent  = "silent"
+	VoterDown    = "down"
+	VoterEvicted = "evicted"
+)
+
+// Status is a snapshot of a peer, as served by the .status file: the
+// schema of that file, which the command line and the tests decode into.
 type Status struct {
 	Node        string `json:"node"`
 	Incarnation uint64 `json:"incarnation,string"`
@@ -28,6 +50,10 @@ type Status struct {
 	Transport transportStats `json:"transport"`
 	// Quorum is majority mode's state; nil (absent) with Quorum "none".
 	Quorum *QuorumStatus `json:"quorum,omitempty"`
+	// Draining: the mount is stopping (a SIGTERM drain): it grants no new
+	// local open and waits for its local holders before it leaves. The
+	// peer itself never sets it; the mount that serves it does.
+	Draining bool `json:"draining"`
 	// Suspects lists the members this peer suspects of refusing to
 	// answer (see Config.AnswerTimeout), by name.
 	Suspects []SuspectStatus `json:"suspects"`
@@ -88,9 +114,9 @@ type QuorumStatus struct {
 // VoterStatus is one voter.
 type VoterStatus struct {
 	Name string `json:"name"`
-	// State is "self", "alive", "silent" (nothing heard for a lease),
-	// "down" (Serf reports it failed) or "evicted" (a majority declared
-	// it: it counts as having answered every request).
+	// State is VoterSelf, VoterAlive, VoterSilent (nothing heard for a
+	// lease), VoterDown (Serf reports it failed) or VoterEvicted (a
+	// majority declared it: it counts as having answered every request).
 	State string `json:"state"`
 	// Declared: this peer declared it evicted.
 	Declared bool `json:"declared"`
@@ -103,8 +129,8 @@ type MemberStatus struct {
 	Addr string `json:"addr"`
 	// LockAddr is the lock channel's address from the member's tags.
 	LockAddr string `json:"lock_addr"`
-	// Status is "alive", "failed" or "left" (a member leaving counts as
-	// left).
+	// Status is MemberAlive, MemberFailed or MemberLeft (a member leaving
+	// counts as left).
 	Status string `json:"status"`
 	// LockConnected reports that this peer's outgoing lock connection to
 	// the member is established (always true for this peer itself). An
@@ -116,11 +142,17 @@ type MemberStatus struct {
 // LockStatus is one lock's state on this peer.
 type LockStatus struct {
 	Name string `json:"name"`
-	// State is "idle", "requesting" or "holding".
+	// State is LockIdle, LockRequesting or LockHolding.
 	State string `json:"state"`
 	// Holder is this node's name while it holds the lock, else "": a
 	// Ricart–Agrawala peer cannot know a remote holder.
 	Holder string `json:"holder"`
+	// Mode is "exclusive" or "shared": the mode of the local hold, or of
+	// the request under way ("" while idle).
+	Mode string `json:"mode"`
+	// Holders counts the local openers holding the lock: 1 for an
+	// exclusive hold, 1 or more readers for a shared one.
+	Holders int `json:"holders"`
 	// Token is the fencing token of the current or last local hold.
 	Token uint64 `json:"token"`
 	// Waiting counts local openers waiting.
@@ -196,6 +228,14 @@ func (p *Peer) Status() Status {
 		}
 		if l.Phase == mutex.Holding {
 			ls.Holder = p.name
+			ls.Holders = l.Holders
+		}
+		switch {
+		case l.Phase == mutex.Idle:
+		case l.Shared:
+			ls.Mode = "shared"
+		default:
+			ls.Mode = "exclusive"
 		}
 		st.Locks = append(st.Locks, ls)
 	}
@@ -213,7 +253,7 @@ func (p *Peer) Status() Status {
 		}
 	}
 	for name, n := range revoked { // the core forgot the lock already
-		st.Locks = append(st.Locks, LockStatus{Name: name, State: "idle", Queued: []string{}, Awaiting: []string{},
+		st.Locks = append(st.Locks, LockStatus{Name: name, State: LockIdle, Queued: []string{}, Awaiting: []string{},
 			Permissions: []string{}, Slow: []SlowStatus{}, Revoked: n})
 	}
 	slices.SortStableFunc(st.Locks, func(a, b LockStatus) int { return strings.Compare(a.Name, b.Name) })
@@ -225,7 +265,7 @@ func (p *Peer) Status() Status {
 		reach := 0
 		for _, v := range q.Voters {
 			qs.Voters = append(qs.Voters, VoterStatus{Name: v.Name, State: v.State, Declared: v.Declared})
-			if v.State == "self" || v.State == "alive" {
+			if v.State == VoterSelf || v.State == VoterAlive {
 				reach++
 			}
 		}
@@ -247,13 +287,13 @@ func (p *Peer) StatusJSON() ([]byte, error) {
 func memberStatus(s serf.MemberStatus) string {
 	switch s {
 	case serf.StatusAlive:
-		return "alive"
+		return MemberAlive
 	case serf.StatusFailed:
-		return "failed"
+		return MemberFailed
 	case serf.StatusLeaving, serf.StatusLeft:
-		return "left"
+		return MemberLeft
 	}
-	return "failed"
+	return MemberFailed
 }
 
 func nonNil(s []string) []string {

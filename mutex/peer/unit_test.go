@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -75,7 +76,7 @@ func memPeer(t *testing.T, net *memNet, name string, inc uint64) (*Peer, *memTra
 	if err != nil {
 		t.Fatal(err)
 	}
-	go p.run(nil)
+	p.begin(nil)
 	t.Cleanup(p.kill)
 	return p, tr.(*memTransport)
 }
@@ -89,7 +90,7 @@ func memPair(t *testing.T) (me *Peer, meTr *memTransport, a *Peer, aTr *memTrans
 	a, aTr = memPeer(t, net, "a", 1)
 	me.events <- serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{member("a", "1", aTr.Addr())}}
 	a.events <- serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{member("me", "7", meTr.Addr())}}
-	waitFor(t, 5*time.Second, "the pair to count each other", func() bool {
+	testutil.WaitFor(t, 5*time.Second, "the pair to count each other", func() bool {
 		return coreMembers(me)["a"] == 1 && coreMembers(a)["me"] == 7
 	})
 	return me, meTr, a, aTr
@@ -157,7 +158,7 @@ func TestMemberEvents(t *testing.T) {
 			// The driver finishes an input before it takes the next,
 			// and events are taken in order: once the channel is empty,
 			// a snapshot (a later input) sees them all.
-			waitFor(t, 5*time.Second, "events to be applied", func() bool { return len(p.events) == 0 })
+			testutil.WaitFor(t, 5*time.Second, "events to be applied", func() bool { return len(p.events) == 0 })
 			if got := coreMembers(p); !mapsEqual(got, tt.want) {
 				t.Errorf("core members %v, want %v", got, tt.want)
 			}
@@ -183,7 +184,7 @@ func TestDriverMemberGoesAway(t *testing.T) {
 	p, tr := memberPeer(t)
 	p.events <- serf.MemberEvent{Type: serf.EventMemberJoin, Members: []serf.Member{member("a", "1", "mem:nowhere")}}
 	// The driver picks among ready inputs at random: the join first.
-	waitFor(t, 5*time.Second, "a to be a member", func() bool { return coreMembers(p)["a"] == 1 })
+	testutil.WaitFor(t, 5*time.Second, "a to be a member", func() bool { return coreMembers(p)["a"] == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	w := lockAsync(ctx, p, "x")
@@ -235,7 +236,7 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("%s keys %v, want %v", what, k, want)
 		}
 	}
-	check("status", st, "node", "incarnation", "lamport", "encrypted", "profile", "members", "locks", "counters", "transport", "quorum", "suspects")
+	check("status", st, "node", "incarnation", "lamport", "encrypted", "profile", "members", "locks", "counters", "transport", "quorum", "draining", "suspects")
 	if st["node"] != "p0" || st["encrypted"] != true || st["profile"] != "fast" {
 		t.Errorf("node/encrypted/profile: %v %v %v", st["node"], st["encrypted"], st["profile"])
 	}
@@ -258,8 +259,9 @@ func TestStatusJSON(t *testing.T) {
 		t.Fatalf("locks %v", locks)
 	}
 	l := locks[0].(map[string]any)
-	check("lock", l, "name", "state", "holder", "token", "waiting", "queued", "awaiting", "slow", "permissions", "revoked")
-	if l["name"] != "held" || l["state"] != "holding" || l["holder"] != "p0" || l["token"].(float64) != float64(g.Token) {
+	check("lock", l, "name", "state", "holder", "mode", "holders", "token", "waiting", "queued", "awaiting", "slow", "permissions", "revoked")
+	if l["name"] != "held" || l["state"] != "holding" || l["holder"] != "p0" || l["token"].(float64) != float64(g.Token) ||
+		l["mode"] != "exclusive" || l["holders"].(float64) != 1 {
 		t.Errorf("lock %v (grant %+v)", l, g)
 	}
 	if q := l["queued"].([]any); len(q) != 1 || q[0] != "p1" {

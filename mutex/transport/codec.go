@@ -10,9 +10,12 @@ import (
 
 // Payload layout (the plaintext inside a frame):
 //
-//	byte 0    version<<4 | kind   (version 3; kind 1..13 = mutex.MsgType,
+//	byte 0    version<<4 | kind   (version 3; kind 1..12 = mutex.MsgType,
+//	                               mutex.MsgProbe being 12 with flag bit 2,
+//	                               13 = query, see query.go,
 //	                               14 = hello, 15 = welcome)
-//	message:  flags byte (bit 0 = Try; other bits must be 0)
+//	message:  flags byte (bit 0 = Try, bit 1 = Shared, bit 2 = Probe;
+//	          other bits must be 0)
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
 //	          str Lock, uvarint Time, uvarint ReqTime,
 //	          uvarint Config, uvarint Session, uvarint Reserve,
@@ -23,12 +26,20 @@ import (
 //
 // where str is one length byte (0..255) followed by that many bytes. Nothing
 // may follow the last field.
+//
+// The Shared flag came within version 2: a message without it is encoded as
+// before, so peers that predate shared locks interoperate for exclusive ones
+// and drop a shared request as malformed (unknown flags), which leaves that
+// request waiting rather than granted wrongly.
 const (
-	wireVersion = 3
+	wireVersion = 3  // 3: Seen, and kinds 11 (deferred) and 12 (suspect; probe with flagProbe)
+	kindQuery   = 13 // status queries and answers (query.go), versioned by their own byte
 	kindHello   = 14
 	kindWelcome = 15
 
-	flagTry = 1
+	flagTry    = 1
+	flagShared = 2
+	flagProbe  = 4 // kind 12 is mutex.MsgProbe, not MsgSuspect: the 4-bit kinds are all taken
 
 	// maxPayload is the largest encoded message: a version/type byte, a
 	// flags byte, four full names, ten maximal varints and a full voter
@@ -61,7 +72,14 @@ func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
 	if m.Try {
 		flags |= flagTry
 	}
-	dst = append(dst, wireVersion<<4|byte(m.Type), flags)
+	if m.Shared {
+		flags |= flagShared
+	}
+	kind := byte(m.Type)
+	if m.Type == mutex.MsgProbe {
+		kind, flags = byte(mutex.MsgSuspect), flags|flagProbe
+	}
+	dst = append(dst, wireVersion<<4|kind, flags)
 	dst = appendStr(dst, m.From)
 	dst = binary.AppendUvarint(dst, m.FromIncarnation)
 	dst = appendStr(dst, m.To)
@@ -167,15 +185,22 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	d := newDecoder(b)
 	var m mutex.Message
 	kind := d.header()
-	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MaxMsgType)) {
+	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgSuspect)) {
 		d.setBad(fmt.Sprintf("kind %d is not a message", kind))
 	}
 	m.Type = mutex.MsgType(kind)
 	flags := d.byte()
-	if !d.bad && flags&^flagTry != 0 {
+	if !d.bad && flags&^(flagTry|flagShared|flagProbe) != 0 {
 		d.setBad("unknown flags")
 	}
+	if flags&flagProbe != 0 {
+		if !d.bad && kind != byte(mutex.MsgSuspect) {
+			d.setBad("probe flag on another kind")
+		}
+		m.Type = mutex.MsgProbe
+	}
 	m.Try = flags&flagTry != 0
+	m.Shared = flags&flagShared != 0
 	m.From = d.str(intern)
 	m.FromIncarnation = d.uvarint()
 	m.To = d.str(intern)
@@ -209,6 +234,7 @@ type hello struct {
 	Name        string
 	Incarnation uint64
 	ToName      string // empty in a welcome
+	query       byte   // a query open's what byte; 0 for a hello
 }
 
 func appendHello(dst []byte, kind byte, h hello) []byte {

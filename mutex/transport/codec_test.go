@@ -17,6 +17,8 @@ func sampleMessages() []mutex.Message {
 		{Type: mutex.MsgRequest, From: "a", FromIncarnation: 1, To: "b", ToIncarnation: 2, Lock: "lock", Time: 12, ReqTime: 12, Try: true},
 		{Type: mutex.MsgReply, From: "node-1", FromIncarnation: 0x1234567890abcdef, To: "node-2", ToIncarnation: 99, Lock: "x", Time: 1 << 40, ReqTime: 7},
 		{Type: mutex.MsgBusy, From: "a", To: "b", Lock: "ü-ñ", Time: 3, ReqTime: 2},
+		{Type: mutex.MsgRequest, From: "a", FromIncarnation: 1, To: "b", ToIncarnation: 2, Lock: "lock", Time: 13, ReqTime: 13, Shared: true},
+		{Type: mutex.MsgRequest, From: "a", FromIncarnation: 1, To: "b", ToIncarnation: 2, Lock: "lock", Time: 14, ReqTime: 14, Try: true, Shared: true},
 		{Type: mutex.MsgCancel, From: "a", To: "b", Lock: "l", ReqTime: ^uint64(0), Time: ^uint64(0)},
 		{Type: mutex.MsgHello, From: "a", FromIncarnation: 5, To: "b", ToIncarnation: 6, Time: 1},
 		{Type: mutex.MsgRequest, From: long, FromIncarnation: ^uint64(0), To: long, ToIncarnation: ^uint64(0), Lock: long, Time: ^uint64(0), ReqTime: ^uint64(0), Try: true},
@@ -80,6 +82,29 @@ func TestCodecRejectsUnencodable(t *testing.T) {
 	}
 }
 
+// TestCodecSharedFlagCompatible: an exclusive request encodes exactly as
+// before shared locks (flags byte 0 or 1), so older peers still read it; the
+// Shared flag is bit 1 of the flags byte, and a bit above it is refused.
+func TestCodecSharedFlagCompatible(t *testing.T) {
+	m := mutex.Message{Type: mutex.MsgRequest, From: "a", To: "b", Lock: "l", Time: 1, ReqTime: 1}
+	b, err := appendMessage(nil, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b[1] != 0 {
+		t.Fatalf("exclusive request flags %#x, want 0", b[1])
+	}
+	m.Shared = true
+	b, _ = appendMessage(nil, m)
+	if b[1] != flagShared {
+		t.Fatalf("shared request flags %#x, want %#x", b[1], flagShared)
+	}
+	b[1] |= 4
+	if _, err := decodeMessage(b, plainString); !errors.Is(err, errMalformed) {
+		t.Fatalf("unknown flag bit 2: %v, want errMalformed", err)
+	}
+}
+
 func TestCodecRejectsMalformed(t *testing.T) {
 	good, _ := appendMessage(nil, sampleMessages()[0])
 	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
@@ -91,7 +116,7 @@ func TestCodecRejectsMalformed(t *testing.T) {
 		"version 4":      mutate(func(b []byte) []byte { b[0] = 0x41; return b }),
 		"kind 0":         mutate(func(b []byte) []byte { b[0] = 0x30; return b }),
 		"hello kind":     mutate(func(b []byte) []byte { b[0] = 0x30 | kindHello; return b }),
-		"unknown flag":   mutate(func(b []byte) []byte { b[1] = 0x02; return b }),
+		"unknown flag":   mutate(func(b []byte) []byte { b[1] = 0x08; return b }),
 		"truncated":      good[:len(good)-1],
 		"header only":    good[:1],
 		"trailing byte":  append(append([]byte(nil), good...), 0),

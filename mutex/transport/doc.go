@@ -30,7 +30,7 @@
 // client's nonce). Then frames follow: a 4-byte big-endian length and a
 // body of at most [Config.MaxFrameSize] bytes. The body's plaintext is a
 // payload: one byte version<<4|kind, then for a message a flags byte (bit 0
-// = Try) and From, FromIncarnation, To, ToIncarnation, Lock, Time, ReqTime,
+// = Try, bit 1 = Shared) and From, FromIncarnation, To, ToIncarnation, Lock, Time, ReqTime,
 // names as a length byte plus bytes (names are at most 255 bytes), numbers
 // as unsigned varints. A typical request is 20-40 bytes. The first client
 // frame is a hello (its name and incarnation and the name it wants to
@@ -65,11 +65,34 @@
 // opens it with each installed key in turn, primary first, and answers
 // under the key that opened it. So once a new key is installed everywhere,
 // any peer may make it primary; established connections keep their session
-// keys through install and use, and new connections use the primary key.
-// When a key is removed, the connections whose handshake used it are closed
+// keys through install, and new connections use the primary key. When the
+// primary key changes (use), each established outgoing connection switches
+// to it in band, without being dropped ([Transport.Rekey], within 20 ms of
+// the change): the client sends a rekey frame naming the new key (by
+// [KeyID]) with a fresh nonce, and both ends derive the next session key
+// from the new key, the server's challenge and that nonce, the frame
+// counters starting again (see rekey.go). A server without the named key
+// closes the connection. So a rotation moves every lock connection to the
+// new key with no reconnection and no lock message waiting for one. When a
+// key is removed, any connection still on it is closed
 // ([Transport.CheckKeys], run every [Config.KeyCheckInterval]), outgoing
 // ones redialled at once with the primary key: after a rotation no channel
 // is left on the old key, and a peer that only has it cannot connect.
+//
+// # Status queries
+//
+// [Transport.QueryStatus] asks a peer for its view of the locks (the
+// cluster status of dlockfs status --cluster) on a short-lived connection
+// of its own to the peer's lock port: the same preamble, keys and session
+// key derivation, but a query open (kind 13, with its own version byte)
+// instead of a hello, answered by the welcome and one or more answer
+// frames, after which the server closes it. It is not a lock connection:
+// the client's lock connection stays as it is, and nothing reaches
+// Incoming. The server answers with the function set by
+// [Transport.HandleStatus], on the connection's goroutine; the client
+// waits until its context ends, so a paused peer (whose kernel still
+// accepts the TCP connection) costs the caller its deadline and no more.
+// See query.go for the layout.
 //
 // # Bad input
 //

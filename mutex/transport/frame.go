@@ -116,6 +116,9 @@ type frameCipher struct {
 	aead  cipher.AEAD
 	nonce [12]byte
 	ctr   uint64
+	// challenge is the server's random bytes of the connection, from
+	// which an in-band rekey derives the next session key (rekey.go).
+	challenge [nonceLen]byte
 }
 
 func newFrameCipher(sessKey []byte, dir uint32) (*frameCipher, error) {
@@ -180,6 +183,9 @@ type frameReader struct {
 	timeout time.Duration // from a frame's first byte to its last
 	hdr     [headerLen]byte
 	buf     []byte
+	// send is the other direction's cipher, set by serverHandshake (a
+	// query connection writes its answer with it).
+	send *frameCipher
 }
 
 // read returns the next payload, valid until the next call. Unless the

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // wait is the bound on every condition a test awaits.
@@ -27,26 +28,8 @@ func newTestFrameReader(b []byte, c *frameCipher, maxSize int) *frameReader {
 	return &frameReader{br: bufio.NewReader(bytes.NewReader(b)), c: c, max: maxSize}
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // testLogger logs to the test's output (warnings and up) and to buf.
-func testLogger(t *testing.T, buf *syncBuffer) *slog.Logger {
+func testLogger(t *testing.T, buf *testutil.SyncBuffer) *slog.Logger {
 	var w io.Writer = t.Output()
 	if buf != nil {
 		w = io.MultiWriter(w, buf)
@@ -88,18 +71,6 @@ func msg(from, to *Transport, lock string, time uint64) mutex.Message {
 	return mutex.Message{
 		Type: mutex.MsgRequest, From: from.cfg.Name, FromIncarnation: from.cfg.Incarnation,
 		To: to.cfg.Name, ToIncarnation: to.cfg.Incarnation, Lock: lock, Time: time, ReqTime: time,
-	}
-}
-
-// waitFor polls cond until it holds or the bound passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }
 
@@ -242,40 +213,24 @@ func expectClosed(t *testing.T, conn net.Conn) {
 // frame 0 is the hello) to hook, which returns the frames to forward;
 // it also records that connection's client bytes.
 type proxy struct {
-	ln     net.Listener
-	target string
-	hook   func(i int, frame []byte) [][]byte
+	*testutil.Proxy
+	hook func(i int, frame []byte) [][]byte
 
 	mu       sync.Mutex
-	n        int
 	recorded []byte
-	conns    []net.Conn
-	wg       sync.WaitGroup
 }
 
 func newProxy(t *testing.T, target string, hook func(i int, frame []byte) [][]byte) *proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, hook: hook}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(p.close)
+	p := &proxy{hook: hook}
+	p.Proxy = testutil.NewProxy(t, target, func(conn int, c io.Reader, s io.Writer) {
+		if conn == 0 {
+			p.forwardFrames(c, s)
+		} else {
+			_, _ = io.Copy(s, c)
+		}
+	})
 	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) close() {
-	p.ln.Close()
-	p.mu.Lock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
 }
 
 func (p *proxy) clientBytes() []byte {
@@ -284,38 +239,7 @@ func (p *proxy) clientBytes() []byte {
 	return append([]byte(nil), p.recorded...)
 }
 
-func (p *proxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		first := p.n == 0
-		p.n++
-		p.conns = append(p.conns, c, s)
-		p.mu.Unlock()
-		p.wg.Add(2)
-		go func() { defer p.wg.Done(); io.Copy(c, s); c.Close() }()
-		go func() {
-			defer p.wg.Done()
-			if first {
-				p.forwardFrames(c, s)
-			} else {
-				io.Copy(s, c)
-			}
-			s.Close()
-		}()
-	}
-}
-
-func (p *proxy) forwardFrames(c, s net.Conn) {
+func (p *proxy) forwardFrames(c io.Reader, s io.Writer) {
 	r := bufio.NewReader(c)
 	pre := make([]byte, preambleLen)
 	if _, err := io.ReadFull(r, pre); err != nil {

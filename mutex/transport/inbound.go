@@ -76,6 +76,10 @@ func (t *Transport) serveInbound(conn net.Conn) {
 		}
 		return
 	}
+	if h.query != 0 {
+		t.serveQuery(conn, fr.send, h, remote) // not a lock connection
+		return
+	}
 	t.st.accepts.Add(1)
 	ic := &inConn{conn: conn, remote: remote, key: key}
 	t.registerInbound(h.Name, ic)
@@ -107,6 +111,14 @@ func (t *Transport) serveInbound(conn net.Conn) {
 		if err != nil {
 			t.inboundError(err, remote, h.Name)
 			return
+		}
+		if len(payload) > 0 && payload[0]&0x0f == kindQuery {
+			// A control frame: an in-band rekey (rekey.go).
+			if err := t.serverRekey(fr, ic, payload); err != nil {
+				t.inboundError(err, remote, h.Name)
+				return
+			}
+			continue
 		}
 		m, err := decodeMessage(payload, intern)
 		if err == nil && (m.From != h.Name || m.FromIncarnation != h.Incarnation || m.To != self) {
@@ -236,6 +248,7 @@ func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameRead
 			if send, err = newFrameCipher(sk, dirServerToClient); err != nil {
 				return fail(err)
 			}
+			r.challenge = mine.nonce
 			key, recv, payload = k, r, p
 			break
 		}
@@ -244,7 +257,8 @@ func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameRead
 		}
 	}
 	fr.c = recv
-	h, err := decodeHello(payload, kindHello)
+	h, what, err := decodeClientOpen(payload)
+	h.query = what
 	if err != nil {
 		return fail(fmt.Errorf("%w: hello: %w", errHandshake, err))
 	}
@@ -258,6 +272,7 @@ func (t *Transport) serverHandshake(conn net.Conn, br *bufio.Reader) (*frameRead
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		return fail(fmt.Errorf("transport: clear deadline: %w", err))
 	}
+	fr.send = send
 	return fr, h, key, nil
 }
 

@@ -44,7 +44,10 @@ func hasKey(keys [][]byte, key []byte) bool {
 func (t *Transport) CheckKeys() int {
 	stale, kick := t.staleConns()
 	for _, ic := range stale {
-		t.log.Info("transport: closing an inbound connection on a removed key", "remote", ic.remote, "key", KeyID(ic.key))
+		t.mu.RLock()
+		key := ic.key // a rekey (rekey.go) changes it under t.mu
+		t.mu.RUnlock()
+		t.log.Info("transport: closing an inbound connection on a removed key", "remote", ic.remote, "key", KeyID(key))
 		ic.conn.Close()
 	}
 	for _, p := range kick {

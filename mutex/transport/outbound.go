@@ -32,6 +32,7 @@ type peer struct {
 	name   string
 	q      chan mutex.Message
 	kick   chan struct{} // retarget: drop the connection and redial now
+	rekey  chan struct{} // the primary key changed: switch to it in band (rekey.go)
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -54,9 +55,10 @@ func newPeer(parent context.Context, name string, inc uint64, addr string, queue
 	ctx, cancel := context.WithCancel(parent)
 	return &peer{
 		name: name, inc: inc, addr: addr,
-		q:    make(chan mutex.Message, queueLen),
-		kick: make(chan struct{}, 1),
-		ctx:  ctx, cancel: cancel,
+		q:     make(chan mutex.Message, queueLen),
+		kick:  make(chan struct{}, 1),
+		rekey: make(chan struct{}, 1),
+		ctx:   ctx, cancel: cancel,
 	}
 }
 
@@ -268,6 +270,18 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 			return errBroken
 		case <-p.kick:
 			return errRetarget
+		case <-p.rekey:
+			if err := conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
+				return fmt.Errorf("transport: set write deadline: %w", err)
+			}
+			var err error
+			if send, err = t.rekeyIfNeeded(p, bw, send); err == nil {
+				err = bw.Flush()
+			}
+			if err != nil {
+				return fmt.Errorf("transport: rekey: %w", err)
+			}
+			continue
 		case <-p.ctx.Done():
 			return p.ctx.Err()
 		}
@@ -279,6 +293,15 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 		}
 		n, bytes := 1, 0
 		types = append(types[:0], m.Type)
+		// A batch goes out on the primary key: a busy connection
+		// switches at once, before the poll of watchPrimary.
+		var err error
+		if send, err = t.rekeyIfNeeded(p, bw, send); err != nil {
+			t.st.droppedUnsent.Add(1)
+			p.settled.Add(1)
+			t.notifyProgress()
+			return fmt.Errorf("transport: rekey: %w", err)
+		}
 		w, err := writeMessage(bw, scratch, send, m)
 		bytes += w
 	batch:
@@ -335,29 +358,41 @@ func writeMessage(bw *bufio.Writer, scratch []byte, send *frameCipher, m mutex.M
 // send our hello, check the peer's welcome. It returns the cipher for the
 // frames we send.
 func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, key []byte, want string, wantInc uint64) (*frameCipher, error) {
+	open := func(dst []byte) []byte {
+		return appendHello(dst, kindHello, hello{Name: t.cfg.Name, Incarnation: t.cfg.Incarnation, ToName: want})
+	}
+	send, _, err := t.clientOpen(conn, br, bw, key, want, wantInc, open)
+	return send, err
+}
+
+// clientOpen is clientHandshake with the first client frame made by open
+// (a hello or a query open, appended after 4 spare bytes). It returns the
+// ciphers of both directions.
+func (t *Transport) clientOpen(conn net.Conn, br *bufio.Reader, bw *bufio.Writer, key []byte, want string, wantInc uint64,
+	open func([]byte) []byte) (*frameCipher, *frameCipher, error) {
 	if err := conn.SetDeadline(time.Now().Add(t.cfg.HandshakeTimeout)); err != nil {
-		return nil, fmt.Errorf("transport: set deadline: %w", err)
+		return nil, nil, fmt.Errorf("transport: set deadline: %w", err)
 	}
 	mine, err := newPreamble(t.mode)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if _, err := bw.Write(mine.append(nil)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := bw.Flush(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var pb [preambleLen]byte
 	if _, err := io.ReadFull(br, pb[:]); err != nil {
-		return nil, fmt.Errorf("%w: read preamble: %w", errHandshake, err)
+		return nil, nil, fmt.Errorf("%w: read preamble: %w", errHandshake, err)
 	}
 	theirs, err := parsePreamble(pb[:])
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if theirs.mode != t.mode {
-		return nil, fmt.Errorf("%w: peer uses %s, we use %s (cluster key mismatch)", errHandshake, modeName(theirs.mode), modeName(t.mode))
+		return nil, nil, fmt.Errorf("%w: peer uses %s, we use %s (cluster key mismatch)", errHandshake, modeName(theirs.mode), modeName(t.mode))
 	}
 	var sk []byte
 	if t.mode == modeAESGCM {
@@ -365,39 +400,40 @@ func (t *Transport) clientHandshake(conn net.Conn, br *bufio.Reader, bw *bufio.W
 	}
 	send, err := newFrameCipher(sk, dirClientToServer)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	recv, err := newFrameCipher(sk, dirServerToClient)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	buf := appendHello([]byte{0, 0, 0, 0}, kindHello, hello{Name: t.cfg.Name, Incarnation: t.cfg.Incarnation, ToName: want})
+	send.challenge, recv.challenge = theirs.nonce, theirs.nonce
+	buf := open([]byte{0, 0, 0, 0})
 	if _, err := bw.Write(send.seal(buf)); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := bw.Flush(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	fr := frameReader{conn: conn, br: br, c: recv, max: t.cfg.MaxFrameSize}
 	payload, err := fr.read(true)
 	if err != nil {
-		return nil, fmt.Errorf("%w: read welcome: %w", errHandshake, err)
+		return nil, nil, fmt.Errorf("%w: read welcome: %w", errHandshake, err)
 	}
 	w, err := decodeHello(payload, kindWelcome)
 	if err != nil {
-		return nil, fmt.Errorf("%w: welcome: %w", errHandshake, err)
+		return nil, nil, fmt.Errorf("%w: welcome: %w", errHandshake, err)
 	}
 	if w.Name != want {
-		return nil, fmt.Errorf("%w: dialled peer %q but %q answered", errHandshake, want, w.Name)
+		return nil, nil, fmt.Errorf("%w: dialled peer %q but %q answered", errHandshake, want, w.Name)
 	}
 	if w.Incarnation != wantInc {
 		// Another life of the peer (restarted at the same address): our
 		// messages are for the one we were told about.
-		return nil, fmt.Errorf("%w: dialled %q incarnation %d but incarnation %d answered",
+		return nil, nil, fmt.Errorf("%w: dialled %q incarnation %d but incarnation %d answered",
 			errHandshake, want, wantInc, w.Incarnation)
 	}
 	if err := conn.SetDeadline(time.Time{}); err != nil {
-		return nil, fmt.Errorf("transport: clear deadline: %w", err)
+		return nil, nil, fmt.Errorf("transport: clear deadline: %w", err)
 	}
-	return send, nil
+	return send, recv, nil
 }

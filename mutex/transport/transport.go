@@ -59,6 +59,9 @@ type Stats struct {
 	BadFrames     uint64 `json:"bad_frames"`     // inbound frames malformed, oversized, unauthenticated, stalled or misattributed (connection closed)
 	Floods        uint64 `json:"floods"`         // inbound connections closed for exceeding MaxFrameRate
 	RejectedConns uint64 `json:"rejected_conns"` // inbound connections refused over MaxConns
+	// Rekeys counts outgoing connections switched to a new primary key
+	// in band, without being dropped (rekey.go).
+	Rekeys uint64 `json:"rekeys"`
 
 	// SentByType and ReceivedByType split FramesSent and FramesReceived
 	// by message type (its String: "request", "reply", ...).
@@ -72,6 +75,7 @@ type counters struct {
 	handshakeFailures                                    atomic.Uint64
 	droppedQueueFull, droppedNoPeer, droppedInvalid      atomic.Uint64
 	droppedUnsent, badFrames, floods, rejectedConns      atomic.Uint64
+	rekeys                                               atomic.Uint64
 	outboundConns, inboundConns                          atomic.Int64
 	sentByType, receivedByType                           [256]atomic.Uint64 // by mutex.MsgType
 }
@@ -102,6 +106,7 @@ type Transport struct {
 	progress     chan struct{} // closed and replaced when a send queue progresses
 	flushWaiters atomic.Int32
 
+	status    statusHandler // answers status queries (query.go)
 	st        counters
 	warns     warnLimiter
 	closeOnce sync.Once
@@ -148,8 +153,9 @@ func Listen(cfg Config) (*Transport, error) {
 	t.wg.Add(1)
 	go t.acceptLoop()
 	if cfg.Keyring != nil {
-		t.wg.Add(1)
+		t.wg.Add(2)
 		go t.watchKeys()
+		go t.watchPrimary()
 	}
 	t.log.Debug("transport listening", "addr", ln.Addr().String(), "mode", modeName(t.mode))
 	return t, nil
@@ -338,6 +344,7 @@ func (t *Transport) Stats() Stats {
 		BadFrames:         t.st.badFrames.Load(),
 		Floods:            t.st.floods.Load(),
 		RejectedConns:     t.st.rejectedConns.Load(),
+		Rekeys:            t.st.rekeys.Load(),
 		SentByType:        byType(&t.st.sentByType),
 		ReceivedByType:    byType(&t.st.receivedByType),
 	}

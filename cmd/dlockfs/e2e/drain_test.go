@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
 )
 
 // TestDrainingStop stops a peer with SIGTERM while its shell holds the
@@ -37,10 +39,10 @@ func TestDrainingStop(t *testing.T) {
 	}
 	// Still draining, still a member, still holding: b waits, queued.
 	d := a.mustStatus(t)
-	if l := d.lock("lock"); l.State != "holding" || l.Token != tok {
+	if l := d.lock("lock"); l.State != peer.LockHolding || l.Token != tok {
 		t.Errorf("a's lock during the drain: %+v, want holding with token %d", l, tok)
 	}
-	if st := b.mustStatus(t).memberStatus(a.name); st != "alive" || wb.hasLine("held ") {
+	if st := b.mustStatus(t).memberStatus(a.name); st != peer.MemberAlive || wb.hasLine("held ") {
 		t.Errorf("during the drain b sees a %q and its waiter printed %q; want alive and still waiting", st, wb.output())
 	}
 	if a.p.exited() {

@@ -2,13 +2,11 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +19,9 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/dlockfs/dlockfs/mutex/peer"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // Bounds of the waits. None of them is a timing assertion: each only turns
@@ -33,19 +34,11 @@ const (
 	pollEvery     = 5 * time.Millisecond
 )
 
-// waitFor polls cond until it holds or d passes, and returns how long it
-// took.
+// waitFor polls cond until it holds or d passes (testutil.WaitFor), and
+// returns how long it took.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
-	start := time.Now()
-	deadline := start.Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(pollEvery)
-	}
-	return time.Since(start)
+	return testutil.WaitFor(t, d, what, cond)
 }
 
 // nowMicros is the wall clock in microseconds, the clock of bash's
@@ -72,23 +65,8 @@ func parseMicros(s string) (int64, error) {
 // ms formats a duration in microseconds as milliseconds.
 func ms(us int64) string { return fmt.Sprintf("%.1f ms", float64(us)/1000) }
 
-// syncBuffer is a bytes.Buffer safe for one writer and many readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer = testutil.SyncBuffer
 
 // proc is a child process in its own process group, its stdout collected
 // line by line. It is killed (its group, by PGID) when its time limit
@@ -294,24 +272,7 @@ func run(t *testing.T, limit time.Duration, argv ...string) (int, string, string
 
 // freeAddr returns 127.0.0.1:PORT with PORT free for TCP and UDP (Serf
 // needs both) at the time of the call.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
-		}
-	}
-	t.Fatal("no free TCP+UDP port on 127.0.0.1 in 50 tries")
-	return ""
-}
+func freeAddr(t *testing.T) string { t.Helper(); return testutil.FreeAddr(t) }
 
 // mounted reports whether dir is a mount point (per /proc/self/mountinfo).
 func mounted(dir string) bool {
@@ -493,46 +454,8 @@ func (n *node) stop() {
 	}
 }
 
-// statusDoc is the .status JSON.
-type statusDoc struct {
-	Node    string `json:"node"`
-	Lamport uint64 `json:"lamport"`
-	Profile string `json:"profile"`
-	Members []struct {
-		Name     string `json:"name"`
-		Addr     string `json:"addr"`
-		LockAddr string `json:"lock_addr"`
-		Status   string `json:"status"`
-	} `json:"members"`
-	Locks    []lockDoc  `json:"locks"`
-	Draining bool       `json:"draining"`
-	Quorum   *quorumDoc `json:"quorum"`
-	Counters struct {
-		Sent      uint64            `json:"sent"`
-		Received  uint64            `json:"received"`
-		Dropped   uint64            `json:"dropped"`
-		Grants    uint64            `json:"grants"`
-		Refusals  uint64            `json:"refusals"`
-		DroppedBy map[string]uint64 `json:"dropped_by"`
-	} `json:"counters"`
-}
-
-// quorumDoc is the majority-mode part of .status.
-type quorumDoc struct {
-	Mode    string `json:"mode"`
-	Version uint64 `json:"version"`
-	Voters  []struct {
-		Name  string `json:"name"`
-		State string `json:"state"`
-	} `json:"voters"`
-	Majority    int    `json:"majority"`
-	HasMajority bool   `json:"has_majority"`
-	LeaseValid  bool   `json:"lease_valid"`
-	Lease       string `json:"lease"`
-	LockDelay   string `json:"lock_delay"`
-	Lapses      uint64 `json:"lapses"`
-	Revoked     uint64 `json:"revoked"`
-}
+// statusDoc is the .status JSON (peer.Status), with the tests' look-ups.
+type statusDoc struct{ peer.Status }
 
 // voters lists the voters' names (nil outside majority mode).
 func (d statusDoc) voters() []string {
@@ -547,21 +470,7 @@ func (d statusDoc) voters() []string {
 }
 
 // lockDoc is one lock in .status.
-type lockDoc struct {
-	Name        string   `json:"name"`
-	State       string   `json:"state"`
-	Holder      string   `json:"holder"`
-	Token       uint64   `json:"token"`
-	Waiting     int      `json:"waiting"`
-	Queued      []string `json:"queued"`
-	Awaiting    []string `json:"awaiting"`
-	Permissions []string `json:"permissions"`
-	Revoked     int      `json:"revoked"`
-	Slow        []struct {
-		Name  string `json:"name"`
-		ForMS int64  `json:"for_ms"`
-	} `json:"slow"`
-}
+type lockDoc = peer.LockStatus
 
 // status reads and parses MOUNT/.status, bounded by statusTimeout (a
 // hanging daemon cannot hang the test: the read runs in a goroutine).
@@ -607,7 +516,7 @@ func (d statusDoc) lock(name string) lockDoc {
 			return l
 		}
 	}
-	return lockDoc{Name: name, State: "idle"}
+	return lockDoc{Name: name, State: peer.LockIdle}
 }
 
 // memberStatus returns a member's status ("" if unknown).
@@ -629,7 +538,7 @@ func (n *node) seesAlive(names ...string) bool {
 	}
 	var alive []string
 	for _, m := range d.Members {
-		if m.Status == "alive" {
+		if m.Status == peer.MemberAlive {
 			alive = append(alive, m.Name)
 		}
 	}
@@ -683,7 +592,7 @@ func startCluster(t *testing.T, n int, o nodeOpts) []*node {
 // lockIdle reports whether a node's lock is idle with nothing waiting,
 // queued or awaited: no request of any kind is left on it.
 func lockIdle(l lockDoc) bool {
-	return l.State == "idle" && l.Waiting == 0 && len(l.Queued) == 0 && len(l.Awaiting) == 0
+	return l.State == peer.LockIdle && l.Waiting == 0 && len(l.Queued) == 0 && len(l.Awaiting) == 0
 }
 
 // waitIdle waits until the lock is idle on every node.

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -135,18 +136,41 @@ const revokedCmd = `echo "cmd-token $DLOCKFS_TOKEN"; exec sleep 60`
 // sleeping CMD while b waits. a's daemon is paused (SIGSTOP) until b is
 // granted (which takes about lease + lock-delay), then resumed: a's lease
 // has lapsed, so its hold is revoked, CMD is terminated and lock exits 17.
-// b's token is above a's.
+// b's token is above a's. With shared, two 'dlockfs lock --shared' on a
+// hold the lock together (one shared group) and both are revoked.
 func TestLockRevoked(t *testing.T) {
 	needEnv(t)
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shared=%v", shared), func(t *testing.T) { lockRevoked(t, shared) })
+	}
+}
+
+func lockRevoked(t *testing.T, shared bool) {
 	nodes := startCluster(t, 3, nodeOpts{})
 	a, b := nodes[0], nodes[1]
 	waitVoters(t, nodes, "a", "b", "c")
-	l := startProc(t, "dlockfs lock on a", workerTimeout, suite.binary, "lock", "--revoke-grace", "2s", a.dir,
-		"--", "bash", "-c", revokedCmd)
-	line := l.waitLine(t, startTimeout, "cmd-token ")
-	tokA, err := strconv.ParseUint(strings.TrimPrefix(line, "cmd-token "), 10, 64)
-	if err != nil {
-		t.Fatalf("bad token line %q", line)
+	argv := []string{suite.binary, "lock", "--revoke-grace", "2s", a.dir, "--", "bash", "-c", revokedCmd}
+	n := 1
+	if shared {
+		argv = slices.Insert(argv, 2, "--shared")
+		n = 2
+	}
+	var ls []*proc
+	var tokA uint64
+	for range n {
+		l := startProc(t, "dlockfs lock on a", workerTimeout, argv...)
+		line := l.waitLine(t, startTimeout, "cmd-token ")
+		tok, err := strconv.ParseUint(strings.TrimPrefix(line, "cmd-token "), 10, 64)
+		if err != nil {
+			t.Fatalf("bad token line %q", line)
+		}
+		tokA = max(tokA, tok)
+		ls = append(ls, l)
+	}
+	if shared {
+		waitLock(t, startTimeout, []*node{a}, "lock", "held by two readers", func(l lockDoc) bool {
+			return l.State == "holding" && l.Mode == "shared" && l.Holders == 2
+		})
 	}
 	w := shellHold(t, b, "lock")
 	waitWaiting(t, b, "lock", 1)
@@ -165,14 +189,16 @@ func TestLockRevoked(t *testing.T) {
 	t.Logf("b granted %s after a's daemon was paused (lease + lock-delay = %v)", ms(enter-stopped), failoverFast)
 	resume()
 
-	if code := l.wait(t, startTimeout); code != 17 {
-		t.Fatalf("dlockfs lock exited %d, want 17\nstdout: %q\nstderr: %s", code, l.output(), l.stderr.String())
-	}
-	if !strings.Contains(l.stderr.String(), "sending SIGTERM to CMD") || strings.Contains(l.stderr.String(), "SIGKILL\n") {
-		t.Errorf("CMD was not ended by SIGTERM:\n%s", l.stderr.String())
-	}
-	if !strings.Contains(l.stderr.String(), "lock revoked") {
-		t.Errorf("lock's stderr does not say 'lock revoked':\n%s", l.stderr.String())
+	for _, l := range ls {
+		if code := l.wait(t, startTimeout); code != 17 {
+			t.Fatalf("dlockfs lock exited %d, want 17\nstdout: %q\nstderr: %s", code, l.output(), l.stderr.String())
+		}
+		if !strings.Contains(l.stderr.String(), "sending SIGTERM to CMD") || strings.Contains(l.stderr.String(), "SIGKILL\n") {
+			t.Errorf("CMD was not ended by SIGTERM:\n%s", l.stderr.String())
+		}
+		if !strings.Contains(l.stderr.String(), "lock revoked") {
+			t.Errorf("lock's stderr does not say 'lock revoked':\n%s", l.stderr.String())
+		}
 	}
 	if tokB <= tokA {
 		t.Errorf("b's token %d not above the revoked holder's %d", tokB, tokA)
