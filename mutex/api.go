@@ -53,10 +53,30 @@ const (
 	MsgConfig MsgType = 9
 	// MsgConfigAck acknowledges voter set version Config.
 	MsgConfigAck MsgType = 10
+	// MsgDeferred answers the request ReqTime on Lock: the sender defers
+	// it (it holds the lock, marked Try, or asked for it first) and
+	// replies once it is done. A request so answered is not owed any more
+	// (see Config.AnswerTimeout), unless the holder holds beyond
+	// Config.MaxHold.
+	MsgDeferred MsgType = 11
+	// MsgSuspect reports that Target has owed the sender an answer to
+	// its request ReqTime on Lock for longer than the answer-timeout
+	// (majority mode, between voters). A voter receiving it probes
+	// Target; Target itself answers that request again.
+	MsgSuspect MsgType = 12
+	// MsgProbe asks for evidence of a suspicion: the receiver answers
+	// again the request ReqTime on Lock of peer Target (none if Lock is
+	// empty), and acknowledges with a MsgProbe marked Try, whose
+	// TargetInc is 1 if it holds Lock (so that the prober can time the
+	// hold against Config.MaxHold).
+	MsgProbe MsgType = 13
 )
 
 // maxMsgType is the highest message type.
-const maxMsgType = MsgConfigAck
+const maxMsgType = MsgProbe
+
+// MaxMsgType is the highest message type; the wire codec accepts 1 to it.
+const MaxMsgType = maxMsgType
 
 // String names the message type.
 func (t MsgType) String() string {
@@ -81,6 +101,12 @@ func (t MsgType) String() string {
 		return "config"
 	case MsgConfigAck:
 		return "config-ack"
+	case MsgDeferred:
+		return "deferred"
+	case MsgSuspect:
+		return "suspect"
+	case MsgProbe:
+		return "probe"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint8(t))
 }
@@ -120,6 +146,11 @@ type Message struct {
 	// TargetInc is the session a MsgLeaseGrant grants).
 	Target    string
 	TargetInc uint64
+	// Seen is the highest Time the sender had received from the receiver
+	// (this incarnation of each) when it stamped the request (for a
+	// MsgRequest) or sent the message: a request stamped at or below it
+	// is forged (see faults.go).
+	Seen uint64
 	// Voters is the voter set of a MsgConfig, sorted.
 	Voters []string
 }
@@ -142,8 +173,13 @@ func (m Message) String() string {
 		q += fmt.Sprintf(" res=%d", m.Reserve)
 	case MsgEvicted:
 		q += fmt.Sprintf(" target=%s/%d res=%d", m.Target, m.TargetInc, m.Reserve)
+	case MsgSuspect, MsgProbe:
+		q += fmt.Sprintf(" target=%s", m.Target)
 	case MsgConfig:
 		q += fmt.Sprintf(" voters=%v", m.Voters)
+	}
+	if m.Seen != 0 {
+		q += fmt.Sprintf(" seen=%d", m.Seen)
 	}
 	return fmt.Sprintf("%s %s/%d->%s/%d lock=%q t=%d req=%d%s%s",
 		m.Type, m.From, m.FromIncarnation, m.To, m.ToIncarnation, m.Lock, m.Time, m.ReqTime, try, q)
@@ -178,6 +214,8 @@ type Revocation struct {
 	Opener OpenerID
 	Lock   string
 	Token  uint64
+	// MaxHold: the hold reached Config.MaxHold (not a lapse).
+	MaxHold bool
 }
 
 // Ready holds the outputs accumulated since the last call to [Core.Ready].
@@ -194,6 +232,9 @@ type Ready struct {
 	// HardState, when not nil, must be written to stable storage before
 	// any of Messages is sent (majority mode; see [HardState]).
 	HardState *HardState
+	// Faults reports misbehaving members, and this peer's own eviction,
+	// for the log (see faults.go). Nothing needs doing about them.
+	Faults []FaultReport
 }
 
 // HardState is what a peer in majority mode keeps across restarts, as etcd
@@ -211,7 +252,7 @@ type HardState struct {
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Messages) == 0 && len(r.Grants) == 0 && len(r.Refusals) == 0 && len(r.Revocations) == 0 &&
-		r.HardState == nil
+		r.HardState == nil && len(r.Faults) == 0
 }
 
 // Config configures a [Core].
@@ -241,6 +282,21 @@ type Config struct {
 	// HardState restores what an earlier life of this peer wrote (nil
 	// for none): majority mode only.
 	HardState *HardState
+	// AnswerTimeout is how long a member may owe an answer to one of
+	// our requests (no reply, busy or deferral) while it is a member
+	// before it is suspected of refusing to answer (0: never). It must
+	// be well above the lock channel's round trip. A suspected member is
+	// reported (Ready.Faults, Status.Suspects); in majority mode a voter
+	// suspected by a majority of the voters is evicted (see faults.go).
+	AnswerTimeout time.Duration
+	// MaxHold bounds a single hold (0: none). A hold that reaches it is
+	// revoked here (a Revocation; the requests it deferred are answered
+	// after the revocation's grace, Lease/4 in majority mode, at once in
+	// plain mode), and a member that has deferred one of our requests
+	// while holding for longer than MaxHold plus the lock-delay (plain
+	// mode: plus the answer-timeout) is suspected of refusing to answer
+	// (needs AnswerTimeout). Every peer of a cluster must use the same.
+	MaxHold time.Duration
 }
 
 // QuorumMode is the failure model of a cluster.
@@ -294,6 +350,12 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("mutex: config: unknown Quorum %d", c.Quorum)
 	}
+	if c.AnswerTimeout < 0 {
+		return errors.New("mutex: config: AnswerTimeout is negative")
+	}
+	if c.MaxHold < 0 {
+		return errors.New("mutex: config: MaxHold is negative")
+	}
 	return nil
 }
 
@@ -323,6 +385,11 @@ var (
 	ErrDuplicate = errors.New("duplicate message")
 	// ErrMalformed: a message with an unknown type or missing fields.
 	ErrMalformed = errors.New("malformed message")
+	// ErrForged: a message whose timestamps cannot be honest: a request
+	// stamped at or below a clock its sender had seen from us, a claim to
+	// have seen a clock we never reached, or a clock jumping absurdly
+	// far ahead (see faults.go).
+	ErrForged = errors.New("forged timestamp")
 )
 
 // ValidLockName reports whether name can be a lock's name: 1 to MaxNameLen
@@ -385,6 +452,9 @@ type Status struct {
 	Counters    Counters
 	// Quorum is majority mode's state (nil in QuorumNone).
 	Quorum *QuorumStatus
+	// Suspects lists the members this peer suspects of refusing to
+	// answer, sorted by name (see Config.AnswerTimeout).
+	Suspects []Suspect
 }
 
 // MemberStatus is one member as the core knows it.
@@ -419,6 +489,16 @@ type LockStatus struct {
 	Awaiting []string
 	// Permissions lists the peers whose permission this peer holds.
 	Permissions []string
+	// Slow lists the peers of Awaiting that have owed their answer for
+	// longer than the answer-timeout: suspected of refusing to answer.
+	Slow []SlowPeer
+}
+
+// SlowPeer is a member that owes an answer to a request of ours.
+type SlowPeer struct {
+	Name    string
+	ReqTime uint64        // the request it owes an answer to
+	For     time.Duration // how long it has owed it
 }
 
 // Counters count what the core has done since it was made. The JSON names

@@ -25,6 +25,7 @@ type Core struct {
 	out     Ready
 	ctr     Counters
 	q       *quorum // majority mode; nil in QuorumNone
+	f       *faults // misbehaving members (faults.go)
 
 	// bugKeepPermOnRelease is a fault injected by tests only: keep the
 	// permission of peers we answer on release. The simulation must
@@ -108,6 +109,7 @@ func New(cfg Config) (*Core, error) {
 		locks:   map[string]*lockState{},
 		openers: map[OpenerID]*lockState{},
 		ctr:     Counters{DroppedBy: map[string]uint64{}},
+		f:       newFaults(cfg),
 	}
 	if cfg.Quorum == QuorumMajority {
 		c.q = newQuorum(cfg)
@@ -369,6 +371,7 @@ func (c *Core) startRequest(l *lockState) {
 	for !l.queue[0].try && l.shared && l.group < len(l.queue) && l.queue[l.group].shared {
 		l.group++
 	}
+	c.noteStamped(l)
 	clear(l.awaiting)
 	for _, p := range c.raPeers() {
 		if !c.hasPerm(l, p) {
@@ -388,6 +391,7 @@ func (c *Core) hasPerm(l *lockState, p string) bool {
 // voter we cannot address yet is awaited all the same).
 func (c *Core) ask(l *lockState, p string) {
 	l.awaiting[p] = true
+	c.noteAsked(l, p)
 	if _, ok := c.members[p]; ok {
 		c.sendRequest(l, p)
 	}
@@ -512,6 +516,7 @@ func (c *Core) send(m Message) {
 	m.FromIncarnation = c.cfg.Incarnation
 	m.ToIncarnation = c.members[m.To]
 	m.Time = uint64(c.clock.Time())
+	m.Seen = c.seenFor(m) // faults.go
 	if c.q != nil {
 		m.Config, m.Session = c.q.ver, c.q.session
 	}
@@ -532,6 +537,9 @@ func before(t1 uint64, n1 string, t2 uint64, n2 string) bool {
 func (c *Core) Step(m Message) error {
 	c.ctr.Received++
 	err := c.step(m)
+	if err == nil && (m.Type == MsgReply || m.Type == MsgBusy) {
+		c.answered(m.From) // faults.go
+	}
 	if err != nil {
 		c.ctr.Dropped++
 		c.ctr.DroppedBy[dropReasonOf(err).String()]++
@@ -556,6 +564,7 @@ const (
 	dropMalformed
 	dropConfig
 	dropNotVoter
+	dropForged // faults.go
 	numDropReasons
 )
 
@@ -569,6 +578,7 @@ var dropSentinels = [numDropReasons]error{
 	dropMalformed:   ErrMalformed,
 	dropConfig:      ErrConfig,
 	dropNotVoter:    ErrNotVoter,
+	dropForged:      ErrForged,
 }
 
 // String returns the reason's dropped_by key.
@@ -588,6 +598,8 @@ func (r dropReason) String() string {
 		return "voter set version"
 	case dropNotVoter:
 		return "not a voter"
+	case dropForged:
+		return "forged"
 	}
 	return "other"
 }
@@ -609,11 +621,14 @@ func (c *Core) step(m Message) error {
 	if inc, ok := c.members[m.From]; !ok || inc != m.FromIncarnation {
 		return fmt.Errorf("%w: %v", ErrUnknownPeer, m)
 	}
-	if m.Type < MsgRequest || m.Type > maxMsgType || (c.q == nil && m.Type > MsgHello) {
+	if m.Type < MsgRequest || m.Type > maxMsgType || (c.q == nil && m.Type > MsgHello && m.Type < MsgDeferred) {
 		return fmt.Errorf("%w: %v", ErrMalformed, m)
 	}
 	if m.Type <= MsgCancel && ((ValidLockName(m.Lock) != nil && (c.q == nil || m.Lock != cfgLock)) || m.ReqTime == 0) {
 		return fmt.Errorf("%w: %v", ErrMalformed, m)
+	}
+	if err := c.checkForged(m); err != nil { // faults.go
+		return err
 	}
 	c.clock.Witness(serf.LamportTime(m.Time))
 	if c.q != nil {
@@ -630,6 +645,8 @@ func (c *Core) step(m Message) error {
 		return c.onRequest(m)
 	case MsgCancel:
 		return c.onCancel(m)
+	case MsgDeferred, MsgSuspect, MsgProbe:
+		return c.onFault(m)
 	default:
 		return c.onAnswer(m)
 	}
@@ -915,6 +932,7 @@ func (c *Core) Status() Status {
 		s.Members = append(s.Members, MemberStatus{Name: n, Incarnation: c.members[n]})
 	}
 	s.Quorum = c.quorumStatus()
+	defer c.faultStatus(&s)
 	for _, l := range c.sortedLocks() {
 		if l.name == cfgLock {
 			continue

@@ -361,7 +361,10 @@ func TestRuleLocalFIFOAndDeferredRepliesFirst(t *testing.T) {
 func TestRuleValidation(t *testing.T) {
 	cl := newCluster(t, false, "a", "b")
 	a := cl.cores["a"]
-	good := Message{Type: MsgRequest, From: "b", FromIncarnation: 2, To: "a", ToIncarnation: 1, Lock: "x", Time: 5, ReqTime: 5}
+	// Time is b's own clock: a message b never sent must not make a
+	// claim to have seen a time b never reached (see the forged cases).
+	good := Message{Type: MsgRequest, From: "b", FromIncarnation: 2, To: "a", ToIncarnation: 1, Lock: "x",
+		Time: cl.cores["b"].Lamport(), ReqTime: 5}
 	cases := []struct {
 		name string
 		m    func(Message) Message
@@ -375,13 +378,25 @@ func TestRuleValidation(t *testing.T) {
 		{"zero request time", func(m Message) Message { m.ReqTime = 0; return m }, ErrMalformed},
 		{"reply nobody asked for", func(m Message) Message { m.Type = MsgReply; return m }, ErrUnexpected},
 		{"busy for unknown lock", func(m Message) Message { m.Type = MsgBusy; m.Lock = "nope"; return m }, ErrUnexpected},
+		{"request stamped at a clock it had seen", func(m Message) Message { m.Seen, m.ReqTime = a.Lamport(), a.Lamport(); return m }, ErrForged},
+		{"request stamped below a clock it had seen", func(m Message) Message { m.Seen, m.ReqTime = a.Lamport(), 1; return m }, ErrForged},
+		{"seen a clock we never reached", func(m Message) Message { m.Seen = a.Lamport() + 1; m.ReqTime = m.Seen + 1; return m }, ErrForged},
+		{"time absurdly ahead", func(m Message) Message { m.Time = a.Lamport() + MaxClockJump + 1; return m }, ErrForged},
+		{"request time absurdly ahead", func(m Message) Message { m.ReqTime = a.Lamport() + MaxClockJump + 1; return m }, ErrForged},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := a.Step(tc.m(good)); !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if rd := a.Ready(); !rd.Empty() {
+			rd := a.Ready()
+			if forged := errors.Is(tc.want, ErrForged); forged {
+				if len(rd.Faults) != 1 || rd.Faults[0].Kind != FaultForged || rd.Faults[0].Peer != "b" {
+					t.Fatalf("a forgery was not reported: %+v", rd)
+				}
+				rd.Faults = nil // the one output a forgery has
+			}
+			if !rd.Empty() {
 				t.Fatalf("a rejected message produced output %+v", rd)
 			}
 		})
@@ -683,7 +698,7 @@ func TestDropCounters(t *testing.T) {
 // must not change) and checks that every sentinel, wrapped or returned
 // bare, is counted under its own key and anything else under "other".
 func TestDropReasonKeys(t *testing.T) {
-	want := []string{"other", "unknown peer", "stale", "unexpected", "duplicate", "malformed", "voter set version", "not a voter"}
+	want := []string{"other", "unknown peer", "stale", "unexpected", "duplicate", "malformed", "voter set version", "not a voter", "forged"}
 	if int(numDropReasons) != len(want) {
 		t.Fatalf("%d drop reasons, %d pinned keys: pin the new key here", numDropReasons, len(want))
 	}

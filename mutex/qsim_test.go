@@ -37,6 +37,14 @@ type qsimConfig struct {
 	faults                        bool // partitions, pauses, crashes, restarts, joins, leaves, forgets
 	shared                        bool // a third of the openers are readers
 	bug                           string
+	answerTimeout                 time.Duration // Config.AnswerTimeout (0: off)
+	maxHold                       time.Duration // Config.MaxHold (0: none)
+	bad, badPeer                  string        // a Byzantine-lite peer's behaviour and name (fsim_test.go)
+	check                         func(*qsim)   // more invariants, after every step
+	// punctual: every message due is delivered before time moves on, so
+	// that delays are those drawn (with many peers the random steps
+	// deliver too few: the backlog would grow without bound).
+	punctual bool
 }
 
 type qsimPeer struct {
@@ -81,6 +89,7 @@ type qsim struct {
 	nextOp  OpenerID
 	nextInc uint64
 	tok     map[string]*tokens
+	forged  map[[2]string]bool // (to, lock/ts) of the misbehaving peer's forged requests
 	trace   []traceEntry
 	traceAt int
 	stats   qsimStats
@@ -113,7 +122,8 @@ func (a *qsimStats) add(b qsimStats) {
 
 func newQsim(t testing.TB, seed int64, cfg qsimConfig) *qsim {
 	s := &qsim{t: t, seed: seed, cfg: cfg, rng: rand.New(rand.NewSource(seed)),
-		live: map[string]*qsimPeer{}, dead: map[string]bool{}, hard: map[string]HardState{}, cut: map[[2]string]bool{}, tok: map[string]*tokens{}}
+		live: map[string]*qsimPeer{}, dead: map[string]bool{}, hard: map[string]HardState{}, cut: map[[2]string]bool{}, tok: map[string]*tokens{},
+		forged: map[[2]string]bool{}}
 	var voters []string
 	for i := 0; i < cfg.peers; i++ {
 		voters = append(voters, peerName(i))
@@ -140,7 +150,7 @@ func (s *qsim) boot(name string) *qsimPeer {
 		hs = &h
 	}
 	c, err := New(Config{Name: name, Incarnation: s.nextInc, KeepPermissions: s.cfg.keepPerms,
-		Quorum: QuorumMajority, Lease: qLease, LockDelay: qDelay, HardState: hs})
+		Quorum: QuorumMajority, Lease: qLease, LockDelay: qDelay, HardState: hs, AnswerTimeout: s.answerTimeout(name), MaxHold: s.maxHold(name)})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -151,6 +161,14 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.q.bugAdmitAlone = true
 	case "minoritylease":
 		c.q.bugMinorityLease = true
+	case "trustsuspect":
+		c.f.bugTrustSuspect = true
+	case "nosuspect":
+		c.f.bugNoSuspect = true
+	case "noforgery":
+		c.f.bugNoForgery = true
+	case "nomaxhold":
+		c.f.bugNoMaxHold = true
 	default:
 		setBugs(c, s.cfg.bug)
 	}
@@ -223,6 +241,9 @@ func (s *qsim) drain(p *qsimPeer) {
 	if rd.HardState != nil {
 		s.hard[p.name] = *rd.HardState
 	}
+	for _, r := range rd.Faults {
+		s.logf("fault at %s: %v", p.name, r)
+	}
 	for _, r := range rd.Revocations {
 		// The holder is told; until it releases (or the core's grace
 		// ends) it still counts as holding.
@@ -237,6 +258,9 @@ func (s *qsim) drain(p *qsimPeer) {
 		return false
 	})
 	for _, m := range rd.Messages {
+		if p.name == s.cfg.badPeer && s.badDrops(&m) {
+			continue
+		}
 		s.stats.msgs++
 		d := time.Duration(s.rng.Int63n(int64(2 * time.Millisecond)))
 		if s.rng.Intn(10) == 0 {
@@ -337,6 +361,7 @@ func (s *qsim) deliver() bool {
 		return true
 	}
 	s.tick(p)
+	s.badCheck(pm.m)
 	err := p.core.Step(pm.m)
 	if (pm.m.Type != MsgLease && pm.m.Type != MsgLeaseGrant) || err != nil {
 		s.logf("deliver %v: %v", pm.m, err)
@@ -347,6 +372,9 @@ func (s *qsim) deliver() bool {
 
 // advance moves real time on; every running peer ticks.
 func (s *qsim) advance(max time.Duration) {
+	for i := 0; s.cfg.punctual && i < 100_000 && s.deliver(); i++ {
+		s.checkExclusion()
+	}
 	s.now += time.Millisecond + time.Duration(s.rng.Int63n(int64(max)))
 	for _, n := range s.names() {
 		p := s.live[n]
@@ -642,7 +670,7 @@ func (s *qsim) randomStep() {
 			}
 		case x < 90:
 			for _, o := range p.openers {
-				if o.granted {
+				if o.granted && !(p.name == s.cfg.badPeer && s.cfg.bad == "hog") {
 					s.release(p, o)
 					break
 				}
@@ -658,6 +686,9 @@ func (s *qsim) randomStep() {
 		}
 	}
 	s.checkExclusion()
+	if s.cfg.check != nil {
+		s.cfg.check(s)
+	}
 }
 
 // quiesce heals everything, restarts the crashed, and runs until every
@@ -699,6 +730,10 @@ func (s *qsim) quiesce() {
 		holding, waiting := false, false
 		for _, n := range s.names() {
 			p := s.live[n]
+			if n == s.cfg.badPeer {
+				s.badQuiesce(p)
+				continue
+			}
 			for _, o := range p.openers {
 				if o.granted {
 					holding = true
@@ -720,6 +755,9 @@ func (s *qsim) quiesce() {
 			waitSince = -1
 		}
 		s.checkExclusion()
+		if s.cfg.check != nil {
+			s.cfg.check(s)
+		}
 		if !waiting && !holding && s.settled() {
 			return
 		}
@@ -728,6 +766,9 @@ func (s *qsim) quiesce() {
 		}
 	}
 	for _, n := range s.names() {
+		if n == s.cfg.badPeer {
+			continue
+		}
 		for _, o := range s.live[n].openers {
 			s.fail("liveness: %s op%d on %s never granted (try=%v) in %v after the heal", n, o.id, o.lock, o.try, s.now-start)
 		}
@@ -737,6 +778,9 @@ func (s *qsim) quiesce() {
 // settled: no message deliverable soon, every leave done, every core idle.
 func (s *qsim) settled() bool {
 	for _, p := range s.live {
+		if p.name == s.cfg.badPeer {
+			continue
+		}
 		if p.leaving != 0 {
 			return false
 		}
@@ -784,6 +828,11 @@ func (s *qsim) report() string {
 			fmt.Fprintf(&b, "   op %+v changes %v\n", *op, s.live[n].core.q.changes)
 		}
 	}
+	oldest := s.now
+	for _, pm := range s.pending {
+		oldest = min(oldest, pm.at)
+	}
+	fmt.Fprintf(&b, "pending %d messages, the oldest due %v ago; misbehaving %q %s\n", len(s.pending), s.now-oldest, s.cfg.badPeer, s.cfg.bad)
 	return fmt.Sprintf("seed %d (replay: DLOCKFS_SEED=%d go test ./mutex -run '^%s$'): %s\n%s",
 		s.seed, s.seed, s.t.Name(), s.failed, b.String())
 }

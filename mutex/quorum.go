@@ -178,6 +178,7 @@ func (c *Core) restore(hs *HardState) {
 	c.clock.Witness(serf.LamportTime(hs.ClockFloor))
 	q.hsFloor = hs.ClockFloor
 	if hs.Config != 0 && validVoters(hs.Voters) {
+		c.f.accepted = true // our clock is the cluster's (faults.go)
 		c.clock.Witness(serf.LamportTime(hs.Config))
 		q.ver, q.voters = hs.Config, slices.Clone(hs.Voters)
 		q.voter = q.isVoter(c.cfg.Name)
@@ -236,6 +237,7 @@ func (c *Core) Bootstrap() {
 // mode leases are renewed, lapse and are revoked, and silent voters are
 // declared evicted, all on ticks. Time must not go backwards.
 func (c *Core) Tick(now time.Duration) {
+	c.tickFaults(now)
 	q := c.q
 	if q == nil {
 		return
@@ -336,7 +338,12 @@ func (c *Core) renew() {
 			continue
 		}
 		if _, ok := c.members[v]; ok {
-			c.send(Message{Type: MsgLease, To: v, ReqTime: r.seq, Reserve: r.reserve, Voters: ev})
+			vev := ev
+			if p := q.peers[v]; p != nil && p.evicted && c.suspected(v) {
+				// Not told of its eviction again (faults.go).
+				vev = slices.DeleteFunc(slices.Clone(ev), func(e string) bool { return strings.HasSuffix(e, ":"+v) })
+			}
+			c.send(Message{Type: MsgLease, To: v, ReqTime: r.seq, Reserve: r.reserve, Voters: vev})
 		}
 		if op := q.op; op != nil && op.committing && !op.acks[v] {
 			c.sendConfig(v) // lost, perhaps: again
@@ -592,6 +599,9 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	}
 	p := q.peer(m.From)
 	if p.evicted && m.Session <= p.evictedAt {
+		if m.Type == MsgProbe && m.Try {
+			c.probeAcked(m) // it answers again: it may come back (faults.go)
+		}
 		return true, fmt.Errorf("%w: from an evicted session: %v", ErrStale, m)
 	}
 	p.lastHeard = q.now
@@ -601,7 +611,7 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	}
 	if m.Session > p.session {
 		p.session = m.Session
-		if p.evicted {
+		if p.evicted && !c.suspected(m.From) {
 			c.unevict(m.From, p)
 		}
 	}
@@ -613,6 +623,12 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	case MsgEvicted:
 		return true, c.onEvicted(m)
 	case MsgRequest:
+		if p.evicted && c.suspected(m.From) {
+			// Evicted for refusing to answer, and back in a later
+			// session: counted as answered, so it gets no reply
+			// until it answers again (faults.go).
+			return true, c.deferFresh(m)
+		}
 		if !q.everLeased {
 			// A restarted peer has not learnt its earlier life's
 			// tokens yet: it answers once it holds a lease.
@@ -626,6 +642,9 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 	p.resv = max(p.resv, m.Reserve)
 	if !c.q.voter {
 		return fmt.Errorf("%w: lease asked of a non-voter: %v", ErrUnexpected, m)
+	}
+	if p.evicted && c.suspected(m.From) {
+		return nil // no grant, and no news (faults.go)
 	}
 	if p.declared && m.Session <= p.refused {
 		// Tell it: it starts afresh in a later session.
@@ -652,11 +671,18 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 			continue
 		}
 		vp := c.q.peer(v)
-		if !vp.declared || vp.refused < vp.session || vp.refused < sess {
+		// A voter we suspect gets no grant from us in any session
+		// (faults.go): we refuse its later sessions too.
+		refusing := vp.declared && vp.refused >= sess && (vp.refused >= vp.session ||
+			(vp.evicted && c.suspected(v) && (!vp.granted || c.q.now-vp.lastGrant >= c.q.delay)))
+		if !refusing {
 			c.send(Message{Type: MsgLeaseGrant, To: m.From, ReqTime: m.ReqTime, TargetInc: m.Session, Try: true,
 				Target: v, Reserve: vp.session})
 			return nil
 		}
+	}
+	if c.withholdGrant(m.From) {
+		return nil // suspected of refusing to answer (faults.go)
 	}
 	p.granted, p.lastGrant = true, c.q.now
 	c.raiseFloor(p.resv)
@@ -673,13 +699,14 @@ func (c *Core) onLeaseGrant(m Message) error {
 		// the session it knows of it; a later one is a new life: ask
 		// it again.
 		if m.Target == c.cfg.Name {
+			c.reportEvicted(m.From, m.Reserve)
 			c.declaredSelf(m.Reserve)
 			return nil
 		}
 		if m.Target != "" && q.isVoter(m.Target) {
 			p := q.peer(m.Target)
 			p.session = max(p.session, m.Reserve)
-			if p.evicted && m.Reserve >= p.evictedAt {
+			if p.evicted && m.Reserve >= p.evictedAt && !c.suspected(m.Target) {
 				// Counting it as answered cannot be confirmed:
 				// wait for its answers again (always safe).
 				c.unevict(m.Target, p)
@@ -738,12 +765,31 @@ func (c *Core) maybeDeclare(v string) {
 	if p.declared && p.refused >= p.session {
 		return
 	}
-	if !p.down && q.now-p.lastHeard < q.lease {
-		return
-	}
 	since := q.bootAt
 	if p.granted {
 		since = max(since, p.lastGrant)
+	}
+	if p.evicted && c.suspected(v) {
+		if q.now-since < q.delay && !q.bugNoDelay {
+			return // we granted it lately: its lease may still run
+		}
+		// Back in a later session without answering: it stays
+		// evicted here, and gets neither grant nor reply from us
+		// (faults.go). The other voters are told we refuse this
+		// session too, so that they count it; it is not told,
+		// which would only start it on yet another session.
+		p.declared, p.refused = true, p.session
+		p.votes[c.cfg.Name] = evVote{session: p.session, inc: p.inc, reserve: p.resv}
+		for _, w := range q.voters {
+			if w != c.cfg.Name && w != v {
+				c.sendDeclaration(w, v, p)
+			}
+		}
+		c.checkEvicted(v, p)
+		return
+	}
+	if !p.down && q.now-p.lastHeard < q.lease && !c.suspected(v) {
+		return
 	}
 	if q.now-since < q.delay && !q.bugNoDelay {
 		return
@@ -773,7 +819,8 @@ func (c *Core) resendQuorum(to string) {
 		return
 	}
 	for _, v := range q.voters {
-		if p := q.peers[v]; p != nil && v != c.cfg.Name && p.declared && p.refused >= p.session {
+		if p := q.peers[v]; p != nil && v != c.cfg.Name && p.declared && p.refused >= p.session &&
+			(v != to || !p.evicted || !c.suspected(v)) {
 			c.sendDeclaration(to, v, p)
 		}
 	}
@@ -785,6 +832,7 @@ func (c *Core) onEvicted(m Message) error {
 	q := c.q
 	if m.Target == c.cfg.Name {
 		if m.TargetInc == c.cfg.Incarnation || m.TargetInc == 0 {
+			c.reportEvicted(m.From, m.ReqTime)
 			// We were declared evicted: whatever we think of our
 			// lease, a majority may soon count us as having
 			// answered. Start afresh in a session above the one
@@ -835,6 +883,7 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 			n++
 		}
 	}
+	at := p.session
 	if n < majority(len(q.voters)) {
 		return
 	}
@@ -843,7 +892,7 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 	}
 	resv = max(resv, p.resv, p.resvPrev)
 	c.clock.Witness(serf.LamportTime(resv))
-	p.evicted, p.evictedAt = true, p.session
+	p.evicted, p.evictedAt = true, at
 	q.evictions++
 	for _, l := range c.sortedLocks() {
 		delete(l.awaiting, v)
@@ -963,6 +1012,7 @@ func (c *Core) onConfigAck(m Message) error {
 func (c *Core) adopt(ver uint64, voters []string) {
 	q := c.q
 	c.clock.Witness(serf.LamportTime(ver))
+	c.f.accepted = true // our clock is the cluster's (faults.go)
 	q.hsDirty = true
 	old := q.voters
 	q.ver, q.voters = ver, slices.Clone(voters)

@@ -90,6 +90,17 @@ func leaseTimes(profile string) (lease, lockDelay time.Duration) {
 	return lease, 2 * lease
 }
 
+// answerTimeout is a profile's answer-timeout: how long a member may owe
+// an answer to one of our requests before it is suspected of refusing to
+// answer (see mutex.Config.AnswerTimeout). It is the profile's lease: the
+// lock channel's round trip is well under a millisecond on a LAN and under
+// a second on a WAN, and lease renewals travel the same channel every
+// Lease/4, so an answer later than a whole lease is no network's doing.
+func answerTimeout(profile string) time.Duration {
+	lease, _ := leaseTimes(profile)
+	return lease
+}
+
 // LeaseTimes returns the lease and the lock-delay of a profile.
 func LeaseTimes(profile string) (lease, lockDelay time.Duration) { return leaseTimes(profile) }
 
@@ -168,6 +179,18 @@ type Config struct {
 	// the voters restart together, and a cluster whose every peer
 	// restarted must be formed anew.
 	StateDir string
+	// AnswerTimeout is how long a member may owe an answer to one of our
+	// requests before it is suspected of refusing to answer: logged,
+	// shown in the status, and in majority mode evicted once a majority
+	// of the voters suspect it. Zero is the profile's (its lease: 1 s
+	// fast, 5 s lan, 15 s wan); negative turns suspicion off.
+	AnswerTimeout time.Duration
+	// MaxHold bounds a single hold (0: none): a hold that reaches it is
+	// revoked (reads of its lock file fail with EIO), and a member that
+	// has deferred this peer while holding for longer than MaxHold plus
+	// the lock-delay is suspected of refusing to answer. Every member
+	// must use the same.
+	MaxHold time.Duration
 	// Logger receives the peer's logs, Serf's and memberlist's included
 	// (their INFO lines at debug level). Nil discards.
 	Logger *slog.Logger

@@ -117,6 +117,8 @@ func (p *Peer) flush() {
 		}
 		p.performHardState(rd.HardState)
 		p.performRevocations(rd.Revocations)
+		p.logFaults(rd.Faults)
+		rd.Messages = p.misbehave(rd.Messages)
 		for _, m := range rd.Messages {
 			p.tr.Send(m)
 		}

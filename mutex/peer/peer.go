@@ -72,8 +72,9 @@ type Peer struct {
 	core       *mutex.Core
 	quorum     mutex.QuorumMode
 	lease      time.Duration
-	statePath  string    // HardState file ("" keeps none)
-	epoch      time.Time // the core's clock is the monotonic time since
+	answerTO   time.Duration // the core's AnswerTimeout (0: off)
+	statePath  string        // HardState file ("" keeps none)
+	epoch      time.Time     // the core's clock is the monotonic time since
 	leftAck    chan<- struct{}
 	revoked    sync.Map // mutex.OpenerID -> lock name (string): holds a lapse ended
 	waiters    map[mutex.OpenerID]waiter
@@ -83,6 +84,7 @@ type Peer struct {
 	closed     bool // core.Shutdown done: no new openers
 	dropWarn   time.Time
 	dropsQuiet uint64
+	forgedLog  map[string]time.Time // member -> last forgery logged
 }
 
 // Start creates a peer: it opens the lock channel, starts Serf, and joins
@@ -267,7 +269,14 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 // newPeer makes a peer around a core and a transport, without Serf and
 // without starting the driver.
 func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) (*Peer, error) {
-	mc := mutex.Config{Name: cfg.Name, Incarnation: inc, KeepPermissions: cfg.KeepPermissions}
+	mc := mutex.Config{Name: cfg.Name, Incarnation: inc, KeepPermissions: cfg.KeepPermissions,
+		AnswerTimeout: cfg.AnswerTimeout, MaxHold: cfg.MaxHold}
+	switch {
+	case cfg.AnswerTimeout == 0:
+		mc.AnswerTimeout = answerTimeout(cfg.Profile)
+	case cfg.AnswerTimeout < 0:
+		mc.AnswerTimeout = 0
+	}
 	var statePath string
 	if cfg.Quorum != QuorumNone {
 		mc.Quorum = mutex.QuorumMajority
@@ -288,6 +297,7 @@ func newPeer(cfg Config, log *slog.Logger, inc uint64, tr lockTransport) (*Peer,
 	return &Peer{
 		quorum:    mc.Quorum,
 		lease:     mc.Lease,
+		answerTO:  mc.AnswerTimeout,
 		statePath: statePath,
 		epoch:     time.Now(),
 		name:      cfg.Name,

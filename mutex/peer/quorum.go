@@ -47,9 +47,13 @@ func writeHardState(path string, hs *mutex.HardState) error {
 // now is the core's clock: monotonic time since the peer was made.
 func (p *Peer) now() time.Duration { return time.Since(p.epoch) }
 
-// tickEvery is how often the driver ticks the core in majority mode.
+// tickEvery is how often the driver ticks the core: Lease/8 in majority
+// mode, AnswerTimeout/8 in plain mode.
 func (p *Peer) tickEvery() time.Duration {
 	if p.quorum != mutex.QuorumMajority {
+		if p.answerTO > 0 {
+			return p.answerTO / 8 // the answer-timeout's scans
+		}
 		return time.Hour
 	}
 	return p.lease / 8
@@ -71,6 +75,11 @@ func (p *Peer) performRevocations(rs []mutex.Revocation) {
 	for _, r := range rs {
 		delete(p.held, r.Opener)
 		p.revoked.Store(r.Opener, r.Lock)
+		if r.MaxHold {
+			p.log.Warn("lock revoked: the hold reached --max-hold; the holder must stop: reads of its lock "+
+				"file fail with EIO", "lock", r.Lock, "token", r.Token)
+			continue
+		}
 		p.log.Warn("lock revoked: this peer lost its lease (cut off from a majority of the voters, or starved); "+
 			"the holder must stop: reads of its lock file fail with EIO", "lock", r.Lock, "token", r.Token)
 	}

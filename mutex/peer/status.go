@@ -58,6 +58,30 @@ type Status struct {
 	// local open and waits for its local holders before it leaves. The
 	// peer itself never sets it; the mount that serves it does.
 	Draining bool `json:"draining"`
+	// Suspects lists the members this peer suspects of refusing to
+	// answer (see Config.AnswerTimeout), by name.
+	Suspects []SuspectStatus `json:"suspects"`
+}
+
+// SuspectStatus is a member suspected of refusing to answer.
+type SuspectStatus struct {
+	Name string `json:"name"`
+	// Lock and Request name the oldest request of ours it owes an
+	// answer to, ForMS for how long (milliseconds); Lock is empty when
+	// the suspicion rests on a probe it left unanswered (Probe), which
+	// another voter's report made us send.
+	Lock    string `json:"lock"`
+	Request uint64 `json:"request"`
+	ForMS   int64  `json:"for_ms"`
+	Probe   bool   `json:"probe"`
+}
+
+// SlowStatus is a member that has owed an answer to this lock's request
+// for longer than the answer-timeout.
+type SlowStatus struct {
+	Name    string `json:"name"`
+	Request uint64 `json:"request"`
+	ForMS   int64  `json:"for_ms"`
 }
 
 // QuorumStatus is majority mode's state on this peer.
@@ -141,6 +165,9 @@ type LockStatus struct {
 	Queued []string `json:"queued"`
 	// Awaiting lists the peers whose reply this peer's request lacks.
 	Awaiting []string `json:"awaiting"`
+	// Slow lists those of Awaiting that have owed their answer for
+	// longer than the answer-timeout: suspected of refusing to answer.
+	Slow []SlowStatus `json:"slow"`
 	// Permissions lists the peers whose permission this peer keeps.
 	Permissions []string `json:"permissions"`
 	// Revoked counts local holds of this lock that a lapse of the lease
@@ -164,6 +191,11 @@ func (p *Peer) Status() Status {
 		// The core's Status hands out a DroppedBy map of its own.
 		Counters:  cs.Counters,
 		Transport: p.tr.Stats(),
+		Suspects:  []SuspectStatus{},
+	}
+	for _, s := range cs.Suspects {
+		st.Suspects = append(st.Suspects, SuspectStatus{Name: s.Name, Lock: s.Lock, Request: s.ReqTime,
+			ForMS: s.For.Milliseconds(), Probe: s.Probe})
 	}
 	if st.Counters.DroppedBy == nil {
 		st.Counters.DroppedBy = map[string]uint64{}
@@ -193,6 +225,10 @@ func (p *Peer) Status() Status {
 			Queued:      nonNil(l.Queued),
 			Awaiting:    nonNil(l.Awaiting),
 			Permissions: nonNil(l.Permissions),
+			Slow:        []SlowStatus{},
+		}
+		for _, sp := range l.Slow {
+			ls.Slow = append(ls.Slow, SlowStatus{Name: sp.Name, Request: sp.ReqTime, ForMS: sp.For.Milliseconds()})
 		}
 		if l.Phase == mutex.Holding {
 			ls.Holder = p.name
@@ -222,7 +258,7 @@ func (p *Peer) Status() Status {
 	}
 	for name, n := range revoked { // the core forgot the lock already
 		st.Locks = append(st.Locks, LockStatus{Name: name, State: LockIdle, Queued: []string{}, Awaiting: []string{},
-			Permissions: []string{}, Revoked: n})
+			Permissions: []string{}, Slow: []SlowStatus{}, Revoked: n})
 	}
 	slices.SortStableFunc(st.Locks, func(a, b LockStatus) int { return strings.Compare(a.Name, b.Name) })
 	if q := cs.Quorum; q != nil {

@@ -238,7 +238,7 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("%s keys %v, want %v", what, k, want)
 		}
 	}
-	check("status", st, "node", "incarnation", "lamport", "encrypted", "profile", "members", "locks", "counters", "transport", "quorum", "draining")
+	check("status", st, "node", "incarnation", "lamport", "encrypted", "profile", "members", "locks", "counters", "transport", "quorum", "draining", "suspects")
 	if st["node"] != "p0" || st["encrypted"] != true || st["profile"] != "fast" {
 		t.Errorf("node/encrypted/profile: %v %v %v", st["node"], st["encrypted"], st["profile"])
 	}
@@ -261,7 +261,7 @@ func TestStatusJSON(t *testing.T) {
 		t.Fatalf("locks %v", locks)
 	}
 	l := locks[0].(map[string]any)
-	check("lock", l, "name", "state", "holder", "mode", "holders", "token", "waiting", "queued", "awaiting", "permissions", "revoked")
+	check("lock", l, "name", "state", "holder", "mode", "holders", "token", "waiting", "queued", "awaiting", "slow", "permissions", "revoked")
 	if l["name"] != "held" || l["state"] != "holding" || l["holder"] != "p0" || l["token"].(float64) != float64(g.Token) ||
 		l["mode"] != ModeExclusive || l["holders"].(float64) != 1 {
 		t.Errorf("lock %v (grant %+v)", l, g)

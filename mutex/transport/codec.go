@@ -10,14 +10,16 @@ import (
 
 // Payload layout (the plaintext inside a frame):
 //
-//	byte 0    version<<4 | kind   (version 2; kind 1..10 = mutex.MsgType,
+//	byte 0    version<<4 | kind   (version 3; kind 1..12 = mutex.MsgType,
+//	                               mutex.MsgProbe being 12 with flag bit 2,
 //	                               13 = query, see query.go,
 //	                               14 = hello, 15 = welcome)
-//	message:  flags byte (bit 0 = Try, bit 1 = Shared; other bits must be 0)
+//	message:  flags byte (bit 0 = Try, bit 1 = Shared, bit 2 = Probe;
+//	          other bits must be 0)
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
 //	          str Lock, uvarint Time, uvarint ReqTime,
 //	          uvarint Config, uvarint Session, uvarint Reserve,
-//	          str Target, uvarint TargetInc,
+//	          str Target, uvarint TargetInc, uvarint Seen,
 //	          uvarint len(Voters) (at most mutex.MaxVoters), str each voter
 //	hello:    str Name, uvarint Incarnation, str ToName  (client -> server)
 //	welcome:  str Name, uvarint Incarnation              (server -> client)
@@ -30,18 +32,19 @@ import (
 // and drop a shared request as malformed (unknown flags), which leaves that
 // request waiting rather than granted wrongly.
 const (
-	wireVersion = 2
+	wireVersion = 3  // 3: Seen, and kinds 11 (deferred) and 12 (suspect; probe with flagProbe)
 	kindQuery   = 13 // status queries and answers (query.go), versioned by their own byte
 	kindHello   = 14
 	kindWelcome = 15
 
 	flagTry    = 1
 	flagShared = 2
+	flagProbe  = 4 // kind 12 is mutex.MsgProbe, not MsgSuspect: the 4-bit kinds are all taken
 
 	// maxPayload is the largest encoded message: a version/type byte, a
-	// flags byte, four full names, nine maximal varints and a full voter
+	// flags byte, four full names, ten maximal varints and a full voter
 	// set.
-	maxPayload = 2 + 4*(1+mutex.MaxNameLen) + 9*binary.MaxVarintLen64 + mutex.MaxVoters*(1+mutex.MaxNameLen)
+	maxPayload = 2 + 4*(1+mutex.MaxNameLen) + 10*binary.MaxVarintLen64 + mutex.MaxVoters*(1+mutex.MaxNameLen)
 )
 
 // errMalformed is wrapped by every decoding error.
@@ -50,7 +53,7 @@ var errMalformed = errors.New("malformed payload")
 // appendMessage appends the encoding of m to dst. Names longer than
 // mutex.MaxNameLen cannot be encoded.
 func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
-	if m.Type < mutex.MsgRequest || m.Type > mutex.MsgConfigAck {
+	if m.Type < mutex.MsgRequest || m.Type > mutex.MaxMsgType {
 		return dst, fmt.Errorf("transport: encode: unknown message type %d", m.Type)
 	}
 	if len(m.From) > mutex.MaxNameLen || len(m.To) > mutex.MaxNameLen || len(m.Lock) > mutex.MaxNameLen ||
@@ -72,7 +75,11 @@ func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
 	if m.Shared {
 		flags |= flagShared
 	}
-	dst = append(dst, wireVersion<<4|byte(m.Type), flags)
+	kind := byte(m.Type)
+	if m.Type == mutex.MsgProbe {
+		kind, flags = byte(mutex.MsgSuspect), flags|flagProbe
+	}
+	dst = append(dst, wireVersion<<4|kind, flags)
 	dst = appendStr(dst, m.From)
 	dst = binary.AppendUvarint(dst, m.FromIncarnation)
 	dst = appendStr(dst, m.To)
@@ -85,6 +92,7 @@ func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
 	dst = binary.AppendUvarint(dst, m.Reserve)
 	dst = appendStr(dst, m.Target)
 	dst = binary.AppendUvarint(dst, m.TargetInc)
+	dst = binary.AppendUvarint(dst, m.Seen)
 	dst = binary.AppendUvarint(dst, uint64(len(m.Voters)))
 	for _, v := range m.Voters {
 		dst = appendStr(dst, v)
@@ -177,13 +185,19 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	d := newDecoder(b)
 	var m mutex.Message
 	kind := d.header()
-	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgConfigAck)) {
+	if !d.bad && (kind < byte(mutex.MsgRequest) || kind > byte(mutex.MsgSuspect)) {
 		d.setBad(fmt.Sprintf("kind %d is not a message", kind))
 	}
 	m.Type = mutex.MsgType(kind)
 	flags := d.byte()
-	if !d.bad && flags&^(flagTry|flagShared) != 0 {
+	if !d.bad && flags&^(flagTry|flagShared|flagProbe) != 0 {
 		d.setBad("unknown flags")
+	}
+	if flags&flagProbe != 0 {
+		if !d.bad && kind != byte(mutex.MsgSuspect) {
+			d.setBad("probe flag on another kind")
+		}
+		m.Type = mutex.MsgProbe
 	}
 	m.Try = flags&flagTry != 0
 	m.Shared = flags&flagShared != 0
@@ -199,6 +213,7 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	m.Reserve = d.uvarint()
 	m.Target = d.str(intern)
 	m.TargetInc = d.uvarint()
+	m.Seen = d.uvarint()
 	if n := d.uvarint(); !d.bad && n > mutex.MaxVoters {
 		d.setBad("too many voters")
 	} else if n > 0 {

@@ -28,6 +28,9 @@ func sampleMessages() []mutex.Message {
 		{Type: mutex.MsgConfig, From: "a", To: "b", Config: ^uint64(0), Voters: []string{"a", "b", long}},
 		{Type: mutex.MsgConfig, From: "a", To: "b", Config: 1, Voters: fullVoters()},
 		{Type: mutex.MsgConfigAck, From: "a", To: "b", Config: 1},
+		{Type: mutex.MsgDeferred, From: "a", To: "b", Lock: "l", ReqTime: 5, Time: 6, Seen: ^uint64(0)},
+		{Type: mutex.MsgSuspect, From: "a", To: "b", Target: "c", Lock: "l", ReqTime: 5, Config: 2, Session: 1},
+		{Type: mutex.MsgProbe, From: "a", To: "b", Target: "c", Lock: "l", ReqTime: 5, Try: true},
 	}
 }
 
@@ -67,7 +70,7 @@ func TestCodecRejectsUnencodable(t *testing.T) {
 	long := strings.Repeat("n", mutex.MaxNameLen+1)
 	for _, m := range []mutex.Message{
 		{Type: 0, From: "a", To: "b"},
-		{Type: 11, From: "a", To: "b"},
+		{Type: mutex.MaxMsgType + 1, From: "a", To: "b"},
 		{Type: mutex.MsgConfig, From: "a", To: "b", Voters: []string{long}},
 		{Type: mutex.MsgConfig, From: "a", To: "b", Voters: make([]string, mutex.MaxVoters+1)},
 		{Type: mutex.MsgRequest, From: long, To: "b"},
@@ -109,16 +112,16 @@ func TestCodecRejectsMalformed(t *testing.T) {
 		"empty":          {},
 		"version 0":      mutate(func(b []byte) []byte { b[0] = 0x01; return b }),
 		"version 1":      mutate(func(b []byte) []byte { b[0] = 0x11; return b }),
-		"version 3":      mutate(func(b []byte) []byte { b[0] = 0x31; return b }),
-		"kind 0":         mutate(func(b []byte) []byte { b[0] = 0x20; return b }),
-		"kind 11":        mutate(func(b []byte) []byte { b[0] = 0x2b; return b }),
-		"hello kind":     mutate(func(b []byte) []byte { b[0] = 0x20 | kindHello; return b }),
-		"unknown flag":   mutate(func(b []byte) []byte { b[1] = 0x04; return b }),
+		"version 2":      mutate(func(b []byte) []byte { b[0] = 0x21; return b }),
+		"version 4":      mutate(func(b []byte) []byte { b[0] = 0x41; return b }),
+		"kind 0":         mutate(func(b []byte) []byte { b[0] = 0x30; return b }),
+		"hello kind":     mutate(func(b []byte) []byte { b[0] = 0x30 | kindHello; return b }),
+		"unknown flag":   mutate(func(b []byte) []byte { b[1] = 0x08; return b }),
 		"truncated":      good[:len(good)-1],
 		"header only":    good[:1],
 		"trailing byte":  append(append([]byte(nil), good...), 0),
 		"string too big": mutate(func(b []byte) []byte { b[2] = 200; return b }),
-		"varint overflow": append(append([]byte{0x21, 0, 1, 'a'},
+		"varint overflow": append(append([]byte{0x31, 0, 1, 'a'},
 			0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), 1, 'b', 0, 0, 0, 0),
 	}
 	for name, b := range cases {

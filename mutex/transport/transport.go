@@ -252,7 +252,7 @@ func (t *Transport) Send(m mutex.Message) {
 		return
 	}
 	if m.From != t.cfg.Name || m.FromIncarnation != t.cfg.Incarnation ||
-		m.Type < mutex.MsgRequest || m.Type > mutex.MsgConfigAck || len(m.Lock) > mutex.MaxNameLen {
+		m.Type < mutex.MsgRequest || m.Type > mutex.MaxMsgType || len(m.Lock) > mutex.MaxNameLen {
 		t.st.droppedInvalid.Add(1)
 		t.log.Error("transport: invalid message dropped", "msg", m)
 		return

@@ -643,7 +643,7 @@ func TestSendDrops(t *testing.T) {
 	}
 	a.Send(mutex.Message{Type: mutex.MsgRequest, From: "a", FromIncarnation: a.cfg.Incarnation, To: "nobody"})
 	a.Send(mutex.Message{Type: mutex.MsgRequest, From: "someone-else", To: "z"})
-	a.Send(mutex.Message{Type: 11, From: "a", FromIncarnation: a.cfg.Incarnation, To: "z"})
+	a.Send(mutex.Message{Type: mutex.MaxMsgType + 1, From: "a", FromIncarnation: a.cfg.Incarnation, To: "z"})
 	st := a.Stats()
 	if st.DroppedQueueFull != 15 || st.Queued != 10 || st.DroppedNoPeer != 1 || st.DroppedInvalid != 2 {
 		t.Errorf("stats: %+v", st)

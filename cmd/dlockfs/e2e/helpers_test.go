@@ -290,6 +290,8 @@ type nodeOpts struct {
 	stateDir string        // --state-dir; default a temp dir kept across restarts
 	extra    []string      // more mount flags
 	limit    time.Duration // the daemon's time limit; default 10 minutes
+	binary   string        // default suite.binary
+	env      []string      // KEY=VALUE added to the daemon's environment
 }
 
 // node is a running "dlockfs mount" child.
@@ -306,7 +308,11 @@ type node struct {
 
 // argv is the command line of the node.
 func (o nodeOpts) argv() []string {
-	args := []string{suite.binary, "mount", "--name", o.name, "--bind", o.bind, "--lock-bind", o.lockBind,
+	bin := suite.binary
+	if o.binary != "" {
+		bin = o.binary
+	}
+	args := []string{bin, "mount", "--name", o.name, "--bind", o.bind, "--lock-bind", o.lockBind,
 		"--gossip", o.profile, "--join-timeout", "20s", "--state-dir", o.stateDir}
 	if o.quorum != "" {
 		args = append(args, "--quorum", o.quorum)
@@ -322,6 +328,9 @@ func (o nodeOpts) argv() []string {
 	}
 	args = append(args, o.extra...)
 	args = append(args, o.dir)
+	if len(o.env) > 0 {
+		args = append(append([]string{"env"}, o.env...), args...)
+	}
 	if o.netns != "" {
 		args = append([]string{"nsenter", "--net=/run/netns/" + o.netns}, args...)
 	}

@@ -61,6 +61,8 @@ type mountConfig struct {
 	metrics       string        // Prometheus listen address; "" = off
 	quorum        string        // "majority" (default) or "none"
 	stateDir      string        // "" = defaultStateDirBase/NAME, resolved when mounting
+	answerTimeout time.Duration // 0 = the --gossip profile's; negative = off
+	maxHold       time.Duration // 0 = no bound
 }
 
 // statusConfig holds the options of "dlockfs status".
@@ -116,6 +118,8 @@ func parseMount(cfg *config, args []string) error {
 	fs.StringVar(&m.metrics, "metrics", "", "")
 	fs.StringVar(&m.quorum, "quorum", defaultQuorum, "")
 	fs.StringVar(&m.stateDir, "state-dir", "", "")
+	fs.DurationVar(&m.answerTimeout, "answer-timeout", 0, "")
+	fs.DurationVar(&m.maxHold, "max-hold", 0, "")
 	pos, _, err := cli.ParseInterspersed(fs, args, -1)
 	if err != nil {
 		return err
@@ -172,6 +176,14 @@ func parseMount(cfg *config, args []string) error {
 	}
 	if m.joinTimeout < 0 {
 		return cli.Usagef("--join-timeout %v: must not be negative (0 = one attempt)", m.joinTimeout)
+	}
+	if set["answer-timeout"] && m.answerTimeout == 0 {
+		m.answerTimeout = -1 // 0 on the command line: off
+	} else if m.answerTimeout < 0 {
+		return cli.Usagef("--answer-timeout %v: must not be negative (0 = off)", m.answerTimeout)
+	}
+	if m.maxHold < 0 {
+		return cli.Usagef("--max-hold %v: must not be negative (0 = no bound)", m.maxHold)
 	}
 	return nil
 }

@@ -54,6 +54,14 @@ func TestParseArgs(t *testing.T) {
 				m.name, m.bind, m.advertise, m.lockBind, m.lockAdvertise = "n1", "127.0.0.1:9000", "10.0.0.1:9000", "127.0.0.1:9001", "10.0.0.1:9001"
 				m.join, m.joinTimeout, m.gossip, m.keyFile, m.allowOther, m.debug = []string{"10.0.0.2:7946"}, 5*time.Second, "wan", "/etc/k", true, true
 			}), ""},
+		{"mount answer-timeout", []string{"mount", "--answer-timeout", "3s", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.answerTimeout = 3 * time.Second }), ""},
+		{"mount answer-timeout 0 is off", []string{"mount", "--answer-timeout", "0", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.answerTimeout = -1 }), ""},
+		{"mount max-hold", []string{"mount", "--max-hold", "1m", "/mnt/x"},
+			withMount(func(m *mountConfig) { m.maxHold = time.Minute }), ""},
+		{"mount max-hold negative", []string{"mount", "--max-hold", "-1s", "/mnt/x"}, config{}, "--max-hold -1s: must not be negative"},
+		{"mount answer-timeout negative", []string{"mount", "--answer-timeout", "-1s", "/mnt/x"}, config{}, "--answer-timeout -1s: must not be negative"},
 		{"mount join repeated and comma-separated, default port", []string{"mount", "--join", "10.0.0.2:7000,10.0.0.3", "/mnt/x", "--join", "[::1]:7001", "--join", "::1"},
 			withMount(func(m *mountConfig) { m.join = []string{"10.0.0.2:7000", "10.0.0.3:7946", "[::1]:7001", "[::1]:7946"} }), ""},
 		{"mount control socket", []string{"mount", "--control", "/run/x.sock", "/mnt/x"},

@@ -93,9 +93,21 @@ Flags:
                          keep rising and the voters are not forgotten across
                          restarts (default /var/lib/dlockfs/NODENAME; made
                          if missing, mode 0700; checked to be writable at
-                         start, else exit 1). With --key-file it also keeps
-                         the keyring, DIR/keyring.json (so also with
-                         --quorum none); otherwise unused with --quorum none.
+                         start, else exit 1). Unused with --quorum none.
+  --answer-timeout DUR   suspect a member that has owed an answer to one of
+                         this node's lock requests for DUR while it is alive
+                         (a holder says it defers, so a long hold is no
+                         silence): it is logged and named in .status; in
+                         majority mode a majority of the voters suspecting
+                         it, each on its own evidence, evicts it. Default
+                         the --gossip profile's lease (fast 1s, lan 5s, wan
+                         15s), far above any normal answer; 0 = off.
+  --max-hold DUR          bound every single hold (default 0: none). A hold
+                         that reaches DUR is revoked: reads of its lock file
+                         fail with EIO and 'dlockfs lock' signals CMD. A
+                         member deferring this node while holding for longer
+                         than DUR plus the lock-delay is suspected (see
+                         --answer-timeout). Every node must use the same.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A

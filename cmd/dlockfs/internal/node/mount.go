@@ -37,6 +37,8 @@ func peerConfig(m mountConfig, key []byte, log *slog.Logger) peer.Config {
 	if pc.Quorum == "" {
 		pc.Quorum = defaultQuorum
 	}
+	pc.AnswerTimeout = m.answerTimeout
+	pc.MaxHold = m.maxHold
 	pc.StateDir = m.stateDir
 	if pc.StateDir == "" {
 		pc.StateDir = filepath.Join(defaultStateDirBase, pc.Name)

@@ -1,0 +1,277 @@
+package mutex
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The Byzantine-lite simulation (issue 14): qsim_test.go's world in
+// majority mode, network and peers healthy, with one peer among 3 to 7
+// honest ones that misbehaves in one way:
+//
+//   - mute: it never answers a request (no reply, busy or deferral, and no
+//     acknowledgement of a probe), but otherwise follows the protocol: it
+//     asks for locks and leases, grants leases, and is alive for Serf;
+//   - jumpy: honest, but its answer-timeout is 5 ms, so it suspects every
+//     member it asks (an honest-but-slow peer's view of the others);
+//   - stamplow: it stamps its requests with the clock it has seen from the
+//     receiver (so as to jump the queue);
+//   - stamphigh: it stamps every message 2^40 ahead (so as to exhaust the
+//     clocks);
+//   - hog: it never releases, and has no MaxHold of its own (the honest
+//     peers' is fMaxHold, under which the sim's honest holders may also
+//     hold past it: their own peer revokes them).
+//
+// After every step: mutual exclusion (qsim's check: among every peer, the
+// misbehaving one included, since it does follow the lease rules); no honest
+// peer is evicted or declared; no honest peer answers a forged request; no
+// honest clock passes 2^36; no honest peer is evicted or declared (a lease may lapse: the network delays
+// a tenth of the messages by up to Lease/2); and no honest blocking
+// request waits longer than fBound while nobody holds its lock: the
+// answer-timeout plus the lock-delay, with the margins measured below.
+
+// fAnswer is the answer-timeout of the simulation: twice the longest round
+// trip its network makes (a message takes up to Lease/2 one way).
+const fAnswer = 2 * qLease
+
+// fBound is how long an honest request may wait with nobody holding its
+// lock: the answer-timeout plus the lock-delay, both measured on clocks
+// that run up to 10 % slow; plus the cadences of the scan for suspects
+// (answer-timeout/16) and of the check that declares (Lease/8); plus three
+// message delays (up to Lease/2 each): the declaration, and the lease
+// round that confirms the eviction, there and back.
+const fBound = 2 * (fAnswer + qDelay)
+
+// fMaxHold is the honest peers' MaxHold.
+const fMaxHold = 2 * qLease
+
+func (s *qsim) maxHold(name string) time.Duration {
+	if name == s.cfg.badPeer && s.cfg.bad == "hog" {
+		return 0
+	}
+	return s.cfg.maxHold
+}
+
+func (s *qsim) answerTimeout(name string) time.Duration {
+	if name == s.cfg.badPeer && s.cfg.bad == "jumpy" {
+		return 5 * time.Millisecond
+	}
+	return s.cfg.answerTimeout
+}
+
+// badDrops reports whether the misbehaving peer withholds message m; it
+// may forge m instead.
+func (s *qsim) badDrops(m *Message) bool {
+	switch s.cfg.bad {
+	case "stamplow":
+		if m.Type == MsgRequest && m.Seen > 0 {
+			m.ReqTime = m.Seen
+			s.forged[[2]string{m.To, fmt.Sprintf("%s/%d", m.Lock, m.ReqTime)}] = true
+		}
+	case "stamphigh":
+		m.Time += 1 << 40
+		if m.Type == MsgRequest {
+			m.ReqTime += 1 << 40
+		}
+	}
+	if s.cfg.bad == "mute" {
+		switch m.Type {
+		case MsgReply, MsgBusy, MsgDeferred:
+			return true
+		case MsgProbe:
+			return m.Try
+		}
+	}
+	return false
+}
+
+// badCheck fails the run if an honest peer answers a forged request.
+func (s *qsim) badCheck(m Message) {
+	if m.Type == MsgReply && m.To == s.cfg.badPeer && s.forged[[2]string{m.From, fmt.Sprintf("%s/%d", m.Lock, m.ReqTime)}] {
+		s.fail("forgery: honest %s answered forged request %s/%d of %s", m.From, m.Lock, m.ReqTime, m.To)
+	}
+}
+
+// badQuiesce lets the misbehaving peer release its holds now and then
+// while the honest ones quiesce; its own requests are not checked.
+func (s *qsim) badQuiesce(p *qsimPeer) {
+	for _, o := range p.openers {
+		if o.granted && s.rng.Intn(4) == 0 && s.cfg.bad != "hog" {
+			s.release(p, o)
+			return
+		}
+	}
+}
+
+type faultChecker struct {
+	stall    map[string]time.Duration // lock -> since when honest requests wait with no holder
+	maxStall time.Duration
+}
+
+func (fc *faultChecker) honest(s *qsim, name string) bool {
+	return name != s.cfg.badPeer || s.cfg.bad == "jumpy"
+}
+
+func (fc *faultChecker) check(s *qsim) {
+	if s.failed != "" {
+		return
+	}
+	for _, n := range s.names() {
+		if !fc.honest(s, n) {
+			continue
+		}
+		q := s.live[n].core.q
+		if t := s.live[n].core.Lamport(); t >= 1<<36 {
+			s.fail("clock: honest %s's clock is %d, past 2^36", n, t)
+		}
+		for _, v := range q.voters {
+			if v == n || !fc.honest(s, v) {
+				continue
+			}
+			// The jumpy peer declares alone: no eviction follows.
+			if p := q.peers[v]; p != nil && (p.evicted || (n != s.cfg.badPeer && p.declared && p.refused >= p.session)) {
+				s.fail("honest %s evicted or declared at %s", v, n)
+			}
+		}
+	}
+	for i := 0; i < s.cfg.locks; i++ {
+		lock := lockName(i)
+		waiting, held := false, false
+		for _, n := range s.names() {
+			for _, o := range s.live[n].openers {
+				switch {
+				case o.lock != lock:
+				case o.granted && (fc.honest(s, n) || s.cfg.bad != "hog"):
+					held = true
+				case !o.try && fc.honest(s, n):
+					waiting = true
+				}
+			}
+		}
+		since, ok := fc.stall[lock]
+		switch {
+		case !waiting || held:
+			delete(fc.stall, lock)
+		case !ok:
+			fc.stall[lock] = s.now
+		default:
+			fc.maxStall = max(fc.maxStall, s.now-since)
+			bound := fBound
+			if s.cfg.bad == "hog" {
+				// It holds legitimately for MaxHold; a requester suspects
+				// it once it has deferred it for MaxHold plus the
+				// lock-delay since it learnt of the hold; a voter that
+				// probes it on that report suspects it once it has seen
+				// it hold for as long itself; a lock-delay later the
+				// majority declares it.
+				bound += 2 * (fMaxHold + qDelay)
+			}
+			if s.now-since > bound {
+				s.fail("progress: honest requests for %s waited %v with no holder, over %v", lock, s.now-since, bound)
+			}
+		}
+	}
+}
+
+func fsimConfigFor(seed int64, bad, bug string) qsimConfig {
+	r := rand.New(rand.NewSource(seed ^ 0x5eed))
+	honest := 3 + r.Intn(5)
+	return qsimConfig{peers: honest + 1, maxPeers: honest + 1, locks: 1 + r.Intn(2), steps: 4000,
+		answerTimeout: fAnswer, maxHold: fMaxHold, bad: bad, punctual: true, badPeer: peerName(r.Intn(honest + 1)), bug: bug}
+}
+
+func runFsim(t testing.TB, seed int64, bad, bug string) (*qsim, *faultChecker) {
+	fc := &faultChecker{stall: map[string]time.Duration{}}
+	cfg := fsimConfigFor(seed, bad, bug)
+	cfg.check = fc.check
+	s := newQsim(t, seed, cfg)
+	s.run()
+	return s, fc
+}
+
+// TestSimulationByzantine runs each misbehaviour against 3 to 7 honest
+// peers in majority mode.
+func TestSimulationByzantine(t *testing.T) {
+	for _, bad := range []string{"mute", "jumpy", "stamplow", "stamphigh", "hog"} {
+		t.Run(bad, func(t *testing.T) {
+			t.Parallel()
+			var maxStall time.Duration
+			var evictions, suspicions, forgeries uint64
+			ss := seeds(t, 300)
+			for _, seed := range ss {
+				s, fc := runFsim(t, seed, bad, "")
+				if s.failed != "" {
+					t.Fatal(s.report())
+				}
+				maxStall = max(maxStall, fc.maxStall)
+				for _, n := range s.names() {
+					if n != s.cfg.badPeer {
+						evictions += s.live[n].core.q.evictions
+						suspicions += s.live[n].core.f.suspicions
+						forgeries += s.live[n].core.f.forgeries
+					}
+				}
+			}
+			bound := fBound
+			if bad == "hog" {
+				bound += 2 * (fMaxHold + qDelay)
+			}
+			t.Logf("%s: %d seeds; honest peers counted %d evictions, %d suspicions, %d forgeries; longest wait with no holder %v (bound %v)",
+				bad, len(ss), evictions, suspicions, forgeries, maxStall, bound)
+			if (bad == "mute" || bad == "stamphigh") && evictions == 0 {
+				t.Fatalf("the %s peer was never evicted", bad)
+			}
+			// The hog follows the lease rules: its lease may lapse (a
+			// majority withholding) before it is declared.
+			if bad == "hog" && suspicions == 0 {
+				t.Fatal("the hog was never suspected")
+			}
+			if strings.HasPrefix(bad, "stamp") && forgeries == 0 {
+				t.Fatalf("no forgery by the %s peer was detected", bad)
+			}
+		})
+	}
+}
+
+// TestSimulationByzantineCatchesBugs injects a mistake per rule and
+// requires the simulation to catch it: trusting another voter's suspicion
+// lets one jumpy peer evict honest ones; not suspecting at all lets a mute
+// peer stall the others for good.
+func TestSimulationByzantineCatchesBugs(t *testing.T) {
+	for _, tc := range []struct{ bug, bad, want string }{
+		{"trustsuspect", "jumpy", "honest"},
+		{"nosuspect", "mute", "progress"},
+		{"noforgery", "stamplow", "forgery"},
+		{"noforgery", "stamphigh", "clock"},
+		{"nomaxhold", "hog", "progress"},
+	} {
+		t.Run(tc.bug+"/"+tc.bad, func(t *testing.T) {
+			t.Parallel()
+			n := int64(100)
+			if os.Getenv("DLOCKFS_BUGSEARCH") != "" {
+				n = 5000
+			}
+			for seed := int64(1); seed <= n; seed++ {
+				s, _ := runFsim(t, seed, tc.bad, tc.bug)
+				if strings.HasPrefix(s.failed, tc.want) {
+					t.Logf("%s caught at seed %d after %d steps: %s", tc.bug, seed, s.stats.steps, s.failed)
+					return
+				}
+			}
+			t.Fatalf("injected bug %s went unnoticed in %d seeds", tc.bug, n)
+		})
+	}
+}
+
+// TestSimulationMajorityAnswerTimeout runs qsim_test.go's fault schedule
+// (partitions, pauses, crashes, restarts, joins, leaves, false Serf
+// reports) with the answer-timeout on: suspicions arise from every silence
+// too, and mutual exclusion, rising tokens and liveness after the heal
+// must hold all the same.
+func TestSimulationMajorityAnswerTimeout(t *testing.T) {
+	runQsims(t, 500, qsimConfig{steps: 2000, faults: true, answerTimeout: fAnswer})
+}
