@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // buildFaulty builds dlockfs with the test-only dlockfs_faults tag, whose
@@ -57,7 +59,7 @@ func TestMuteMemberEvicted(t *testing.T) {
 	// While it waits, a's .status says who is slow (after the
 	// answer-timeout) or the mute peer is evicted already.
 	sawSlow := false
-	waitFor(t, startTimeout, "a's request to name m as slow, or m evicted", func() bool {
+	testutil.WaitFor(t, startTimeout, "a's request to name m as slow, or m evicted", func() bool {
 		d, err := nodes[0].status()
 		if err != nil {
 			return false
@@ -72,7 +74,7 @@ func TestMuteMemberEvicted(t *testing.T) {
 	line := h.waitLine(t, startTimeout, "held ")
 	t.Logf("granted %v after the open (answer-timeout 1s + lock-delay 2s); .status named m slow: %v", time.Since(start).Round(time.Millisecond), sawSlow)
 	held(t, line)
-	waitFor(t, startTimeout, "every honest peer to count m evicted", func() bool {
+	testutil.WaitFor(t, startTimeout, "every honest peer to count m evicted", func() bool {
 		for _, n := range nodes {
 			if d, err := n.status(); err != nil || d.voterState("m") != "evicted" {
 				return false
@@ -131,7 +133,7 @@ func TestForgingMember(t *testing.T) {
 					}
 				}()
 			}
-			waitFor(t, startTimeout, "every honest peer to drop a forged message", func() bool {
+			testutil.WaitFor(t, startTimeout, "every honest peer to drop a forged message", func() bool {
 				for _, n := range nodes {
 					if d, err := n.status(); err != nil || d.Counters.DroppedBy["forged"] == 0 {
 						return false
