@@ -33,18 +33,23 @@ func TestClusterStatus(t *testing.T) {
 	}()
 	var cs ClusterStatus
 	// The members' snapshots are not taken at one instant: wait until
-	// b's request has reached a (a defers it) as well.
+	// b's request has reached a (a defers it) and c's reply has reached
+	// b (b awaits only a).
 	testutil.WaitFor(t, 5*time.Second, "c to see b queued behind a", func() bool {
 		cs = cc.ClusterStatus(context.Background(), 2*time.Second)
 		if len(cs.Locks) != 1 || len(cs.Locks[0].Queue) != 1 {
 			return false
 		}
+		deferred, awaitsA := false, false
 		for _, v := range cs.Locks[0].Views {
-			if v.Node == a.Node() && len(v.Queued) == 1 {
-				return true
+			switch v.Node {
+			case a.Node():
+				deferred = len(v.Queued) == 1
+			case b.Node():
+				awaitsA = len(v.Awaiting) == 1
 			}
 		}
-		return false
+		return deferred && awaitsA
 	})
 	if !cs.Complete || cs.Node != cc.Node() || len(cs.Peers) != 3 {
 		t.Fatalf("cluster status: %+v", cs)
