@@ -41,6 +41,7 @@ type qsimConfig struct {
 	maxHold                       time.Duration // Config.MaxHold (0: none)
 	bad, badPeer                  string        // a Byzantine-lite peer's behaviour and name (fsim_test.go)
 	check                         func(*qsim)   // more invariants, after every step
+	breaks                        bool          // an operator breaks the hog's holds (fsim_test.go)
 	// punctual: every message due is delivered before time moves on, so
 	// that delays are those drawn (with many peers the random steps
 	// deliver too few: the backlog would grow without bound).
@@ -169,6 +170,8 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.f.bugNoForgery = true
 	case "nomaxhold":
 		c.f.bugNoMaxHold = true
+	case "breakgrants":
+		c.f.bugBreakGrants = true
 	default:
 		setBugs(c, s.cfg.bug)
 	}
