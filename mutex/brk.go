@@ -36,6 +36,9 @@ import (
 // ErrNotHeld: a break found no holder of its lock.
 var ErrNotHeld = errors.New("nobody holds the lock")
 
+// ErrHeldHere: a break of a lock held on this very peer (release it).
+var ErrHeldHere = errors.New("held on this peer: release it there")
+
 // broken is an operator's break of a suspect's hold.
 type broken struct {
 	by   string        // the voter whose operator asked
@@ -56,7 +59,7 @@ type breakQuery struct {
 // be evicted at once (majority mode, on a voter with an answer-timeout).
 // The holder is looked for by asking the voters; Ready.Faults reports
 // FaultBreak naming it, or FaultBreakNone if nobody holds name. A hold of
-// name on this peer itself is an error: release it instead.
+// name on this peer itself is an error (ErrHeldHere): release it instead.
 func (c *Core) Break(name string) error {
 	q, f := c.q, c.f
 	if err := ValidLockName(name); err != nil {
@@ -71,7 +74,7 @@ func (c *Core) Break(name string) error {
 		return fmt.Errorf("mutex: break %q: needs an answer-timeout", name)
 	}
 	if l := c.locks[name]; l != nil && l.phase == Holding {
-		return fmt.Errorf("mutex: break %q: %w: held on this peer; release it there", name, ErrNotHeld)
+		return fmt.Errorf("mutex: break %q: %w", name, ErrHeldHere)
 	}
 	ts := uint64(c.clock.Increment())
 	bq := &breakQuery{ts: ts, since: f.now, waiting: map[string]bool{}}

@@ -1,6 +1,7 @@
 package mutex
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -383,4 +384,83 @@ func TestSimulationByzantineCatchesBugs(t *testing.T) {
 // must hold all the same.
 func TestSimulationMajorityAnswerTimeout(t *testing.T) {
 	runQsims(t, 500, qsimConfig{steps: 2000, faults: true, answerTimeout: fAnswer})
+}
+
+// TestBreak walks one operator's break among 3 voters (l0 of locks=1):
+// refused with a bad name, on a plain core, or where the lock is held; a
+// break of a free lock reports that nobody holds it; a break of p0's hold
+// is reported by every voter with who asked, p0's hold is revoked, and
+// p2's waiting request is granted after it.
+func TestBreak(t *testing.T) {
+	s := newQsim(t, 1, qsimConfig{peers: 3, maxPeers: 3, locks: 1, answerTimeout: fAnswer, punctual: true})
+	s.reports = map[string][]FaultReport{}
+	settle := func(d time.Duration, done func() bool) {
+		t.Helper()
+		for end := s.now + d; s.now < end && s.failed == ""; {
+			if done() {
+				return
+			}
+			if !s.deliver() {
+				s.advance(qLease / 16)
+			}
+			s.checkExclusion()
+		}
+		if s.failed != "" {
+			t.Fatal(s.report())
+		}
+		if !done() {
+			t.Fatalf("not done in %v:\n%s", d, s.report())
+		}
+	}
+	has := func(peer string, k FaultKind, who string) bool {
+		for _, r := range s.reports[peer] {
+			if r.Kind == k && r.Lock == "l0" && (who == "" || r.Peer == who) {
+				return true
+			}
+		}
+		return false
+	}
+	p0, p1, p2 := s.live["p0"], s.live["p1"], s.live["p2"]
+	plain, err := New(Config{Name: "x", Incarnation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Break("l0"); err == nil {
+		t.Error("a plain core broke a lock")
+	}
+	if err := p1.core.Break("a/../b"); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("Break of a bad name: %v, want ErrInvalidName", err)
+	}
+	settle(10*qLease, func() bool { return p1.core.leaseValid() })
+	if err := p1.core.Break("l0"); err != nil {
+		t.Fatal(err)
+	}
+	s.drain(p1)
+	settle(2*fAnswer, func() bool { return has("p1", FaultBreakNone, "") })
+
+	s.acquire(p0, false)
+	settle(10*qLease, func() bool { return len(p0.openers) == 1 && p0.openers[0].granted })
+	if err := p0.core.Break("l0"); !errors.Is(err, ErrHeldHere) {
+		t.Errorf("Break on the holder: %v, want ErrHeldHere", err)
+	}
+	s.acquire(p2, false)
+	s.tick(p1)
+	if err := p1.core.Break("l0"); err != nil {
+		t.Fatal(err)
+	}
+	s.drain(p1)
+	settle(fBreakBound, func() bool { return len(p2.openers) == 1 && p2.openers[0].granted })
+	if len(p0.openers) != 0 {
+		t.Errorf("p0 still holds: %+v", p0.openers[0])
+	}
+	for _, n := range []string{"p0", "p1", "p2"} {
+		if !has(n, FaultBreak, "p0") {
+			t.Errorf("%s did not report the break of p0's hold: %v", n, s.reports[n])
+		}
+		for _, r := range s.reports[n] {
+			if r.Kind == FaultBreak && r.Why != "p1" {
+				t.Errorf("%s: break reported as asked by %q, want p1", n, r.Why)
+			}
+		}
+	}
 }

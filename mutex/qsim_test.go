@@ -90,7 +90,8 @@ type qsim struct {
 	nextOp  OpenerID
 	nextInc uint64
 	tok     map[string]*tokens
-	forged  map[[2]string]bool // (to, lock/ts) of the misbehaving peer's forged requests
+	forged  map[[2]string]bool       // (to, lock/ts) of the misbehaving peer's forged requests
+	reports map[string][]FaultReport // by peer: the fault reports (unit tests read them)
 	trace   []traceEntry
 	traceAt int
 	stats   qsimStats
@@ -246,6 +247,9 @@ func (s *qsim) drain(p *qsimPeer) {
 	}
 	for _, r := range rd.Faults {
 		s.logf("fault at %s: %v", p.name, r)
+		if s.reports != nil {
+			s.reports[p.name] = append(s.reports[p.name], r)
+		}
 	}
 	for _, r := range rd.Revocations {
 		// The holder is told; until it releases (or the core's grace

@@ -79,8 +79,8 @@ func (p *Peer) breakDone(lock string, err error) {
 // evidence of its own; the holder's lease lapses and its hold is revoked
 // before anyone else is granted the lock (after the lock-delay). It
 // returns once the holder is found and the voters are told, with an error
-// wrapping [mutex.ErrNotHeld] if nobody holds name (or it is held on this
-// peer), or when ctx ends.
+// wrapping [mutex.ErrNotHeld] if nobody holds name, [mutex.ErrHeldHere] if
+// this peer holds it, or when ctx ends.
 func (p *Peer) Break(ctx context.Context, name string) error {
 	if p.quorum != mutex.QuorumMajority {
 		return fmt.Errorf("peer: break %q: only in majority mode", name)

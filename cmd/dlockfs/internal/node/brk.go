@@ -51,7 +51,7 @@ Flags:
 
 Examples:
   dlockfs break backup                           # someone hogs "backup"
-  dlockfs break --control /tmp/c.sock jobs/nightly
+  dlockfs break --control /tmp/c.sock nightly   # the mount at /tmp/c
 
 Exit codes: 0 the voters were told to evict the holder, 2 usage, 16 no mount
 serves the control socket, 1 other (nobody holds NAME, it is held on this
@@ -117,7 +117,10 @@ func (s *controlServer) serveBreak(req controlRequest) controlReply {
 	}
 	r := controlReply{Kind: "other", Error: cli.OneLine(err.Error())}
 	if errors.Is(err, mutex.ErrNotHeld) {
-		r.Error = fmt.Sprintf("break %s: nobody holds it (or it is held on this node: release it there): nothing done", req.Node)
+		r.Error = fmt.Sprintf("break %s: nobody holds it: nothing done", req.Node)
+	}
+	if errors.Is(err, mutex.ErrHeldHere) {
+		r.Error = fmt.Sprintf("break %s: held on this node (the one serving the socket): release it there; nothing done", req.Node)
 	}
 	s.log.Warn("break: failed", "lock", req.Node, "err", r.Error)
 	return r
