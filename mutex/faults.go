@@ -410,7 +410,11 @@ func (c *Core) scanFaults() {
 			} else {
 				// Owed nothing now (evicted, perhaps): ask it to
 				// answer again, so that it can come back.
-				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: sus.lock, ReqTime: sus.ts})
+				lock := sus.lock
+				if sus.ts == 0 {
+					lock = "" // a break's: about no request of ours
+				}
+				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: lock, ReqTime: sus.ts})
 			}
 		}
 	}
