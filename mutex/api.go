@@ -70,10 +70,17 @@ const (
 	// TargetInc is 1 if it holds Lock (so that the prober can time the
 	// hold against Config.MaxHold).
 	MsgProbe MsgType = 13
+	// MsgBreak carries an operator's break of Lock (majority mode, see
+	// [Core.Break]). With Target empty it asks the receiver whether it
+	// holds Lock, and the answer, marked Try, has TargetInc 1 and the
+	// token in Reserve if it does; with Target set it tells a voter that
+	// the operator broke Target's hold of Lock: the voter suspects Target
+	// at once, without evidence of its own.
+	MsgBreak MsgType = 14
 )
 
 // maxMsgType is the highest message type.
-const maxMsgType = MsgProbe
+const maxMsgType = MsgBreak
 
 // MaxMsgType is the highest message type; the wire codec accepts 1 to it.
 const MaxMsgType = maxMsgType
@@ -107,6 +114,8 @@ func (t MsgType) String() string {
 		return "suspect"
 	case MsgProbe:
 		return "probe"
+	case MsgBreak:
+		return "break"
 	}
 	return fmt.Sprintf("msgtype(%d)", uint8(t))
 }
@@ -173,7 +182,7 @@ func (m Message) String() string {
 		q += fmt.Sprintf(" res=%d", m.Reserve)
 	case MsgEvicted:
 		q += fmt.Sprintf(" target=%s/%d res=%d", m.Target, m.TargetInc, m.Reserve)
-	case MsgSuspect, MsgProbe:
+	case MsgSuspect, MsgProbe, MsgBreak:
 		q += fmt.Sprintf(" target=%s", m.Target)
 	case MsgConfig:
 		q += fmt.Sprintf(" voters=%v", m.Voters)

@@ -647,6 +647,8 @@ func (c *Core) step(m Message) error {
 		return c.onCancel(m)
 	case MsgDeferred, MsgSuspect, MsgProbe:
 		return c.onFault(m)
+	case MsgBreak:
+		return c.onBreak(m) // brk.go
 	default:
 		return c.onAnswer(m)
 	}

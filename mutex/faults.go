@@ -76,6 +76,7 @@ type suspicion struct {
 	inc      uint64        // its incarnation
 	answered bool          // it answered since the last scan
 	forgedAt time.Duration // its last forged message (0: none)
+	broken   *broken       // an operator broke its hold (brk.go)
 }
 
 // faults is a core's state for spotting members that misbehave.
@@ -95,13 +96,16 @@ type faults struct {
 	stamped  map[string]stampedSeen   // by lock: what each member had been heard at, when stamped
 	accepted bool                     // a message was accepted: our clock is the cluster's
 
-	suspicions, forgeries uint64
+	breaks map[string]*breakQuery // by lock: our operator's breaks, looking for the holder (brk.go)
+
+	suspicions, forgeries, broken uint64
 
 	// Faults injected by tests only; the simulation must catch each.
 	bugTrustSuspect bool // suspect whoever another voter suspects, no probe
 	bugNoSuspect    bool // never suspect anyone
 	bugNoForgery    bool // accept any timestamp
 	bugNoMaxHold    bool // never time a holder's deferral
+	bugBreakGrants  bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
 }
 
 // holdStart is when our hold of a lock (token) began.
@@ -138,7 +142,7 @@ func newFaults(cfg Config) *faults {
 	return &faults{timeout: cfg.AnswerTimeout, maxHold: cfg.MaxHold, delay: delay, holds: map[string]holdStart{},
 		owed: map[owedKey]*owed{}, sus: map[string]*suspicion{},
 		told: map[string]time.Duration{}, probes: map[string]*probe{}, heard: map[string]heardTime{},
-		stamped: map[string]stampedSeen{}}
+		stamped: map[string]stampedSeen{}, breaks: map[string]*breakQuery{}}
 }
 
 // FaultKind is what a [FaultReport] reports.
@@ -160,6 +164,12 @@ const (
 	// FaultForged: a message from Peer (about Lock and ReqTime) carried
 	// a forged timestamp; it was dropped (Why says how it was forged).
 	FaultForged
+	// FaultBreak: the operator of voter Why broke Peer's hold (token
+	// ReqTime) of Lock; Peer is suspected at once (brk.go).
+	FaultBreak
+	// FaultBreakNone: this peer's break of Lock found nobody holding it
+	// (nobody said so within the answer-timeout).
+	FaultBreakNone
 )
 
 // String names the kind as the log does.
@@ -175,6 +185,10 @@ func (k FaultKind) String() string {
 		return "evicted-self"
 	case FaultForged:
 		return "forged"
+	case FaultBreak:
+		return "break"
+	case FaultBreakNone:
+		return "break-none"
 	}
 	return fmt.Sprintf("fault(%d)", uint8(k))
 }
@@ -224,6 +238,7 @@ func (c *Core) tickFaults(now time.Duration) {
 	}
 	if f.timeout > 0 && now >= f.nextScan {
 		c.scanFaults()
+		c.scanBreaks()
 	}
 }
 
@@ -374,6 +389,8 @@ func (c *Core) scanFaults() {
 		switch {
 		case hogging:
 			// It says it holds, for longer than MaxHold allows.
+		case c.breakStands(p, sus):
+			// An operator broke its hold: suspected until evicted.
 		case sus.forgedAt != 0 && f.now-sus.forgedAt < f.timeout:
 			// Forged lately: suspected whatever it answers.
 		case (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member),
@@ -393,7 +410,11 @@ func (c *Core) scanFaults() {
 			} else {
 				// Owed nothing now (evicted, perhaps): ask it to
 				// answer again, so that it can come back.
-				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: sus.lock, ReqTime: sus.ts})
+				lock := sus.lock
+				if sus.ts == 0 {
+					lock = "" // a break's: about no request of ours
+				}
+				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: lock, ReqTime: sus.ts})
 			}
 		}
 	}

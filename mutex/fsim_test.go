@@ -1,6 +1,7 @@
 package mutex
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -110,6 +111,92 @@ func (s *qsim) badQuiesce(p *qsimPeer) {
 type faultChecker struct {
 	stall    map[string]time.Duration // lock -> since when honest requests wait with no holder
 	maxStall time.Duration
+	broke    map[string]*simBreak // lock -> the operator's break of the hog's hold, not yet over
+	breaks   int                  // breaks made
+	maxBreak time.Duration        // the longest from a break to its end
+}
+
+// simBreak is an operator's break of the hog's hold op of a lock.
+type simBreak struct {
+	at time.Duration
+	op OpenerID
+}
+
+// fBreakBound is how long after an operator's break (of a lock the hog
+// holds while honest requests wait) the hog's hold may last, and the
+// honest requests wait with no holder: the break's query and answer and
+// the voters' news of it (three message delays of up to Lease/2); then
+// the lock-delay from the voters' last grant, measured on clocks up to
+// 10 % slow; the declaring check's cadence (Lease/8) and the declarations
+// and the lease round that confirms the eviction (three message delays);
+// and the waiter's request answered again (a round trip).
+const fBreakBound = 3*qLease/2 + qDelay*10/9 + qLease/8 + 3*qLease/2 + qLease
+
+// operator breaks, now and then, a lock the hog holds while honest
+// requests for it wait, on a random honest voter, and checks that the
+// hog's hold ends and an honest request is granted (or none waits) within
+// fBreakBound.
+func (fc *faultChecker) operator(s *qsim) {
+	hog := s.live[s.cfg.badPeer]
+	for i := 0; i < s.cfg.locks; i++ {
+		lock := lockName(i)
+		var hogOp *simOpener
+		for _, o := range hog.openers {
+			if o.lock == lock && o.granted {
+				hogOp = o
+			}
+		}
+		waiting, held := false, false
+		for _, n := range s.names() {
+			if n == s.cfg.badPeer {
+				continue
+			}
+			for _, o := range s.live[n].openers {
+				switch {
+				case o.lock != lock:
+				case o.granted:
+					held = true
+				case !o.try:
+					waiting = true
+				}
+			}
+		}
+		if b := fc.broke[lock]; b != nil {
+			// Over once that hold is, and an honest request is granted,
+			// or none waits, or the hog holds anew (its request was
+			// first: another break's business).
+			if (hogOp == nil || hogOp.id != b.op) && (!waiting || held || hogOp != nil) {
+				fc.maxBreak = max(fc.maxBreak, s.now-b.at)
+				delete(fc.broke, lock)
+			} else if s.now-b.at > fBreakBound {
+				s.fail("break: %v after the break of %s, the hog still holds it (%v) or honest requests wait with no holder (%v), over %v",
+					s.now-b.at, lock, hogOp != nil && hogOp.id == b.op, waiting && !held, fBreakBound)
+			}
+			continue
+		}
+		if hogOp == nil || !waiting || s.rng.Intn(20) != 0 {
+			continue
+		}
+		var voters []*qsimPeer
+		for _, p := range s.running() {
+			if p.name != s.cfg.badPeer && p.core.q.voter {
+				voters = append(voters, p)
+			}
+		}
+		if len(voters) == 0 {
+			continue
+		}
+		p := voters[s.rng.Intn(len(voters))]
+		s.tick(p)
+		if err := p.core.Break(lock); err != nil {
+			s.logf("break %s at %s: %v", lock, p.name, err)
+			continue
+		}
+		s.logf("operator breaks %s at %s (the hog's op%d)", lock, p.name, hogOp.id)
+		s.drain(p)
+		fc.broke[lock] = &simBreak{at: s.now, op: hogOp.id}
+		fc.breaks++
+	}
 }
 
 func (fc *faultChecker) honest(s *qsim, name string) bool {
@@ -119,6 +206,9 @@ func (fc *faultChecker) honest(s *qsim, name string) bool {
 func (fc *faultChecker) check(s *qsim) {
 	if s.failed != "" {
 		return
+	}
+	if s.cfg.breaks {
+		fc.operator(s)
 	}
 	for _, n := range s.names() {
 		if !fc.honest(s, n) {
@@ -161,6 +251,9 @@ func (fc *faultChecker) check(s *qsim) {
 		default:
 			fc.maxStall = max(fc.maxStall, s.now-since)
 			bound := fBound
+			if s.cfg.breaks {
+				continue // the operator's check above bounds it
+			}
 			if s.cfg.bad == "hog" {
 				// It holds legitimately for MaxHold; a requester suspects
 				// it once it has deferred it for MaxHold plus the
@@ -177,15 +270,22 @@ func (fc *faultChecker) check(s *qsim) {
 	}
 }
 
+// fsimConfigFor configures a run; bad "hog+break" is the hog with no
+// MaxHold on the honest peers either: only an operator's break ends its
+// holds.
 func fsimConfigFor(seed int64, bad, bug string) qsimConfig {
 	r := rand.New(rand.NewSource(seed ^ 0x5eed))
 	honest := 3 + r.Intn(5)
-	return qsimConfig{peers: honest + 1, maxPeers: honest + 1, locks: 1 + r.Intn(2), steps: 4000,
+	cfg := qsimConfig{peers: honest + 1, maxPeers: honest + 1, locks: 1 + r.Intn(2), steps: 4000,
 		answerTimeout: fAnswer, maxHold: fMaxHold, bad: bad, punctual: true, badPeer: peerName(r.Intn(honest + 1)), bug: bug}
+	if bad == "hog+break" {
+		cfg.bad, cfg.maxHold, cfg.breaks = "hog", 0, true
+	}
+	return cfg
 }
 
 func runFsim(t testing.TB, seed int64, bad, bug string) (*qsim, *faultChecker) {
-	fc := &faultChecker{stall: map[string]time.Duration{}}
+	fc := &faultChecker{stall: map[string]time.Duration{}, broke: map[string]*simBreak{}}
 	cfg := fsimConfigFor(seed, bad, bug)
 	cfg.check = fc.check
 	s := newQsim(t, seed, cfg)
@@ -196,10 +296,11 @@ func runFsim(t testing.TB, seed int64, bad, bug string) (*qsim, *faultChecker) {
 // TestSimulationByzantine runs each misbehaviour against 3 to 7 honest
 // peers in majority mode.
 func TestSimulationByzantine(t *testing.T) {
-	for _, bad := range []string{"mute", "jumpy", "stamplow", "stamphigh", "hog"} {
+	for _, bad := range []string{"mute", "jumpy", "stamplow", "stamphigh", "hog", "hog+break"} {
 		t.Run(bad, func(t *testing.T) {
 			t.Parallel()
-			var maxStall time.Duration
+			var maxStall, maxBreak time.Duration
+			breaks := 0
 			var evictions, suspicions, forgeries uint64
 			ss := seeds(t, 300)
 			for _, seed := range ss {
@@ -208,6 +309,7 @@ func TestSimulationByzantine(t *testing.T) {
 					t.Fatal(s.report())
 				}
 				maxStall = max(maxStall, fc.maxStall)
+				maxBreak, breaks = max(maxBreak, fc.maxBreak), breaks+fc.breaks
 				for _, n := range s.names() {
 					if n != s.cfg.badPeer {
 						evictions += s.live[n].core.q.evictions
@@ -230,6 +332,13 @@ func TestSimulationByzantine(t *testing.T) {
 			if bad == "hog" && suspicions == 0 {
 				t.Fatal("the hog was never suspected")
 			}
+			if bad == "hog+break" {
+				t.Logf("%d operator's breaks; the longest until the hog's hold ended and a waiter was granted: %v (bound %v)",
+					breaks, maxBreak, fBreakBound)
+				if breaks == 0 {
+					t.Fatal("no break was made")
+				}
+			}
 			if strings.HasPrefix(bad, "stamp") && forgeries == 0 {
 				t.Fatalf("no forgery by the %s peer was detected", bad)
 			}
@@ -248,6 +357,7 @@ func TestSimulationByzantineCatchesBugs(t *testing.T) {
 		{"noforgery", "stamplow", "forgery"},
 		{"noforgery", "stamphigh", "clock"},
 		{"nomaxhold", "hog", "progress"},
+		{"breakgrants", "hog+break", "mutual exclusion"},
 	} {
 		t.Run(tc.bug+"/"+tc.bad, func(t *testing.T) {
 			t.Parallel()
@@ -274,4 +384,83 @@ func TestSimulationByzantineCatchesBugs(t *testing.T) {
 // must hold all the same.
 func TestSimulationMajorityAnswerTimeout(t *testing.T) {
 	runQsims(t, 500, qsimConfig{steps: 2000, faults: true, answerTimeout: fAnswer})
+}
+
+// TestBreak walks one operator's break among 3 voters (l0 of locks=1):
+// refused with a bad name, on a plain core, or where the lock is held; a
+// break of a free lock reports that nobody holds it; a break of p0's hold
+// is reported by every voter with who asked, p0's hold is revoked, and
+// p2's waiting request is granted after it.
+func TestBreak(t *testing.T) {
+	s := newQsim(t, 1, qsimConfig{peers: 3, maxPeers: 3, locks: 1, answerTimeout: fAnswer, punctual: true})
+	s.reports = map[string][]FaultReport{}
+	settle := func(d time.Duration, done func() bool) {
+		t.Helper()
+		for end := s.now + d; s.now < end && s.failed == ""; {
+			if done() {
+				return
+			}
+			if !s.deliver() {
+				s.advance(qLease / 16)
+			}
+			s.checkExclusion()
+		}
+		if s.failed != "" {
+			t.Fatal(s.report())
+		}
+		if !done() {
+			t.Fatalf("not done in %v:\n%s", d, s.report())
+		}
+	}
+	has := func(peer string, k FaultKind, who string) bool {
+		for _, r := range s.reports[peer] {
+			if r.Kind == k && r.Lock == "l0" && (who == "" || r.Peer == who) {
+				return true
+			}
+		}
+		return false
+	}
+	p0, p1, p2 := s.live["p0"], s.live["p1"], s.live["p2"]
+	plain, err := New(Config{Name: "x", Incarnation: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Break("l0"); err == nil {
+		t.Error("a plain core broke a lock")
+	}
+	if err := p1.core.Break("a/../b"); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("Break of a bad name: %v, want ErrInvalidName", err)
+	}
+	settle(10*qLease, func() bool { return p1.core.leaseValid() })
+	if err := p1.core.Break("l0"); err != nil {
+		t.Fatal(err)
+	}
+	s.drain(p1)
+	settle(2*fAnswer, func() bool { return has("p1", FaultBreakNone, "") })
+
+	s.acquire(p0, false)
+	settle(10*qLease, func() bool { return len(p0.openers) == 1 && p0.openers[0].granted })
+	if err := p0.core.Break("l0"); !errors.Is(err, ErrHeldHere) {
+		t.Errorf("Break on the holder: %v, want ErrHeldHere", err)
+	}
+	s.acquire(p2, false)
+	s.tick(p1)
+	if err := p1.core.Break("l0"); err != nil {
+		t.Fatal(err)
+	}
+	s.drain(p1)
+	settle(fBreakBound, func() bool { return len(p2.openers) == 1 && p2.openers[0].granted })
+	if len(p0.openers) != 0 {
+		t.Errorf("p0 still holds: %+v", p0.openers[0])
+	}
+	for _, n := range []string{"p0", "p1", "p2"} {
+		if !has(n, FaultBreak, "p0") {
+			t.Errorf("%s did not report the break of p0's hold: %v", n, s.reports[n])
+		}
+		for _, r := range s.reports[n] {
+			if r.Kind == FaultBreak && r.Why != "p1" {
+				t.Errorf("%s: break reported as asked by %q, want p1", n, r.Why)
+			}
+		}
+	}
 }

@@ -41,6 +41,7 @@ type qsimConfig struct {
 	maxHold                       time.Duration // Config.MaxHold (0: none)
 	bad, badPeer                  string        // a Byzantine-lite peer's behaviour and name (fsim_test.go)
 	check                         func(*qsim)   // more invariants, after every step
+	breaks                        bool          // an operator breaks the hog's holds (fsim_test.go)
 	// punctual: every message due is delivered before time moves on, so
 	// that delays are those drawn (with many peers the random steps
 	// deliver too few: the backlog would grow without bound).
@@ -89,7 +90,8 @@ type qsim struct {
 	nextOp  OpenerID
 	nextInc uint64
 	tok     map[string]*tokens
-	forged  map[[2]string]bool // (to, lock/ts) of the misbehaving peer's forged requests
+	forged  map[[2]string]bool       // (to, lock/ts) of the misbehaving peer's forged requests
+	reports map[string][]FaultReport // by peer: the fault reports (unit tests read them)
 	trace   []traceEntry
 	traceAt int
 	stats   qsimStats
@@ -169,6 +171,8 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.f.bugNoForgery = true
 	case "nomaxhold":
 		c.f.bugNoMaxHold = true
+	case "breakgrants":
+		c.f.bugBreakGrants = true
 	default:
 		setBugs(c, s.cfg.bug)
 	}
@@ -243,6 +247,9 @@ func (s *qsim) drain(p *qsimPeer) {
 	}
 	for _, r := range rd.Faults {
 		s.logf("fault at %s: %v", p.name, r)
+		if s.reports != nil {
+			s.reports[p.name] = append(s.reports[p.name], r)
+		}
 	}
 	for _, r := range rd.Revocations {
 		// The holder is told; until it releases (or the core's grace

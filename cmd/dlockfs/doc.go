@@ -14,6 +14,7 @@
 //	dlockfs keygen
 //	dlockfs keys [--control PATH] [--json] list | install KEY | use KEY | remove KEY
 //	dlockfs forget [--control PATH] [--force] NODE
+//	dlockfs break [--control PATH] NAME
 //	dlockfs install | uninstall [--prefix DIR]
 //	dlockfs demo | bench [flags]
 //	dlockfs help [COMMAND]
@@ -27,7 +28,8 @@
 //   - internal/cli: the command line itself: dispatch, flag helpers, exit
 //     codes and the errors that carry them, the help overview, the man page;
 //   - internal/node: mount (the daemon) and the commands that talk to a
-//     mount: status, lock, check, keys, forget, keygen;
+//     mount: status, lock, check, keys, forget, break,
+//     keygen;
 //   - internal/install: install, uninstall and the mount helper
 //     (mount.fuse.dlockfs, which main runs when called by that name);
 //   - internal/localcluster: the in-process cluster that demo and bench run;

@@ -24,6 +24,7 @@ func commands() []cli.Command {
 		install.Uninstall(),
 		node.Keys(),
 		node.Forget(),
+		node.Break(),
 		cli.Help(commands),
 		demo.Command(),
 		bench.Command(),

@@ -22,6 +22,7 @@ const (
 	callMembers                     // after a join: add the members Serf knows
 	callLeaveVoters                 // majority mode: ask the voters to remove us (ack when done)
 	callForget                      // majority mode: remove voter lock (try: force) from the voter set
+	callBreak                       // majority mode: an operator's break of lock (errc: once the holder is found)
 	callStop                        // the lifecycle's terminate: end the driver (status: the last one)
 )
 
@@ -210,6 +211,16 @@ func (p *Peer) handleCall(c call) {
 			close(c.ack)
 			p.leftAck = nil
 		}
+	case callBreak:
+		if err := p.core.Break(c.lock); err != nil {
+			c.errc <- err
+			break
+		}
+		p.log.Warn("operator's break: asking the voters to evict the holder of the lock", "lock", c.lock)
+		if p.breakWait == nil {
+			p.breakWait = map[string][]chan<- error{}
+		}
+		p.breakWait[c.lock] = append(p.breakWait[c.lock], c.errc)
 	case callForget:
 		if c.try {
 			c.errc <- p.core.ForceForget(c.lock)

@@ -84,7 +84,8 @@ type Peer struct {
 	closed     bool // core.Shutdown done: no new openers
 	dropWarn   time.Time
 	dropsQuiet uint64
-	forgedLog  map[string]time.Time // member -> last forgery logged
+	forgedLog  map[string]time.Time      // member -> last forgery logged
+	breakWait  map[string][]chan<- error // lock -> Break calls awaiting the holder's name (driver-owned)
 }
 
 // Start creates a peer: it opens the lock channel, starts Serf, and joins

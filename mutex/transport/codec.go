@@ -12,9 +12,10 @@ import (
 //
 //	byte 0    version<<4 | kind   (version 3; kind 1..12 = mutex.MsgType,
 //	                               mutex.MsgProbe being 12 with flag bit 2,
+//	                               mutex.MsgBreak 12 with flag bit 3,
 //	                               13 = query, see query.go,
 //	                               14 = hello, 15 = welcome)
-//	message:  flags byte (bit 0 = Try, bit 1 = Shared, bit 2 = Probe;
+//	message:  flags byte (bit 0 = Try, bit 1 = Shared, bit 2 = Probe, bit 3 = Break;
 //	          other bits must be 0)
 //	          str From, uvarint FromIncarnation, str To, uvarint ToIncarnation,
 //	          str Lock, uvarint Time, uvarint ReqTime,
@@ -40,6 +41,7 @@ const (
 	flagTry    = 1
 	flagShared = 2
 	flagProbe  = 4 // kind 12 is mutex.MsgProbe, not MsgSuspect: the 4-bit kinds are all taken
+	flagBreak  = 8 // kind 12 is mutex.MsgBreak (an operator's break), likewise
 
 	// maxPayload is the largest encoded message: a version/type byte, a
 	// flags byte, four full names, ten maximal varints and a full voter
@@ -76,8 +78,11 @@ func appendMessage(dst []byte, m mutex.Message) ([]byte, error) {
 		flags |= flagShared
 	}
 	kind := byte(m.Type)
-	if m.Type == mutex.MsgProbe {
+	switch m.Type {
+	case mutex.MsgProbe:
 		kind, flags = byte(mutex.MsgSuspect), flags|flagProbe
+	case mutex.MsgBreak:
+		kind, flags = byte(mutex.MsgSuspect), flags|flagBreak
 	}
 	dst = append(dst, wireVersion<<4|kind, flags)
 	dst = appendStr(dst, m.From)
@@ -190,14 +195,23 @@ func decodeMessage(b []byte, intern interner) (mutex.Message, error) {
 	}
 	m.Type = mutex.MsgType(kind)
 	flags := d.byte()
-	if !d.bad && flags&^(flagTry|flagShared|flagProbe) != 0 {
+	if !d.bad && flags&^(flagTry|flagShared|flagProbe|flagBreak) != 0 {
 		d.setBad("unknown flags")
+	}
+	if !d.bad && flags&flagProbe != 0 && flags&flagBreak != 0 {
+		d.setBad("probe and break flags together")
 	}
 	if flags&flagProbe != 0 {
 		if !d.bad && kind != byte(mutex.MsgSuspect) {
 			d.setBad("probe flag on another kind")
 		}
 		m.Type = mutex.MsgProbe
+	}
+	if flags&flagBreak != 0 {
+		if !d.bad && kind != byte(mutex.MsgSuspect) {
+			d.setBad("break flag on another kind")
+		}
+		m.Type = mutex.MsgBreak
 	}
 	m.Try = flags&flagTry != 0
 	m.Shared = flags&flagShared != 0

@@ -31,6 +31,8 @@ func sampleMessages() []mutex.Message {
 		{Type: mutex.MsgDeferred, From: "a", To: "b", Lock: "l", ReqTime: 5, Time: 6, Seen: ^uint64(0)},
 		{Type: mutex.MsgSuspect, From: "a", To: "b", Target: "c", Lock: "l", ReqTime: 5, Config: 2, Session: 1},
 		{Type: mutex.MsgProbe, From: "a", To: "b", Target: "c", Lock: "l", ReqTime: 5, Try: true},
+		{Type: mutex.MsgBreak, From: "a", To: "b", Target: "c", Lock: "l", ReqTime: 5, Reserve: 9},
+		{Type: mutex.MsgBreak, From: "a", To: "b", Lock: "l", ReqTime: 5, Try: true, TargetInc: 1, Reserve: 9},
 	}
 }
 

@@ -74,7 +74,7 @@ func ExitCodeTable() []ExitCodeDoc {
 		{ExitTimeout, "`lock --timeout`: not granted in time (CMD not run); `--timeout 0` is `--try` (12)"},
 		{ExitFUSE, "`mount`: FUSE unavailable or the mount failed (`/dev/fuse`, `fusermount3`)"},
 		{ExitKey, "`mount`: bad `--key-file` (unreadable, not base64, wrong length)"},
-		{ExitNotMounted, "`status`/`lock`/`check`: not a live dlockfs mount (CMD not run); `keys`/`forget`: no mount serves the control socket"},
+		{ExitNotMounted, "`status`/`lock`/`check`: not a live dlockfs mount (CMD not run); `keys`/`forget`/`break`: no mount serves the control socket"},
 		{ExitRevoked, "`lock`: the hold was revoked under CMD (lease lost or daemon gone); CMD was terminated"},
 		{ExitCannotExec, "`lock`: CMD cannot be executed"},
 		{ExitNotFound, "`lock`: CMD not found (lock not taken)"},

@@ -27,7 +27,7 @@ func FilesTable() []FileDoc {
 		{"MOUNTPOINT/flock/NAME", "the same lock NAME, taken by `flock(2)`, `fcntl(2)` or `lockf(3)` instead of by open"},
 		{"MOUNTPOINT/.status", "JSON status of this peer (read-only, never blocks; `stat` gives the size of the status " +
 			"at that moment, and a read always goes to EOF); this peer's view only: `dlockfs status --cluster` asks every member"},
-		{"MOUNTPOINT.sock", "the mount's control socket for `dlockfs keys`, `forget` and `status --cluster` " +
+		{"MOUNTPOINT.sock", "the mount's control socket for `dlockfs keys`, `forget`, `break` and `status --cluster` " +
 			"(beside the mountpoint, mode 0600; `--control`)"},
 		{"/var/lib/dlockfs/NODENAME/hardstate.json", "majority mode's voter set and fencing-token floor, kept across restarts (`--state-dir`)"},
 		{"/var/lib/dlockfs/NODENAME/keyring.json", "with a cluster key: the keyring as `dlockfs keys` left it, used over `--key-file` at a restart (`--state-dir`)"},

@@ -39,6 +39,7 @@ type config struct {
 	check  checkConfig
 	keys   keysConfig
 	forget forgetConfig
+	brk    breakConfig
 }
 
 // mountConfig holds the options of "dlockfs mount".

@@ -108,6 +108,8 @@ Flags:
                          member deferring this node while holding for longer
                          than DUR plus the lock-delay is suspected (see
                          --answer-timeout). Every node must use the same.
+                         Without it an operator ends a hold with 'dlockfs
+                         break NAME'.
   --key-file FILE        cluster key: base64 of 16, 24 or 32 bytes (make one
                          with 'dlockfs keygen'). Encrypts gossip (AES-GCM) and
                          the lock channel. Every member needs the same key. A

@@ -58,7 +58,8 @@ type keysConfig struct {
 type controlRequest struct {
 	Op  peer.KeyOp `json:"op"`
 	Key string     `json:"key,omitempty"`
-	// Node, Force and TimeoutMS are the arguments of "forget".
+	// Node, Force and TimeoutMS are the arguments of "forget"; Node is
+	// the lock of "break".
 	Node      string `json:"node,omitempty"`
 	Force     bool   `json:"force,omitempty"`
 	TimeoutMS int64  `json:"timeout_ms,omitempty"`
@@ -376,6 +377,10 @@ func (s *controlServer) serve(c *net.UnixConn) {
 	}
 	if req.Op == opClusterStatus { // no keyring lock: it changes nothing
 		reply(s.serveClusterStatus(req))
+		return
+	}
+	if req.Op == opBreak { // no keyring lock: it waits only for one answer
+		reply(s.serveBreak(req))
 		return
 	}
 	if req.Op == opForget {

@@ -226,6 +226,7 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 			return err
 		}
 	}
+	printFaults(w, d)
 
 	// The counters, by their JSON names, so that a counter added to the
 	// schema is shown without a change here.
@@ -257,6 +258,28 @@ func printStatus(w io.Writer, root string, d statusDoc) error {
 		fmt.Fprintf(w, "counters: %s\n", strings.Join(parts, ", "))
 	}
 	return nil
+}
+
+// printFaults shows the members that owe this node's requests an answer
+// for longer than the answer-timeout (a lock's "slow" in .status) and the
+// members it suspects ("suspects").
+func printFaults(w io.Writer, d statusDoc) {
+	for _, l := range d.Locks {
+		for _, sp := range l.Slow {
+			fmt.Fprintf(w, "slow: %s owes an answer to this node's request %d for %s, for %v\n",
+				sp.Name, sp.Request, l.Name, time.Duration(sp.ForMS)*time.Millisecond)
+		}
+	}
+	for _, s := range d.Suspects {
+		why := fmt.Sprintf("owes an answer to request %d for %s", s.Request, s.Lock)
+		switch {
+		case s.Probe && s.Lock != "":
+			why = "its hold of " + s.Lock + " was broken by an operator (dlockfs break)"
+		case s.Probe:
+			why = "left a probe unanswered (another voter reported it)"
+		}
+		fmt.Fprintf(w, "suspect: %s %s, for %v\n", s.Name, why, time.Duration(s.ForMS)*time.Millisecond)
+	}
 }
 
 // orDash shows an empty field as "-".

@@ -36,6 +36,13 @@ func TestPrintQuorum(t *testing.T) {
 		{"3 voters two down: no force hint", "/run/dlockfs", `{"node":"a","quorum":{"mode":"majority","majority":2,
 			"voters":[{"name":"a","state":"self"},{"name":"b","state":"down"},{"name":"c","state":"down"}]}}`,
 			[]string{"NO MAJORITY"}, []string{"forget --force"}},
+		{"slow and suspects", "/run/dlockfs", `{"node":"a","locks":[{"name":"x","state":"requesting",
+			"slow":[{"name":"m","request":7,"for_ms":2500}]}],
+			"suspects":[{"name":"m","lock":"x","request":7,"for_ms":2500},{"name":"h","probe":true,"for_ms":1000}]}`,
+			[]string{"slow: m owes an answer to this node's request 7 for x, for 2.5s",
+				"suspect: m owes an answer to request 7 for x, for 2.5s",
+				"suspect: h left a probe unanswered (another voter reported it), for 1s"}, nil},
+		{"no faults", "/run/dlockfs", `{"node":"a","locks":[{"name":"x","state":"held"}]}`, nil, []string{"slow:", "suspect:"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b strings.Builder
