@@ -30,7 +30,7 @@ var (
 // queue into it.
 type peer struct {
 	name   string
-	q      chan mutex.Message
+	q      msgQueue
 	kick   chan struct{} // retarget: drop the connection and redial now
 	rekey  chan struct{} // the primary key changed: switch to it in band (rekey.go)
 	ctx    context.Context
@@ -55,7 +55,7 @@ func newPeer(parent context.Context, name string, inc uint64, addr string, queue
 	ctx, cancel := context.WithCancel(parent)
 	return &peer{
 		name: name, inc: inc, addr: addr,
-		q:     make(chan mutex.Message, queueLen),
+		q:     msgQueue{max: queueLen, ready: make(chan struct{}, 1)},
 		kick:  make(chan struct{}, 1),
 		rekey: make(chan struct{}, 1),
 		ctx:   ctx, cancel: cancel,
@@ -89,6 +89,76 @@ func (p *peer) setConn(c net.Conn, key []byte) {
 	p.mu.Lock()
 	p.conn, p.connKey = c, key
 	p.mu.Unlock()
+}
+
+// msgQueue is a peer's send queue: first in, first out, at most max
+// messages, its storage grown as messages wait and let go once they are
+// all written (a channel of max messages would hold max*sizeof(Message)
+// for each peer, busy or not). ready holds a token while messages wait.
+type msgQueue struct {
+	mu    sync.Mutex
+	buf   []mutex.Message // buf[head:] wait
+	head  int
+	max   int
+	ready chan struct{} // capacity 1
+}
+
+// queueKeep is the capacity a drained queue keeps; more is let go.
+const queueKeep = 64
+
+// push appends m, unless max messages wait already.
+func (q *msgQueue) push(m mutex.Message) bool {
+	q.mu.Lock()
+	if len(q.buf)-q.head >= q.max {
+		q.mu.Unlock()
+		return false
+	}
+	if len(q.buf) == cap(q.buf) && q.head > 0 {
+		// Reuse the room of those taken before growing.
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	q.buf = append(q.buf, m)
+	q.mu.Unlock()
+	q.signal()
+	return true
+}
+
+// pop takes the oldest message, if any.
+func (q *msgQueue) pop() (mutex.Message, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.buf) {
+		return mutex.Message{}, false
+	}
+	m := q.buf[q.head]
+	q.buf[q.head] = mutex.Message{}
+	q.head++
+	if q.head == len(q.buf) {
+		if cap(q.buf) > queueKeep {
+			q.buf = nil
+		} else {
+			q.buf = q.buf[:0]
+		}
+		q.head = 0
+	}
+	return m, true
+}
+
+// signal makes sure ready holds a token.
+func (q *msgQueue) signal() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// len is the number of messages waiting.
+func (q *msgQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.buf) - q.head
 }
 
 // backoff returns the wait before redial number n (n >= 1): doubling from
@@ -232,7 +302,7 @@ const warnEvery = 30
 // again every warnEvery attempts), the rest at Debug.
 func (t *Transport) attemptFailed(p *peer, handshake bool, inc uint64, addr string, err error) {
 	n := p.streak.Add(1)
-	queued := len(p.q)
+	queued := p.q.len()
 	args := []any{"peer", p.name, "incarnation", inc, "addr", addr, "failed_attempts", n, "err", err}
 	if n <= p.warnedAt {
 		p.warnedAt = 0 // a retarget began a new streak
@@ -265,7 +335,11 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 	for {
 		var m mutex.Message
 		select {
-		case m = <-p.q:
+		case <-p.q.ready:
+			var ok bool
+			if m, ok = p.q.pop(); !ok {
+				continue
+			}
 		case <-broken:
 			return errBroken
 		case <-p.kick:
@@ -306,15 +380,17 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 		bytes += w
 	batch:
 		for err == nil && n < maxBatch {
-			select {
-			case m = <-p.q:
-				n++
-				types = append(types, m.Type)
-				w, err = writeMessage(bw, scratch, send, m)
-				bytes += w
-			default:
+			var ok bool
+			if m, ok = p.q.pop(); !ok {
 				break batch
 			}
+			n++
+			types = append(types, m.Type)
+			w, err = writeMessage(bw, scratch, send, m)
+			bytes += w
+		}
+		if n == maxBatch {
+			p.q.signal() // more may wait: the next turn of the loop takes them
 		}
 		if err == nil {
 			err = bw.Flush()

@@ -258,9 +258,7 @@ func (t *Transport) Send(m mutex.Message) {
 		return
 	}
 	p.enqueued.Add(1)
-	select {
-	case p.q <- m:
-	default:
+	if !p.q.push(m) {
 		p.settled.Add(1)
 		t.st.droppedQueueFull.Add(1)
 		t.log.Debug("transport: queue full, message dropped; reconnecting", "peer", m.To)
@@ -353,7 +351,7 @@ func (t *Transport) Stats() Stats {
 	t.mu.RLock()
 	s.Peers = len(t.peers)
 	for _, p := range t.peers {
-		s.Queued += len(p.q)
+		s.Queued += p.q.len()
 	}
 	t.mu.RUnlock()
 	return s
@@ -383,7 +381,7 @@ func (t *Transport) PeerStates() []PeerState {
 		p.mu.Lock()
 		ps = append(ps, PeerState{
 			Name: p.name, Incarnation: p.inc, Addr: p.addr, Connected: p.conn != nil,
-			Queued: len(p.q), FailedAttempts: p.streak.Load(),
+			Queued: p.q.len(), FailedAttempts: p.streak.Load(),
 		})
 		p.mu.Unlock()
 	}
