@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dlockfs/dlockfs/mutex"
+	"github.com/dlockfs/dlockfs/mutex/testutil"
 )
 
 // TestMsgQueue: first in, first out, at most max, its storage let go once
@@ -82,5 +83,37 @@ func TestNameCacheIdle(t *testing.T) {
 	}
 	if s := c.intern([]byte("lock-8")); s != "lock-8" || c.len() != 1 {
 		t.Fatalf("after the drop: intern = %q, %d cached; want lock-8, 1", s, c.len())
+	}
+}
+
+// TestSendAfterWriteDeadline: a connection whose last batch's write
+// deadline has passed (idle for longer than WriteTimeout) still carries
+// the next message, written directly by Send, without a reconnection.
+func TestSendAfterWriteDeadline(t *testing.T) {
+	a := newT(t, "a", []byte("0123456789abcdef"))
+	b := newT(t, "b", []byte("0123456789abcdef"))
+	a.AddPeer("b", b.cfg.Incarnation, b.Addr())
+	expectConnected(t, a, "b")
+	a.mu.RLock()
+	p := a.peers["b"]
+	a.mu.RUnlock()
+	for i := range 3 {
+		// As writeBatch leaves it, once WriteTimeout has passed.
+		testutil.WaitFor(t, wait, "writer up", func() bool {
+			p.wmu.Lock()
+			defer p.wmu.Unlock()
+			return p.w != nil && p.w.conn.SetWriteDeadline(time.Now().Add(-time.Second)) == nil
+		})
+		for j := range 100 {
+			a.Send(msg(a, b, fmt.Sprintf("l%d-%d", i, j), uint64(i*100+j+1)))
+		}
+		for j := range 100 {
+			if in := recv(t, b); in.Msg.Lock != fmt.Sprintf("l%d-%d", i, j) {
+				t.Fatalf("round %d: got %v, want l%d-%d (in order)", i, in.Msg, i, j)
+			}
+		}
+	}
+	if st := a.Stats(); st.Dials != 1 || st.Disconnects != 0 || st.DroppedUnsent != 0 {
+		t.Fatalf("the connection did not carry every message: %+v", st)
 	}
 }

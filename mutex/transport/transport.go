@@ -258,15 +258,25 @@ func (t *Transport) Send(m mutex.Message) {
 		return
 	}
 	p.enqueued.Add(1)
+	if t.sendDirect(p, m) {
+		return
+	}
 	if !p.q.push(m) {
 		p.settled.Add(1)
 		t.st.droppedQueueFull.Add(1)
 		t.log.Debug("transport: queue full, message dropped; reconnecting", "peer", m.To)
 		// A lost message is recovered only through Connected, on which
-		// the driver re-sends what it owes: force a new connection.
+		// the driver re-sends what it owes: force a new connection. The
+		// close ends a write blocked on a peer that stopped reading.
 		select {
 		case p.kick <- struct{}{}:
 		default:
+		}
+		p.mu.Lock()
+		c := p.conn
+		p.mu.Unlock()
+		if c != nil {
+			c.Close()
 		}
 	}
 }
