@@ -527,7 +527,11 @@ func (t *Transport) sendDirect(p *peer, m mutex.Message) bool {
 	ab := appendBuf{b: cw.direct[:0]}
 	// On the primary key, as writeBatch (a rekey frame goes first).
 	if cw.send, err = t.rekeyIfNeeded(p, &ab, cw.send); err != nil {
-		return false // writeBatch meets the same error
+		// A rekey frame may have been sealed and not sent: the stream
+		// is done; m waits for the next connection.
+		cw.err = err
+		cw.conn.Close()
+		return false
 	}
 	b := ab.b
 	start := len(b)
