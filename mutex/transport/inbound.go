@@ -8,12 +8,84 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // maxInterned bounds the lock names one inbound connection keeps as
 // strings to avoid allocating them again.
 const maxInterned = 4096
+
+// internIdle is how long an inbound connection receives nothing before
+// its cache of lock names is dropped (within one to two periods): a peer
+// that used many names and let them go returns to its idle memory.
+const internIdle = time.Second
+
+// nameCache is the lock names one inbound connection interned. The map is
+// read and written by the connection's reader only; a timer drops it (by
+// swapping the pointer, never touching the map) when no name was looked up
+// for internIdle, and the reader then starts a new one.
+type nameCache struct {
+	m    atomic.Pointer[map[string]string]
+	used atomic.Bool
+	mu   sync.Mutex // guards t and stop
+	t    *time.Timer
+	stop bool
+}
+
+// start arms the idle timer; close disarms it.
+func (c *nameCache) start(idle time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = time.AfterFunc(idle, func() {
+		if !c.used.Swap(false) {
+			c.m.Store(nil)
+		}
+		c.mu.Lock()
+		if !c.stop {
+			c.t.Reset(idle)
+		}
+		c.mu.Unlock()
+	})
+}
+
+func (c *nameCache) close() {
+	c.mu.Lock()
+	c.stop = true
+	c.t.Stop()
+	c.mu.Unlock()
+}
+
+// intern returns b as a string, from the cache when it is there.
+func (c *nameCache) intern(b []byte) string {
+	if !c.used.Load() {
+		c.used.Store(true)
+	}
+	mp := c.m.Load()
+	if mp == nil {
+		m := make(map[string]string)
+		mp = &m
+		c.m.Store(mp)
+	}
+	m := *mp
+	if s, ok := m[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(m) < maxInterned {
+		m[s] = s
+	}
+	return s
+}
+
+// len is the number of names cached (for tests; the reader's goroutine,
+// or once it has ended).
+func (c *nameCache) len() int {
+	if mp := c.m.Load(); mp != nil {
+		return len(*mp)
+	}
+	return 0
+}
 
 // inConn is one accepted connection.
 type inConn struct {
@@ -87,7 +159,9 @@ func (t *Transport) serveInbound(conn net.Conn) {
 	t.log.Debug("transport: accepted peer", "peer", h.Name, "incarnation", h.Incarnation, "remote", remote)
 
 	self := t.cfg.Name
-	locks := make(map[string]string)
+	locks := &nameCache{}
+	locks.start(internIdle)
+	defer locks.close()
 	intern := func(b []byte) string {
 		switch string(b) {
 		case h.Name:
@@ -95,14 +169,7 @@ func (t *Transport) serveInbound(conn net.Conn) {
 		case self:
 			return self
 		}
-		if s, ok := locks[string(b)]; ok {
-			return s
-		}
-		s := string(b)
-		if len(locks) < maxInterned {
-			locks[s] = s
-		}
-		return s
+		return locks.intern(b)
 	}
 	bucket := newTokenBucket(t.cfg.MaxFrameRate)
 

@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/dlockfs/dlockfs/mutex"
@@ -30,7 +32,7 @@ var (
 // queue into it.
 type peer struct {
 	name   string
-	q      chan mutex.Message
+	q      msgQueue
 	kick   chan struct{} // retarget: drop the connection and redial now
 	rekey  chan struct{} // the primary key changed: switch to it in band (rekey.go)
 	ctx    context.Context
@@ -44,6 +46,12 @@ type peer struct {
 	// or the streak ended). Owned by runPeer.
 	warnedAt int64
 
+	// wmu is held by whoever writes to the connection: writeLoop, or a
+	// Send writing directly (sendDirect). w is its writer, nil without a
+	// connection.
+	wmu sync.Mutex
+	w   *connWriter
+
 	mu      sync.Mutex
 	inc     uint64
 	addr    string
@@ -55,7 +63,7 @@ func newPeer(parent context.Context, name string, inc uint64, addr string, queue
 	ctx, cancel := context.WithCancel(parent)
 	return &peer{
 		name: name, inc: inc, addr: addr,
-		q:     make(chan mutex.Message, queueLen),
+		q:     msgQueue{max: queueLen, ready: make(chan struct{}, 1)},
 		kick:  make(chan struct{}, 1),
 		rekey: make(chan struct{}, 1),
 		ctx:   ctx, cancel: cancel,
@@ -89,6 +97,76 @@ func (p *peer) setConn(c net.Conn, key []byte) {
 	p.mu.Lock()
 	p.conn, p.connKey = c, key
 	p.mu.Unlock()
+}
+
+// msgQueue is a peer's send queue: first in, first out, at most max
+// messages, its storage grown as messages wait and let go once they are
+// all written (a channel of max messages would hold max*sizeof(Message)
+// for each peer, busy or not). ready holds a token while messages wait.
+type msgQueue struct {
+	mu    sync.Mutex
+	buf   []mutex.Message // buf[head:] wait
+	head  int
+	max   int
+	ready chan struct{} // capacity 1
+}
+
+// queueKeep is the capacity a drained queue keeps; more is let go.
+const queueKeep = 64
+
+// push appends m, unless max messages wait already.
+func (q *msgQueue) push(m mutex.Message) bool {
+	q.mu.Lock()
+	if len(q.buf)-q.head >= q.max {
+		q.mu.Unlock()
+		return false
+	}
+	if len(q.buf) == cap(q.buf) && q.head > 0 {
+		// Reuse the room of those taken before growing.
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	q.buf = append(q.buf, m)
+	q.mu.Unlock()
+	q.signal()
+	return true
+}
+
+// pop takes the oldest message, if any.
+func (q *msgQueue) pop() (mutex.Message, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.buf) {
+		return mutex.Message{}, false
+	}
+	m := q.buf[q.head]
+	q.buf[q.head] = mutex.Message{}
+	q.head++
+	if q.head == len(q.buf) {
+		if cap(q.buf) > queueKeep {
+			q.buf = nil
+		} else {
+			q.buf = q.buf[:0]
+		}
+		q.head = 0
+	}
+	return m, true
+}
+
+// signal makes sure ready holds a token.
+func (q *msgQueue) signal() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// len is the number of messages waiting.
+func (q *msgQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.buf) - q.head
 }
 
 // backoff returns the wait before redial number n (n >= 1): doubling from
@@ -232,7 +310,7 @@ const warnEvery = 30
 // again every warnEvery attempts), the rest at Debug.
 func (t *Transport) attemptFailed(p *peer, handshake bool, inc uint64, addr string, err error) {
 	n := p.streak.Add(1)
-	queued := len(p.q)
+	queued := p.q.len()
 	args := []any{"peer", p.name, "incarnation", inc, "addr", addr, "failed_attempts", n, "err", err}
 	if n <= p.warnedAt {
 		p.warnedAt = 0 // a retarget began a new streak
@@ -257,27 +335,66 @@ func (t *Transport) attemptFailed(p *peer, handshake bool, inc uint64, addr stri
 	t.log.Log(p.ctx, level, what, args...)
 }
 
+// connWriter is the writing side of p's established connection. It is
+// used under p.wmu, by writeLoop or by a Send that writes directly.
+type connWriter struct {
+	conn    net.Conn
+	bw      *bufio.Writer
+	send    *frameCipher
+	scratch []byte
+	types   []mutex.MsgType // of a batch, counted once flushed
+	err     error           // the write that failed: the connection is done
+
+	raw    syscall.RawConn // for sendDirect's non-blocking write (nil: none)
+	direct []byte          // sendDirect's frame
+	// pending: a message sendDirect could write only in part; rest is
+	// the rest of its frame (of restBytes), for writeBatch to write.
+	pending, restBytes int
+	restType           mutex.MsgType
+	rest               []byte
+}
+
 // writeLoop drains p's queue into the connection, flushing whenever the
-// queue is empty (or after maxBatch messages).
+// queue is empty (or after maxBatch messages). While it waits, a Send
+// may write to the connection directly (sendDirect).
 func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *frameCipher, broken <-chan struct{}) error {
-	scratch := make([]byte, 0, headerLen+maxPayload+send.overhead())
-	types := make([]mutex.MsgType, 0, maxBatch) // of the batch, counted once flushed
+	cw := &connWriter{conn: conn, bw: bw, send: send,
+		scratch: make([]byte, 0, headerLen+maxPayload+send.overhead()),
+		types:   make([]mutex.MsgType, 0, maxBatch)}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			cw.raw = raw
+		}
+	}
+	p.wmu.Lock()
+	p.w = cw
+	p.wmu.Unlock()
+	defer func() {
+		p.wmu.Lock()
+		p.w = nil
+		if cw.pending > 0 {
+			t.settleWritten(p, cw.pending, nil, 0, errBroken)
+			cw.pending = 0
+		}
+		p.wmu.Unlock()
+	}()
 	for {
-		var m mutex.Message
 		select {
-		case m = <-p.q:
+		case <-p.q.ready:
 		case <-broken:
+			p.wmu.Lock()
+			err := cw.err
+			p.wmu.Unlock()
+			if err != nil {
+				return fmt.Errorf("transport: write: %w", err)
+			}
 			return errBroken
 		case <-p.kick:
 			return errRetarget
 		case <-p.rekey:
-			if err := conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
-				return fmt.Errorf("transport: set write deadline: %w", err)
-			}
-			var err error
-			if send, err = t.rekeyIfNeeded(p, bw, send); err == nil {
-				err = bw.Flush()
-			}
+			p.wmu.Lock()
+			err := t.rekeyConn(p, cw)
+			p.wmu.Unlock()
 			if err != nil {
 				return fmt.Errorf("transport: rekey: %w", err)
 			}
@@ -285,56 +402,190 @@ func (t *Transport) writeLoop(p *peer, conn net.Conn, bw *bufio.Writer, send *fr
 		case <-p.ctx.Done():
 			return p.ctx.Err()
 		}
-		if err := conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
-			t.st.droppedUnsent.Add(1)
-			p.settled.Add(1)
-			t.notifyProgress()
-			return fmt.Errorf("transport: set write deadline: %w", err)
+		p.wmu.Lock()
+		err := t.writeBatch(p, cw)
+		p.wmu.Unlock()
+		if err != nil {
+			return err
 		}
-		n, bytes := 1, 0
-		types = append(types[:0], m.Type)
-		// A batch goes out on the primary key: a busy connection
-		// switches at once, before the poll of watchPrimary.
-		var err error
-		if send, err = t.rekeyIfNeeded(p, bw, send); err != nil {
-			t.st.droppedUnsent.Add(1)
-			p.settled.Add(1)
-			t.notifyProgress()
-			return fmt.Errorf("transport: rekey: %w", err)
-		}
-		w, err := writeMessage(bw, scratch, send, m)
-		bytes += w
-	batch:
-		for err == nil && n < maxBatch {
-			select {
-			case m = <-p.q:
-				n++
-				types = append(types, m.Type)
-				w, err = writeMessage(bw, scratch, send, m)
-				bytes += w
-			default:
-				break batch
-			}
-		}
+	}
+}
+
+// rekeyConn switches cw to the primary key if it is not on it.
+func (t *Transport) rekeyConn(p *peer, cw *connWriter) error {
+	if cw.err != nil {
+		return cw.err
+	}
+	if err := cw.conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
+		return err
+	}
+	var err error
+	if cw.send, err = t.rekeyIfNeeded(p, cw.bw, cw.send); err == nil {
+		err = cw.bw.Flush()
+	}
+	return err
+}
+
+// writeBatch writes up to maxBatch queued messages and flushes them
+// (under p.wmu).
+func (t *Transport) writeBatch(p *peer, cw *connWriter) error {
+	if cw.err != nil {
+		return fmt.Errorf("transport: write: %w", cw.err)
+	}
+	if cw.pending > 0 {
+		// The rest of sendDirect's frame goes first.
+		err := cw.conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout))
 		if err == nil {
-			err = bw.Flush()
+			_, err = cw.conn.Write(cw.rest)
 		}
-		// Count before settling, so that a Flush that returns sees them.
+		cw.types = append(cw.types[:0], cw.restType)
+		t.settleWritten(p, cw.pending, cw.types, cw.restBytes, err)
+		cw.pending = 0
 		if err != nil {
-			t.st.droppedUnsent.Add(uint64(n))
-		} else {
-			t.st.framesSent.Add(uint64(n))
-			for _, ty := range types {
-				t.st.sentByType[ty].Add(1)
-			}
-			t.st.bytesSent.Add(uint64(bytes))
-		}
-		p.settled.Add(uint64(n))
-		t.notifyProgress()
-		if err != nil {
+			cw.err = err
 			return fmt.Errorf("transport: write: %w", err)
 		}
 	}
+	m, ok := p.q.pop()
+	if !ok {
+		return nil
+	}
+	if err := cw.conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
+		t.st.droppedUnsent.Add(1)
+		p.settled.Add(1)
+		t.notifyProgress()
+		return fmt.Errorf("transport: set write deadline: %w", err)
+	}
+	n, bytes := 1, 0
+	cw.types = append(cw.types[:0], m.Type)
+	// A batch goes out on the primary key: a busy connection
+	// switches at once, before the poll of watchPrimary.
+	var err error
+	if cw.send, err = t.rekeyIfNeeded(p, cw.bw, cw.send); err != nil {
+		t.st.droppedUnsent.Add(1)
+		p.settled.Add(1)
+		t.notifyProgress()
+		return fmt.Errorf("transport: rekey: %w", err)
+	}
+	w, err := writeMessage(cw.bw, cw.scratch, cw.send, m)
+	bytes += w
+	for err == nil && n < maxBatch {
+		if m, ok = p.q.pop(); !ok {
+			break
+		}
+		n++
+		cw.types = append(cw.types, m.Type)
+		w, err = writeMessage(cw.bw, cw.scratch, cw.send, m)
+		bytes += w
+	}
+	if n == maxBatch {
+		p.q.signal() // more may wait: the next turn of the loop takes them
+	}
+	if err == nil {
+		err = cw.bw.Flush()
+	}
+	t.settleWritten(p, n, cw.types, bytes, err)
+	if err != nil {
+		cw.err = err
+		return fmt.Errorf("transport: write: %w", err)
+	}
+	return nil
+}
+
+// settleWritten counts n messages written (err nil) or lost, before
+// settling them, so that a Flush that returns sees them.
+func (t *Transport) settleWritten(p *peer, n int, types []mutex.MsgType, bytes int, err error) {
+	if err != nil {
+		t.st.droppedUnsent.Add(uint64(n))
+	} else {
+		t.st.framesSent.Add(uint64(n))
+		for _, ty := range types {
+			t.st.sentByType[ty].Add(1)
+		}
+		t.st.bytesSent.Add(uint64(bytes))
+	}
+	p.settled.Add(uint64(n))
+	t.notifyProgress()
+}
+
+// sendDirect writes m to p's connection from the caller's goroutine, if
+// the connection is up, its writer idle and nothing queued before m: a
+// lock round then does not wait for a writer goroutine to be scheduled.
+// The write is one non-blocking write(2): what the socket has no room for
+// is left buffered for writeLoop, so Send never blocks. It reports
+// whether it took m.
+func (t *Transport) sendDirect(p *peer, m mutex.Message) bool {
+	if !p.wmu.TryLock() {
+		return false
+	}
+	defer p.wmu.Unlock()
+	cw := p.w
+	if cw == nil || cw.raw == nil || cw.err != nil || cw.pending > 0 || p.q.len() != 0 {
+		return false
+	}
+	var err error
+	ab := appendBuf{b: cw.direct[:0]}
+	// On the primary key, as writeBatch (a rekey frame goes first).
+	if cw.send, err = t.rekeyIfNeeded(p, &ab, cw.send); err != nil {
+		// A rekey frame may have been sealed and not sent: the stream
+		// is done; m waits for the next connection.
+		cw.err = err
+		cw.conn.Close()
+		return false
+	}
+	b := ab.b
+	start := len(b)
+	b = append(b, 0, 0, 0, 0)
+	if b, err = appendMessage(b, m); err != nil {
+		t.settleWritten(p, 1, nil, 0, err)
+		return true
+	}
+	b = append(b[:start], cw.send.seal(b[start:])...)
+	cw.direct = b[:0]
+	n, werr, called := 0, error(nil), false
+	write := func(fd uintptr) bool {
+		called = true
+		n, werr = syscall.Write(int(fd), b)
+		return true // one attempt: never wait for room
+	}
+	err = cw.raw.Write(write)
+	if !called && errors.Is(err, os.ErrDeadlineExceeded) {
+		// writeBatch's deadline has passed: this write sets none.
+		if err = cw.conn.SetWriteDeadline(time.Time{}); err == nil {
+			err = cw.raw.Write(write)
+		}
+	}
+	if !called {
+		werr = err // nothing written: the connection is closed
+	}
+	n = max(n, 0)
+	if werr != nil && !errors.Is(werr, syscall.EAGAIN) && !errors.Is(werr, syscall.EINTR) {
+		// Nothing or part of a frame went out: the connection is done,
+		// and writeLoop ends with it.
+		cw.err = werr
+		cw.conn.Close()
+		t.settleWritten(p, 1, nil, 0, werr)
+		return true
+	}
+	if n == len(b) {
+		cw.types = append(cw.types[:0], m.Type)
+		t.settleWritten(p, 1, cw.types, n, nil)
+		return true
+	}
+	// The socket is full: the rest waits for writeLoop.
+	cw.rest = append(cw.rest[:0], b[n:]...)
+	cw.restBytes, cw.restType = len(b), m.Type
+	cw.pending = 1
+	p.q.signal()
+	return true
+}
+
+// appendBuf is an io.Writer appending to b.
+type appendBuf struct{ b []byte }
+
+func (a *appendBuf) Write(p []byte) (int, error) {
+	a.b = append(a.b, p...)
+	return len(p), nil
 }
 
 // writeMessage frames, seals and buffers one message, encoding straight

@@ -258,17 +258,25 @@ func (t *Transport) Send(m mutex.Message) {
 		return
 	}
 	p.enqueued.Add(1)
-	select {
-	case p.q <- m:
-	default:
+	if t.sendDirect(p, m) {
+		return
+	}
+	if !p.q.push(m) {
 		p.settled.Add(1)
 		t.st.droppedQueueFull.Add(1)
 		t.log.Debug("transport: queue full, message dropped; reconnecting", "peer", m.To)
 		// A lost message is recovered only through Connected, on which
-		// the driver re-sends what it owes: force a new connection.
+		// the driver re-sends what it owes: force a new connection. The
+		// close ends a write blocked on a peer that stopped reading.
 		select {
 		case p.kick <- struct{}{}:
 		default:
+		}
+		p.mu.Lock()
+		c := p.conn
+		p.mu.Unlock()
+		if c != nil {
+			c.Close()
 		}
 	}
 }
@@ -353,7 +361,7 @@ func (t *Transport) Stats() Stats {
 	t.mu.RLock()
 	s.Peers = len(t.peers)
 	for _, p := range t.peers {
-		s.Queued += len(p.q)
+		s.Queued += p.q.len()
 	}
 	t.mu.RUnlock()
 	return s
@@ -383,7 +391,7 @@ func (t *Transport) PeerStates() []PeerState {
 		p.mu.Lock()
 		ps = append(ps, PeerState{
 			Name: p.name, Incarnation: p.inc, Addr: p.addr, Connected: p.conn != nil,
-			Queued: len(p.q), FailedAttempts: p.streak.Load(),
+			Queued: p.q.len(), FailedAttempts: p.streak.Load(),
 		})
 		p.mu.Unlock()
 	}

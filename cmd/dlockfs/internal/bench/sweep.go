@@ -27,7 +27,8 @@ const (
 	sweepDefaultSeconds = 1.0
 	sweepMaxPoints      = 8
 	sweepManyLocks      = 10_000
-	sweepIdleWait       = 10 * time.Second // the peers forget the released locks
+	sweepIdleWait       = 10 * time.Second // the peers forget the released locks, the heap settles
+	sweepSettlePoll     = 250 * time.Millisecond
 )
 
 // parseSweep parses --sweep's list of peer counts ("3,8,16,32").
@@ -102,6 +103,12 @@ type ManyLocks struct {
 	// the first's: what stays is bounded.
 	NoGrowth bool    `json:"no_growth"`
 	Seconds  float64 `json:"seconds"`
+	// SettleSeconds and Settle2Seconds: how long after the names were
+	// forgotten the heap took to come within its bound (the lock
+	// channel drops the names it interned once a connection is idle for
+	// a second or two), or sweepIdleWait if it did not.
+	SettleSeconds  float64 `json:"settle_seconds"`
+	Settle2Seconds float64 `json:"settle2_seconds"`
 }
 
 // runSweep is "dlockfs bench --sweep".
@@ -285,21 +292,39 @@ func benchManyLocks(ctx context.Context, c *localcluster.Cluster, count int) (Ma
 		}
 		return heldHeap, heldRSS, namesHeld, namesAfter, nil
 	}
+	// settle measures the memory until the heap is within bound, or
+	// sweepIdleWait has passed: idle caches are let go after a while.
+	settle := func(bound float64) (heap, rss, secs float64, err error) {
+		t0 := time.Now()
+		for heap, rss = memNow(); heap > bound && time.Since(t0) < sweepIdleWait; heap, rss = memNow() {
+			select {
+			case <-ctx.Done():
+				return 0, 0, 0, ctx.Err()
+			case <-time.After(sweepSettlePoll):
+			}
+		}
+		return heap, rss, time.Since(t0).Seconds(), nil
+	}
+	idleBound := func(kib float64) float64 { return max(kib*1.1, kib+1024) }
 	var err error
 	if ml.HeapHeldKiB, ml.RSSHeldKiB, ml.NamesHeld, ml.NamesAfter, err = round(0); err != nil {
 		return ml, err
 	}
-	ml.HeapAfterKiB, ml.RSSAfterKiB = memNow()
+	if ml.HeapAfterKiB, ml.RSSAfterKiB, ml.SettleSeconds, err = settle(idleBound(ml.HeapIdleKiB)); err != nil {
+		return ml, err
+	}
 	// A second round with other names: what stays after the first must
 	// be bounded caches, not growth.
 	if _, _, _, ml.NamesAfter2, err = round(1); err != nil {
 		return ml, err
 	}
-	ml.HeapAfter2KiB, ml.RSSAfter2KiB = memNow()
+	if ml.HeapAfter2KiB, ml.RSSAfter2KiB, ml.Settle2Seconds, err = settle(idleBound(ml.HeapAfterKiB)); err != nil {
+		return ml, err
+	}
 	ml.BackToIdle = ml.NamesAfter <= ml.NamesIdle && ml.NamesAfter2 <= ml.NamesIdle &&
-		ml.HeapAfterKiB <= max(ml.HeapIdleKiB*1.1, ml.HeapIdleKiB+1024)
+		ml.HeapAfterKiB <= idleBound(ml.HeapIdleKiB)
 	ml.NoGrowth = ml.NamesAfter2 <= ml.NamesIdle &&
-		ml.HeapAfter2KiB <= max(ml.HeapAfterKiB*1.1, ml.HeapAfterKiB+1024)
+		ml.HeapAfter2KiB <= idleBound(ml.HeapAfterKiB)
 	ml.Seconds = time.Since(start).Seconds()
 	return ml, nil
 }
@@ -334,10 +359,10 @@ func printSweep(w io.Writer, rep *SweepReport) {
 	fmt.Fprintf(w, "  %-8s %8.0f KiB %8.0f KiB %10d\n", "idle", ml.HeapIdleKiB, ml.RSSIdleKiB, ml.NamesIdle)
 	fmt.Fprintf(w, "  %-8s %8.0f KiB %8.0f KiB %10d   (%.0f B of heap per held lock)\n", "held", ml.HeapHeldKiB,
 		ml.RSSHeldKiB, ml.NamesHeld, (ml.HeapHeldKiB-ml.HeapIdleKiB)*1024/float64(max(ml.Locks, 1)))
-	fmt.Fprintf(w, "  %-8s %8.0f KiB %8.0f KiB %10d   (%+.0f KiB of heap)\n", "after", ml.HeapAfterKiB, ml.RSSAfterKiB,
-		ml.NamesAfter, ml.HeapAfterKiB-ml.HeapIdleKiB)
-	fmt.Fprintf(w, "  %-8s %8.0f KiB %8.0f KiB %10d   (%+.0f KiB of heap since the first)\n", "after 2nd", ml.HeapAfter2KiB,
-		ml.RSSAfter2KiB, ml.NamesAfter2, ml.HeapAfter2KiB-ml.HeapAfterKiB)
+	fmt.Fprintf(w, "  %-8s %8.0f KiB %8.0f KiB %10d   (%+.0f KiB of heap, %.1fs after the names were forgotten)\n", "after",
+		ml.HeapAfterKiB, ml.RSSAfterKiB, ml.NamesAfter, ml.HeapAfterKiB-ml.HeapIdleKiB, ml.SettleSeconds)
+	fmt.Fprintf(w, "  %-8s %8.0f KiB %8.0f KiB %10d   (%+.0f KiB of heap since the first, %.1fs after)\n", "after 2nd",
+		ml.HeapAfter2KiB, ml.RSSAfter2KiB, ml.NamesAfter2, ml.HeapAfter2KiB-ml.HeapAfterKiB, ml.Settle2Seconds)
 	growth := "yes"
 	if !ml.NoGrowth {
 		growth = "NO"
