@@ -885,6 +885,7 @@ func TestSimulationMajority(t *testing.T) {
 // readers–writers rules into majority mode, with its leases, revocations
 // and evictions, and requires the simulation to catch each.
 func TestSimulationMajoritySharedCatchesBugs(t *testing.T) {
+	skipUnderRace(t)
 	for _, bug := range []string{"sharedtoken", "readeranswerswriter"} {
 		t.Run(bug, func(t *testing.T) {
 			for seed := int64(1); seed <= 500; seed++ {
@@ -903,6 +904,7 @@ func TestSimulationMajoritySharedCatchesBugs(t *testing.T) {
 // TestSimulationMajorityCatchesBugs injects each known mistake of majority
 // mode and requires the simulation to catch it.
 func TestSimulationMajorityCatchesBugs(t *testing.T) {
+	skipUnderRace(t)
 	// Searching from seed 1 upwards (DLOCKFS_BUGSEARCH=1), each bug is
 	// first caught at the seed given (nodelay at 548, admitalone at 6300
 	// since a restarted peer is asked before a request counts it as

@@ -126,6 +126,9 @@ func TestForgingMember(t *testing.T) {
 				waitVoters(t, append(append([]*node(nil), nodes...), forger), "a", "b", "c", "f")
 				fh = shellHold(t, forger, "x")
 			} else {
+				// Bound its admission: it never comes (the default
+				// --join-timeout would make the test wait a minute).
+				fo.extra = []string{"--join-timeout", "5s"}
 				forger := startMount(t, fo)
 				defer func() {
 					if code := forger.p.wait(t, startTimeout+stopTimeout); code != 11 {
