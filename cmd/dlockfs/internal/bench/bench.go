@@ -392,12 +392,7 @@ func runBench(ctx context.Context, e *cli.Env, o benchOptions) (err error) {
 	rep.LoadAvg[1] = loadAvg()
 	rep.Targets = benchTargets(rep)
 	if o.json {
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.Stdout, "%s\n", b)
-		return nil
+		return printJSON(e.Stdout, rep)
 	}
 	printBench(e.Stdout, rep)
 	return nil
@@ -811,4 +806,14 @@ func us(v float64) string {
 	default:
 		return fmt.Sprintf("%.1f us", v)
 	}
+}
+
+// printJSON writes v as indented JSON and a newline: the --json output.
+func printJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s\n", b)
+	return nil
 }

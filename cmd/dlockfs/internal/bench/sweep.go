@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -148,12 +147,7 @@ func runSweep(ctx context.Context, e *cli.Env, o benchOptions, key []byte, progr
 		}
 	}
 	if o.json {
-		b, err := json.MarshalIndent(rep, "", "  ")
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.Stdout, "%s\n", b)
-		return nil
+		return printJSON(e.Stdout, rep)
 	}
 	printSweep(e.Stdout, rep)
 	return nil
