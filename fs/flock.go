@@ -54,7 +54,7 @@ func (d *flockDirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse
 
 // Lookup finds any valid lock name: every name exists.
 func (d *flockDirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if err := validName(name); err != nil {
+	if err := ValidName(name); err != nil {
 		return nil, lookupErrno(err)
 	}
 	d.root.fs.setAttr(&out.Attr, lockMode)
@@ -93,7 +93,7 @@ func (d *flockDirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Err
 
 // Create makes lock name (if new) and opens it without taking it.
 func (d *flockDirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	if err := validName(name); err != nil {
+	if err := ValidName(name); err != nil {
 		return nil, nil, 0, errno(err)
 	}
 	d.root.node(ctx, name, true)

@@ -85,10 +85,7 @@ const (
 // nil: mutex.ValidLockName's rules, and neither a name starting with '.'
 // (.status) nor FlockDir, which a mount reserves. It is the one check of a
 // lock name, for the mount and for the programs that open one.
-func ValidName(name string) error { return validName(name) }
-
-// validName is ValidName.
-func validName(name string) error {
+func ValidName(name string) error {
 	if len(name) > mutex.MaxNameLen {
 		return fmt.Errorf("%w: %.20q...", errNameTooLong, name)
 	}
@@ -304,7 +301,7 @@ func (r *rootNode) known(ctx context.Context, name string) *gofs.Inode {
 	if ch := r.fs.names.get(name); ch != nil {
 		return ch
 	}
-	if validName(name) != nil || !slices.Contains(r.fs.locker.Names(), name) {
+	if ValidName(name) != nil || !slices.Contains(r.fs.locker.Names(), name) {
 		return nil
 	}
 	return r.node(ctx, name, false)
@@ -342,7 +339,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetTimes(&r.fs.mtime, &r.fs.mtime, &r.fs.mtime)
 		return r.flock, 0
 	}
-	if err := validName(name); err != nil {
+	if err := ValidName(name); err != nil {
 		return nil, lookupErrno(err)
 	}
 	r.fs.setAttr(&out.Attr, lockMode)
@@ -356,7 +353,7 @@ func (r *rootNode) listNames(ctx context.Context) []listed {
 	names := r.fs.locker.Names()
 	r.fs.names.prune(names)
 	for _, name := range names {
-		if validName(name) == nil {
+		if ValidName(name) == nil {
 			r.node(ctx, name, false)
 		}
 	}
@@ -398,7 +395,7 @@ func (r *rootNode) Create(ctx context.Context, name string, flags uint32, mode u
 	if name == StatusFile || name == FlockDir {
 		return nil, nil, 0, errno(errExists)
 	}
-	if err := validName(name); err != nil {
+	if err := ValidName(name); err != nil {
 		return nil, nil, 0, errno(err)
 	}
 	if flags&syscall.O_EXCL != 0 && r.known(ctx, name) != nil {
@@ -422,7 +419,7 @@ func (r *rootNode) Mknod(ctx context.Context, name string, mode uint32, dev uint
 	if name == StatusFile || name == FlockDir {
 		return nil, errno(errExists)
 	}
-	if err := validName(name); err != nil {
+	if err := ValidName(name); err != nil {
 		return nil, errno(err)
 	}
 	if r.known(ctx, name) != nil {

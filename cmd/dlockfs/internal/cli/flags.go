@@ -118,3 +118,16 @@ func AbsPath(p string) (string, error) {
 	}
 	return a, nil
 }
+
+// ParseOne parses args with fs (flags interspersed) and returns the one
+// positional argument, what, that the command takes.
+func ParseOne(fs *flag.FlagSet, args []string, what string) (string, error) {
+	pos, _, err := ParseInterspersed(fs, args, -1)
+	if err != nil {
+		return "", err
+	}
+	if err := OnePositional(pos, what); err != nil {
+		return "", err
+	}
+	return pos[0], nil
+}

@@ -121,14 +121,10 @@ func parseMount(cfg *config, args []string) error {
 	fs.StringVar(&m.stateDir, "state-dir", "", "")
 	fs.DurationVar(&m.answerTimeout, "answer-timeout", 0, "")
 	fs.DurationVar(&m.maxHold, "max-hold", 0, "")
-	pos, _, err := cli.ParseInterspersed(fs, args, -1)
-	if err != nil {
+	var err error
+	if m.mountpoint, err = cli.ParseOne(fs, args, "MOUNTPOINT"); err != nil {
 		return err
 	}
-	if err := cli.OnePositional(pos, "MOUNTPOINT"); err != nil {
-		return err
-	}
-	m.mountpoint = pos[0]
 	if m.name != "" && mutex.ValidNodeName(m.name) != nil {
 		return cli.Usagef("--name: %v", mutex.ValidNodeName(m.name))
 	}
@@ -199,14 +195,10 @@ func parseStatus(cfg *config, args []string) error {
 	fs.DurationVar(&s.interval, "interval", defaultWatchInterval, "")
 	fs.IntVar(&s.count, "count", 0, "")
 	clusterFlags(fs, s)
-	pos, _, err := cli.ParseInterspersed(fs, args, -1)
-	if err != nil {
+	var err error
+	if s.mountpoint, err = cli.ParseOne(fs, args, "MOUNTPOINT"); err != nil {
 		return err
 	}
-	if err := cli.OnePositional(pos, "MOUNTPOINT"); err != nil {
-		return err
-	}
-	s.mountpoint = pos[0]
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	switch {
@@ -283,13 +275,9 @@ func parseCheck(cfg *config, args []string) error {
 	fs := cli.NewFlagSet("check")
 	fs.BoolVar(&cfg.check.quiet, "quiet", false, "")
 	fs.BoolVar(&cfg.check.quiet, "q", false, "")
-	pos, _, err := cli.ParseInterspersed(fs, args, -1)
-	if err != nil {
+	var err error
+	if cfg.check.mountpoint, err = cli.ParseOne(fs, args, "MOUNTPOINT"); err != nil {
 		return err
 	}
-	if err := cli.OnePositional(pos, "MOUNTPOINT"); err != nil {
-		return err
-	}
-	cfg.check.mountpoint = pos[0]
 	return nil
 }

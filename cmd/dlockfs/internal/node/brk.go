@@ -69,14 +69,10 @@ func parseBreak(cfg *config, args []string) error {
 	b := &cfg.brk
 	fs := cli.NewFlagSet("break")
 	fs.StringVar(&b.control, "control", defaultControl, "")
-	pos, _, err := cli.ParseInterspersed(fs, args, -1)
-	if err != nil {
+	var err error
+	if b.lock, err = cli.ParseOne(fs, args, "NAME"); err != nil {
 		return err
 	}
-	if err := cli.OnePositional(pos, "NAME"); err != nil {
-		return err
-	}
-	b.lock = pos[0]
 	if b.control == "" {
 		return cli.Usagef("--control: empty path")
 	}
@@ -93,11 +89,8 @@ func runBreak(ctx context.Context, e *cli.Env, cfg config) error {
 	if err != nil {
 		return err
 	}
-	if reply.Error != "" {
-		if reply.Kind == "usage" {
-			return cli.WithCode(cli.ExitUsage, errors.New(reply.Error))
-		}
-		return errors.New(reply.Error)
+	if err := reply.err(); err != nil {
+		return err
 	}
 	fmt.Fprintf(e.Stdout, "broke %s: the voters evict its holder (its hold is revoked within the lock-delay)\n", b.lock)
 	return nil

@@ -81,14 +81,10 @@ func parseForget(cfg *config, args []string) error {
 	fs.StringVar(&f.control, "control", defaultControl, "")
 	fs.BoolVar(&f.force, "force", false, "")
 	fs.DurationVar(&f.timeout, "timeout", defaultForgetTimeout, "")
-	pos, _, err := cli.ParseInterspersed(fs, args, -1)
-	if err != nil {
+	var err error
+	if f.node, err = cli.ParseOne(fs, args, "NODE"); err != nil {
 		return err
 	}
-	if err := cli.OnePositional(pos, "NODE"); err != nil {
-		return err
-	}
-	f.node = pos[0]
 	if f.control == "" {
 		return cli.Usagef("--control: empty path")
 	}
@@ -106,11 +102,8 @@ func runForget(ctx context.Context, e *cli.Env, cfg config) error {
 	if err != nil {
 		return err
 	}
-	if reply.Error != "" {
-		if reply.Kind == "usage" {
-			return cli.WithCode(cli.ExitUsage, errors.New(reply.Error))
-		}
-		return errors.New(reply.Error)
+	if err := reply.err(); err != nil {
+		return err
 	}
 	how := "with the agreement of a majority of the voters"
 	if f.force {

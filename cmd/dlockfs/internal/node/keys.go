@@ -173,6 +173,17 @@ func runKeys(ctx context.Context, e *cli.Env, cfg config) error {
 	}
 }
 
+// err is the reply's error, if any: exit code usage for a "usage" kind.
+func (r controlReply) err() error {
+	if r.Error == "" {
+		return nil
+	}
+	if r.Kind == "usage" {
+		return cli.WithCode(cli.ExitUsage, errors.New(r.Error))
+	}
+	return errors.New(r.Error)
+}
+
 // callControl makes one request on the control socket at path.
 func callControl(ctx context.Context, path string, req controlRequest) (controlReply, error) {
 	return callControlTimeout(ctx, path, req, keysTimeout)
