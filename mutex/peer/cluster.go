@@ -180,14 +180,14 @@ func (p *Peer) ClusterStatus(ctx context.Context, bound time.Duration) ClusterSt
 	type member struct {
 		name, status string
 	}
-	members := []member{{p.name, "alive"}}
+	members := []member{{p.name, MemberAlive}}
 	if p.serf != nil {
 		members = members[:0]
 		for _, m := range p.serf.Members() {
 			members = append(members, member{m.Name, memberStatus(m.Status)})
 		}
 		if !slices.ContainsFunc(members, func(m member) bool { return m.name == p.name }) {
-			members = append(members, member{p.name, "alive"})
+			members = append(members, member{p.name, MemberAlive})
 		}
 	}
 	q, _ := p.tr.(statusQuerier)
@@ -207,7 +207,7 @@ func (p *Peer) ClusterStatus(ctx context.Context, bound time.Duration) ClusterSt
 			}
 			answers[i], pa.Answered = answerOf(st), true
 			pa.ElapsedMS = time.Since(start).Milliseconds()
-		case m.status != "alive":
+		case m.status != MemberAlive:
 			pa.Error = "not asked: " + m.status
 		case q == nil:
 			pa.Error = "not asked: this lock channel has no status queries"

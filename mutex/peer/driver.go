@@ -64,11 +64,12 @@ func (p *Peer) run() {
 	connected := p.tr.Connected()
 	ticker := time.NewTicker(p.tickEvery())
 	defer ticker.Stop()
+	// Time first: a lease that lapsed is revoked before any input is
+	// acted on. Each input is followed by a Tick and a flush (below), so
+	// the next turn of the loop needs none before it waits.
+	p.core.Tick(p.now())
+	p.flush()
 	for {
-		// Time first: a lease that lapsed is revoked before any other
-		// input is acted on.
-		p.core.Tick(p.now())
-		p.flush()
 		select {
 		case <-ticker.C:
 			p.core.Tick(p.now())

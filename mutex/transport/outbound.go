@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -533,14 +534,11 @@ func (t *Transport) sendDirect(p *peer, m mutex.Message) bool {
 		cw.conn.Close()
 		return false
 	}
-	b := ab.b
-	start := len(b)
-	b = append(b, 0, 0, 0, 0)
-	if b, err = appendMessage(b, m); err != nil {
+	b, err := appendFrame(ab.b, cw.send, m)
+	if err != nil {
 		t.settleWritten(p, 1, nil, 0, err)
 		return true
 	}
-	b = append(b[:start], cw.send.seal(b[start:])...)
 	cw.direct = b[:0]
 	n, werr, called := 0, error(nil), false
 	write := func(fd uintptr) bool {
@@ -595,13 +593,24 @@ func writeMessage(bw *bufio.Writer, scratch []byte, send *frameCipher, m mutex.M
 	if cap(buf) < cap(scratch) {
 		buf = scratch[:0]
 	}
-	buf = append(buf, 0, 0, 0, 0)
-	buf, err := appendMessage(buf, m)
+	frame, err := appendFrame(buf, send, m)
 	if err != nil {
 		return 0, err
 	}
-	frame := send.seal(buf)
 	return bw.Write(frame)
+}
+
+// appendFrame appends m to dst as one sealed frame, sealed in place.
+func appendFrame(dst []byte, send *frameCipher, m mutex.Message) ([]byte, error) {
+	start := len(dst)
+	b, err := appendMessage(append(dst, 0, 0, 0, 0), m)
+	if err != nil {
+		return dst, err
+	}
+	// Room for the seal's overhead, so that it seals where the frame is.
+	b = slices.Grow(b, send.overhead())
+	frame := send.seal(b[start:])
+	return b[:start+len(frame)], nil
 }
 
 // clientHandshake opens a connection to the peer named want, incarnation

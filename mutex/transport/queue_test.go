@@ -74,13 +74,8 @@ func TestNameCacheIdle(t *testing.T) {
 	if s := c.intern([]byte("lock-7")); s != "lock-7" {
 		t.Fatalf("intern = %q", s)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for c.m.Load() != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the cache of an idle connection was not dropped within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, "the cache of an idle connection to be dropped",
+		func() bool { return c.m.Load() == nil })
 	if s := c.intern([]byte("lock-8")); s != "lock-8" || c.len() != 1 {
 		t.Fatalf("after the drop: intern = %q, %d cached; want lock-8, 1", s, c.len())
 	}
