@@ -57,6 +57,15 @@ func (cl *cluster) acquire(n string, op OpenerID, lock string) {
 	cl.collect(n)
 }
 
+// tryAcquire is acquire for TryAcquire: a held lock is refused, not queued.
+func (cl *cluster) tryAcquire(n string, op OpenerID, lock string) {
+	cl.t.Helper()
+	if err := cl.cores[n].TryAcquire(op, lock); err != nil {
+		cl.t.Fatal(err)
+	}
+	cl.collect(n)
+}
+
 func (cl *cluster) release(n string, op OpenerID) {
 	cl.t.Helper()
 	if err := cl.cores[n].Release(op); err != nil {
@@ -302,18 +311,12 @@ func TestRuleCancelRacingGrantReleases(t *testing.T) {
 
 func TestRuleTryLock(t *testing.T) {
 	cl := newCluster(t, false, "a", "b")
-	if err := cl.cores["a"].TryAcquire(1, "x"); err != nil {
-		t.Fatal(err)
-	}
-	cl.collect("a")
+	cl.tryAcquire("a", 1, "x")
 	cl.settle()
 	if !cl.granted(1) {
 		t.Fatal("try-lock on a free lock not granted")
 	}
-	if err := cl.cores["b"].TryAcquire(2, "x"); err != nil {
-		t.Fatal(err)
-	}
-	cl.collect("b")
+	cl.tryAcquire("b", 2, "x")
 	cl.pass(MsgRequest, "b", "a")
 	cl.pass(MsgBusy, "a", "b")
 	if !cl.refuse[2] {
@@ -323,10 +326,7 @@ func TestRuleTryLock(t *testing.T) {
 		t.Fatalf("a try-lock was queued: %v", q)
 	}
 	// Local: held here → refused without a message.
-	if err := cl.cores["a"].TryAcquire(3, "x"); err != nil {
-		t.Fatal(err)
-	}
-	cl.collect("a")
+	cl.tryAcquire("a", 3, "x")
 	if !cl.refuse[3] || len(cl.outbox) != 0 {
 		t.Fatal("local try-lock on a held lock must be refused at once")
 	}
@@ -747,6 +747,14 @@ func (cl *cluster) acquireShared(n string, op OpenerID, lock string) {
 	cl.collect(n)
 }
 
+func (cl *cluster) tryAcquireShared(n string, op OpenerID, lock string) {
+	cl.t.Helper()
+	if err := cl.cores[n].TryAcquireShared(op, lock); err != nil {
+		cl.t.Fatal(err)
+	}
+	cl.collect(n)
+}
+
 func TestRuleSharedReaderRepliesToReaderWhileHolding(t *testing.T) {
 	cl := newCluster(t, false, "a", "b")
 	cl.acquireShared("a", 1, "x")
@@ -854,10 +862,7 @@ func TestRuleSharedReaderDoesNotJoinPastDeferredWriter(t *testing.T) {
 	if cl.granted(3) {
 		t.Fatal("a reader joined past a waiting writer")
 	}
-	if err := cl.cores["a"].TryAcquireShared(4, "x"); err != nil {
-		t.Fatal(err)
-	}
-	cl.collect("a")
+	cl.tryAcquireShared("a", 4, "x")
 	if !cl.refuse[4] {
 		t.Fatal("a shared try-lock joined past a waiting writer")
 	}
@@ -878,18 +883,12 @@ func TestRuleSharedTryLock(t *testing.T) {
 	cl := newCluster(t, false, "a", "b")
 	cl.acquireShared("a", 1, "x")
 	cl.settle()
-	if err := cl.cores["b"].TryAcquireShared(2, "x"); err != nil {
-		t.Fatal(err)
-	}
-	cl.collect("b")
+	cl.tryAcquireShared("b", 2, "x")
 	cl.settle()
 	if !cl.granted(2) {
 		t.Fatal("a shared try-lock refused by a reader")
 	}
-	if err := cl.cores["b"].TryAcquire(3, "x"); err != nil {
-		t.Fatal(err)
-	}
-	cl.collect("b")
+	cl.tryAcquire("b", 3, "x")
 	cl.settle()
 	if !cl.refuse[3] {
 		t.Fatal("an exclusive try-lock granted beside readers")
