@@ -210,7 +210,7 @@ func TestLegacyNamesAndDirs(t *testing.T) {
 // a line arrives on stdin.
 func sharedScript(kind string) (string, bool) {
 	s, ok := map[string]string{
-		"flock -s":        `flock -s "$1/flock/$2" -c 'echo "held $EPOCHREALTIME"; read -r _'`,
+		"flock -s":        `flock -s "$1/flock/$2" bash -c 'echo "held $EPOCHREALTIME"; read -r _'`,
 		"python3 lockf":   `python3 -c 'import fcntl,sys,time; f=open(sys.argv[1],"r"); fcntl.lockf(f, fcntl.LOCK_SH); print("held %.6f" % time.time(), flush=True); sys.stdin.readline()' "$1/flock/$2"`,
 		"perl LOCK_SH":    `perl -MTime::HiRes=time -e 'use Fcntl qw(:flock); open(my $f, "<", $ARGV[0]) or die; flock($f, LOCK_SH) or die; $|=1; printf "held %.6f\n", time; <STDIN>' "$1/flock/$2"`,
 		"dlockfs lock -s": suite.binary + ` lock --shared "$1/$2" -- bash -c 'echo "held $EPOCHREALTIME"; read -r _'`,
