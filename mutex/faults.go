@@ -106,6 +106,7 @@ type faults struct {
 	bugNoForgery    bool // accept any timestamp
 	bugNoMaxHold    bool // never time a holder's deferral
 	bugBreakGrants  bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
+	bugLateWithhold bool // a voter told of a suspect grants it until it suspects it too
 }
 
 // holdStart is when our hold of a lock (token) began.
@@ -511,6 +512,9 @@ func (c *Core) suspected(v string) bool {
 // suspect it, or a probe of it is unanswered.
 func (c *Core) withholdGrant(v string) bool {
 	pr := c.f.probes[v]
+	if c.f.bugLateWithhold {
+		return c.suspected(v)
+	}
 	return c.suspected(v) || (pr != nil && pr.open)
 }
 

@@ -18,6 +18,9 @@ import (
 //   - mute: it never answers a request (no reply, busy or deferral, and no
 //     acknowledgement of a probe), but otherwise follows the protocol: it
 //     asks for locks and leases, grants leases, and is alive for Serf;
+//   - mute+lone: it answers until a time drawn between 4 and 12 s, then
+//     falls mute, and only one honest peer asks for locks: the other
+//     voters, idle, have no request of their own that it owes an answer;
 //   - jumpy: honest, but its answer-timeout is 5 ms, so it suspects every
 //     member it asks (an honest-but-slow peer's view of the others);
 //   - stamplow: it stamps its requests with the clock it has seen from the
@@ -41,12 +44,26 @@ import (
 const fAnswer = 2 * qLease
 
 // fBound is how long an honest request may wait with nobody holding its
-// lock: the answer-timeout plus the lock-delay, both measured on clocks
-// that run up to 10 % slow; plus the cadences of the scan for suspects
-// (answer-timeout/16) and of the check that declares (Lease/8); plus three
-// message delays (up to Lease/2 each): the declaration, and the lease
-// round that confirms the eviction, there and back.
-const fBound = 2 * (fAnswer + qDelay)
+// lock: the answer-timeout plus the lock-delay; plus the cadences of the
+// scans for suspects (answer-timeout/16: the requester's, and the other
+// voters' on its word) and of the check that declares (Lease/8), all
+// measured on clocks that run up to 10 % slow; plus three steps of the
+// simulation's time (Lease/16 each: a timer fires at the first step past
+// it); plus four message delays (up to
+// Lease/2 each): the requester's report to the other voters, their
+// declarations, and the lease round that confirms the eviction, there and
+// back. A voter told of a suspect withholds its grants from the moment it
+// probes, so its lock-delay runs while it waits for the probe's answer:
+// the bound holds while the answer-timeout is at most the lock-delay (the
+// sim's are equal; each profile's lock-delay is twice its answer-timeout).
+const fBound = (fAnswer+qDelay+fAnswer/8+qLease/8)*10/9 + 3*qLease/16 + 4*qLease/2
+
+// fHogBound is fBound for the hog: it holds legitimately for MaxHold; a
+// requester suspects it once it has deferred it for MaxHold plus the
+// lock-delay since it learnt of the hold; a voter that probes it on that
+// report suspects it once it has seen it hold for as long itself (on
+// clocks up to 10 % slow); then fBound's path to the declaration.
+const fHogBound = fBound + 2*(fMaxHold+qDelay)*10/9
 
 // fMaxHold is the honest peers' MaxHold.
 const fMaxHold = 2 * qLease
@@ -80,7 +97,7 @@ func (s *qsim) badDrops(m *Message) bool {
 			m.ReqTime += 1 << 40
 		}
 	}
-	if s.cfg.bad == "mute" {
+	if s.cfg.bad == "mute" && s.now >= s.cfg.muteAt {
 		switch m.Type {
 		case MsgReply, MsgBusy, MsgDeferred:
 			return true
@@ -256,13 +273,7 @@ func (fc *faultChecker) check(s *qsim) {
 				continue // the operator's check above bounds it
 			}
 			if s.cfg.bad == "hog" {
-				// It holds legitimately for MaxHold; a requester suspects
-				// it once it has deferred it for MaxHold plus the
-				// lock-delay since it learnt of the hold; a voter that
-				// probes it on that report suspects it once it has seen
-				// it hold for as long itself; a lock-delay later the
-				// majority declares it.
-				bound += 2 * (fMaxHold + qDelay)
+				bound = fHogBound
 			}
 			if s.now-since > bound {
 				s.fail("progress: honest requests for %s waited %v with no holder, over %v", lock, s.now-since, bound)
@@ -277,10 +288,18 @@ func (fc *faultChecker) check(s *qsim) {
 func fsimConfigFor(seed int64, bad, bug string) qsimConfig {
 	r := rand.New(rand.NewSource(seed ^ 0x5eed))
 	honest := 3 + r.Intn(5)
-	cfg := qsimConfig{peers: honest + 1, maxPeers: honest + 1, locks: 1 + r.Intn(2), steps: 4000,
-		answerTimeout: fAnswer, maxHold: fMaxHold, bad: bad, punctual: true, badPeer: peerName(r.Intn(honest + 1)), bug: bug}
-	if bad == "hog+break" {
+	locks, bi := 1+r.Intn(2), r.Intn(honest+1)
+	cfg := qsimConfig{peers: honest + 1, maxPeers: honest + 1, locks: locks, steps: 4000,
+		answerTimeout: fAnswer, maxHold: fMaxHold, bad: bad, punctual: true, badPeer: peerName(bi), bug: bug}
+	switch bad {
+	case "hog+break":
 		cfg.bad, cfg.maxHold, cfg.breaks = "hog", 0, true
+	case "mute+lone":
+		// It falls mute once the cluster runs, and one honest peer
+		// asks: the other voters have only its word and their own
+		// probes.
+		cfg.bad, cfg.lone = "mute", peerName((bi+1+r.Intn(honest))%(honest+1))
+		cfg.muteAt = 4*time.Second + time.Duration(r.Intn(8000))*time.Millisecond
 	}
 	return cfg
 }
@@ -311,7 +330,7 @@ func byzantineSeeds(t *testing.T) int {
 // TestSimulationByzantine runs each misbehaviour against 3 to 7 honest
 // peers in majority mode (byzantineSeeds seeds each).
 func TestSimulationByzantine(t *testing.T) {
-	for _, bad := range []string{"mute", "jumpy", "stamplow", "stamphigh", "hog", "hog+break"} {
+	for _, bad := range []string{"mute", "mute+lone", "jumpy", "stamplow", "stamphigh", "hog", "hog+break"} {
 		t.Run(bad, func(t *testing.T) {
 			t.Parallel()
 			var maxStall, maxBreak time.Duration
@@ -335,11 +354,11 @@ func TestSimulationByzantine(t *testing.T) {
 			}
 			bound := fBound
 			if bad == "hog" {
-				bound += 2 * (fMaxHold + qDelay)
+				bound = fHogBound
 			}
 			t.Logf("%s: %d seeds; honest peers counted %d evictions, %d suspicions, %d forgeries; longest wait with no holder %v (bound %v)",
 				bad, len(ss), evictions, suspicions, forgeries, maxStall, bound)
-			if (bad == "mute" || bad == "stamphigh") && evictions == 0 {
+			if (strings.HasPrefix(bad, "mute") || bad == "stamphigh") && evictions == 0 {
 				t.Fatalf("the %s peer was never evicted", bad)
 			}
 			// The hog follows the lease rules: its lease may lapse (a
@@ -373,6 +392,7 @@ func TestSimulationByzantineCatchesBugs(t *testing.T) {
 		{"noforgery", "stamplow", "forgery"},
 		{"noforgery", "stamphigh", "clock"},
 		{"nomaxhold", "hog", "progress"},
+		{"latewithhold", "mute+lone", "progress"},
 		{"breakgrants", "hog+break", "mutual exclusion"},
 	} {
 		t.Run(tc.bug+"/"+tc.bad, func(t *testing.T) {

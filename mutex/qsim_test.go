@@ -42,6 +42,11 @@ type qsimConfig struct {
 	bad, badPeer                  string        // a Byzantine-lite peer's behaviour and name (fsim_test.go)
 	check                         func(*qsim)   // more invariants, after every step
 	breaks                        bool          // an operator breaks the hog's holds (fsim_test.go)
+	// lone: the only honest peer that asks for locks (fsim_test.go: the
+	// other honest voters, idle, have no evidence of their own).
+	lone string
+	// muteAt: the mute peer answers honestly until then (fsim_test.go).
+	muteAt time.Duration
 	// punctual: every message due is delivered before time moves on, so
 	// that delays are those drawn (with many peers the random steps
 	// deliver too few: the backlog would grow without bound).
@@ -173,6 +178,8 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.f.bugNoMaxHold = true
 	case "breakgrants":
 		c.f.bugBreakGrants = true
+	case "latewithhold":
+		c.f.bugLateWithhold = true
 	default:
 		setBugs(c, s.cfg.bug)
 	}
@@ -664,6 +671,9 @@ func (s *qsim) randomStep() {
 	case r < 980:
 		p := s.pick()
 		if p == nil || p.leaving != 0 {
+			return
+		}
+		if s.cfg.lone != "" && p.name != s.cfg.lone && p.name != s.cfg.badPeer {
 			return
 		}
 		switch x := s.rng.Intn(100); {
