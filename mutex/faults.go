@@ -35,7 +35,8 @@ import (
 //     voter's grants: it cannot evict anyone.
 //   - The evicted member learns it from the declarations (or from refused
 //     lease renewals), revokes its holds, reports why, and comes back in a
-//     new session, asked again like any other voter.
+//     new session, asked again like any other voter; it reports that it is
+//     back once a majority grants it a lease in that session.
 //
 // Time is an input here too: the clock is the one Tick sets.
 
@@ -92,6 +93,7 @@ type faults struct {
 	told     map[string]time.Duration // last MsgSuspect we sent about a member
 	probes   map[string]*probe        // by suspect
 	selfSus  uint64                   // the session whose eviction we last reported
+	backFrom uint64                   // ... plus one, until a lease in such a session is reported (0: none)
 	heard    map[string]heardTime     // the highest Time received from each member
 	stamped  map[string]stampedSeen   // by lock: what each member had been heard at, when stamped
 	accepted bool                     // a message was accepted: our clock is the cluster's
@@ -170,6 +172,9 @@ const (
 	// FaultBreakNone: this peer's break of Lock found nobody holding it
 	// (nobody said so within the answer-timeout).
 	FaultBreakNone
+	// FaultBack: after a FaultEvictedSelf, this peer holds a lease again,
+	// in session ReqTime, later than the one declared: it is back.
+	FaultBack
 )
 
 // String names the kind as the log does.
@@ -189,6 +194,8 @@ func (k FaultKind) String() string {
 		return "break"
 	case FaultBreakNone:
 		return "break-none"
+	case FaultBack:
+		return "back"
 	}
 	return fmt.Sprintf("fault(%d)", uint8(k))
 }
@@ -652,7 +659,20 @@ func (c *Core) reportEvicted(by string, sess uint64) {
 		return
 	}
 	f.selfSus = sess + 1
+	f.backFrom = max(f.backFrom, sess+1)
 	c.report(FaultReport{Kind: FaultEvictedSelf, Peer: by, ReqTime: sess})
+}
+
+// reportBack reports, once after its eviction was reported, that this peer
+// holds a lease in a later session than the one declared (called as a
+// lease round succeeds).
+func (c *Core) reportBack() {
+	f := c.f
+	if f.backFrom == 0 || c.q.session < f.backFrom {
+		return
+	}
+	f.backFrom = 0
+	c.report(FaultReport{Kind: FaultBack, Peer: c.cfg.Name, ReqTime: c.q.session})
 }
 
 // faultStatus fills the fault parts of a Status.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -479,4 +480,108 @@ func TestBreak(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestMuteRejoins walks a mute voter's eviction and rejoin (issue 14) among
+// three honest voters, over 30 seeds: p0's request is granted once a
+// majority has evicted the mute p3, which reports its eviction. Then p3
+// answers again: every honest voter takes it back (not evicted, not
+// suspected), p3 holds a lease and reports that it is back in a later
+// session, a request of its own is granted, and p0's request waits for
+// that hold and is granted after it. Mutual exclusion is checked after
+// every step.
+func TestMuteRejoins(t *testing.T) {
+	declared := 0 // runs where an honest voter still refuses p3's current session
+	const runs = 30
+	for seed := int64(1); seed <= runs; seed++ {
+		s := newQsim(t, seed, qsimConfig{peers: 4, maxPeers: 4, locks: 1, answerTimeout: fAnswer, punctual: true,
+			bad: "mute", badPeer: "p3"})
+		s.reports = map[string][]FaultReport{}
+		// run steps the world for up to d, until done.
+		run := func(d time.Duration, done func() bool) bool {
+			for end := s.now + d; s.now < end && s.failed == ""; {
+				if done() {
+					return true
+				}
+				if !s.deliver() {
+					s.advance(qLease / 16)
+				}
+				s.checkExclusion()
+			}
+			if s.failed != "" {
+				t.Fatal(s.report())
+			}
+			return done()
+		}
+		settle := func(what string, d time.Duration, done func() bool) {
+			t.Helper()
+			if !run(d, done) {
+				t.Fatalf("seed %d: not %s in %v:\n%s", seed, what, d, s.report())
+			}
+		}
+		has := func(peer string, k FaultKind) bool {
+			return slices.ContainsFunc(s.reports[peer], func(r FaultReport) bool { return r.Kind == k })
+		}
+		honest := []*qsimPeer{s.live["p0"], s.live["p1"], s.live["p2"]}
+		p0, p3 := honest[0], s.live["p3"]
+		granted := func(p *qsimPeer) bool { return len(p.openers) == 1 && p.openers[0].granted }
+		settle("leased", 10*qLease, func() bool { return p0.core.leaseValid() && p3.core.leaseValid() })
+
+		s.acquire(p0, false)
+		settle("granted to p0 past the mute p3", 10*qLease+fBound, func() bool { return granted(p0) })
+		settle("p3 evicted everywhere", fBound, func() bool {
+			for _, h := range honest {
+				if qp := h.core.q.peers["p3"]; qp == nil || !qp.evicted {
+					return false
+				}
+			}
+			return has("p3", FaultEvictedSelf)
+		})
+		s.release(p0, p0.openers[0])
+
+		s.cfg.bad = "" // it answers again
+		settle("p3 taken back", 2*fBound, func() bool {
+			for _, h := range honest {
+				if qp := h.core.q.peers["p3"]; qp == nil || qp.evicted || h.core.f.sus["p3"] != nil {
+					return false
+				}
+			}
+			return p3.core.leaseValid() && has("p3", FaultBack)
+		})
+		var evicted, back []uint64 // the sessions p3 reported declared, and back in
+		for _, r := range s.reports["p3"] {
+			switch r.Kind {
+			case FaultEvictedSelf:
+				evicted = append(evicted, r.ReqTime)
+			case FaultBack:
+				back = append(back, r.ReqTime)
+			}
+		}
+		if len(back) == 0 || back[0] <= evicted[0] {
+			t.Errorf("seed %d: p3 reported evicted in sessions %v, back in %v: want back later", seed, evicted, back)
+		}
+		for _, h := range honest {
+			if qp := h.core.q.peers["p3"]; qp.declared && qp.refused >= qp.session {
+				declared++
+				break
+			}
+		}
+
+		s.acquire(p3, false)
+		settle("granted to the rejoined p3", fBound, func() bool { return granted(p3) })
+		s.acquire(p0, false)
+		if run(2*fAnswer, func() bool { return granted(p0) }) {
+			t.Fatalf("seed %d: p0 granted while p3 holds:\n%s", seed, s.report())
+		}
+		s.release(p3, p3.openers[0])
+		settle("granted to p0 after p3", fBound, func() bool { return granted(p0) })
+		s.release(p0, p0.openers[0])
+		run(20*qLease, func() bool { return false })
+		for _, h := range honest {
+			if qp := h.core.q.peers["p3"]; qp.declared && qp.refused >= qp.session {
+				t.Logf("seed %d: %s still refuses p3's session %d 20 leases on", seed, h.name, qp.session)
+			}
+		}
+	}
+	t.Logf("%d runs: in %d an honest voter still refused the rejoined p3's current session (the others grant it)", runs, declared)
 }

@@ -373,6 +373,7 @@ func (c *Core) checkRound(r *leaseRound) {
 	q.leaseEv = r.evicted
 	wasLeased := q.leased
 	q.leased = true
+	c.reportBack()
 	if q.leaseUntil < q.nextCheck {
 		q.nextCheck = q.leaseUntil
 	}
