@@ -125,7 +125,7 @@ func TestMuteMemberEvicted(t *testing.T) {
 
 // checkRejoined: the evicted mute peer answers again and rejoins as a new
 // session. Every honest peer stops counting it evicted or suspect, it
-// holds a lease again and logs it; a lock taken on it is granted, an
+// holds a lease again and logs that it is back; a lock taken on it is granted, an
 // honest peer's request waits for its hold and is granted after it (a
 // higher token, entered after it left), and the other way round; and a
 // round of workers on all four peers keeps a shared counter exact with
@@ -154,9 +154,10 @@ func checkRejoined(t *testing.T, nodes []*node, m *node) {
 		last = ""
 		return true
 	})
-	testutil.WaitFor(t, startTimeout, "m to hold a lease again", func() bool {
+	testutil.WaitFor(t, startTimeout, "m to hold a lease again and log that it is back", func() bool {
 		d, err := m.status()
-		return err == nil && d.Quorum != nil && d.Quorum.LeaseValid
+		return err == nil && d.Quorum != nil && d.Quorum.LeaseValid &&
+			strings.Contains(m.p.stderr.String(), "this peer is back after its eviction")
 	})
 	t.Logf("m taken back %v after it answers again", time.Since(start).Round(time.Millisecond))
 	// A voter whose suspicion of m ended only after m had started the
