@@ -103,11 +103,12 @@ type faults struct {
 	suspicions, forgeries, broken uint64
 
 	// Faults injected by tests only; the simulation must catch each.
-	bugTrustSuspect bool // suspect whoever another voter suspects, no probe
-	bugNoSuspect    bool // never suspect anyone
-	bugNoForgery    bool // accept any timestamp
-	bugNoMaxHold    bool // never time a holder's deferral
-	bugBreakGrants  bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
+	bugTrustSuspect  bool // suspect whoever another voter suspects, no probe
+	bugNoSuspect     bool // never suspect anyone
+	bugNoForgery     bool // accept any timestamp
+	bugNoMaxHold     bool // never time a holder's deferral
+	bugBreakGrants   bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
+	bugAnswerSuspect bool // a release answers the deferred requests of an evicted suspect too
 }
 
 // holdStart is when our hold of a lock (token) began.
@@ -479,6 +480,21 @@ func (c *Core) rejoin(name string) {
 		c.answer(MsgReply, name, l.name, in.ts)
 		c.forget(l)
 	}
+}
+
+// holdsBack reports whether a request of p that we defer must stay
+// deferred when we release the lock (or give it up): p is evicted here
+// while we suspect it, so we count it as having answered every request of
+// ours, and its later session may hold a lease from voters that no longer
+// suspect it. A reply would let it enter while we are granted without
+// asking it. rejoin answers the request once p answers again.
+func (c *Core) holdsBack(p string) bool {
+	q := c.q
+	if q == nil || c.f.bugAnswerSuspect {
+		return false
+	}
+	qp := q.peers[p]
+	return qp != nil && qp.evicted && c.suspected(p)
 }
 
 // answered notes an answer from member p (a reply, busy or deferral): a

@@ -173,6 +173,8 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.f.bugNoMaxHold = true
 	case "breakgrants":
 		c.f.bugBreakGrants = true
+	case "answersuspect":
+		c.f.bugAnswerSuspect = true
 	default:
 		setBugs(c, s.cfg.bug)
 	}
