@@ -223,6 +223,7 @@ func checkRejoined(t *testing.T, nodes []*node, m *node) {
 			}
 		}
 	}
+	t.Logf("the rejoin and its checks took %v", time.Since(start).Round(time.Millisecond))
 }
 
 // TestForgingMember: a member that forges its timestamps (DLOCKFS_FAULT=
