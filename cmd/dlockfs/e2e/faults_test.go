@@ -123,13 +123,13 @@ func TestMuteMemberEvicted(t *testing.T) {
 	checkRejoined(t, nodes, mute)
 }
 
-// checkRejoined: the evicted mute peer answers again and rejoins as a new
-// session. Every honest peer stops counting it evicted or suspect, it
-// holds a lease again and logs that it is back; a lock taken on it is granted, an
-// honest peer's request waits for its hold and is granted after it (a
-// higher token, entered after it left), and the other way round; and a
-// round of workers on all four peers keeps a shared counter exact with
-// tokens rising.
+// checkRejoined: the evicted mute peer answers again and rejoins in a new
+// session. Every honest peer stops counting it evicted or suspect; it
+// holds a lease again and logs that it is back; a lock taken on it is
+// granted, an honest peer's request waits for its hold and is granted
+// after it (a higher token, entered after it left), and the other way
+// round; and a round of workers on all four peers keeps a shared counter
+// exact with tokens rising.
 func checkRejoined(t *testing.T, nodes []*node, m *node) {
 	t.Helper()
 	start := time.Now()
