@@ -36,7 +36,11 @@ import (
 //   - The evicted member learns it from the declarations (or from refused
 //     lease renewals), revokes its holds, reports why, and comes back in a
 //     new session, asked again like any other voter; it reports that it is
-//     back once a majority grants it a lease in that session.
+//     back once a majority grants it a lease in that session. A voter that
+//     still suspects it counts it as having answered, so it keeps the
+//     member's requests deferred, even as it releases the lock, until the
+//     member answers it too (holdsBack): the voters that no longer suspect
+//     it may already grant its new session a lease.
 //
 // Time is an input here too: the clock is the one Tick sets.
 
