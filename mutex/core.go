@@ -482,7 +482,7 @@ func (c *Core) endTurn(l *lockState) {
 	clear(l.awaiting)
 	for _, p := range c.names {
 		in := l.in[p]
-		if in == nil || in.state != inDeferred {
+		if in == nil || in.state != inDeferred || c.holdsBack(p) {
 			continue
 		}
 		in.state = inReplied

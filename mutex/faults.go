@@ -35,7 +35,12 @@ import (
 //     voter's grants: it cannot evict anyone.
 //   - The evicted member learns it from the declarations (or from refused
 //     lease renewals), revokes its holds, reports why, and comes back in a
-//     new session, asked again like any other voter.
+//     new session, asked again like any other voter; it reports that it is
+//     back once a majority grants it a lease in that session. A voter that
+//     still suspects it counts it as having answered, so it keeps the
+//     member's requests deferred, even as it releases the lock, until the
+//     member answers it too (holdsBack): the voters that no longer suspect
+//     it may already grant its new session a lease.
 //
 // Time is an input here too: the clock is the one Tick sets.
 
@@ -92,6 +97,7 @@ type faults struct {
 	told     map[string]time.Duration // last MsgSuspect we sent about a member
 	probes   map[string]*probe        // by suspect
 	selfSus  uint64                   // the session whose eviction we last reported
+	backFrom uint64                   // ... plus one, until a lease in such a session is reported (0: none)
 	heard    map[string]heardTime     // the highest Time received from each member
 	stamped  map[string]stampedSeen   // by lock: what each member had been heard at, when stamped
 	accepted bool                     // a message was accepted: our clock is the cluster's
@@ -101,12 +107,13 @@ type faults struct {
 	suspicions, forgeries, broken uint64
 
 	// Faults injected by tests only; the simulation must catch each.
-	bugTrustSuspect bool // suspect whoever another voter suspects, no probe
-	bugNoSuspect    bool // never suspect anyone
-	bugNoForgery    bool // accept any timestamp
-	bugNoMaxHold    bool // never time a holder's deferral
-	bugBreakGrants  bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
-	bugLateWithhold bool // a voter told of a suspect grants it until it suspects it too
+	bugTrustSuspect  bool // suspect whoever another voter suspects, no probe
+	bugNoSuspect     bool // never suspect anyone
+	bugNoForgery     bool // accept any timestamp
+	bugNoMaxHold     bool // never time a holder's deferral
+	bugBreakGrants   bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
+	bugAnswerSuspect bool // a release answers the deferred requests of an evicted suspect too
+	bugLateWithhold  bool // a voter told of a suspect grants it until it suspects it too
 }
 
 // holdStart is when our hold of a lock (token) began.
@@ -171,6 +178,9 @@ const (
 	// FaultBreakNone: this peer's break of Lock found nobody holding it
 	// (nobody said so within the answer-timeout).
 	FaultBreakNone
+	// FaultBack: after a FaultEvictedSelf, this peer holds a lease again,
+	// in session ReqTime, later than the one declared: it is back.
+	FaultBack
 )
 
 // String names the kind as the log does.
@@ -190,6 +200,8 @@ func (k FaultKind) String() string {
 		return "break"
 	case FaultBreakNone:
 		return "break-none"
+	case FaultBack:
+		return "back"
 	}
 	return fmt.Sprintf("fault(%d)", uint8(k))
 }
@@ -475,6 +487,21 @@ func (c *Core) rejoin(name string) {
 	}
 }
 
+// holdsBack reports whether a request of p that we defer must stay
+// deferred when we release the lock (or give it up): p is evicted here
+// while we suspect it, so we count it as having answered every request of
+// ours, and its later session may hold a lease from voters that no longer
+// suspect it. A reply would let it enter while we are granted without
+// asking it. rejoin answers the request once p answers again.
+func (c *Core) holdsBack(p string) bool {
+	q := c.q
+	if q == nil || c.f.bugAnswerSuspect {
+		return false
+	}
+	qp := q.peers[p]
+	return qp != nil && qp.evicted && c.suspected(p)
+}
+
 // answered notes an answer from member p (a reply, busy or deferral): a
 // suspicion of it ends at the next scan unless it still owes one overdue.
 func (c *Core) answered(p string) {
@@ -656,7 +683,20 @@ func (c *Core) reportEvicted(by string, sess uint64) {
 		return
 	}
 	f.selfSus = sess + 1
+	f.backFrom = max(f.backFrom, sess+1)
 	c.report(FaultReport{Kind: FaultEvictedSelf, Peer: by, ReqTime: sess})
+}
+
+// reportBack reports, once after its eviction was reported, that this peer
+// holds a lease in a later session than the one declared (called as a
+// lease round succeeds).
+func (c *Core) reportBack() {
+	f := c.f
+	if f.backFrom == 0 || c.q.session < f.backFrom {
+		return
+	}
+	f.backFrom = 0
+	c.report(FaultReport{Kind: FaultBack, Peer: c.cfg.Name, ReqTime: c.q.session})
 }
 
 // faultStatus fills the fault parts of a Status.

@@ -180,6 +180,8 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.f.bugBreakGrants = true
 	case "latewithhold":
 		c.f.bugLateWithhold = true
+	case "answersuspect":
+		c.f.bugAnswerSuspect = true
 	default:
 		setBugs(c, s.cfg.bug)
 	}

@@ -373,6 +373,7 @@ func (c *Core) checkRound(r *leaseRound) {
 	q.leaseEv = r.evicted
 	wasLeased := q.leased
 	q.leased = true
+	c.reportBack()
 	if q.leaseUntil < q.nextCheck {
 		q.nextCheck = q.leaseUntil
 	}
@@ -466,10 +467,11 @@ func (c *Core) reset() {
 	}
 }
 
-// answerDeferred replies to every request l defers.
+// answerDeferred replies to every request l defers, but those of an
+// evicted suspect (holdsBack).
 func (c *Core) answerDeferred(l *lockState) {
 	for _, p := range c.names {
-		if in := l.in[p]; in != nil && in.state == inDeferred {
+		if in := l.in[p]; in != nil && in.state == inDeferred && !c.holdsBack(p) {
 			in.state = inReplied
 			delete(l.perm, p)
 			c.answer(MsgReply, p, l.name, in.ts)

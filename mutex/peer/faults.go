@@ -61,6 +61,9 @@ func (p *Peer) logFaults(rs []mutex.FaultReport) {
 			p.log.Error("this peer was declared evicted (silent, or suspected of refusing to answer): "+
 				"its holds are revoked when its lease lapses, and it starts a new session",
 				"declared_by", r.Peer, "session", r.ReqTime)
+		case mutex.FaultBack:
+			p.log.Warn("this peer is back after its eviction: a majority of the voters grant its lease again, "+
+				"in a new session", "session", r.ReqTime)
 		}
 	}
 }

@@ -3,6 +3,8 @@
 package peer
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 
 	"github.com/dlockfs/dlockfs/mutex"
@@ -17,15 +19,41 @@ import (
 // 2^40 ahead.
 const FaultEnv = "DLOCKFS_FAULT"
 
+// FaultUntilEnv names a file that bounds the fault in time: with
+// DLOCKFS_FAULT_UNTIL=PATH the peer misbehaves only while PATH exists, and
+// behaves from the moment it is removed (the tests remove it to see a mute
+// peer answer again and rejoin). Only the driver's goroutine looks, once
+// per batch of the core's outputs (a stat), so a batch is either withheld
+// or sent whole: no lock or signal handler is involved. Unset, the fault
+// lasts for the peer's life. A release build has no such switch either.
+const FaultUntilEnv = "DLOCKFS_FAULT_UNTIL"
+
+// faultsBuild reports whether this build has the switch (for the tests).
+const faultsBuild = true
+
+// faultOn reports whether the fault applies now (see FaultUntilEnv).
+func faultOn() bool {
+	path := os.Getenv(FaultUntilEnv)
+	if path == "" {
+		return true
+	}
+	_, err := os.Stat(path)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
 // misbehave drops what a misbehaving peer withholds.
 func (p *Peer) misbehave(ms []mutex.Message) []mutex.Message {
-	switch os.Getenv(FaultEnv) {
+	fault := os.Getenv(FaultEnv)
+	if fault == "" || !faultOn() {
+		return ms
+	}
+	switch fault {
 	case "mute":
 	case "stamplow", "stamphigh":
 		for i := range ms {
 			m := &ms[i]
 			switch {
-			case os.Getenv(FaultEnv) == "stamphigh":
+			case fault == "stamphigh":
 				m.Time += 1 << 40
 				if m.Type == mutex.MsgRequest {
 					m.ReqTime += 1 << 40
