@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -56,9 +57,11 @@ type waiter struct {
 // dropWarnEvery rate-limits the warning about dropped lock messages.
 const dropWarnEvery = 10 * time.Second
 
-// run is the driver: the one goroutine that owns the core. Every input is
-// a step of the core, after which its outputs are performed. It ends on
-// callStop, which only the lifecycle goroutine sends (see lifecycle.go).
+// run is the driver: the goroutine that owns the core, sharing it (under
+// coreMu) only with the lock channel's readers (inbox) and Lock and Unlock
+// calls (direct) while it runs. Every input is a step of the core, after
+// which its outputs are performed. It ends on callStop, which only the
+// lifecycle goroutine sends (see lifecycle.go).
 func (p *Peer) run() {
 	incoming := p.tr.Incoming()
 	connected := p.tr.Connected()
@@ -67,14 +70,24 @@ func (p *Peer) run() {
 	// Time first: a lease that lapsed is revoked before any input is
 	// acted on. Each input is followed by a Tick and a flush (below), so
 	// the next turn of the loop needs none before it waits.
+	p.coreMu.Lock()
 	p.core.Tick(p.now())
 	p.flush()
+	p.running = true
+	p.coreMu.Unlock()
+	if p.inbox != nil {
+		close(p.inbox.ready)
+	}
 	for {
 		select {
 		case <-ticker.C:
+			p.coreMu.Lock()
 			p.core.Tick(p.now())
 		case c := <-p.calls:
+			p.coreMu.Lock()
 			if c.kind == callStop {
+				p.running = false
+				defer p.coreMu.Unlock()
 				p.core.Tick(p.now())
 				for op, w := range p.waiters {
 					w.res <- result{err: ErrClosed}
@@ -89,23 +102,81 @@ func (p *Peer) run() {
 				incoming = nil
 				continue
 			}
+			p.coreMu.Lock()
 			p.step(in)
 		case name, ok := <-connected:
 			if !ok {
 				connected = nil
 				continue
 			}
+			p.coreMu.Lock()
 			p.reconnected(name)
 		case ev := <-p.events:
+			p.coreMu.Lock()
 			p.handleEvent(ev)
 		}
-		p.core.Tick(p.now())
-		p.flush()
-		if p.leftAck != nil && p.core.LeftVoters() {
-			close(p.leftAck)
-			p.leftAck = nil
-		}
+		p.settle()
+		p.coreMu.Unlock()
 	}
+}
+
+// settle follows every input (under coreMu): time, then the outputs.
+func (p *Peer) settle() {
+	p.core.Tick(p.now())
+	p.flush()
+	if p.leftAck != nil && p.core.LeftVoters() {
+		close(p.leftAck)
+		p.leftAck = nil
+	}
+}
+
+// inbox is the lock channel's Deliver: it steps the core with each
+// message on the goroutine that read it, instead of handing it to the
+// driver goroutine through a channel (one goroutine wake-up less per
+// message on a lock round's path).
+type inbox struct {
+	p     *Peer         // set before ready is closed
+	ready chan struct{} // closed once the driver runs
+}
+
+// deliver waits until the driver runs (or the lock channel closes), then
+// steps the message. One connection's messages arrive in order, as on
+// the channel.
+func (b *inbox) deliver(ctx context.Context, in incoming) {
+	select {
+	case <-b.ready:
+	case <-ctx.Done():
+		return
+	}
+	b.p.deliver(in)
+}
+
+// deliver steps one incoming message and performs the outputs, as the
+// driver does; after the driver stopped, the message is dropped (as one
+// left in the channel once the driver has stopped reading it).
+func (p *Peer) deliver(in incoming) {
+	p.coreMu.Lock()
+	defer p.coreMu.Unlock()
+	if !p.running {
+		return
+	}
+	p.step(in)
+	p.settle()
+}
+
+// direct performs a Lock's or Unlock's call (callAcquire, callRelease) on
+// the caller's goroutine, as the driver would, and reports whether it did
+// (not once the driver has stopped). Their answers go to buffered
+// channels, so handleCall never blocks here.
+func (p *Peer) direct(c call) bool {
+	p.coreMu.Lock()
+	defer p.coreMu.Unlock()
+	if !p.running {
+		return false
+	}
+	p.handleCall(c)
+	p.settle()
+	return true
 }
 
 // flush performs the core's outputs: messages, then grants, then refusals.

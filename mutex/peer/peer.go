@@ -68,7 +68,15 @@ type Peer struct {
 	endMu sync.Mutex
 	end   ending
 
-	// Owned by the driver goroutine.
+	// coreMu guards the core and everything below it: held by the driver
+	// goroutine for each input, and, while the driver runs (running), by a
+	// lock channel reader delivering a message (inbox) or a Lock or
+	// Unlock stepping the core itself (direct).
+	coreMu  sync.Mutex
+	running bool
+	inbox   *inbox // the lock channel's Deliver (nil: messages come on Incoming)
+
+	// Owned by the driver goroutine (see coreMu).
 	core       *mutex.Core
 	quorum     mutex.QuorumMode
 	lease      time.Duration
@@ -162,6 +170,8 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 	if keyring != nil {
 		tc.Keyring = keyring
 	}
+	box := &inbox{ready: make(chan struct{})}
+	tc.Deliver = box.deliver
 	tr, err := listen(tc)
 	if err != nil {
 		return nil, fmt.Errorf("peer: lock channel port (TCP) %s is not available: %w", lockListen, err)
@@ -172,6 +182,7 @@ func start(ctx context.Context, cfg Config, listen func(transportConfig) (lockTr
 		tr.Close()
 		return nil, err
 	}
+	box.p, p.inbox = p, box
 	p.encrypted = keyring != nil
 	p.joinAttempts = cfg.JoinAttempts
 	p.keyring = keyring
@@ -408,12 +419,19 @@ func (p *Peer) acquire(ctx context.Context, name string, try, shared bool) (mute
 	}
 	op := mutex.OpenerID(p.nextOp.Add(1))
 	res := make(chan result, 1)
-	select {
-	case p.calls <- call{kind: callAcquire, op: op, lock: name, try: try, shared: shared, res: res}:
-	case <-ctx.Done():
-		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
-	case <-p.done:
-		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ErrClosed)
+	c := call{kind: callAcquire, op: op, lock: name, try: try, shared: shared, res: res}
+	if err := ctx.Err(); err != nil {
+		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, err)
+	}
+	// On this goroutine while the driver runs: no hand-off to it and back.
+	if !p.direct(c) {
+		select {
+		case p.calls <- c:
+		case <-ctx.Done():
+			return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
+		case <-p.done:
+			return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ErrClosed)
+		}
 	}
 	select {
 	case r := <-res:
@@ -437,10 +455,13 @@ func (p *Peer) acquire(ctx context.Context, name string, try, shared bool) (mute
 // the network: the replies it owes are queued on the lock channel.
 func (p *Peer) Unlock(g mutex.Grant) error {
 	errc := make(chan error, 1)
-	select {
-	case p.calls <- call{kind: callRelease, op: g.Opener, lock: g.Lock, errc: errc}:
-	case <-p.done:
-		return fmt.Errorf("peer: unlock %q: %w", g.Lock, ErrClosed)
+	c := call{kind: callRelease, op: g.Opener, lock: g.Lock, errc: errc}
+	if !p.direct(c) {
+		select {
+		case p.calls <- c:
+		case <-p.done:
+			return fmt.Errorf("peer: unlock %q: %w", g.Lock, ErrClosed)
+		}
 	}
 	select {
 	case err := <-errc:

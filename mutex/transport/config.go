@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -69,6 +70,14 @@ type Config struct {
 	// IncomingLen is the buffer of the Incoming channel. When it is full,
 	// readers stop reading (TCP back-pressure) until it drains.
 	IncomingLen int
+	// Deliver, if set, receives every lock message instead of Incoming
+	// (which then stays empty): called on the goroutine that read the
+	// message, one connection's messages in order, with a context that
+	// ends when the transport closes. The reader reads nothing more on
+	// that connection until Deliver returns (back-pressure, as a full
+	// Incoming). A lock round then costs no hand-off between goroutines
+	// on the receiving side.
+	Deliver func(ctx context.Context, in Incoming)
 	// MaxConns bounds the inbound connections open at once; one more is
 	// closed on accept and counted.
 	MaxConns int

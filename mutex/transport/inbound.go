@@ -203,6 +203,10 @@ func (t *Transport) serveInbound(conn net.Conn) {
 		t.st.framesReceived.Add(1)
 		t.st.receivedByType[m.Type].Add(1)
 		t.st.bytesReceived.Add(uint64(headerLen + len(payload) + fr.c.overhead()))
+		if t.cfg.Deliver != nil {
+			t.cfg.Deliver(t.ctx, Incoming{Msg: m, Remote: remote})
+			continue
+		}
 		select {
 		case t.incoming <- Incoming{Msg: m, Remote: remote}:
 		case <-t.ctx.Done():

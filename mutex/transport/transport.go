@@ -190,7 +190,8 @@ func (t *Transport) Encrypted() bool { return t.mode == modeAESGCM }
 
 // Incoming delivers the lock messages received from peers, each already
 // checked to come from the peer that opened its connection and to be
-// addressed to us by name. It is closed when Close returns.
+// addressed to us by name (unless Config.Deliver takes them). It is closed
+// when Close returns.
 func (t *Transport) Incoming() <-chan Incoming { return t.incoming }
 
 // Connected delivers a peer's name each time an outgoing connection to it
