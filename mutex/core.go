@@ -163,16 +163,9 @@ func (c *Core) shrink() {
 	if c.peak < shrinkBelow || max(len(c.locks), len(c.openers)) > c.peak/8 {
 		return
 	}
-	locks := make(map[string]*lockState, len(c.locks))
-	for k, v := range c.locks {
-		locks[k] = v
-	}
-	openers := make(map[OpenerID]*lockState, len(c.openers))
-	for k, v := range c.openers {
-		openers[k] = v
-	}
-	c.locks, c.openers = locks, openers
-	c.peak = max(len(locks), len(openers))
+	c.locks, c.openers = remake(c.locks), remake(c.openers)
+	c.peak = max(len(c.locks), len(c.openers))
+	c.f.shrink()
 }
 
 func (c *Core) sortedLocks() []*lockState {
@@ -421,6 +414,7 @@ func (c *Core) forget(l *lockState) {
 		}
 	}
 	delete(c.locks, l.name)
+	delete(c.f.stamped, l.name)
 	c.shrink()
 	if len(c.spare) < maxSpare {
 		clear(l.awaiting)

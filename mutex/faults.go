@@ -153,6 +153,23 @@ func newFaults(cfg Config) *faults {
 		stamped: map[string]stampedSeen{}, breaks: map[string]*breakQuery{}}
 }
 
+// shrink remakes the maps kept by lock name, as Core.shrink does the
+// core's: Go maps keep their largest size (and maps.Clone copies it).
+func (f *faults) shrink() {
+	f.stamped = remake(f.stamped)
+	f.owed = remake(f.owed)
+	f.holds = remake(f.holds)
+}
+
+// remake returns a copy of m sized for what it holds now.
+func remake[K comparable, V any](m map[K]V) map[K]V {
+	n := make(map[K]V, len(m))
+	for k, v := range m {
+		n[k] = v
+	}
+	return n
+}
+
 // FaultKind is what a [FaultReport] reports.
 type FaultKind uint8
 
