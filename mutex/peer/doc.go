@@ -5,10 +5,14 @@
 //
 // # The driver
 //
-// One goroutine owns the core. It selects on local calls (Lock, TryLock,
-// a cancelled Lock, Unlock, Status), the lock channel's reconnections,
-// Serf's member events, and stop; steps the core; then performs the
-// core's outputs in order: messages go to the lock channel (which never
+// One goroutine, the driver, owns the core, and shares it under one
+// mutex only with the lock channel's readers (each steps the core with the
+// message it read) and with Lock, TryLock, a cancelled Lock's withdrawal
+// and Unlock (each steps it with its own call), so that a lock round costs
+// no hand-off between goroutines. The driver selects on the other local
+// calls (Status, ...), the lock channel's reconnections, Serf's member
+// events, ticks and stop. Whoever steps the core then performs its
+// outputs in order: messages go to the lock channel (which never
 // blocks), grants to the waiting callers, refusals as [mutex.ErrLocked].
 // A grant for a caller that went away is given back at once. On the hot
 // path the core is stepped without a hand-off to that goroutine: while the

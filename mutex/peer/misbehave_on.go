@@ -22,10 +22,10 @@ const FaultEnv = "DLOCKFS_FAULT"
 // FaultUntilEnv names a file that bounds the fault in time: with
 // DLOCKFS_FAULT_UNTIL=PATH the peer misbehaves only while PATH exists, and
 // behaves from the moment it is removed (the tests remove it to see a mute
-// peer answer again and rejoin). Only the driver's goroutine looks, once
-// per batch of the core's outputs (a stat), so a batch is either withheld
-// or sent whole: no lock or signal handler is involved. Unset, the fault
-// lasts for the peer's life. A release build has no such switch either.
+// peer answer again and rejoin). Whoever performs the core's outputs
+// (under the core's mutex) looks, once per batch of them (a stat), so a
+// batch is either withheld or sent whole: no signal handler is involved.
+// Unset, the fault lasts for the peer's life. A release build has no such switch either.
 const FaultUntilEnv = "DLOCKFS_FAULT_UNTIL"
 
 // faultsBuild reports whether this build has the switch (for the tests).

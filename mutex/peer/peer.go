@@ -441,9 +441,14 @@ func (p *Peer) acquire(ctx context.Context, name string, try, shared bool) (mute
 		return r.grant, nil
 	case <-ctx.Done():
 		// Withdraw; if the grant came meanwhile, the driver releases it.
-		select {
-		case p.calls <- call{kind: callCancel, op: op}:
-		case <-p.done:
+		// Directly, as the call was made: through the driver, a next
+		// call stepped directly could overtake the withdrawal (a
+		// TryLock refused by this dead request).
+		if cc := (call{kind: callCancel, op: op}); !p.direct(cc) {
+			select {
+			case p.calls <- cc:
+			case <-p.done:
+			}
 		}
 		return mutex.Grant{}, fmt.Errorf("peer: %s %q: %w", what, name, ctx.Err())
 	case <-p.done:

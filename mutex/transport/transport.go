@@ -40,7 +40,7 @@ type Stats struct {
 	OldKeyConns int `json:"old_key_conns"`
 
 	FramesSent     uint64 `json:"frames_sent"`     // messages written and flushed to a socket
-	FramesReceived uint64 `json:"frames_received"` // messages delivered on Incoming
+	FramesReceived uint64 `json:"frames_received"` // messages delivered (on Incoming or to Config.Deliver)
 	BytesSent      uint64 `json:"bytes_sent"`      // frame bytes, handshakes excluded
 	BytesReceived  uint64 `json:"bytes_received"`
 
