@@ -28,7 +28,9 @@ func (p *Peer) logFaults(rs []mutex.FaultReport) {
 				"(in majority mode a majority of the voters suspecting it evicts it)",
 				"member", r.Peer, "lock", r.Lock, "request", r.ReqTime, "for", r.For)
 		case mutex.FaultAnswered:
-			p.log.Info("suspected member answers again", "member", r.Peer)
+			// At the level its suspicion was logged at, so that the default
+			// level shows both.
+			p.log.Warn("suspected member answers again: no longer suspected", "member", r.Peer)
 		case mutex.FaultSuspectedBy:
 			p.log.Warn("a member suspects this peer of not answering its request; answering again",
 				"member", r.Peer, "lock", r.Lock, "request", r.ReqTime)
