@@ -20,7 +20,11 @@ import (
 func buildFaulty(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "dlockfs-faults")
-	build := exec.Command("go", "build", "-tags", "dlockfs_faults", "-o", bin, "github.com/dlockfs/dlockfs/cmd/dlockfs")
+	args := []string{"build", "-tags", "dlockfs_faults", "-o", bin}
+	if os.Getenv("DLOCKFS_E2E_RACE") != "" { // as the suite's binary
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "github.com/dlockfs/dlockfs/cmd/dlockfs")...)
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build -tags dlockfs_faults: %v\n%s", err, out)
 	}
