@@ -13,7 +13,6 @@ import (
 // lock nobody holds is an error that changes nothing.
 func TestBreak(t *testing.T) {
 	needEnv(t)
-	t.Parallel() // its own peers and ports; most of its time waits out timeouts
 	nodes := startCluster(t, 3, nodeOpts{})
 	a, b, c := nodes[0], nodes[1], nodes[2]
 

@@ -60,7 +60,6 @@ func (d statusDoc) voterState(name string) string {
 // DLOCKFS_FAULT_UNTIL file is removed) and rejoins: see checkRejoined.
 func TestMuteMemberEvicted(t *testing.T) {
 	needEnv(t)
-	t.Parallel() // its own peers and ports; most of its time waits out timeouts
 	faulty := buildFaulty(t)
 	nodes := startCluster(t, 3, nodeOpts{})
 	until := filepath.Join(t.TempDir(), "mute")
@@ -241,7 +240,6 @@ func checkRejoined(t *testing.T, nodes []*node, m *node) {
 // is dropped, so its mount gives up joining (exit 11).
 func TestForgingMember(t *testing.T) {
 	needEnv(t)
-	t.Parallel() // its own peers and ports; most of its time waits out timeouts
 	faulty := buildFaulty(t)
 	for _, fault := range []string{"stamplow", "stamphigh"} {
 		t.Run(fault, func(t *testing.T) {
@@ -303,7 +301,6 @@ func TestForgingMember(t *testing.T) {
 // evicted, after which the waiter is granted. No honest node is evicted.
 func TestMaxHold(t *testing.T) {
 	needEnv(t)
-	t.Parallel() // its own peers and ports; most of its time waits out timeouts
 	nodes := startCluster(t, 3, nodeOpts{extra: []string{"--max-hold", "2s"}})
 	hog := startNode(t, nodeOpts{name: "h", join: []string{nodes[0].bind}})
 	all := append(append([]*node(nil), nodes...), hog)
