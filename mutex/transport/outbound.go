@@ -452,9 +452,7 @@ func (t *Transport) writeBatch(p *peer, cw *connWriter) error {
 		return nil
 	}
 	if err := cw.conn.SetWriteDeadline(time.Now().Add(t.cfg.WriteTimeout)); err != nil {
-		t.st.droppedUnsent.Add(1)
-		p.settled.Add(1)
-		t.notifyProgress()
+		t.settleWritten(p, 1, nil, 0, err)
 		return fmt.Errorf("transport: set write deadline: %w", err)
 	}
 	n, bytes := 1, 0
@@ -463,9 +461,7 @@ func (t *Transport) writeBatch(p *peer, cw *connWriter) error {
 	// switches at once, before the poll of watchPrimary.
 	var err error
 	if cw.send, err = t.rekeyIfNeeded(p, cw.bw, cw.send); err != nil {
-		t.st.droppedUnsent.Add(1)
-		p.settled.Add(1)
-		t.notifyProgress()
+		t.settleWritten(p, 1, nil, 0, err)
 		return fmt.Errorf("transport: rekey: %w", err)
 	}
 	w, err := writeMessage(cw.bw, cw.scratch, cw.send, m)
