@@ -14,16 +14,11 @@
 // events, ticks and stop. Whoever steps the core then performs its
 // outputs in order: messages go to the lock channel (which never
 // blocks), grants to the waiting callers, refusals as [mutex.ErrLocked].
-// A grant for a caller that went away is given back at once. On the hot
-// path the core is stepped without a hand-off to that goroutine: while the
-// driver runs, the lock channel's reader goroutines step it with each
-// message they read (transport.Config.Deliver), and Lock, TryLock and
-// Unlock with their own call, each under the mutex that the driver holds
-// for every input of its own; the outputs are performed the same way.
-// Every wake-up of another goroutine on a lock round costs scheduling
-// time, on a small machine as much as the network round itself. A Lock whose context ends withdraws its request without a trace
-// (the core sends a cancel to every peer it asked) and returns the
-// context's error.
+// A grant for a caller that went away is given back at once. Every
+// wake-up of another goroutine on a lock round costs scheduling time, on a
+// small machine as much as the network round itself. A Lock whose context
+// ends withdraws its request without a trace (the core sends a cancel to
+// every peer it asked) and returns the context's error.
 //
 // # Membership
 //

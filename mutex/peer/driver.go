@@ -81,8 +81,7 @@ func (p *Peer) run() {
 	for {
 		select {
 		case <-ticker.C:
-			p.coreMu.Lock()
-			p.core.Tick(p.now())
+			p.coreMu.Lock() // settle ticks the core
 		case c := <-p.calls:
 			p.coreMu.Lock()
 			if c.kind == callStop {
@@ -164,10 +163,11 @@ func (p *Peer) deliver(in incoming) {
 	p.settle()
 }
 
-// direct performs a Lock's or Unlock's call (callAcquire, callRelease) on
-// the caller's goroutine, as the driver would, and reports whether it did
-// (not once the driver has stopped). Their answers go to buffered
-// channels, so handleCall never blocks here.
+// direct performs a Lock's, a cancelled Lock's or an Unlock's call
+// (callAcquire, callCancel, callRelease) on the caller's goroutine, as the
+// driver would, and reports whether it did (not once the driver has
+// stopped). Their answers go to buffered channels, so handleCall never
+// blocks here.
 func (p *Peer) direct(c call) bool {
 	p.coreMu.Lock()
 	defer p.coreMu.Unlock()
