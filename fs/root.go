@@ -149,20 +149,19 @@ func (f *lockFS) grab(fctx context.Context, name string, shared, try bool) (mute
 	// of a go-fuse context (not one of the context package's) would start
 	// a goroutine per call to carry its cancellation, a scheduling round
 	// on the hot path. go-fuse recycles the request (and its cancel
-	// channel) once the request returns, so the Locker must not keep ctx
+	// channel) once the request returns, so the Locker must not keep fctx
 	// beyond the call (Peer does not).
-	ctx := fctx
 	var g mutex.Grant
 	var err error
 	switch {
 	case shared && try:
-		g, err = f.shared.TryLockShared(ctx, name)
+		g, err = f.shared.TryLockShared(fctx, name)
 	case shared:
-		g, err = f.shared.LockShared(ctx, name)
+		g, err = f.shared.LockShared(fctx, name)
 	case try:
-		g, err = f.locker.TryLock(ctx, name)
+		g, err = f.locker.TryLock(fctx, name)
 	default:
-		g, err = f.locker.Lock(ctx, name)
+		g, err = f.locker.Lock(fctx, name)
 	}
 	if err == nil && fctx.Err() != nil {
 		// The grant raced an interrupt. Keep it: the call succeeds. If

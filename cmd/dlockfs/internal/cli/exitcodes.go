@@ -58,7 +58,11 @@ type ExitCodeDoc struct {
 }
 
 // Text is the meaning as plain text, for the help and the man page.
-func (d ExitCodeDoc) Text() string { return strings.ReplaceAll(d.Meaning, "`", "") }
+func (d ExitCodeDoc) Text() string { return plainText(d.Meaning) }
+
+// plainText drops the backquotes of a Markdown text that has `code
+// spans` only, for the help and the man page.
+func plainText(md string) string { return strings.ReplaceAll(md, "`", "") }
 
 // ExitCodeTable documents the exit codes above: the one table that the
 // help (exitCodesText), the man page (ManPage) and the README

@@ -13,7 +13,7 @@ type FileDoc struct {
 }
 
 // Text is the meaning without Markdown, for the man page.
-func (d FileDoc) Text() string { return strings.ReplaceAll(d.Meaning, "`", "") }
+func (d FileDoc) Text() string { return plainText(d.Meaning) }
 
 // FilesTable is the one FILES table that the man page (ManPage) and the
 // README (FilesMarkdown; TestFilesDocumented compares) show.

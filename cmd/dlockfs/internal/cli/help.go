@@ -47,6 +47,6 @@ func exitCodesText() string {
 	for _, r := range ExitCodeTable() {
 		fmt.Fprintf(&b, "  %3d  %s\n", r.Code, r.Text())
 	}
-	b.WriteString("  " + strings.ReplaceAll(exitCodesNote, "`", "") + "\n")
+	b.WriteString("  " + plainText(exitCodesNote) + "\n")
 	return b.String()
 }

@@ -48,7 +48,7 @@ func ManPage(cmds []Command) string {
 	for _, r := range ExitCodeTable() {
 		fmt.Fprintf(&b, ".TP\n.B %d\n%s\n", r.Code, roffLine(r.Text()))
 	}
-	b.WriteString(".PP\n" + roffLine(strings.ReplaceAll(exitCodesNote, "`", "")) + "\n")
+	b.WriteString(".PP\n" + roffLine(plainText(exitCodesNote)) + "\n")
 
 	b.WriteString(".SH EXAMPLES\n.nf\n")
 	_, quick, _ := strings.Cut(Overview(cmds), "Quick start")
