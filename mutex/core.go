@@ -928,7 +928,6 @@ func (c *Core) Status() Status {
 		s.Members = append(s.Members, MemberStatus{Name: n, Incarnation: c.members[n]})
 	}
 	s.Quorum = c.quorumStatus()
-	defer c.faultStatus(&s)
 	for _, l := range c.sortedLocks() {
 		if l.name == cfgLock {
 			continue
@@ -957,5 +956,6 @@ func (c *Core) Status() Status {
 		}
 		s.Locks = append(s.Locks, ls)
 	}
+	c.faultStatus(&s) // not deferred: a deferred call runs after s is copied out
 	return s
 }

@@ -963,3 +963,29 @@ func TestManyLocksLeaveNothing(t *testing.T) {
 			n, len(a.locks), len(a.openers), len(a.f.stamped), len(a.f.owed), len(a.f.holds))
 	}
 }
+
+// TestStatusNamesSuspect: a member that owes an answer past the
+// answer-timeout is listed in Status.Suspects, and as slow on the lock.
+func TestStatusNamesSuspect(t *testing.T) {
+	a, err := New(Config{Name: "a", Incarnation: 1, AnswerTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.AddMember("b", 2)
+	a.Tick(time.Millisecond)
+	if err := a.Acquire(1, "x"); err != nil {
+		t.Fatal(err)
+	}
+	a.Ready() // the request to b, which never answers
+	for now := time.Millisecond; now <= 2*time.Second; now += 50 * time.Millisecond {
+		a.Tick(now)
+		a.Ready()
+	}
+	s := a.Status()
+	if len(s.Suspects) != 1 || s.Suspects[0].Name != "b" || s.Suspects[0].Lock != "x" {
+		t.Errorf("Suspects %+v, want b owing its answer on x", s.Suspects)
+	}
+	if len(s.Locks) != 1 || len(s.Locks[0].Slow) != 1 || s.Locks[0].Slow[0].Name != "b" {
+		t.Errorf("Locks %+v, want b slow on x", s.Locks)
+	}
+}
