@@ -723,15 +723,6 @@ func (c *Core) faultStatus(s *Status) {
 		sus := f.sus[p]
 		s.Suspects = append(s.Suspects, Suspect{Name: p, Lock: sus.lock, ReqTime: sus.ts, For: f.now - sus.since, Probe: sus.probe})
 	}
-	slices.SortStableFunc(s.Suspects, func(a, b Suspect) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
 	for i := range s.Locks {
 		ls := &s.Locks[i]
 		if ls.Phase != Requesting {
