@@ -2,7 +2,11 @@ package testutil
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,22 +50,61 @@ func (s *SyncBuffer) String() string {
 }
 
 // FreeAddr returns 127.0.0.1:PORT with PORT free for both TCP and UDP (Serf
-// needs both) at the time of the call.
+// needs both) and PORT+1 free for TCP (a peer's lock channel defaults to the
+// next port) at the time of the call.
+//
+// PORT is even and lies below the kernel's ephemeral range, so no two calls
+// hand out overlapping pairs and no outgoing connection elsewhere on the
+// machine takes PORT+1 between the check and the test's bind: asking the
+// kernel for port 0 did both, and a peer then found its lock port taken.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err == nil {
-			u.Close()
-			return addr
+	lo, hi := 10000, ephemeralLow()
+	for range 200 {
+		port := lo + 2*rand.IntN((hi-lo)/2)
+		if portsFree(port) {
+			return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		}
 	}
-	t.Fatal("no free TCP+UDP port on 127.0.0.1 in 50 tries")
+	t.Fatalf("no free TCP+UDP port pair on 127.0.0.1 in [%d, %d) in 200 tries", lo, hi)
 	return ""
+}
+
+// portsFree says whether TCP and UDP port and TCP port+1 can be bound on
+// 127.0.0.1 now.
+func portsFree(port int) bool {
+	addr := func(p int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)) }
+	l, err := net.Listen("tcp", addr(port))
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	u, err := net.ListenPacket("udp", addr(port))
+	if err != nil {
+		return false
+	}
+	defer u.Close()
+	l1, err := net.Listen("tcp", addr(port+1))
+	if err != nil {
+		return false
+	}
+	return l1.Close() == nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range, or 32768
+// (Linux's default) when /proc does not say.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil || n < 12000 {
+		return 32768
+	}
+	return n
 }

@@ -83,3 +83,31 @@ func TestFreeAddr(t *testing.T) {
 	}
 	l.Close()
 }
+
+// FreeAddr hands out an even port below the ephemeral range whose next port
+// is free for a peer's lock channel, and never the same pair twice in a row
+// while the first is in use.
+func TestFreeAddrPairs(t *testing.T) {
+	a := FreeAddr(t)
+	_, ps, err := net.SplitHostPort(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var port int
+	if _, err := fmt.Sscan(ps, &port); err != nil {
+		t.Fatal(err)
+	}
+	if port%2 != 0 || port >= ephemeralLow() {
+		t.Fatalf("FreeAddr gave %s: want an even port below %d", a, ephemeralLow())
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", fmt.Sprint(port+1)))
+	if err != nil {
+		t.Fatalf("the lock port after %s: %v", a, err)
+	}
+	defer l.Close()
+	for range 20 {
+		if b := FreeAddr(t); b == a {
+			t.Fatalf("FreeAddr gave %s again while its lock port is taken", a)
+		}
+	}
+}
