@@ -942,6 +942,22 @@ func TestSimulationMajorityCatchesBugs(t *testing.T) {
 	}
 }
 
+// TestSimulationMajoritySoakFinds replays the seeds on which the soak once
+// failed, in the soak's configuration.
+//   - 1001151: a voter that declared another before it knew the other's
+//     incarnation kept refusing it after learning it, but had dropped its
+//     own vote, so it never counted itself and nobody reached a majority:
+//     p2's request waited for the dead voter for good.
+func TestSimulationMajoritySoakFinds(t *testing.T) {
+	for _, seed := range []int64{1001151} {
+		s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true, shared: seed%2 == 0}))
+		s.run()
+		if s.failed != "" {
+			t.Fatal(s.report())
+		}
+	}
+}
+
 // TestSimulationMajoritySoak runs DLOCKFS_QSOAK random steps in total.
 func TestSimulationMajoritySoak(t *testing.T) {
 	total, _ := strconv.Atoi(os.Getenv("DLOCKFS_QSOAK"))

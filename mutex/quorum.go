@@ -764,7 +764,11 @@ func (c *Core) incMatch(v string, p *qpeer, inc uint64) bool {
 func (c *Core) maybeDeclare(v string) {
 	q := c.q
 	p := q.peer(v)
-	if p.declared && p.refused >= p.session {
+	// A first incarnation declared before we knew it is refused, but
+	// quorumAddMember cleared the votes: unless it speaks first, declare
+	// it again once the rules below allow, or we never count ourselves
+	// and the others may never reach a majority (soak seed 1001151).
+	if _, voted := p.votes[c.cfg.Name]; p.declared && p.refused >= p.session && (voted || !p.refuseFirst) {
 		return
 	}
 	since := q.bootAt
