@@ -160,7 +160,7 @@ type quorum struct {
 
 	// Faults injected by tests only; the simulation must catch each.
 	bugNoDelay       bool // declare a silent voter evicted at once
-	bugAdmitAlone    bool // commit a voter set change without a majority
+	bugGraceOnWake   bool // a revoked hold's grace runs from when it is noticed
 	bugMinorityLease bool // a lease granted by anyone counts
 }
 
@@ -432,9 +432,15 @@ func (c *Core) reset() {
 				// passes (Chubby's lock-delay). A peer cut off gives
 				// its holder as long: the others evict it only a
 				// lock-delay after their last grant.
+				// The grace runs from the lease's end: a daemon that was
+				// paused past it finds it over (soak seed 1001397: the
+				// others had evicted it and granted the lock).
 				clear(l.perm)
 				if !l.revoked {
-					l.revoked, l.revokedAt = true, q.now
+					l.revoked, l.revokedAt = true, min(q.now, q.leaseUntil)
+					if q.bugGraceOnWake {
+						l.revokedAt = q.now
+					}
 					q.revokedHeld++
 					q.revocations++
 					for _, w := range l.queue[:l.group] {
@@ -1180,7 +1186,7 @@ func (c *Core) checkCommit() {
 			n++
 		}
 	}
-	if n >= majority(len(op.old)) || c.q.bugAdmitAlone {
+	if n >= majority(len(op.old)) {
 		c.endChange(true)
 	}
 }
