@@ -162,6 +162,9 @@ type quorum struct {
 	bugNoDelay       bool // declare a silent voter evicted at once
 	bugGraceOnWake   bool // a revoked hold's grace runs from when it is noticed
 	bugMinorityLease bool // a lease granted by anyone counts
+	// bugHits counts the decisions a planted bug changed, so that a test
+	// can tell a catch through the bug from one through another fault.
+	bugHits int
 }
 
 func newQuorum(cfg Config) *quorum {
@@ -363,8 +366,14 @@ func (c *Core) checkRound(r *leaseRound) {
 			n++
 		}
 	}
-	if (n < majority(len(q.voters)) && !q.bugMinorityLease) || r.sentAt+q.lease <= q.now {
+	if r.sentAt+q.lease <= q.now {
 		return
+	}
+	if n < majority(len(q.voters)) {
+		if !q.bugMinorityLease {
+			return
+		}
+		q.bugHits++
 	}
 	if !q.leased || r.sentAt+q.lease > q.leaseUntil {
 		q.leaseUntil = r.sentAt + q.lease
@@ -438,8 +447,9 @@ func (c *Core) reset() {
 				clear(l.perm)
 				if !l.revoked {
 					l.revoked, l.revokedAt = true, min(q.now, q.leaseUntil)
-					if q.bugGraceOnWake {
+					if q.bugGraceOnWake && q.now > q.leaseUntil {
 						l.revokedAt = q.now
+						q.bugHits++
 					}
 					q.revokedHeld++
 					q.revocations++
@@ -782,8 +792,11 @@ func (c *Core) maybeDeclare(v string) {
 		since = max(since, p.lastGrant)
 	}
 	if p.evicted && c.suspected(v) {
-		if q.now-since < q.delay && !q.bugNoDelay {
-			return // we granted it lately: its lease may still run
+		if q.now-since < q.delay {
+			if !q.bugNoDelay {
+				return // we granted it lately: its lease may still run
+			}
+			q.bugHits++
 		}
 		// Back in a later session without answering: it stays
 		// evicted here, and gets neither grant nor reply from us
@@ -803,8 +816,11 @@ func (c *Core) maybeDeclare(v string) {
 	if !p.down && q.now-p.lastHeard < q.lease && !c.suspected(v) {
 		return
 	}
-	if q.now-since < q.delay && !q.bugNoDelay {
-		return
+	if q.now-since < q.delay {
+		if !q.bugNoDelay {
+			return
+		}
+		q.bugHits++
 	}
 	p.declared, p.refused = true, p.session
 	p.votes[c.cfg.Name] = evVote{session: p.session, inc: p.inc, reserve: p.resv}
