@@ -924,8 +924,7 @@ func TestSimulationMajorityCatchesBugs(t *testing.T) {
 	skipUnderRace(t)
 	// Searching from the seeds below (DLOCKFS_BUGSEARCH=1: from seed 1),
 	// each bug is caught at: nodelay 763, graceonwake 6300, minoritylease
-	// 43; each run starts a little before it to keep CI
-	// short. An earlier planted bug, admitalone (commit a voter set change
+	// 43; each run starts a little before it to keep CI short. An earlier planted bug, admitalone (commit a voter set change
 	// without a majority's acknowledgement), was "caught" at 6300 only
 	// through graceonwake, then a real fault of the core; with that fixed
 	// it went unnoticed in 20,000 seeds of 2,000 steps and 800 runs of
@@ -957,6 +956,12 @@ func TestSimulationMajorityCatchesBugs(t *testing.T) {
 	}
 }
 
+// soakQsim is the soak's run for seed: 20,000 steps with faults, readers
+// on even seeds.
+func soakQsim(t testing.TB, seed int64) *qsim {
+	return newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true, shared: seed%2 == 0}))
+}
+
 // TestSimulationMajoritySoakFinds replays the seeds on which the soak once
 // failed, in the soak's configuration.
 //   - 1001151: a voter that declared another before it knew the other's
@@ -968,7 +973,7 @@ func TestSimulationMajorityCatchesBugs(t *testing.T) {
 //     its grace when it woke, holding beside the new holder.
 func TestSimulationMajoritySoakFinds(t *testing.T) {
 	for _, seed := range []int64{1001151, 1001397} {
-		s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true, shared: seed%2 == 0}))
+		s := soakQsim(t, seed)
 		s.run()
 		if s.failed != "" {
 			t.Fatal(s.report())
@@ -988,7 +993,7 @@ func TestSimulationMajoritySoak(t *testing.T) {
 		first, only = seeds(t, 1)[0], true
 	}
 	for seed := first; st.steps < total; seed++ {
-		s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true, shared: seed%2 == 0}))
+		s := soakQsim(t, seed)
 		s.run()
 		if s.failed != "" {
 			t.Fatal(s.report())

@@ -167,6 +167,15 @@ type quorum struct {
 	bugHits int
 }
 
+// planted reports whether planted bug is on, counting it in bugHits when
+// it is: call it only where the bug changes the decision.
+func (q *quorum) planted(bug bool) bool {
+	if bug {
+		q.bugHits++
+	}
+	return bug
+}
+
 func newQuorum(cfg Config) *quorum {
 	return &quorum{lease: cfg.Lease, delay: cfg.LockDelay, peers: map[string]*qpeer{}}
 }
@@ -369,11 +378,8 @@ func (c *Core) checkRound(r *leaseRound) {
 	if r.sentAt+q.lease <= q.now {
 		return
 	}
-	if n < majority(len(q.voters)) {
-		if !q.bugMinorityLease {
-			return
-		}
-		q.bugHits++
+	if n < majority(len(q.voters)) && !q.planted(q.bugMinorityLease) {
+		return
 	}
 	if !q.leased || r.sentAt+q.lease > q.leaseUntil {
 		q.leaseUntil = r.sentAt + q.lease
@@ -447,9 +453,8 @@ func (c *Core) reset() {
 				clear(l.perm)
 				if !l.revoked {
 					l.revoked, l.revokedAt = true, min(q.now, q.leaseUntil)
-					if q.bugGraceOnWake && q.now > q.leaseUntil {
+					if q.now > q.leaseUntil && q.planted(q.bugGraceOnWake) {
 						l.revokedAt = q.now
-						q.bugHits++
 					}
 					q.revokedHeld++
 					q.revocations++
@@ -626,6 +631,10 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	if p.refuseFirst {
 		p.refuseFirst = false
 		p.refused = max(p.refused, m.Session)
+		if own, ok := p.votes[c.cfg.Name]; ok {
+			own.session = p.refused // the session we now refuse
+			p.votes[c.cfg.Name] = own
+		}
 	}
 	if m.Session > p.session {
 		p.session = m.Session
@@ -780,11 +789,7 @@ func (c *Core) incMatch(v string, p *qpeer, inc uint64) bool {
 func (c *Core) maybeDeclare(v string) {
 	q := c.q
 	p := q.peer(v)
-	// A first incarnation declared before we knew it is refused, but
-	// quorumAddMember cleared the votes: unless it speaks first, declare
-	// it again once the rules below allow, or we never count ourselves
-	// and the others may never reach a majority (soak seed 1001151).
-	if _, voted := p.votes[c.cfg.Name]; p.declared && p.refused >= p.session && (voted || !p.refuseFirst) {
+	if p.declared && p.refused >= p.session {
 		return
 	}
 	since := q.bootAt
@@ -792,11 +797,8 @@ func (c *Core) maybeDeclare(v string) {
 		since = max(since, p.lastGrant)
 	}
 	if p.evicted && c.suspected(v) {
-		if q.now-since < q.delay {
-			if !q.bugNoDelay {
-				return // we granted it lately: its lease may still run
-			}
-			q.bugHits++
+		if q.now-since < q.delay && !q.planted(q.bugNoDelay) {
+			return // we granted it lately: its lease may still run
 		}
 		// Back in a later session without answering: it stays
 		// evicted here, and gets neither grant nor reply from us
@@ -816,11 +818,8 @@ func (c *Core) maybeDeclare(v string) {
 	if !p.down && q.now-p.lastHeard < q.lease && !c.suspected(v) {
 		return
 	}
-	if q.now-since < q.delay {
-		if !q.bugNoDelay {
-			return
-		}
-		q.bugHits++
+	if q.now-since < q.delay && !q.planted(q.bugNoDelay) {
+		return
 	}
 	p.declared, p.refused = true, p.session
 	p.votes[c.cfg.Name] = evVote{session: p.session, inc: p.inc, reserve: p.resv}
@@ -959,11 +958,18 @@ func (c *Core) quorumAddMember(name string, inc uint64, restarted bool) {
 		}
 		// Declared before we knew any incarnation of it: that
 		// declaration may have been counted against this one.
+		// Our own vote stands (we refuse its first session): without
+		// it we would never count ourselves, and the others might
+		// never reach a majority (soak seed 1001151).
 		first := p.inc == 0 && p.declared
+		own, voted := p.votes[c.cfg.Name]
 		*p = qpeer{inc: inc, lastHeard: q.now, resvPrev: p.resvPrev, votes: p.votes}
 		clear(p.votes)
 		if first {
 			p.declared, p.refuseFirst = true, true
+			if voted {
+				p.votes[c.cfg.Name] = evVote{session: own.session, inc: inc, reserve: own.reserve}
+			}
 		}
 	}
 	p.down = false
