@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -26,8 +27,9 @@ const (
 	// 127.0.0.1: 5.3 s median, 6.3 s worst at 3 peers, 7.3 s worst at 5.
 	// A graceful leave is seen in 0.4-0.8 s. About 0.1% of a core per peer.
 	// On the minority side of a partition detection is slower (Serf's
-	// suspicion timeout only shrinks as others confirm it): 14-21 s
-	// measured for 2 of 5 peers. A healed partition merges within about
+	// suspicion timeout only shrinks as others confirm it): 13-21 s
+	// measured for 2 of 5 peers, over 30 s once in CI under the race
+	// detector; [DetectionBound] gives 28.5 s. A healed partition merges within about
 	// 5 s (reconnectInterval).
 	ProfileLAN = "lan"
 	// ProfileWAN uses memberlist.DefaultWANConfig: probe every 5 s, probe
@@ -49,6 +51,24 @@ const (
 	// merges within about 1 s (reconnectInterval).
 	ProfileFast = "fast"
 )
+
+// DetectionBound is the longest that Serf, with profile's timers in a
+// cluster of members peers, takes to declare a crashed or cut-off member
+// failed when no other member confirms the suspicion (the minority side of
+// a partition, or a cluster of two): the probe round until the member's
+// turn comes, the probe timeout, and memberlist's longest suspicion
+// timeout (SuspicionMaxTimeoutMult × SuspicionMult × max(1, log10 N) ×
+// the probe interval). For the lan profile and 5 peers it is 28.5 s. It
+// leaves out the event's way from memberlist to the peer and CPU
+// starvation; confirmations from other members only shorten it.
+func DetectionBound(profile string, members int) time.Duration {
+	mc, _ := profileTimers(profile)
+	n := max(members, 1)
+	round := time.Duration(n-1) * mc.ProbeInterval
+	scale := max(1, math.Log10(float64(n)))
+	suspicion := time.Duration(float64(mc.SuspicionMult) * scale * float64(mc.ProbeInterval))
+	return round + mc.ProbeTimeout + time.Duration(mc.SuspicionMaxTimeoutMult)*suspicion
+}
 
 // reconnectInterval is how often Serf tries to reach a member it believes
 // failed. After a partition heals, the two sides merge only when one of

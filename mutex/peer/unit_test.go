@@ -110,6 +110,29 @@ func coreMembers(p *Peer) map[string]uint64 {
 	return got
 }
 
+// TestDetectionBound checks the bound against memberlist's timers worked
+// out by hand.
+func TestDetectionBound(t *testing.T) {
+	for _, tc := range []struct {
+		profile string
+		members int
+		want    time.Duration
+	}{
+		// 4 probes of 1 s, 500 ms timeout, 6 × 4 × 1 s.
+		{ProfileLAN, 5, 28500 * time.Millisecond},
+		// 1 probe, 500 ms, 6 × 4 × 1 s.
+		{ProfileLAN, 2, 25500 * time.Millisecond},
+		// 4 × 100 ms, 50 ms, 6 × 3 × 100 ms.
+		{ProfileFast, 5, 2250 * time.Millisecond},
+		// 99 × 5 s, 3 s, 6 × 6 × 2 × 5 s (log10 100 = 2).
+		{ProfileWAN, 100, 858 * time.Second},
+	} {
+		if got := DetectionBound(tc.profile, tc.members); got != tc.want {
+			t.Errorf("DetectionBound(%q, %d) = %v, want %v", tc.profile, tc.members, got, tc.want)
+		}
+	}
+}
+
 // The rules that map Serf's member events onto the core.
 func TestMemberEvents(t *testing.T) {
 	type ev struct {

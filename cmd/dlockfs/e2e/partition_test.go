@@ -146,7 +146,10 @@ func partition(t *testing.T, profile string, cutFor time.Duration) {
 	waitWaiting(t, d, "lock", 1)
 	waitQueued(t, a, "lock", d.name)
 
-	detectTimeout := startTimeout
+	// Each side detects the other without confirmation from a third
+	// side: up to Serf's longest suspicion timeout (28.5 s for lan). CI
+	// once took over 30 s under the race detector; twice the bound.
+	detectTimeout := max(startTimeout, 2*peer.DetectionBound(profile, len(nodes)))
 	bSeesD := watchMember(b, d.name, peer.MemberFailed, detectTimeout)
 	dSeesA := watchMember(d, a.name, peer.MemberFailed, detectTimeout)
 	cut := nowMicros()
