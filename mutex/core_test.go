@@ -989,3 +989,35 @@ func TestStatusNamesSuspect(t *testing.T) {
 		t.Errorf("Locks %+v, want b slow on x", s.Locks)
 	}
 }
+
+// TestSuspectGoneReported: a suspected member that Serf then drops is
+// reported as gone, not as answering again (the log said "answers again"
+// of a peer cut off by a partition).
+func TestSuspectGoneReported(t *testing.T) {
+	a, err := New(Config{Name: "a", Incarnation: 1, AnswerTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.AddMember("b", 2)
+	a.Tick(time.Millisecond)
+	if err := a.Acquire(1, "x"); err != nil {
+		t.Fatal(err)
+	}
+	var faults []FaultReport
+	for now := time.Millisecond; now <= 2*time.Second; now += 50 * time.Millisecond {
+		a.Tick(now)
+		faults = append(faults, a.Ready().Faults...)
+	}
+	if len(faults) != 1 || faults[0].Kind != FaultSuspect || faults[0].Peer != "b" {
+		t.Fatalf("faults %v, want b suspected", faults)
+	}
+	a.RemoveMember("b")
+	a.Tick(2100 * time.Millisecond) // the fault sweep runs on ticks
+	rd := a.Ready()
+	if len(rd.Faults) != 1 || rd.Faults[0].Kind != FaultAnswered || rd.Faults[0].Why != answeredGone {
+		t.Errorf("after b is removed: faults %v, want b answered, gone", rd.Faults)
+	}
+	if len(rd.Grants) != 1 {
+		t.Errorf("after b is removed: %d grants, want 1", len(rd.Grants))
+	}
+}

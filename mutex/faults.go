@@ -178,7 +178,9 @@ const (
 	// FaultSuspect: Peer has owed an answer to our request ReqTime on
 	// Lock for For (or, with Lock empty, left a probe unanswered for For).
 	FaultSuspect FaultKind = iota + 1
-	// FaultAnswered: Peer, suspected before, owes nothing overdue now.
+	// FaultAnswered: Peer, suspected before, owes nothing overdue now:
+	// it answered, or (Why is "gone") it failed, left, restarted or is no
+	// longer a voter.
 	FaultAnswered
 	// FaultSuspectedBy: Peer suspects us of owing an answer to its
 	// request ReqTime on Lock; we answer it again.
@@ -231,8 +233,12 @@ type FaultReport struct {
 	Lock    string
 	ReqTime uint64
 	For     time.Duration
-	Why     string // FaultForged only
+	Why     string // FaultForged: how; FaultAnswered: "gone" or empty
 }
+
+// answeredGone is a FaultAnswered report's Why when the suspected member
+// owes nothing because it is no longer the member it was.
+const answeredGone = "gone"
 
 // String renders the report for logs and failing tests.
 func (r FaultReport) String() string {
@@ -426,10 +432,14 @@ func (c *Core) scanFaults() {
 		case (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member),
 			sus.answered && !owes && (pr == nil || !pr.open),
 			(sus.probe || sus.forgedAt != 0) && !owes && (pr == nil || !pr.open):
+			r := FaultReport{Kind: FaultAnswered, Peer: p}
+			if !member || inc != sus.inc || (c.q != nil && !c.q.isVoter(p)) {
+				r.Why = answeredGone
+			}
 			delete(f.sus, p)
 			delete(f.told, p)
 			changed = true
-			c.report(FaultReport{Kind: FaultAnswered, Peer: p})
+			c.report(r)
 			c.rejoin(p)
 			continue
 		}

@@ -30,6 +30,11 @@ func (p *Peer) logFaults(rs []mutex.FaultReport) {
 		case mutex.FaultAnswered:
 			// At the level its suspicion was logged at, so that the default
 			// level shows both.
+			if r.Why != "" {
+				p.log.Warn("suspected member is gone (failed, left, restarted or no longer a voter): "+
+					"no longer suspected", "member", r.Peer)
+				continue
+			}
 			p.log.Warn("suspected member answers again: no longer suspected", "member", r.Peer)
 		case mutex.FaultSuspectedBy:
 			p.log.Warn("a member suspects this peer of not answering its request; answering again",
