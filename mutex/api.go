@@ -54,10 +54,10 @@ const (
 	// MsgConfigAck acknowledges voter set version Config.
 	MsgConfigAck MsgType = 10
 	// MsgDeferred answers the request ReqTime on Lock: the sender defers
-	// it (it holds the lock, marked Try, or asked for it first) and
-	// replies once it is done. A request so answered is not owed any more
-	// (see Config.AnswerTimeout), unless the holder holds beyond
-	// Config.MaxHold.
+	// it (it holds the lock, marked Try with its token in Reserve, or
+	// asked for it first) and replies once it is done. A request so
+	// answered is not owed any more (see Config.AnswerTimeout), unless the
+	// holder holds beyond Config.MaxHold.
 	MsgDeferred MsgType = 11
 	// MsgSuspect reports that Target has owed the sender an answer to
 	// its request ReqTime on Lock for longer than the answer-timeout

@@ -1021,3 +1021,52 @@ func TestSuspectGoneReported(t *testing.T) {
 		t.Errorf("after b is removed: %d grants, want 1", len(rd.Grants))
 	}
 }
+
+// TestHoldTimedAcrossRequests: a holder that keeps deferring our requests
+// is timed against MaxHold from when we first learnt of its hold, not
+// afresh for each request after a cancel (fsim hog seed 529).
+func TestHoldTimedAcrossRequests(t *testing.T) {
+	a, err := New(Config{Name: "a", Incarnation: 1, AnswerTimeout: time.Second, MaxHold: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.AddMember("b", 2)
+	now := time.Millisecond
+	a.Tick(now)
+	var suspectedAt time.Duration
+	step := func(until time.Duration, defer_ bool) {
+		for ; now < until; now += 10 * time.Millisecond {
+			a.Tick(now)
+			rd := a.Ready()
+			for _, m := range rd.Messages {
+				if defer_ && m.Type == MsgProbe && m.Target == "a" {
+					// b holds x (token 7) and defers our request.
+					d := Message{Type: MsgDeferred, From: "b", FromIncarnation: 2, To: "a", ToIncarnation: 1, Lock: m.Lock,
+						ReqTime: m.ReqTime, Try: true, Reserve: 7, Time: m.Time}
+					if err := a.Step(d); err != nil {
+						t.Fatalf("deferral: %v", err)
+					}
+				}
+			}
+			for _, f := range rd.Faults {
+				if f.Kind == FaultSuspect && suspectedAt == 0 {
+					suspectedAt = now
+				}
+			}
+		}
+	}
+	if err := a.Acquire(1, "x"); err != nil {
+		t.Fatal(err)
+	}
+	step(1500*time.Millisecond, true) // learnt of b's hold at 0.5 s
+	a.Cancel(1)
+	if err := a.Acquire(2, "x"); err != nil {
+		t.Fatal(err)
+	}
+	step(6*time.Second, true)
+	// Learnt at 0.5 s; suspected at MaxHold plus the lock-delay (plain
+	// mode: the answer-timeout) later, within a scan's cadence.
+	if suspectedAt == 0 || suspectedAt > 3600*time.Millisecond {
+		t.Errorf("b suspected at %v, want by 3.6 s (its hold learnt of at 0.5 s, MaxHold 2 s, delay 1 s)", suspectedAt)
+	}
+}

@@ -96,6 +96,7 @@ type faults struct {
 	sus      map[string]*suspicion    // the members we suspect
 	told     map[string]time.Duration // last MsgSuspect we sent about a member
 	probes   map[string]*probe        // by suspect
+	seen     map[[2]string]seenHold   // by member and lock: its holds as we learnt of them
 	selfSus  uint64                   // the session whose eviction we last reported
 	backFrom uint64                   // ... plus one, until a lease in such a session is reported (0: none)
 	heard    map[string]heardTime     // the highest Time received from each member
@@ -114,6 +115,13 @@ type faults struct {
 	bugBreakGrants   bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
 	bugAnswerSuspect bool // a release answers the deferred requests of an evicted suspect too
 	bugLateWithhold  bool // a voter told of a suspect grants it until it suspects it too
+}
+
+// seenHold is a member's hold of a lock as we learnt of it, from its
+// deferrals of our requests and its acknowledgements of our probes.
+type seenHold struct {
+	inc, token  uint64
+	since, last time.Duration // first learnt; last relied on
 }
 
 // holdStart is when our hold of a lock (token) began.
@@ -149,7 +157,8 @@ func newFaults(cfg Config) *faults {
 	}
 	return &faults{timeout: cfg.AnswerTimeout, maxHold: cfg.MaxHold, delay: delay, holds: map[string]holdStart{},
 		owed: map[owedKey]*owed{}, sus: map[string]*suspicion{},
-		told: map[string]time.Duration{}, probes: map[string]*probe{}, heard: map[string]heardTime{},
+		told: map[string]time.Duration{}, probes: map[string]*probe{}, seen: map[[2]string]seenHold{},
+		heard:   map[string]heardTime{},
 		stamped: map[string]stampedSeen{}, breaks: map[string]*breakQuery{}}
 }
 
@@ -159,6 +168,34 @@ func (f *faults) shrink() {
 	f.stamped = remake(f.stamped)
 	f.owed = remake(f.owed)
 	f.holds = remake(f.holds)
+	f.seen = remake(f.seen)
+}
+
+// holdSeen records that member p (incarnation inc) holds lock under token,
+// and returns since when we know that hold: the same hold keeps its start
+// across our requests, so that a requester that cancels and asks again does
+// not restart the MaxHold clock (a hog's waiters came and went, and it held
+// for long before any of them suspected it). Token 0 (a sender that does
+// not say) is never the same hold.
+func (f *faults) holdSeen(p string, inc uint64, lock string, token uint64) time.Duration {
+	k := [2]string{p, lock}
+	h, ok := f.seen[k]
+	if !ok || h.inc != inc || h.token != token || token == 0 {
+		h = seenHold{inc: inc, token: token, since: f.now}
+	}
+	h.last = f.now
+	f.seen[k] = h
+	return h.since
+}
+
+// relyOnHold marks p's hold of lock as still relied on: kept while one of
+// our requests or probes is deferred by it, and for an answer-timeout after.
+func (f *faults) relyOnHold(p, lock string) {
+	k := [2]string{p, lock}
+	if h, ok := f.seen[k]; ok {
+		h.last = f.now
+		f.seen[k] = h
+	}
 }
 
 // remake returns a copy of m sized for what it holds now.
@@ -368,6 +405,9 @@ func (c *Core) scanFaults() {
 				o.nudged, o.nudgedAt = true, f.now
 				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: l.name, ReqTime: l.reqTime})
 			}
+			if o.holding {
+				f.relyOnHold(p, l.name)
+			}
 			hogging := f.maxHold > 0 && o.holding && f.now-o.heldSince >= f.maxHold+f.delay && !f.bugNoMaxHold
 			if (o.deferred && !hogging) || f.now-o.since < f.timeout || !c.faultTarget(p) || f.bugNoSuspect {
 				continue
@@ -380,6 +420,11 @@ func (c *Core) scanFaults() {
 	for k := range f.owed {
 		if !seen[k] {
 			delete(f.owed, k)
+		}
+	}
+	for k, h := range f.seen {
+		if f.now-h.last >= f.timeout {
+			delete(f.seen, k)
 		}
 	}
 	changed := false
@@ -474,7 +519,10 @@ func (c *Core) probeAcked(m Message) {
 		case m.TargetInc == 0:
 			pr.holdLock = ""
 		case pr.holdLock != m.Lock || pr.holdToken != m.Reserve:
-			pr.holdLock, pr.holdToken, pr.holdSince = m.Lock, m.Reserve, c.f.now
+			since := c.f.holdSeen(m.From, m.FromIncarnation, m.Lock, m.Reserve)
+			pr.holdLock, pr.holdToken, pr.holdSince = m.Lock, m.Reserve, since
+		default:
+			c.f.relyOnHold(m.From, m.Lock)
 		}
 	}
 	c.answered(m.From)
@@ -613,7 +661,7 @@ func (c *Core) onDeferred(m Message) error {
 		}
 		o.deferred = true
 		if m.Try && !o.holding {
-			o.holding, o.heldSince = true, f.now
+			o.holding, o.heldSince = true, f.holdSeen(m.From, m.FromIncarnation, m.Lock, m.Reserve)
 		}
 	}
 	c.answered(m.From)
@@ -698,7 +746,11 @@ func (c *Core) reanswer(p, lock string, ts uint64) {
 		c.answer(MsgBusy, p, lock, ts)
 	case in.state == inDeferred:
 		l := c.locks[lock]
-		c.send(Message{Type: MsgDeferred, To: p, Lock: lock, ReqTime: ts, Try: l.phase == Holding})
+		d := Message{Type: MsgDeferred, To: p, Lock: lock, ReqTime: ts, Try: l.phase == Holding}
+		if d.Try {
+			d.Reserve = l.token // the requester times the hold (MaxHold) across its requests
+		}
+		c.send(d)
 	}
 }
 
