@@ -169,7 +169,7 @@ func (c *Core) breakHolder(p, lock string, token uint64, by string) {
 	}
 	f.broken++
 	q.nextCheck = q.now
-	if f.bugBreakGrants {
+	if f.planted(f.bugBreakGrants) {
 		// Wrong: as if it were evicted already, its hold still on.
 		for _, l := range c.sortedLocks() {
 			delete(l.awaiting, p)

@@ -46,6 +46,18 @@ type Core struct {
 	// request serve an exclusive one (the mistake the simulation found
 	// first: a reader answers readers while it holds).
 	bugSharedPermServesWriter bool
+	// bugHits counts the decisions a planted bug changed (see
+	// quorum.bugHits).
+	bugHits int
+}
+
+// planted reports whether planted bug is on, counting it in bugHits when
+// it is: call it only where the bug changes the decision.
+func (c *Core) planted(bug bool) bool {
+	if bug {
+		c.bugHits++
+	}
+	return bug
 }
 
 type waiter struct {
@@ -269,12 +281,9 @@ func (c *Core) canJoin(l *lockState) bool {
 		l.name == cfgLock || !c.leaseValid() {
 		return false
 	}
-	if c.bugJoinPastWriter {
-		return true
-	}
 	for _, in := range l.in {
 		if in.state == inDeferred && !in.shared {
-			return false
+			return c.planted(c.bugJoinPastWriter)
 		}
 	}
 	return true
@@ -377,7 +386,7 @@ func (c *Core) startRequest(l *lockState) {
 // hasPerm reports whether the permission of peer p that l keeps serves l's
 // outstanding request.
 func (c *Core) hasPerm(l *lockState, p string) bool {
-	return l.perm[p] && (l.shared || !l.sharedOnly[p] || c.bugSharedPermServesWriter)
+	return l.perm[p] && (l.shared || !l.sharedOnly[p] || c.planted(c.bugSharedPermServesWriter))
 }
 
 // ask sends peer p the outstanding request of l and awaits its answer (a
@@ -431,7 +440,7 @@ func (c *Core) maybeEnter(l *lockState) {
 	}
 	l.phase = Holding
 	l.token = uint64(c.clock.Increment())
-	if c.bugSharedToken && l.shared {
+	if l.shared && c.planted(c.bugSharedToken) {
 		l.token = l.reqTime
 	}
 	if l.name == cfgLock {
@@ -480,7 +489,7 @@ func (c *Core) endTurn(l *lockState) {
 			continue
 		}
 		in.state = inReplied
-		if !c.bugKeepPermOnRelease {
+		if !l.perm[p] || !c.planted(c.bugKeepPermOnRelease) {
 			delete(l.perm, p)
 		}
 		c.answer(MsgReply, p, l.name, in.ts)
@@ -674,10 +683,10 @@ func (c *Core) onRequest(m Message) error {
 	// Readers–writers form: only a conflict (either side a writer) is
 	// deferred; a reader never waits for a reader.
 	conflict := !(l.shared && m.Shared)
-	if c.bugReadersConflict {
+	if !conflict && c.planted(c.bugReadersConflict) {
 		conflict = true
 	}
-	if c.bugReaderAnswersWriter && l.shared && l.phase == Holding {
+	if conflict && l.shared && l.phase == Holding && c.planted(c.bugReaderAnswersWriter) {
 		conflict = false
 	}
 	deferIt := conflict && (l.phase == Holding ||

@@ -115,6 +115,18 @@ type faults struct {
 	bugBreakGrants   bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
 	bugAnswerSuspect bool // a release answers the deferred requests of an evicted suspect too
 	bugLateWithhold  bool // a voter told of a suspect grants it until it suspects it too
+	// bugHits counts the decisions a planted bug changed (see
+	// quorum.bugHits).
+	bugHits int
+}
+
+// planted reports whether planted bug is on, counting it in bugHits when
+// it is: call it only where the bug changes the decision.
+func (f *faults) planted(bug bool) bool {
+	if bug {
+		f.bugHits++
+	}
+	return bug
 }
 
 // seenHold is a member's hold of a lock as we learnt of it, from its
@@ -408,8 +420,8 @@ func (c *Core) scanFaults() {
 			if o.holding {
 				f.relyOnHold(p, l.name)
 			}
-			hogging := f.maxHold > 0 && o.holding && f.now-o.heldSince >= f.maxHold+f.delay && !f.bugNoMaxHold
-			if (o.deferred && !hogging) || f.now-o.since < f.timeout || !c.faultTarget(p) || f.bugNoSuspect {
+			hogging := f.maxHold > 0 && o.holding && f.now-o.heldSince >= f.maxHold+f.delay && !f.planted(f.bugNoMaxHold)
+			if (o.deferred && !hogging) || f.now-o.since < f.timeout || !c.faultTarget(p) || f.planted(f.bugNoSuspect) {
 				continue
 			}
 			if cur, ok := overdue[p]; !ok || f.owed[cur].since > o.since {
@@ -448,8 +460,8 @@ func (c *Core) scanFaults() {
 			delete(f.probes, p)
 			continue
 		}
-		hogging := f.maxHold > 0 && pr.holdLock != "" && f.now-pr.holdSince >= f.maxHold+f.delay && !f.bugNoMaxHold
-		if (hogging || (pr.open && f.now-pr.first >= f.timeout)) && !f.bugNoSuspect && f.sus[p] == nil {
+		hogging := f.maxHold > 0 && pr.holdLock != "" && f.now-pr.holdSince >= f.maxHold+f.delay && !f.planted(f.bugNoMaxHold)
+		if (hogging || (pr.open && f.now-pr.first >= f.timeout)) && f.sus[p] == nil && !f.planted(f.bugNoSuspect) {
 			f.sus[p] = &suspicion{probe: true, since: pr.first, inc: c.members[p]}
 			f.suspicions++
 			changed = true
@@ -570,11 +582,11 @@ func (c *Core) rejoin(name string) {
 // asking it. rejoin answers the request once p answers again.
 func (c *Core) holdsBack(p string) bool {
 	q := c.q
-	if q == nil || c.f.bugAnswerSuspect {
+	if q == nil {
 		return false
 	}
 	qp := q.peers[p]
-	return qp != nil && qp.evicted && c.suspected(p)
+	return qp != nil && qp.evicted && c.suspected(p) && !c.f.planted(c.f.bugAnswerSuspect)
 }
 
 // answered notes an answer from member p (a reply, busy or deferral): a
@@ -614,10 +626,7 @@ func (c *Core) suspected(v string) bool {
 // suspect it, or a probe of it is unanswered.
 func (c *Core) withholdGrant(v string) bool {
 	pr := c.f.probes[v]
-	if c.f.bugLateWithhold {
-		return c.suspected(v)
-	}
-	return c.suspected(v) || (pr != nil && pr.open)
+	return c.suspected(v) || (pr != nil && pr.open && !c.f.planted(c.f.bugLateWithhold))
 }
 
 // faultLock checks the lock named by a fault message.
@@ -682,7 +691,7 @@ func (c *Core) onSuspect(m Message) error {
 	if _, ok := c.members[m.Target]; !ok {
 		return nil // silent: eviction by silence covers it
 	}
-	if f.bugTrustSuspect {
+	if f.planted(f.bugTrustSuspect) {
 		if f.sus[m.Target] == nil {
 			f.sus[m.Target] = &suspicion{probe: true, since: f.now, inc: c.members[m.Target]}
 		}
@@ -865,7 +874,7 @@ func (c *Core) checkForged(m Message) error {
 		max(m.Time, m.ReqTime, m.Reserve, m.Config) > now+MaxClockJump:
 		why = fmt.Sprintf("clock %d is more than %d ahead of ours (%d)", max(m.Time, m.ReqTime, m.Reserve, m.Config), uint64(MaxClockJump), now)
 	}
-	if why == "" || f.bugNoForgery {
+	if why == "" || f.planted(f.bugNoForgery) {
 		f.accepted = true
 		h := f.heard[m.From]
 		if h.inc != m.FromIncarnation {

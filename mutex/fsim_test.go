@@ -487,7 +487,8 @@ func TestSimulationByzantineFinds(t *testing.T) {
 // peer stall the others for good; answering an evicted suspect's deferred
 // request on release lets a cured peer, back in a session that the voters
 // no longer suspecting it grant, enter beside a peer that counts it as
-// having answered.
+// having answered. A catch counts only where the bug changed a decision
+// (bugHits), and a run that breaks without it fails the test.
 func TestSimulationByzantineCatchesBugs(t *testing.T) {
 	skipUnderRace(t)
 	for _, tc := range []struct{ bug, bad, want string }{
@@ -508,11 +509,16 @@ func TestSimulationByzantineCatchesBugs(t *testing.T) {
 			}
 			for seed := int64(1); seed <= n; seed++ {
 				s, _ := runFsim(t, seed, tc.bad, tc.bug)
-				if s.failed != "" && slices.ContainsFunc(strings.Split(tc.want, "|"), func(w string) bool {
+				if s.failed != "" && s.bugHits > 0 && slices.ContainsFunc(strings.Split(tc.want, "|"), func(w string) bool {
 					return strings.HasPrefix(s.failed, w)
 				}) {
-					t.Logf("%s caught at seed %d after %d steps: %s", tc.bug, seed, s.stats.steps, s.failed)
+					t.Logf("%s caught at seed %d after %d steps (it changed %d decisions): %s",
+						tc.bug, seed, s.stats.steps, s.bugHits, s.failed)
 					return
+				}
+				if s.failed != "" && s.bugHits == 0 {
+					// A catch must come through the planted bug.
+					t.Fatalf("seed %d broke without %s changing a decision: another fault:\n%s", seed, tc.bug, s.report())
 				}
 			}
 			t.Fatalf("injected bug %s went unnoticed in %d seeds", tc.bug, n)

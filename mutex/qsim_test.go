@@ -255,6 +255,8 @@ func (s *qsim) drain(p *qsimPeer) {
 		s.bugHits += q.bugHits
 		q.bugHits = 0
 	}
+	s.bugHits += p.core.f.bugHits + p.core.bugHits
+	p.core.f.bugHits, p.core.bugHits = 0, 0
 	rd := p.core.Ready()
 	if rd.HardState != nil {
 		s.hard[p.name] = *rd.HardState
@@ -900,7 +902,8 @@ func TestSimulationMajority(t *testing.T) {
 
 // TestSimulationMajoritySharedCatchesBugs injects mistakes of the
 // readers–writers rules into majority mode, with its leases, revocations
-// and evictions, and requires the simulation to catch each.
+// and evictions, and requires the simulation to catch each, through the
+// bug (bugHits).
 func TestSimulationMajoritySharedCatchesBugs(t *testing.T) {
 	skipUnderRace(t)
 	for _, bug := range []string{"sharedtoken", "readeranswerswriter"} {
@@ -908,8 +911,12 @@ func TestSimulationMajoritySharedCatchesBugs(t *testing.T) {
 			for seed := int64(1); seed <= 500; seed++ {
 				s := newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 2000, faults: true, shared: true, bug: bug}))
 				s.run()
+				if s.failed != "" && s.bugHits == 0 {
+					t.Fatalf("seed %d broke without %s changing a decision: another fault:\n%s", seed, bug, s.report())
+				}
 				if strings.HasPrefix(s.failed, "mutual exclusion") || strings.Contains(s.failed, "token") {
-					t.Logf("%s caught at seed %d after %d steps: %s", bug, seed, s.stats.steps, s.failed)
+					t.Logf("%s caught at seed %d after %d steps (it changed %d decisions): %s",
+						bug, seed, s.stats.steps, s.bugHits, s.failed)
 					return
 				}
 			}

@@ -171,6 +171,7 @@ type sim struct {
 	tok        map[string]*tokens // lock -> the token rule's state
 	exempt     map[string]bool    // lock -> a crash since the last grant
 	trace      []traceEntry       // ring buffer, formatted only on failure
+	bugHits    int                // decisions the planted bug changed, over every core of the run
 	traceAt    int
 	stats      simStats
 	failed     string
@@ -250,6 +251,8 @@ func (s *sim) fail(format string, args ...any) {
 // refusals to its openers, checking the invariants as grants happen.
 func (s *sim) drain(p *simPeer) {
 	s.checkCore(p)
+	s.bugHits += p.core.bugHits
+	p.core.bugHits = 0
 	rd := p.core.Ready()
 	for _, m := range rd.Messages {
 		s.stats.msgs++
@@ -857,8 +860,7 @@ func TestSimulationCatchesHalfGivenUpPermissions(t *testing.T) {
 	for seed := int64(1); seed <= 500; seed++ {
 		s := newSim(t, seed, simConfigFor(seed, simConfig{steps: 1500, keepPerms: true, bug: true}))
 		s.run()
-		if strings.HasPrefix(s.failed, "mutual exclusion violated") {
-			t.Logf("caught at seed %d after %d steps: %s", seed, s.stats.steps, s.failed)
+		if caughtThrough(t, s, "mutual exclusion violated") {
 			return
 		}
 	}
@@ -893,8 +895,7 @@ func TestSimulationSharedCatchesBugs(t *testing.T) {
 				s := newSim(t, seed, simConfigFor(seed, simConfig{steps: 1500, cancels: true, tries: true, shared: true,
 					keepPerms: tc.keep, rwBug: tc.bug}))
 				s.run()
-				if strings.HasPrefix(s.failed, tc.caught) {
-					t.Logf("caught at seed %d after %d steps: %s", seed, s.stats.steps, s.failed)
+				if caughtThrough(t, s, tc.caught) {
 					return
 				}
 			}
@@ -955,6 +956,24 @@ func TestSimulationSoak(t *testing.T) {
 		}
 	}
 	t.Logf("soak: %+v", st)
+}
+
+// caughtThrough reports whether run s was caught by the check named by
+// prefix through its planted bug (the bug changed a decision: bugHits), and
+// fails the test if s broke without the bug changing anything: a catch
+// through another fault is no evidence for the check.
+func caughtThrough(t *testing.T, s *sim, prefix string) bool {
+	t.Helper()
+	switch {
+	case s.failed == "":
+		return false
+	case s.bugHits == 0:
+		t.Fatalf("seed %d broke without the planted bug changing a decision: another fault:\n%s", s.seed, s.report())
+	case strings.HasPrefix(s.failed, prefix):
+		t.Logf("caught at seed %d after %d steps (the bug changed %d decisions): %s", s.seed, s.stats.steps, s.bugHits, s.failed)
+		return true
+	}
+	return false
 }
 
 // skipUnderRace skips a planted-bug search under -race: it scans seeds for
