@@ -581,12 +581,7 @@ func (c *Core) rejoin(name string) {
 // suspect it. A reply would let it enter while we are granted without
 // asking it. rejoin answers the request once p answers again.
 func (c *Core) holdsBack(p string) bool {
-	q := c.q
-	if q == nil {
-		return false
-	}
-	qp := q.peers[p]
-	return qp != nil && qp.evicted && c.suspected(p) && !c.f.planted(c.f.bugAnswerSuspect)
+	return c.q != nil && c.evictedSuspect(p) && !c.f.planted(c.f.bugAnswerSuspect)
 }
 
 // answered notes an answer from member p (a reply, busy or deferral): a

@@ -351,7 +351,7 @@ func (c *Core) renew() {
 		}
 		if _, ok := c.members[v]; ok {
 			vev := ev
-			if p := q.peers[v]; p != nil && p.evicted && c.suspected(v) {
+			if c.evictedSuspect(v) {
 				// Not told of its eviction again (faults.go).
 				vev = slices.DeleteFunc(slices.Clone(ev), func(e string) bool { return strings.HasSuffix(e, ":"+v) })
 			}
@@ -650,7 +650,7 @@ func (c *Core) quorumFilter(m Message) (handled bool, err error) {
 	case MsgEvicted:
 		return true, c.onEvicted(m)
 	case MsgRequest:
-		if p.evicted && c.suspected(m.From) {
+		if c.evictedSuspect(m.From) {
 			// Evicted for refusing to answer, and back in a later
 			// session: counted as answered, so it gets no reply
 			// until it answers again (faults.go).
@@ -670,7 +670,7 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 	if !c.q.voter {
 		return fmt.Errorf("%w: lease asked of a non-voter: %v", ErrUnexpected, m)
 	}
-	if p.evicted && c.suspected(m.From) {
+	if c.evictedSuspect(m.From) {
 		return nil // no grant, and no news (faults.go)
 	}
 	if p.declared && m.Session <= p.refused {
@@ -701,7 +701,7 @@ func (c *Core) onLease(m Message, p *qpeer) error {
 		// A voter we suspect gets no grant from us in any session
 		// (faults.go): we refuse its later sessions too.
 		refusing := vp.declared && vp.refused >= sess && (vp.refused >= vp.session ||
-			(vp.evicted && c.suspected(v) && (!vp.granted || c.q.now-vp.lastGrant >= c.q.delay)))
+			(c.evictedSuspect(v) && (!vp.granted || c.q.now-vp.lastGrant >= c.q.delay)))
 		if !refusing {
 			c.send(Message{Type: MsgLeaseGrant, To: m.From, ReqTime: m.ReqTime, TargetInc: m.Session, Try: true,
 				Target: v, Reserve: vp.session})
@@ -784,6 +784,17 @@ func (c *Core) incMatch(v string, p *qpeer, inc uint64) bool {
 	return inc == p.inc || inc == 0 || p.inc == 0
 }
 
+// evictedSuspect reports whether voter v is evicted here while we suspect
+// it of refusing to answer (faults.go). Such a voter is counted as having
+// answered every request of ours, and until it answers again it gets from
+// us no lease grant, no reply to its requests (they stay deferred, even as
+// we release: holdsBack), no news of its eviction, and its later sessions
+// are refused as its evicted one was.
+func (c *Core) evictedSuspect(v string) bool {
+	p := c.q.peers[v]
+	return p != nil && p.evicted && c.suspected(v)
+}
+
 // maybeDeclare declares voter v evicted if it has been silent (or down)
 // for a Lease and we granted it nothing for LockDelay.
 func (c *Core) maybeDeclare(v string) {
@@ -796,7 +807,7 @@ func (c *Core) maybeDeclare(v string) {
 	if p.granted {
 		since = max(since, p.lastGrant)
 	}
-	if p.evicted && c.suspected(v) {
+	if c.evictedSuspect(v) {
 		if q.now-since < q.delay && !q.planted(q.bugNoDelay) {
 			return // we granted it lately: its lease may still run
 		}
