@@ -1175,9 +1175,14 @@ func (c *Core) cfgGranted(l *lockState) {
 		c.endTurn(l)
 		return
 	}
-	if c.noop(op.ch) || (op.ch.add && !c.heard(op.ch.name)) || (!op.ch.add && len(q.voters) == 1) {
+	if c.noop(op.ch) || (op.ch.add && !c.heard(op.ch.name)) || (!op.ch.add && len(q.voters) == 1) ||
+		(!op.ch.add && op.ch.name != c.cfg.Name && !c.forgettable(op.ch.name)) {
 		// Done already; or a joiner gone meanwhile (proposed again if
-		// it comes back); or the last voter, which stays one.
+		// it comes back); or the last voter, which stays one; or a
+		// voter forgotten (Forget) that is back meanwhile, no longer
+		// evicted here: we would stop waiting for its answers while it
+		// may hold a lock under a lease in its new session (soak seed
+		// 1005117).
 		c.endChange(true)
 		return
 	}
@@ -1275,7 +1280,7 @@ func (c *Core) Forget(name string) error {
 	if name == c.cfg.Name || !q.isVoter(name) {
 		return fmt.Errorf("mutex: forget %q: %w", name, ErrUnknownPeer)
 	}
-	if p := q.peers[name]; p == nil || !p.evicted {
+	if !c.forgettable(name) {
 		return fmt.Errorf("mutex: forget %q: %w", name, ErrNotEvicted)
 	}
 	if !c.leaseValid() {
@@ -1283,6 +1288,14 @@ func (c *Core) Forget(name string) error {
 	}
 	c.proposeChange(change{name: name})
 	return nil
+}
+
+// forgettable reports whether voter name may be removed on Forget's
+// change: it is evicted here, so we count it as having answered already
+// and removing it changes nothing for our requests.
+func (c *Core) forgettable(name string) bool {
+	p := c.q.peers[name]
+	return p != nil && p.evicted
 }
 
 // ForceForget removes voter name from the voter set on this peer's word
