@@ -983,8 +983,13 @@ func soakQsim(t testing.TB, seed int64) *qsim {
 //     the proposer, no longer counting it evicted, stopped waiting for its
 //     answer on its own request and was granted the same token (the other
 //     had released just before; a longer hold would have overlapped).
+//   - 1006506: a voter that took back an eviction it could not confirm
+//     (unevict) cleared its own vote with the others', but still declared
+//     the voter, so it never declared again nor counted itself: with the
+//     others' votes back it stayed one short of a majority, waiting for a
+//     dead voter for good (the 1001151 fault, by another path).
 func TestSimulationMajoritySoakFinds(t *testing.T) {
-	for _, seed := range []int64{1001151, 1001397, 1005117} {
+	for _, seed := range []int64{1001151, 1001397, 1005117, 1006506} {
 		s := soakQsim(t, seed)
 		s.run()
 		if s.failed != "" {

@@ -945,7 +945,15 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 // has started afresh, and is asked again.
 func (c *Core) unevict(v string, p *qpeer) {
 	p.evicted = false
+	// The others' votes are asked for again; ours stands while we still
+	// refuse its session: maybeDeclare does not declare again what we
+	// declared, so without it we would never count ourselves, and could
+	// wait for a dead voter for good (soak seed 1006506).
+	own, voted := p.votes[c.cfg.Name]
 	clear(p.votes)
+	if voted && p.declared && p.refused >= p.session {
+		p.votes[c.cfg.Name] = own
+	}
 	if _, ok := c.members[v]; !ok {
 		return
 	}
