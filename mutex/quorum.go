@@ -1300,7 +1300,11 @@ func (c *Core) Forget(name string) error {
 
 // forgettable reports whether voter name may be removed on Forget's
 // change: it is evicted here, so we count it as having answered already
-// and removing it changes nothing for our requests.
+// and removing it changes nothing for our requests. That is enough for the
+// other voters too: a voter that holds a lock had every voter's answer to
+// its request, ours included, and any message of a later session of it
+// that we take un-evicts it here; once we adopt the set without it, we
+// answer it no more.
 func (c *Core) forgettable(name string) bool {
 	p := c.q.peers[name]
 	return p != nil && p.evicted
