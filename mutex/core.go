@@ -46,16 +46,19 @@ type Core struct {
 	// request serve an exclusive one (the mistake the simulation found
 	// first: a reader answers readers while it holds).
 	bugSharedPermServesWriter bool
-	// bugHits counts the decisions a planted bug changed (see
-	// quorum.bugHits).
-	bugHits int
+	bugHits
 }
 
-// planted reports whether planted bug is on, counting it in bugHits when
-// it is: call it only where the bug changes the decision.
-func (c *Core) planted(bug bool) bool {
+// bugHits counts the decisions a planted bug changed, so that a test can
+// tell a catch through the bug from one through another fault. Core,
+// faults and quorum each embed one.
+type bugHits struct{ hits int }
+
+// planted reports whether planted bug is on, counting it when it is: call
+// it only where the bug changes the decision.
+func (b *bugHits) planted(bug bool) bool {
 	if bug {
-		c.bugHits++
+		b.hits++
 	}
 	return bug
 }

@@ -964,36 +964,10 @@ func TestManyLocksLeaveNothing(t *testing.T) {
 	}
 }
 
-// TestStatusNamesSuspect: a member that owes an answer past the
-// answer-timeout is listed in Status.Suspects, and as slow on the lock.
-func TestStatusNamesSuspect(t *testing.T) {
-	a, err := New(Config{Name: "a", Incarnation: 1, AnswerTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.AddMember("b", 2)
-	a.Tick(time.Millisecond)
-	if err := a.Acquire(1, "x"); err != nil {
-		t.Fatal(err)
-	}
-	a.Ready() // the request to b, which never answers
-	for now := time.Millisecond; now <= 2*time.Second; now += 50 * time.Millisecond {
-		a.Tick(now)
-		a.Ready()
-	}
-	s := a.Status()
-	if len(s.Suspects) != 1 || s.Suspects[0].Name != "b" || s.Suspects[0].Lock != "x" {
-		t.Errorf("Suspects %+v, want b owing its answer on x", s.Suspects)
-	}
-	if len(s.Locks) != 1 || len(s.Locks[0].Slow) != 1 || s.Locks[0].Slow[0].Name != "b" {
-		t.Errorf("Locks %+v, want b slow on x", s.Locks)
-	}
-}
-
-// TestSuspectGoneReported: a suspected member that Serf then drops is
-// reported as gone, not as answering again (the log said "answers again"
-// of a peer cut off by a partition).
-func TestSuspectGoneReported(t *testing.T) {
+// unansweredFor2s returns core a (answer-timeout 1 s) after 2 s in which
+// member b has not answered its request on x, and the faults reported.
+func unansweredFor2s(t *testing.T) (*Core, []FaultReport) {
+	t.Helper()
 	a, err := New(Config{Name: "a", Incarnation: 1, AnswerTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -1008,6 +982,27 @@ func TestSuspectGoneReported(t *testing.T) {
 		a.Tick(now)
 		faults = append(faults, a.Ready().Faults...)
 	}
+	return a, faults
+}
+
+// TestStatusNamesSuspect: a member that owes an answer past the
+// answer-timeout is listed in Status.Suspects, and as slow on the lock.
+func TestStatusNamesSuspect(t *testing.T) {
+	a, _ := unansweredFor2s(t)
+	s := a.Status()
+	if len(s.Suspects) != 1 || s.Suspects[0].Name != "b" || s.Suspects[0].Lock != "x" {
+		t.Errorf("Suspects %+v, want b owing its answer on x", s.Suspects)
+	}
+	if len(s.Locks) != 1 || len(s.Locks[0].Slow) != 1 || s.Locks[0].Slow[0].Name != "b" {
+		t.Errorf("Locks %+v, want b slow on x", s.Locks)
+	}
+}
+
+// TestSuspectGoneReported: a suspected member that Serf then drops is
+// reported as gone, not as answering again (the log said "answers again"
+// of a peer cut off by a partition).
+func TestSuspectGoneReported(t *testing.T) {
+	a, faults := unansweredFor2s(t)
 	if len(faults) != 1 || faults[0].Kind != FaultSuspect || faults[0].Peer != "b" {
 		t.Fatalf("faults %v, want b suspected", faults)
 	}

@@ -115,18 +115,7 @@ type faults struct {
 	bugBreakGrants   bool // a break frees the lock at once: its voters grant the waiters, lock-delay skipped
 	bugAnswerSuspect bool // a release answers the deferred requests of an evicted suspect too
 	bugLateWithhold  bool // a voter told of a suspect grants it until it suspects it too
-	// bugHits counts the decisions a planted bug changed (see
-	// quorum.bugHits).
-	bugHits int
-}
-
-// planted reports whether planted bug is on, counting it in bugHits when
-// it is: call it only where the bug changes the decision.
-func (f *faults) planted(bug bool) bool {
-	if bug {
-		f.bugHits++
-	}
-	return bug
+	bugHits
 }
 
 // seenHold is a member's hold of a lock as we learnt of it, from its

@@ -252,11 +252,11 @@ func (s *qsim) drain(p *qsimPeer) {
 		}
 	}
 	if q := p.core.q; q != nil {
-		s.bugHits += q.bugHits
-		q.bugHits = 0
+		s.bugHits += q.hits
+		q.hits = 0
 	}
-	s.bugHits += p.core.f.bugHits + p.core.bugHits
-	p.core.f.bugHits, p.core.bugHits = 0, 0
+	s.bugHits += p.core.f.hits + p.core.hits
+	p.core.f.hits, p.core.hits = 0, 0
 	rd := p.core.Ready()
 	if rd.HardState != nil {
 		s.hard[p.name] = *rd.HardState

@@ -162,18 +162,7 @@ type quorum struct {
 	bugNoDelay       bool // declare a silent voter evicted at once
 	bugGraceOnWake   bool // a revoked hold's grace runs from when it is noticed
 	bugMinorityLease bool // a lease granted by anyone counts
-	// bugHits counts the decisions a planted bug changed, so that a test
-	// can tell a catch through the bug from one through another fault.
-	bugHits int
-}
-
-// planted reports whether planted bug is on, counting it in bugHits when
-// it is: call it only where the bug changes the decision.
-func (q *quorum) planted(bug bool) bool {
-	if bug {
-		q.bugHits++
-	}
-	return bug
+	bugHits
 }
 
 func newQuorum(cfg Config) *quorum {

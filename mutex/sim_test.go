@@ -251,8 +251,8 @@ func (s *sim) fail(format string, args ...any) {
 // refusals to its openers, checking the invariants as grants happen.
 func (s *sim) drain(p *simPeer) {
 	s.checkCore(p)
-	s.bugHits += p.core.bugHits
-	p.core.bugHits = 0
+	s.bugHits += p.core.hits
+	p.core.hits = 0
 	rd := p.core.Ready()
 	for _, m := range rd.Messages {
 		s.stats.msgs++
