@@ -169,6 +169,12 @@ func (s *qsim) boot(name string) *qsimPeer {
 		c.q.bugGraceOnWake = true
 	case "minoritylease":
 		c.q.bugMinorityLease = true
+	case "forgetback":
+		c.q.bugForgetBack = true
+	case "unevictown":
+		c.q.bugUnevictOwn = true
+	case "forgetback+unevictown":
+		c.q.bugForgetBack, c.q.bugUnevictOwn = true, true
 	case "trustsuspect":
 		c.f.bugTrustSuspect = true
 	case "nosuspect":
@@ -965,8 +971,11 @@ func TestSimulationMajorityCatchesBugs(t *testing.T) {
 
 // soakQsim is the soak's run for seed: 20,000 steps with faults, readers
 // on even seeds.
-func soakQsim(t testing.TB, seed int64) *qsim {
-	return newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true, shared: seed%2 == 0}))
+func soakQsim(t testing.TB, seed int64) *qsim { return soakQsimBug(t, seed, "") }
+
+// soakQsimBug is soakQsim with a planted bug.
+func soakQsimBug(t testing.TB, seed int64, bug string) *qsim {
+	return newQsim(t, seed, qsimConfigFor(seed, qsimConfig{steps: 20_000, faults: true, shared: seed%2 == 0, bug: bug}))
 }
 
 // TestSimulationMajoritySoakFinds replays the seeds on which the soak once
@@ -994,6 +1003,40 @@ func TestSimulationMajoritySoakFinds(t *testing.T) {
 		s.run()
 		if s.failed != "" {
 			t.Fatal(s.report())
+		}
+	}
+}
+
+// TestSimulationMajoritySoakFindsBugs plants, on the seeds where the soak
+// found them, the faults fixed since, and requires each run to fail
+// through its planted bug:
+//   - unevictown on 1006506 fails for liveness (without it the seed passes:
+//     TestSimulationMajoritySoakFinds).
+//   - forgetback on 1005117: that seed reached the Forget fault only along
+//     the unevict fault's path, so both are planted; with unevictown alone
+//     the run passes (the Forget check holds), and adding forgetback, the
+//     one difference, breaks the token rule.
+func TestSimulationMajoritySoakFindsBugs(t *testing.T) {
+	for _, tc := range []struct {
+		base, bug string
+		seed      int64
+		want      string
+	}{
+		{"", "unevictown", 1006506, "liveness"},
+		{"unevictown", "forgetback+unevictown", 1005117, "token did not rise"},
+	} {
+		base := soakQsimBug(t, tc.seed, tc.base)
+		base.run()
+		if base.failed != "" {
+			t.Fatalf("seed %d with %q: %s", tc.seed, tc.base, base.report())
+		}
+		s := soakQsimBug(t, tc.seed, tc.bug)
+		s.run()
+		if !strings.HasPrefix(s.failed, tc.want) || s.bugHits <= base.bugHits {
+			t.Errorf("%s on seed %d: want a %q failure through the bug; got %d hits (%d without it), failure %q",
+				tc.bug, tc.seed, tc.want, s.bugHits, base.bugHits, s.failed)
+		} else {
+			t.Logf("%s on seed %d: %s", tc.bug, tc.seed, s.failed)
 		}
 	}
 }

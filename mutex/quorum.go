@@ -162,6 +162,8 @@ type quorum struct {
 	bugNoDelay       bool // declare a silent voter evicted at once
 	bugGraceOnWake   bool // a revoked hold's grace runs from when it is noticed
 	bugMinorityLease bool // a lease granted by anyone counts
+	bugForgetBack    bool // Forget's change commits though the voter is back, not evicted here
+	bugUnevictOwn    bool // unevict clears our own vote too
 	bugHits
 }
 
@@ -940,7 +942,7 @@ func (c *Core) unevict(v string, p *qpeer) {
 	// wait for a dead voter for good (soak seed 1006506).
 	own, voted := p.votes[c.cfg.Name]
 	clear(p.votes)
-	if voted && p.declared && p.refused >= p.session {
+	if voted && p.declared && p.refused >= p.session && !c.q.planted(c.q.bugUnevictOwn) {
 		p.votes[c.cfg.Name] = own
 	}
 	if _, ok := c.members[v]; !ok {
@@ -1173,7 +1175,7 @@ func (c *Core) cfgGranted(l *lockState) {
 		return
 	}
 	if c.noop(op.ch) || (op.ch.add && !c.heard(op.ch.name)) || (!op.ch.add && len(q.voters) == 1) ||
-		(!op.ch.add && op.ch.name != c.cfg.Name && !c.forgettable(op.ch.name)) {
+		(!op.ch.add && op.ch.name != c.cfg.Name && !c.forgettable(op.ch.name) && !q.planted(q.bugForgetBack)) {
 		// Done already; or a joiner gone meanwhile (proposed again if
 		// it comes back); or the last voter, which stays one; or a
 		// voter forgotten (Forget) that is back meanwhile, no longer
