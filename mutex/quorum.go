@@ -849,7 +849,7 @@ func (c *Core) resendQuorum(to string) {
 	}
 	for _, v := range q.voters {
 		if p := q.peers[v]; p != nil && v != c.cfg.Name && p.declared && p.refused >= p.session &&
-			(v != to || !p.evicted || !c.suspected(v)) {
+			(v != to || !c.evictedSuspect(v)) {
 			c.sendDeclaration(to, v, p)
 		}
 	}
@@ -937,13 +937,14 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 func (c *Core) unevict(v string, p *qpeer) {
 	p.evicted = false
 	// The others' votes are asked for again; ours stands while we still
-	// refuse its session: maybeDeclare does not declare again what we
+	// refuse its session, stamped with the session we now refuse (rejoin
+	// may have raised it): maybeDeclare does not declare again what we
 	// declared, so without it we would never count ourselves, and could
 	// wait for a dead voter for good (soak seed 1006506).
-	own, voted := p.votes[c.cfg.Name]
+	own := p.votes[c.cfg.Name]
 	clear(p.votes)
-	if voted && p.declared && p.refused >= p.session && !c.q.planted(c.q.bugUnevictOwn) {
-		p.votes[c.cfg.Name] = own
+	if p.declared && p.refused >= p.session && !c.q.planted(c.q.bugUnevictOwn) {
+		p.votes[c.cfg.Name] = evVote{session: p.refused, inc: p.inc, reserve: max(own.reserve, p.resv)}
 	}
 	if _, ok := c.members[v]; !ok {
 		return
@@ -1295,7 +1296,9 @@ func (c *Core) Forget(name string) error {
 // other voters too: a voter that holds a lock had every voter's answer to
 // its request, ours included, and any message of a later session of it
 // that we take un-evicts it here; once we adopt the set without it, we
-// answer it no more.
+// answer it no more. (A voter that counted us evicted did not ask us; but
+// then a majority declared us, and we hold no lease: canEnter would not
+// have given us the voters lock to commit with.)
 func (c *Core) forgettable(name string) bool {
 	p := c.q.peers[name]
 	return p != nil && p.evicted
