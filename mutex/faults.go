@@ -274,9 +274,9 @@ type FaultReport struct {
 	Why     string // FaultForged: how; FaultAnswered: "gone" or empty
 }
 
-// answeredGone is a FaultAnswered report's Why when the suspected member
+// AnsweredGone is a FaultAnswered report's Why when the suspected member
 // owes nothing because it is no longer the member it was.
-const answeredGone = "gone"
+const AnsweredGone = "gone"
 
 // String renders the report for logs and failing tests.
 func (r FaultReport) String() string {
@@ -480,7 +480,7 @@ func (c *Core) scanFaults() {
 			(sus.probe || sus.forgedAt != 0) && !owes && (pr == nil || !pr.open):
 			r := FaultReport{Kind: FaultAnswered, Peer: p}
 			if !member || inc != sus.inc || (c.q != nil && !c.q.isVoter(p)) {
-				r.Why = answeredGone
+				r.Why = AnsweredGone
 			}
 			delete(f.sus, p)
 			delete(f.told, p)

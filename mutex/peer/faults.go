@@ -30,7 +30,7 @@ func (p *Peer) logFaults(rs []mutex.FaultReport) {
 		case mutex.FaultAnswered:
 			// At the level its suspicion was logged at, so that the default
 			// level shows both.
-			if r.Why != "" {
+			if r.Why == mutex.AnsweredGone {
 				p.log.Warn("suspected member is gone (failed, left, restarted or no longer a voter): "+
 					"no longer suspected", "member", r.Peer)
 				continue
