@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/dlockfs/dlockfs/mutex"
@@ -13,6 +14,11 @@ import (
 
 // hardStateFile is the HardState's file name in Config.StateDir.
 const hardStateFile = "hardstate.json"
+
+// ErrVoterBack: Forget's voter came back (it answers, in a new session)
+// before the change was made, so the change was dropped and it stays a
+// voter.
+var ErrVoterBack = errors.New("the voter is back (it answers in a new session): it stays a voter")
 
 // ErrRevoked: the hold ended without an Unlock because this peer's lease
 // lapsed (majority mode): it was cut off from a majority of the voters, or
@@ -162,6 +168,11 @@ func (p *Peer) Forget(ctx context.Context, node string, force bool) error {
 				}
 				if gone {
 					return nil
+				}
+				if !slices.Contains(q.Pending, "remove "+node) {
+					// The core dropped the change: the voter came back
+					// (a new session, answering) before it committed.
+					return fmt.Errorf("peer: forget %q: %w", node, ErrVoterBack)
 				}
 				select {
 				case <-ctx.Done():

@@ -150,6 +150,9 @@ func (s *controlServer) serveForget(req controlRequest) controlReply {
 	case errors.Is(err, mutex.ErrNoMajority):
 		r.Error = fmt.Sprintf("forget %s: no majority of the voters reachable within --timeout %v: "+
 			"if %s is gone for good and the others cannot come back, use --force", req.Node, timeout, req.Node)
+	case errors.Is(err, peer.ErrVoterBack):
+		r.Error = fmt.Sprintf("forget %s: nothing removed: it came back and answers (a new session) before the "+
+			"voters made the change, so it stays a voter", req.Node)
 	case errors.Is(err, context.DeadlineExceeded):
 		r.Error = fmt.Sprintf("forget %s: no majority agreed within --timeout %v", req.Node, timeout)
 	default:
