@@ -937,14 +937,15 @@ func (c *Core) checkEvicted(v string, p *qpeer) {
 func (c *Core) unevict(v string, p *qpeer) {
 	p.evicted = false
 	// The others' votes are asked for again; ours stands while we still
-	// refuse its session, stamped with the session we now refuse (rejoin
-	// may have raised it): maybeDeclare does not declare again what we
+	// refuse its session: maybeDeclare does not declare again what we
 	// declared, so without it we would never count ourselves, and could
-	// wait for a dead voter for good (soak seed 1006506).
-	own := p.votes[c.cfg.Name]
+	// wait for a dead voter for good (soak seed 1006506). (A vote older
+	// than the session we now refuse, which rejoin may have raised, does
+	// not count; re-stamping it broke fsim's stamplow bound at seed 176.)
+	own, voted := p.votes[c.cfg.Name]
 	clear(p.votes)
-	if p.declared && p.refused >= p.session && !c.q.planted(c.q.bugUnevictOwn) {
-		p.votes[c.cfg.Name] = evVote{session: p.refused, inc: p.inc, reserve: max(own.reserve, p.resv)}
+	if voted && p.declared && p.refused >= p.session && !c.q.planted(c.q.bugUnevictOwn) {
+		p.votes[c.cfg.Name] = own
 	}
 	if _, ok := c.members[v]; !ok {
 		return
