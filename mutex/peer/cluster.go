@@ -150,6 +150,12 @@ func answerOf(cs mutex.Status) transport.StatusAnswer {
 // coreStatusCtx is coreStatus bounded by ctx; a stopped peer answers
 // [ErrClosed].
 func (p *Peer) coreStatusCtx(ctx context.Context) (mutex.Status, error) {
+	if err := ctx.Err(); err != nil {
+		// Checked first: select picks at random among ready cases, and
+		// the driver may be ready to take the call (CI once saw a
+		// cancelled query answered).
+		return mutex.Status{}, fmt.Errorf("peer: status: %w", err)
+	}
 	res := make(chan mutex.Status, 1)
 	select {
 	case p.calls <- call{kind: callStatus, status: res}:
