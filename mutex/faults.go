@@ -468,6 +468,8 @@ func (c *Core) scanFaults() {
 		_, owes := overdue[p]
 		pr := f.probes[p]
 		hogging := pr != nil && f.maxHold > 0 && pr.holdLock != "" && f.now-pr.holdSince >= f.maxHold+f.delay
+		// No longer the member it was: restarted, not a voter, or gone.
+		gone := (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member)
 		switch {
 		case hogging:
 			// It says it holds, for longer than MaxHold allows.
@@ -475,11 +477,11 @@ func (c *Core) scanFaults() {
 			// An operator broke its hold: suspected until evicted.
 		case sus.forgedAt != 0 && f.now-sus.forgedAt < f.timeout:
 			// Forged lately: suspected whatever it answers.
-		case (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member),
+		case gone,
 			sus.answered && !owes && (pr == nil || !pr.open),
 			(sus.probe || sus.forgedAt != 0) && !owes && (pr == nil || !pr.open):
 			r := FaultReport{Kind: FaultAnswered, Peer: p}
-			if !member || inc != sus.inc || (c.q != nil && !c.q.isVoter(p)) {
+			if gone {
 				r.Why = AnsweredGone
 			}
 			delete(f.sus, p)
