@@ -108,8 +108,9 @@ func TestInstallUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	logFile := filepath.Join(t.TempDir(), "peer.log")
+	addrs := testutil.FreeAddrs(t, 2)
 	hr := runCmd(t, exec.Command(filepath.Join(prefix, "sbin", install.HelperName), "helped", mnt, "-o",
-		"bind="+testutil.FreeAddr(t)+",lock-bind="+testutil.FreeAddr(t)+",gossip=fast,_netdev,state_dir="+t.TempDir()+",log="+logFile))
+		"bind="+addrs[0]+",lock-bind="+addrs[1]+",gossip=fast,_netdev,state_dir="+t.TempDir()+",log="+logFile))
 	wantCode(t, hr, cli.ExitOK, "mount helper")
 	t.Cleanup(func() { killByCmdline(t, mnt) })
 	sr := dlockfs(t, "status", mnt)
@@ -199,7 +200,8 @@ func TestMountHelperByMount8(t *testing.T) {
 	}
 	t.Cleanup(func() { killByCmdline(t, mnt) })
 	opts := func(log string) string {
-		return "bind=" + testutil.FreeAddr(t) + ",lock-bind=" + testutil.FreeAddr(t) + ",gossip=fast,key-file=" + key +
+		addrs := testutil.FreeAddrs(t, 2)
+		return "bind=" + addrs[0] + ",lock-bind=" + addrs[1] + ",gossip=fast,key-file=" + key +
 			",state-dir=" + t.TempDir() + ",log=" + log + ",_netdev"
 	}
 	logCmd, logFstab := filepath.Join(tmp, "cmd.log"), filepath.Join(tmp, "fstab.log")

@@ -13,8 +13,9 @@ import (
 // mounts nothing; with a live member the one attempt joins.
 func TestJoinTimeoutZero(t *testing.T) {
 	dir := t.TempDir()
-	nobody := testutil.FreeAddr(t)
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), "--gossip", "fast",
+	addrs := testutil.FreeAddrs(t, 2)
+	nobody := addrs[0]
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", addrs[1], "--gossip", "fast",
 		"--join", nobody, "--join-timeout", "0", dir)
 	wantCode(t, r, cli.ExitJoin, "one join attempt to nobody")
 	for _, want := range []string{"after 1 attempt(s)", "--join-timeout 0 tries each address once"} {

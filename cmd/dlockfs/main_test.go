@@ -264,21 +264,36 @@ func startNode(t *testing.T, name string, extra ...string) *mountNode {
 }
 
 // startNodeAt is startNode on a given directory.
+//
+// The ports are drawn free but not held until the child binds them, and
+// another test's socket (TestMetrics's --metrics address, a listener of
+// this package) can take one in between: a node that fails to start with
+// "address already in use" is started again on new ports, at most
+// bindTries times in all.
 func startNodeAt(t *testing.T, name, dir string, extra ...string) *mountNode {
 	t.Helper()
-	bind, lock := testutil.FreeAddr(t), testutil.FreeAddr(t)
-	args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast",
-		"--state-dir", filepath.Join(t.TempDir(), "state-"+name), dir}, extra...)
-	n := &mountNode{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
-	t.Cleanup(func() { n.stop(t) })
-	select {
-	case n.line = <-n.lines:
-	case <-n.done:
-		t.Fatalf("dlockfs mount %s exited (%v) before mounting\nstderr: %s", name, n.err, n.out.String())
-	case <-time.After(startTimeout):
-		t.Fatalf("dlockfs mount %s printed nothing in %v\nstderr: %s", name, startTimeout, n.out.String())
+	const bindTries = 3
+	for try := 1; try <= bindTries; try++ {
+		addrs := testutil.FreeAddrs(t, 2)
+		bind, lock := addrs[0], addrs[1]
+		args := append([]string{"mount", "--name", name, "--bind", bind, "--lock-bind", lock, "--gossip", "fast",
+			"--state-dir", filepath.Join(t.TempDir(), "state-"+name), dir}, extra...)
+		n := &mountNode{name: name, dir: dir, bind: bind, lock: lock, bgChild: startBackground(t, exec.Command(binary, args...), 1, false)}
+		t.Cleanup(func() { n.stop(t) })
+		select {
+		case n.line = <-n.lines:
+			return n
+		case <-n.done:
+			if try < bindTries && strings.Contains(n.out.String(), "address already in use") {
+				t.Logf("dlockfs mount %s: a port was taken after it was drawn (try %d of %d), drawing new ones:\n%s", name, try, bindTries, n.out.String())
+				continue
+			}
+			t.Fatalf("dlockfs mount %s exited (%v) before mounting\nstderr: %s", name, n.err, n.out.String())
+		case <-time.After(startTimeout):
+			t.Fatalf("dlockfs mount %s printed nothing in %v\nstderr: %s", name, startTimeout, n.out.String())
+		}
 	}
-	return n
+	panic("unreachable: the last try returns or fails")
 }
 
 // signal sends sig to the node's process (by its PID).
@@ -770,8 +785,9 @@ func TestSIGTERMLeavesMajority(t *testing.T) {
 
 func TestJoinTimeout(t *testing.T) {
 	dir := t.TempDir()
-	nobody := testutil.FreeAddr(t) // nothing listens there
-	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", testutil.FreeAddr(t), "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
+	addrs := testutil.FreeAddrs(t, 2)
+	nobody := addrs[0] // nothing listens there
+	r := dlockfs(t, "mount", "--state-dir", t.TempDir(), "--bind", addrs[1], "--gossip", "fast", "--join", nobody, "--join-timeout", "500ms", dir)
 	wantCode(t, r, cli.ExitJoin, "join to nobody")
 	if !strings.Contains(r.stderr, "--join-timeout") {
 		t.Fatalf("stderr: %s", r.stderr)
@@ -813,7 +829,8 @@ func TestEncryptedCluster(t *testing.T) {
 		{"no key", nil},
 	} {
 		mnt := t.TempDir()
-		args := append([]string{"mount", "--name", "c", "--bind", testutil.FreeAddr(t), "--lock-bind", testutil.FreeAddr(t),
+		addrs := testutil.FreeAddrs(t, 2)
+		args := append([]string{"mount", "--name", "c", "--bind", addrs[0], "--lock-bind", addrs[1],
 			"--gossip", "fast", "--join", a.bind, "--join-timeout", "20s", "--state-dir", t.TempDir(), mnt}, tt.args...)
 		r := dlockfs(t, args...)
 		wantCode(t, r, cli.ExitJoin, tt.name)
@@ -1025,13 +1042,14 @@ func TestBindErrorNamesPort(t *testing.T) {
 		t.Fatalf("a taken gossip port %s is not named as such:\n%s", gossip, r.stderr)
 	}
 
-	lockAddr := testutil.FreeAddr(t)
+	addrs := testutil.FreeAddrs(t, 2)
+	lockAddr := addrs[0]
 	ll, err := net.Listen("tcp", lockAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ll.Close()
-	r = dlockfs(t, "mount", "--bind", testutil.FreeAddr(t), "--lock-bind", lockAddr, t.TempDir())
+	r = dlockfs(t, "mount", "--bind", addrs[1], "--lock-bind", lockAddr, t.TempDir())
 	wantCode(t, r, cli.ExitJoin, "mount on a taken lock port")
 	if !strings.Contains(r.stderr, "lock channel port (TCP) "+lockAddr) {
 		t.Fatalf("a taken lock port %s is not named:\n%s", lockAddr, r.stderr)
@@ -1072,8 +1090,9 @@ func TestJoinLockPortSaysSo(t *testing.T) {
 // failure, then every few seconds) with what to check, and a mount that
 // gives up has no Serf shutdown noise.
 func TestJoinProgress(t *testing.T) {
-	nobody := testutil.FreeAddr(t)
-	r := dlockfs(t, "mount", "--name", "b", "--bind", testutil.FreeAddr(t), "--join", nobody, "--join-timeout", "1s", t.TempDir())
+	addrs := testutil.FreeAddrs(t, 2)
+	nobody := addrs[0]
+	r := dlockfs(t, "mount", "--name", "b", "--bind", addrs[1], "--join", nobody, "--join-timeout", "1s", t.TempDir())
 	wantCode(t, r, cli.ExitJoin, "join to nobody")
 	for _, want := range []string{"still trying", "gossip port", "within --join-timeout 1s"} {
 		if !strings.Contains(r.stderr, want) {

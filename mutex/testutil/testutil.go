@@ -57,17 +57,37 @@ func (s *SyncBuffer) String() string {
 // hand out overlapping pairs and no outgoing connection elsewhere on the
 // machine takes PORT+1 between the check and the test's bind: asking the
 // kernel for port 0 did both, and a peer then found its lock port taken.
+//
+// Two calls made before either port is bound may return the same port:
+// take addresses that are bound together (a peer's --bind and
+// --lock-bind) from one FreeAddrs call instead.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	return FreeAddrs(t, 1)[0]
+}
+
+// FreeAddrs returns n distinct addresses, each as FreeAddr gives. CI once
+// saw a peer's --bind and --lock-bind drawn as the same port by two
+// FreeAddr calls, and the peer then failed to bind its own second socket.
+func FreeAddrs(t testing.TB, n int) []string {
+	t.Helper()
 	lo, hi := 10000, ephemeralLow()
-	for range 200 {
+	taken := make(map[int]bool, n)
+	addrs := make([]string, 0, n)
+	for range 200 * n {
+		if len(addrs) == n {
+			break
+		}
 		port := lo + 2*rand.IntN((hi-lo)/2)
-		if portsFree(port) {
-			return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if !taken[port] && portsFree(port) {
+			taken[port] = true
+			addrs = append(addrs, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		}
 	}
-	t.Fatalf("no free TCP+UDP port pair on 127.0.0.1 in [%d, %d) in 200 tries", lo, hi)
-	return ""
+	if len(addrs) < n {
+		t.Fatalf("only %d of %d free TCP+UDP port pairs on 127.0.0.1 in [%d, %d) in %d tries", len(addrs), n, lo, hi, 200*n)
+	}
+	return addrs
 }
 
 // portsFree says whether TCP and UDP port and TCP port+1 can be bound on

@@ -111,3 +111,21 @@ func TestFreeAddrPairs(t *testing.T) {
 		t.Fatalf("portsFree(%d) while TCP port %d is taken", port, port+1)
 	}
 }
+
+// FreeAddrs never hands out one port twice: drawn one by one, 500 ports
+// out of the ~11,000 pairs below the ephemeral range would almost surely
+// repeat one (the birthday bound), as a peer's --bind and --lock-bind once
+// did in CI.
+func TestFreeAddrsDistinct(t *testing.T) {
+	addrs := FreeAddrs(t, 500)
+	seen := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		if seen[a] {
+			t.Fatalf("FreeAddrs gave %s twice", a)
+		}
+		seen[a] = true
+	}
+	if len(addrs) != 500 {
+		t.Fatalf("FreeAddrs gave %d addresses, want 500", len(addrs))
+	}
+}

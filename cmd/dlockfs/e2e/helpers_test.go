@@ -346,11 +346,13 @@ func (o nodeOpts) filled(t *testing.T) nodeOpts {
 			t.Fatal(err)
 		}
 	}
+	// Both from one call: two FreeAddr calls may draw one port twice.
+	addrs := testutil.FreeAddrs(t, 2)
 	if o.bind == "" {
-		o.bind = testutil.FreeAddr(t)
+		o.bind = addrs[0]
 	}
 	if o.lockBind == "" {
-		o.lockBind = testutil.FreeAddr(t)
+		o.lockBind = addrs[1]
 	}
 	if o.profile == "" {
 		o.profile = "fast"
