@@ -66,10 +66,11 @@ type probe struct {
 	first time.Duration // the first probe not acknowledged
 	last  time.Duration // the last probe sent
 	// holdLock and holdSince: every acknowledgement since holdSince
-	// said it holds holdLock (MaxHold).
+	// said it holds holdLock (MaxHold), the last one at heldAt.
 	holdLock  string
 	holdToken uint64
 	holdSince time.Duration
+	heldAt    time.Duration
 }
 
 // suspicion is a member we suspect of refusing to answer.
@@ -123,6 +124,20 @@ type faults struct {
 type seenHold struct {
 	inc, token  uint64
 	since, last time.Duration // first learnt; last relied on
+}
+
+// probedHog reports whether the acknowledgements of our probes show that
+// the member holds one lock for longer than MaxHold plus the delay: the
+// last one that said so came that long after the hold began, and lately
+// (within two answer-timeouts: another voter's reports, on which we probe,
+// come once an answer-timeout while it suspects the member). The time
+// since the last acknowledgement is no evidence: a voter once went on
+// timing a hold that one acknowledgement had shown, after the holder had
+// released and nobody reported it again, and suspected an honest peer
+// (TestProbedHoldGoesStale).
+func (f *faults) probedHog(pr *probe) bool {
+	return pr != nil && f.maxHold > 0 && pr.holdLock != "" &&
+		pr.heldAt-pr.holdSince >= f.maxHold+f.delay && f.now-pr.heldAt < 2*f.timeout
 }
 
 // holdStart is when our hold of a lock (token) began.
@@ -449,7 +464,7 @@ func (c *Core) scanFaults() {
 			delete(f.probes, p)
 			continue
 		}
-		hogging := f.maxHold > 0 && pr.holdLock != "" && f.now-pr.holdSince >= f.maxHold+f.delay && !f.planted(f.bugNoMaxHold)
+		hogging := f.probedHog(pr) && !f.planted(f.bugNoMaxHold)
 		if (hogging || (pr.open && f.now-pr.first >= f.timeout)) && f.sus[p] == nil && !f.planted(f.bugNoSuspect) {
 			f.sus[p] = &suspicion{probe: true, since: pr.first, inc: c.members[p]}
 			f.suspicions++
@@ -467,7 +482,7 @@ func (c *Core) scanFaults() {
 		inc, member := c.members[p]
 		_, owes := overdue[p]
 		pr := f.probes[p]
-		hogging := pr != nil && f.maxHold > 0 && pr.holdLock != "" && f.now-pr.holdSince >= f.maxHold+f.delay
+		hogging := f.probedHog(pr)
 		// No longer the member it was: restarted, not a voter, or gone.
 		gone := (member && inc != sus.inc) || (c.q != nil && !c.q.isVoter(p)) || (c.q == nil && !member)
 		switch {
@@ -523,9 +538,10 @@ func (c *Core) probeAcked(m Message) {
 			pr.holdLock = ""
 		case pr.holdLock != m.Lock || pr.holdToken != m.Reserve:
 			since := c.f.holdSeen(m.From, m.FromIncarnation, m.Lock, m.Reserve)
-			pr.holdLock, pr.holdToken, pr.holdSince = m.Lock, m.Reserve, since
+			pr.holdLock, pr.holdToken, pr.holdSince, pr.heldAt = m.Lock, m.Reserve, since, c.f.now
 		default:
 			c.f.relyOnHold(m.From, m.Lock)
+			pr.heldAt = c.f.now
 		}
 	}
 	c.answered(m.From)

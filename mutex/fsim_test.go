@@ -614,6 +614,61 @@ func TestBreak(t *testing.T) {
 	}
 }
 
+// TestProbedHoldGoesStale: a voter told of a suspect probes it, and the
+// acknowledgement says it holds the lock; then it releases, and nobody
+// reports it again. The hold it once reported must not go on being timed:
+// the probing voter kept it for three answer-timeouts after its last probe
+// and, MaxHold plus the lock-delay after it first learnt of the hold,
+// suspected an honest peer of hogging a lock it had released long before
+// (found by fsim stamplow, seed 5, with a request-as-probe change: the
+// forger's core reported an honest peer that did not answer its forged
+// requests, and was evicted before it could report again).
+func TestProbedHoldGoesStale(t *testing.T) {
+	s := newQsim(t, 1, qsimConfig{peers: 3, maxPeers: 3, locks: 1, answerTimeout: fAnswer, maxHold: fMaxHold, punctual: true})
+	s.reports = map[string][]FaultReport{}
+	settle := func(d time.Duration, done func() bool) {
+		t.Helper()
+		for end := s.now + d; s.now < end && s.failed == ""; {
+			if done() {
+				return
+			}
+			if !s.deliver() {
+				s.advance(qLease / 16)
+			}
+			s.checkExclusion()
+		}
+		if s.failed != "" {
+			t.Fatal(s.report())
+		}
+		if !done() {
+			t.Fatalf("not done in %v:\n%s", d, s.report())
+		}
+	}
+	p0, p1, p2 := s.live["p0"], s.live["p1"], s.live["p2"]
+	settle(10*qLease, func() bool { return p0.core.leaseValid() && p1.core.leaseValid() })
+	s.acquire(p0, false)
+	settle(10*qLease, func() bool { return len(p0.openers) == 1 && p0.openers[0].granted })
+	// p2 reports p0 once, as a forger's core does (p0 did not answer it).
+	p2.core.tellSuspect("p0", owedKey{"l0", "p0", p2.core.Lamport()})
+	s.drain(p2)
+	settle(2*fAnswer, func() bool {
+		pr := p1.core.f.probes["p0"]
+		return pr != nil && !pr.open && pr.holdLock == "l0"
+	})
+	s.release(p0, p0.openers[0])
+	// Nothing is asked of p0 from now on; p1 would have suspected it as a
+	// hog MaxHold plus the lock-delay after it learnt of the hold.
+	quiet := s.now + 2*(fMaxHold+qDelay)
+	settle(2*(fMaxHold+qDelay), func() bool { return s.now >= quiet })
+	for _, n := range []string{"p1", "p2"} {
+		for _, r := range s.reports[n] {
+			if r.Kind == FaultSuspect && r.Peer == "p0" {
+				t.Errorf("%s suspected p0 %v after it released: %+v", n, s.now, r)
+			}
+		}
+	}
+}
+
 // TestMuteRejoins walks a mute voter's eviction and rejoin (issue 14) among
 // three honest voters, over 30 seeds: p0's request is granted once a
 // majority has evicted the mute p3, which reports its eviction. Then p3
