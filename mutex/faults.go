@@ -464,6 +464,13 @@ func (c *Core) scanFaults() {
 			delete(f.probes, p)
 			continue
 		}
+		if f.maxHold > 0 && pr.holdLock != "" && !pr.open && f.now-pr.heldAt < 2*f.timeout &&
+			pr.heldAt-pr.holdSince < f.maxHold+f.delay && f.now-pr.holdSince >= f.maxHold+f.delay {
+			// The hold it showed is past the bound by now: ask again
+			// rather than wait for the next report to (probedHog).
+			pr.open, pr.first, pr.last = true, f.now, f.now
+			c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: pr.holdLock})
+		}
 		hogging := f.probedHog(pr) && !f.planted(f.bugNoMaxHold)
 		if (hogging || (pr.open && f.now-pr.first >= f.timeout)) && f.sus[p] == nil && !f.planted(f.bugNoSuspect) {
 			f.sus[p] = &suspicion{probe: true, since: pr.first, inc: c.members[p]}
