@@ -71,6 +71,9 @@ type probe struct {
 	holdToken uint64
 	holdSince time.Duration
 	heldAt    time.Duration
+	// asked is the last probe we sent on another voter's word (whose
+	// request, on which lock), to send again.
+	asked Message
 }
 
 // suspicion is a member we suspect of refusing to answer.
@@ -464,12 +467,13 @@ func (c *Core) scanFaults() {
 			delete(f.probes, p)
 			continue
 		}
-		if f.maxHold > 0 && pr.holdLock != "" && !pr.open && f.now-pr.heldAt < 2*f.timeout &&
+		if f.maxHold > 0 && pr.holdLock != "" && pr.holdLock == pr.asked.Lock && !pr.open && f.now-pr.heldAt < 2*f.timeout &&
 			pr.heldAt-pr.holdSince < f.maxHold+f.delay && f.now-pr.holdSince >= f.maxHold+f.delay {
 			// The hold it showed is past the bound by now: ask again
-			// rather than wait for the next report to (probedHog).
+			// (the same probe) rather than wait for the next report to
+			// (probedHog).
 			pr.open, pr.first, pr.last = true, f.now, f.now
-			c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: pr.holdLock})
+			c.send(pr.asked)
 		}
 		hogging := f.probedHog(pr) && !f.planted(f.bugNoMaxHold)
 		if (hogging || (pr.open && f.now-pr.first >= f.timeout)) && f.sus[p] == nil && !f.planted(f.bugNoSuspect) {
@@ -516,15 +520,20 @@ func (c *Core) scanFaults() {
 		if t, ok := f.told[p]; member && (!ok || f.now-t >= f.timeout) {
 			f.told[p] = f.now
 			if !sus.probe && (c.q == nil || c.q.voter) && owes {
-				c.tellSuspect(p, owedKey{sus.lock, p, sus.ts})
+				// Name the request it owes: a suspicion for a forgery
+				// names the forged message, perhaps about no lock or
+				// request (a malformed report once).
+				c.tellSuspect(p, overdue[p])
 			} else {
 				// Owed nothing now (evicted, perhaps): ask it to
 				// answer again, so that it can come back.
-				lock := sus.lock
-				if sus.ts == 0 {
-					lock = "" // a break's: about no request of ours
+				lock, ts := sus.lock, sus.ts
+				if ts == 0 || lock == "" {
+					// A break's, or a forgery's in a message about
+					// no lock: about no request of ours.
+					lock, ts = "", 0
 				}
-				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: lock, ReqTime: sus.ts})
+				c.send(Message{Type: MsgProbe, To: p, Target: c.cfg.Name, Lock: lock, ReqTime: ts})
 			}
 		}
 	}
@@ -721,7 +730,8 @@ func (c *Core) onSuspect(m Message) error {
 		pr.open, pr.first = true, f.now
 	}
 	pr.last = f.now
-	c.send(Message{Type: MsgProbe, To: m.Target, Target: m.From, Lock: m.Lock, ReqTime: m.ReqTime})
+	pr.asked = Message{Type: MsgProbe, To: m.Target, Target: m.From, Lock: m.Lock, ReqTime: m.ReqTime}
+	c.send(pr.asked)
 	return nil
 }
 

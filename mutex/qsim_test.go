@@ -1,6 +1,7 @@
 package mutex
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -394,6 +395,11 @@ func (s *qsim) deliver() bool {
 	err := p.core.Step(pm.m)
 	if (pm.m.Type != MsgLease && pm.m.Type != MsgLeaseGrant) || err != nil {
 		s.logf("deliver %v: %v", pm.m, err)
+	}
+	if errors.Is(err, ErrMalformed) && pm.m.From != s.cfg.badPeer {
+		// A core never sends what another takes for malformed (a
+		// probe about a lock but no request once was).
+		s.fail("malformed: %s sent %v: %v", pm.m.From, pm.m, err)
 	}
 	s.drain(p)
 	return true

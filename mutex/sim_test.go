@@ -1,6 +1,7 @@
 package mutex
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -410,6 +411,7 @@ func (s *sim) deliver() {
 		s.stats.delivered++
 		err := p.core.Step(ev.msg)
 		s.logf("deliver %v: %v", ev.msg, err)
+		s.checkWellFormed(ev.msg, err)
 	case evAdd:
 		if q := s.live[ev.name]; q == nil || q.inc != ev.inc {
 			return // it died meanwhile: Serf would not report the join
@@ -445,6 +447,14 @@ func (s *sim) deliver() {
 	s.drain(p)
 }
 
+// checkWellFormed fails the run if a core took a message another sent for
+// malformed: cores never send what they reject.
+func (s *sim) checkWellFormed(m Message, err error) {
+	if errors.Is(err, ErrMalformed) {
+		s.fail("malformed: %s sent %v: %v", m.From, m, err)
+	}
+}
+
 // flushFrom delivers, in random order, every message p has in flight.
 func (s *sim) flushFrom(p *simPeer) {
 	for i := 0; i < 10_000; i++ {
@@ -463,6 +473,7 @@ func (s *sim) flushFrom(p *simPeer) {
 		if q := s.live[ev.at]; q != nil {
 			err := q.core.Step(ev.msg)
 			s.logf("deliver %v: %v", ev.msg, err)
+			s.checkWellFormed(ev.msg, err)
 			s.drain(q)
 		}
 	}
